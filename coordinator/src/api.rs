@@ -1,0 +1,553 @@
+//! The gRPC edge: the `Builds`, `Contexts` and `Workers` services over the [`Farm`].
+//!
+//! This is the only module that sees wire types; it converts them to domain types on the way in and
+//! back on the way out, and maps every error to a `tonic::Status` in one place ([`status`]).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use futures::Stream;
+use manifold_proto::v1::{self, builds_server, contexts_server, workers_server};
+use manifold_proto::{BuildId, JobId, Platform};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::build::{self, BuildRequest, BuildState, Event, EventKind, JobState};
+use crate::contexts::ContextError;
+use crate::farm::{Farm, FarmError, JobOutcome, JobSpec, ToWorker, WorkerHello};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Implements all three services; clone it into each server.
+#[derive(Clone)]
+pub struct Api {
+    farm: Farm,
+}
+
+impl Api {
+    /// The API of `farm`.
+    pub fn new(farm: Farm) -> Self {
+        Self { farm }
+    }
+}
+
+/// The one place farm and context errors become gRPC statuses.
+fn status(e: impl Into<ApiError>) -> Status {
+    match e.into() {
+        ApiError::Farm(FarmError::Invalid(e)) => Status::invalid_argument(e.to_string()),
+        ApiError::Farm(e @ FarmError::UnknownBuild(_)) => Status::not_found(e.to_string()),
+        ApiError::Farm(e @ FarmError::DuplicateWorker(_)) => Status::already_exists(e.to_string()),
+        ApiError::Farm(e @ FarmError::BadHello(_)) => Status::invalid_argument(e.to_string()),
+        ApiError::Context(e @ (ContextError::BadDigest(_) | ContextError::Mismatch { .. })) => {
+            Status::invalid_argument(e.to_string())
+        }
+        ApiError::Context(e @ ContextError::Unknown(_)) => Status::not_found(e.to_string()),
+        ApiError::Context(e @ ContextError::Io { .. }) => Status::internal(e.to_string()),
+    }
+}
+
+enum ApiError {
+    Farm(FarmError),
+    Context(ContextError),
+}
+
+impl From<FarmError> for ApiError {
+    fn from(e: FarmError) -> Self {
+        Self::Farm(e)
+    }
+}
+
+impl From<ContextError> for ApiError {
+    fn from(e: ContextError) -> Self {
+        Self::Context(e)
+    }
+}
+
+fn parse_build_id(s: &str) -> Result<BuildId, Status> {
+    s.parse().map_err(Status::invalid_argument)
+}
+
+fn parse_job_id(s: &str) -> Result<JobId, Status> {
+    s.parse().map_err(Status::invalid_argument)
+}
+
+// ----- conversions --------------------------------------------------------------------------------
+
+fn request_from_wire(r: v1::SubmitBuildRequest) -> BuildRequest {
+    BuildRequest {
+        image: r.image,
+        platforms: r
+            .platforms
+            .iter()
+            .map(|p| {
+                if p.variant.is_empty() {
+                    format!("{}/{}", p.os, p.architecture)
+                } else {
+                    format!("{}/{}/{}", p.os, p.architecture, p.variant)
+                }
+            })
+            .collect(),
+        context_digest: r.context_digest,
+        dockerfile: r.dockerfile,
+        platform_dockerfiles: r.platform_dockerfiles.into_iter().collect(),
+        build_args: r.build_args.into_iter().collect(),
+        target: r.target,
+        labels: r.labels.into_iter().collect(),
+        arch_tags: r.arch_tags,
+    }
+}
+
+fn request_to_wire(r: &BuildRequest, spec: &build::BuildSpec) -> v1::SubmitBuildRequest {
+    v1::SubmitBuildRequest {
+        image: spec.image.whole(),
+        platforms: spec.platforms.iter().map(v1::Platform::from).collect(),
+        context_digest: r.context_digest.clone(),
+        dockerfile: r.dockerfile.clone(),
+        platform_dockerfiles: r.platform_dockerfiles.clone().into_iter().collect(),
+        build_args: r.build_args.clone().into_iter().collect(),
+        target: r.target.clone(),
+        labels: r.labels.clone().into_iter().collect(),
+        arch_tags: r.arch_tags,
+    }
+}
+
+fn build_state(s: BuildState) -> v1::BuildState {
+    match s {
+        BuildState::Queued => v1::BuildState::Queued,
+        BuildState::Running => v1::BuildState::Running,
+        BuildState::Succeeded => v1::BuildState::Succeeded,
+        BuildState::Failed => v1::BuildState::Failed,
+        BuildState::Cancelled => v1::BuildState::Cancelled,
+    }
+}
+
+fn job_state(s: JobState) -> v1::JobState {
+    match s {
+        JobState::Queued => v1::JobState::Queued,
+        JobState::Assigned => v1::JobState::Assigned,
+        JobState::Running => v1::JobState::Running,
+        JobState::Succeeded => v1::JobState::Succeeded,
+        JobState::Failed => v1::JobState::Failed,
+        JobState::Cancelled => v1::JobState::Cancelled,
+    }
+}
+
+fn build_to_wire(b: &build::Build) -> v1::Build {
+    v1::Build {
+        id: b.id.to_string(),
+        request: Some(request_to_wire(&b.request, &b.spec)),
+        state: build_state(b.state) as i32,
+        jobs: b
+            .jobs
+            .iter()
+            .map(|j| v1::Job {
+                id: j.id.to_string(),
+                platform: Some((&j.platform).into()),
+                state: job_state(j.state) as i32,
+                worker: j.worker.clone().unwrap_or_default(),
+                attempt: j.attempt,
+                image: j.image.as_ref().map(|i| v1::ImageDescriptor {
+                    digest: i.digest.clone(),
+                    size: i.size as i64,
+                    media_type: i.media_type.clone(),
+                }),
+                error: j.error.clone().unwrap_or_default(),
+                log_tail: j.log_tail.iter().cloned().collect(),
+            })
+            .collect(),
+        manifest_digest: b.manifest.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
+        manifest_media_type: b.manifest.as_ref().map(|m| m.1.clone()).unwrap_or_default(),
+        error: b.error.clone().unwrap_or_default(),
+        created_at_ms: b.created_at_ms,
+        finished_at_ms: b.finished_at_ms.unwrap_or_default(),
+    }
+}
+
+fn event_to_wire(e: &Event) -> v1::BuildEvent {
+    use v1::build_event::Event as E;
+    let event = match &e.kind {
+        EventKind::JobState {
+            platform,
+            state,
+            worker,
+            attempt,
+            message,
+        } => E::JobState(v1::JobStateChanged {
+            platform: Some(platform.into()),
+            state: job_state(*state) as i32,
+            worker: worker.clone().unwrap_or_default(),
+            attempt: *attempt,
+            message: message.clone(),
+        }),
+        EventKind::Log { platform, line } => E::Log(v1::LogLine {
+            platform: Some(platform.into()),
+            line: line.clone(),
+        }),
+        EventKind::Finished {
+            state,
+            manifest_digest,
+            error,
+        } => E::Finished(v1::BuildFinished {
+            state: build_state(*state) as i32,
+            manifest_digest: manifest_digest.clone().unwrap_or_default(),
+            error: error.clone().unwrap_or_default(),
+        }),
+    };
+    v1::BuildEvent {
+        sequence: e.sequence,
+        at_ms: e.at_ms,
+        event: Some(event),
+    }
+}
+
+fn job_spec_to_wire(j: JobSpec) -> v1::AssignJob {
+    v1::AssignJob {
+        job_id: j.job.to_string(),
+        attempt: j.attempt,
+        build_id: j.build.to_string(),
+        platform: Some((&j.platform).into()),
+        context_digest: j.context_digest,
+        dockerfile: j.dockerfile,
+        build_args: j.build_args.into_iter().collect(),
+        target: j.target.unwrap_or_default(),
+        labels: j.labels.into_iter().collect(),
+        repository: j.repository,
+        insecure_registry: j.insecure_registry,
+    }
+}
+
+fn to_worker_wire(m: ToWorker) -> v1::CoordinatorMessage {
+    use v1::coordinator_message::Msg;
+    let msg = match m {
+        ToWorker::Assign(spec) => Msg::Assign(job_spec_to_wire(*spec)),
+        ToWorker::Cancel { job, attempt } => Msg::Cancel(v1::CancelJob {
+            job_id: job.to_string(),
+            attempt,
+        }),
+    };
+    v1::CoordinatorMessage { msg: Some(msg) }
+}
+
+fn hello_from_wire(h: v1::WorkerHello) -> Result<WorkerHello, Status> {
+    let platforms = h
+        .platforms
+        .iter()
+        .map(Platform::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let running = h
+        .running
+        .iter()
+        .map(|r| Ok((parse_job_id(&r.job_id)?, r.attempt)))
+        .collect::<Result<Vec<_>, Status>>()?;
+    Ok(WorkerHello {
+        name: h.name,
+        platforms,
+        emulated: h.emulated,
+        slots: h.slots,
+        labels: h.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        docker_version: h.docker_version,
+        running,
+    })
+}
+
+// ----- Builds -------------------------------------------------------------------------------------
+
+#[tonic::async_trait]
+impl builds_server::Builds for Api {
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitBuildRequest>,
+    ) -> Result<Response<v1::SubmitBuildResponse>, Status> {
+        let req = request_from_wire(request.into_inner());
+        let farm = self.farm.clone();
+        // Validation reads the context tar: keep it off the async threads.
+        let id = tokio::task::spawn_blocking(move || farm.submit(req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status)?;
+        Ok(Response::new(v1::SubmitBuildResponse {
+            build_id: id.to_string(),
+        }))
+    }
+
+    type WatchStream = BoxStream<v1::BuildEvent>;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchBuildRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let id = parse_build_id(&request.get_ref().build_id)?;
+        let farm = self.farm.clone();
+        // Fail fast on an unknown id, before the stream starts.
+        farm.events(id, 0).map_err(status)?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut next = 0usize;
+            loop {
+                let Ok((events, mut changed, ended)) = farm.events(id, next) else {
+                    return;
+                };
+                next += events.len();
+                for e in &events {
+                    if tx.send(Ok(event_to_wire(e))).await.is_err() {
+                        return; // the watcher went away
+                    }
+                }
+                if ended {
+                    return;
+                }
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get(
+        &self,
+        request: Request<v1::GetBuildRequest>,
+    ) -> Result<Response<v1::Build>, Status> {
+        let id = parse_build_id(&request.get_ref().build_id)?;
+        let b = self.farm.get(id).map_err(status)?;
+        Ok(Response::new(build_to_wire(&b)))
+    }
+
+    async fn list(
+        &self,
+        request: Request<v1::ListBuildsRequest>,
+    ) -> Result<Response<v1::ListBuildsResponse>, Status> {
+        let limit = match request.get_ref().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let builds = self.farm.list(limit).iter().map(build_to_wire).collect();
+        Ok(Response::new(v1::ListBuildsResponse { builds }))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<v1::CancelBuildRequest>,
+    ) -> Result<Response<v1::CancelBuildResponse>, Status> {
+        let id = parse_build_id(&request.get_ref().build_id)?;
+        let b = self.farm.cancel(id).map_err(status)?;
+        Ok(Response::new(v1::CancelBuildResponse {
+            build: Some(build_to_wire(&b)),
+        }))
+    }
+}
+
+// ----- Contexts -----------------------------------------------------------------------------------
+
+#[tonic::async_trait]
+impl contexts_server::Contexts for Api {
+    async fn has(
+        &self,
+        request: Request<v1::HasContextRequest>,
+    ) -> Result<Response<v1::HasContextResponse>, Status> {
+        let present = self
+            .farm
+            .contexts()
+            .has(&request.get_ref().digest)
+            .map_err(status)?;
+        Ok(Response::new(v1::HasContextResponse { present }))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<v1::UploadContextChunk>>,
+    ) -> Result<Response<v1::UploadContextResponse>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.ok_or_else(|| {
+            Status::invalid_argument("empty context upload: send at least one chunk")
+        })?;
+        let digest = first.digest.clone();
+        let store = self.farm.contexts();
+        if store.has(&digest).map_err(status)? {
+            // Someone uploaded it meanwhile; drain and keep the stored copy.
+            while stream.message().await?.is_some() {}
+            let size = store.size(&digest).map_err(status)?;
+            return Ok(Response::new(v1::UploadContextResponse { digest, size }));
+        }
+        let mut upload = store.begin(&digest).await.map_err(status)?;
+        upload.write(&first.data).await.map_err(status)?;
+        while let Some(chunk) = stream.message().await? {
+            upload.write(&chunk.data).await.map_err(status)?;
+        }
+        let size = upload.finish().await.map_err(status)?;
+        tracing::info!(%digest, size, "context stored");
+        Ok(Response::new(v1::UploadContextResponse { digest, size }))
+    }
+}
+
+// ----- Workers ------------------------------------------------------------------------------------
+
+#[tonic::async_trait]
+impl workers_server::Workers for Api {
+    type AttachStream = BoxStream<v1::CoordinatorMessage>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<v1::WorkerMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        use v1::worker_message::Msg;
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(v1::WorkerMessage {
+                msg: Some(Msg::Hello(h)),
+            }) => hello_from_wire(h)?,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on the worker stream must be a WorkerHello",
+                ));
+            }
+        };
+        let (session, mut to_worker) = self.farm.attach(hello).map_err(status)?;
+        let (tx, rx) = mpsc::channel::<Result<v1::CoordinatorMessage, Status>>(64);
+        let welcome = v1::CoordinatorMessage {
+            msg: Some(v1::coordinator_message::Msg::Welcome(v1::Welcome {
+                heartbeat_interval_ms: self.farm.config().heartbeat_interval.as_millis() as i64,
+            })),
+        };
+        let _ = tx.send(Ok(welcome)).await;
+
+        // Outbound: farm → worker.
+        let out_tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = to_worker.recv().await {
+                if out_tx.send(Ok(to_worker_wire(m))).await.is_err() {
+                    return;
+                }
+            }
+        });
+
+        // Inbound: worker → farm, until the stream ends.
+        let farm = self.farm.clone();
+        let span = tracing::info_span!("worker", name = %session.worker);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                loop {
+                    let msg = match inbound.message().await {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::info!(error = %e, "worker stream broke");
+                            break;
+                        }
+                    };
+                    match msg.msg {
+                        Some(Msg::Heartbeat(_)) => farm.heartbeat(&session),
+                        Some(Msg::Accepted(a)) => {
+                            if let Ok(job) = parse_job_id(&a.job_id) {
+                                farm.accepted(&session, job, a.attempt);
+                            }
+                        }
+                        Some(Msg::Log(l)) => {
+                            if let Ok(job) = parse_job_id(&l.job_id) {
+                                farm.log(&session, job, l.attempt, l.lines);
+                            }
+                        }
+                        Some(Msg::Result(r)) => {
+                            let Ok(job) = parse_job_id(&r.job_id) else {
+                                continue;
+                            };
+                            let outcome = match r.outcome {
+                                Some(v1::job_result::Outcome::Pushed(d)) => JobOutcome::Pushed {
+                                    digest: d.digest,
+                                    size: d.size.max(0) as u64,
+                                    media_type: d.media_type,
+                                },
+                                Some(v1::job_result::Outcome::Failure(f)) => JobOutcome::Failed {
+                                    message: f.message,
+                                    retryable: f.retryable,
+                                    cancelled: f.cancelled,
+                                },
+                                None => JobOutcome::Failed {
+                                    message: "worker sent a result without an outcome".into(),
+                                    retryable: true,
+                                    cancelled: false,
+                                },
+                            };
+                            farm.result(&session, job, r.attempt, outcome);
+                        }
+                        Some(Msg::Goodbye(_)) => {
+                            farm.draining(&session);
+                            break;
+                        }
+                        Some(Msg::Hello(_)) | None => {}
+                    }
+                }
+                farm.detach(&session);
+                drop(tx);
+            },
+            span,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type DownloadContextStream = BoxStream<v1::ContextChunk>;
+
+    async fn download_context(
+        &self,
+        request: Request<v1::DownloadContextRequest>,
+    ) -> Result<Response<Self::DownloadContextStream>, Status> {
+        let digest = request.into_inner().digest;
+        let path = self.farm.contexts().path(&digest).map_err(status)?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|_| status(ContextError::Unknown(digest.clone())))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; manifold_proto::CONTEXT_CHUNK_BYTES];
+            loop {
+                match file.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let chunk = v1::ContextChunk {
+                            data: buf[..n].to_vec(),
+                        };
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!(
+                                "reading context {digest}: {e}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        let workers = self
+            .farm
+            .workers()
+            .into_iter()
+            .map(|w| v1::WorkerInfo {
+                name: w.name,
+                platforms: w.platforms.iter().map(v1::Platform::from).collect(),
+                emulated: w.emulated,
+                slots: w.slots,
+                slots_in_use: w.slots_in_use,
+                last_heartbeat_ms: w.last_heartbeat_ms,
+                docker_version: w.docker_version,
+                labels: w.labels.into_iter().collect(),
+                connected_at_ms: w.connected_at_ms,
+            })
+            .collect();
+        Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+}

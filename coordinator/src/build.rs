@@ -1,0 +1,521 @@
+//! The domain of a build: its validated request, its jobs, their states and the events watchers see.
+//!
+//! These are plain data; [`crate::farm`] drives their transitions and [`crate::api`] converts them
+//! to and from wire types.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use manifold_proto::{BuildId, JobId, Platform};
+use oci_client::Reference;
+
+use crate::contexts::{self, ContextStore};
+use crate::manifest::ChildImage;
+
+/// A build request that passed validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildSpec {
+    /// Where the list goes; always carries a tag.
+    pub image: Reference,
+    /// Distinct, normalised.
+    pub platforms: Vec<Platform>,
+    /// `sha256:<hex>` of a stored context.
+    pub context_digest: String,
+    /// Dockerfile per platform (the default one where no override was given).
+    pub dockerfiles: BTreeMap<Platform, String>,
+    /// `--build-arg`s.
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`, if any.
+    pub target: Option<String>,
+    /// `--label`s.
+    pub labels: BTreeMap<String, String>,
+    /// `--arch-tags`.
+    pub arch_tags: bool,
+}
+
+/// A build request as the client sent it, before validation.
+#[derive(Clone, Debug, Default)]
+pub struct BuildRequest {
+    /// Image reference text.
+    pub image: String,
+    /// Platform texts as received.
+    pub platforms: Vec<String>,
+    /// Context digest.
+    pub context_digest: String,
+    /// Default Dockerfile path (empty: `Dockerfile`).
+    pub dockerfile: String,
+    /// Per-platform Dockerfiles keyed by platform text.
+    pub platform_dockerfiles: BTreeMap<String, String>,
+    /// Build args.
+    pub build_args: BTreeMap<String, String>,
+    /// Target stage (empty: last).
+    pub target: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Per-arch tags.
+    pub arch_tags: bool,
+}
+
+/// Why a request was refused; each message names the bad value and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidRequest {
+    /// Bad reference.
+    #[error(
+        "invalid image reference `{image}`: {reason}; expected REGISTRY/REPOSITORY:TAG, e.g. 127.0.0.1:5000/team/app:1.0"
+    )]
+    Image {
+        /// What was sent.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// No platform.
+    #[error("no platform requested: pass --platform, e.g. --platform linux/amd64,linux/arm64")]
+    NoPlatform,
+    /// Bad platform.
+    #[error(transparent)]
+    Platform(#[from] manifold_proto::PlatformError),
+    /// Same platform twice.
+    #[error("platform {0} is requested twice (after normalisation); list each platform once")]
+    DuplicatePlatform(Platform),
+    /// A per-platform Dockerfile for a platform not built.
+    #[error(
+        "a Dockerfile is given for {platform}, which is not among the requested platforms ({requested}); add it to --platform or drop the -f"
+    )]
+    DockerfileForUnrequested {
+        /// The platform of the override.
+        platform: Platform,
+        /// The requested ones.
+        requested: String,
+    },
+    /// Bad Dockerfile path.
+    #[error("dockerfile path `{0}` must be relative to the context and stay inside it")]
+    DockerfilePath(String),
+    /// The Dockerfile is not in the context.
+    #[error(
+        "dockerfile `{dockerfile}` not found in the build context; pass -f with its path relative to the context"
+    )]
+    MissingDockerfile {
+        /// The path looked for.
+        dockerfile: String,
+    },
+    /// Context problems.
+    #[error("{0}")]
+    Context(String),
+    /// An empty or malformed key.
+    #[error("invalid {what} `{key}`: keys must be non-empty and contain no `=` or whitespace")]
+    Key {
+        /// build arg or label
+        what: &'static str,
+        /// The key.
+        key: String,
+    },
+}
+
+impl BuildSpec {
+    /// Validates `req` against what the coordinator holds.
+    pub fn validate(req: BuildRequest, contexts: &ContextStore) -> Result<Self, InvalidRequest> {
+        let image = parse_image(&req.image)?;
+        if req.platforms.is_empty() {
+            return Err(InvalidRequest::NoPlatform);
+        }
+        let mut platforms: Vec<Platform> = Vec::new();
+        for p in &req.platforms {
+            let p = Platform::parse(p)?;
+            if platforms.contains(&p) {
+                return Err(InvalidRequest::DuplicatePlatform(p));
+            }
+            platforms.push(p);
+        }
+        contexts::parse_digest(&req.context_digest)
+            .map_err(|e| InvalidRequest::Context(e.to_string()))?;
+        let context_path = contexts
+            .path(&req.context_digest)
+            .map_err(|e| InvalidRequest::Context(e.to_string()))?;
+        if !context_path.is_file() {
+            return Err(InvalidRequest::Context(format!(
+                "unknown context {}: upload it with the Contexts service first (the manifold CLI does this)",
+                req.context_digest
+            )));
+        }
+        let default = clean_dockerfile(if req.dockerfile.is_empty() {
+            "Dockerfile"
+        } else {
+            &req.dockerfile
+        })?;
+        let mut dockerfiles: BTreeMap<Platform, String> = platforms
+            .iter()
+            .map(|p| (p.clone(), default.clone()))
+            .collect();
+        for (p, path) in &req.platform_dockerfiles {
+            let p = Platform::parse(p)?;
+            if !platforms.contains(&p) {
+                return Err(InvalidRequest::DockerfileForUnrequested {
+                    platform: p,
+                    requested: platforms
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                });
+            }
+            dockerfiles.insert(p, clean_dockerfile(path)?);
+        }
+        let present = tar_entries(&context_path).map_err(|e| {
+            InvalidRequest::Context(format!(
+                "context {} is not a readable tar archive: {e}",
+                req.context_digest
+            ))
+        })?;
+        for d in dockerfiles.values() {
+            if !present.iter().any(|e| e == d) {
+                return Err(InvalidRequest::MissingDockerfile {
+                    dockerfile: d.clone(),
+                });
+            }
+        }
+        for (what, map) in [("build arg", &req.build_args), ("label", &req.labels)] {
+            if let Some(key) = map
+                .keys()
+                .find(|k| k.is_empty() || k.contains('=') || k.contains(char::is_whitespace))
+            {
+                return Err(InvalidRequest::Key {
+                    what,
+                    key: key.clone(),
+                });
+            }
+        }
+        Ok(Self {
+            image,
+            platforms,
+            context_digest: req.context_digest,
+            dockerfiles,
+            build_args: req.build_args,
+            target: Some(req.target).filter(|t| !t.is_empty()),
+            labels: req.labels,
+            arch_tags: req.arch_tags,
+        })
+    }
+
+    /// `registry/repository` of the target, where every child is pushed by digest.
+    pub fn repository(&self) -> String {
+        format!("{}/{}", self.image.registry(), self.image.repository())
+    }
+}
+
+fn parse_image(image: &str) -> Result<Reference, InvalidRequest> {
+    let err = |reason: String| InvalidRequest::Image {
+        image: image.to_owned(),
+        reason,
+    };
+    if image.trim().is_empty() {
+        return Err(err("it is empty".into()));
+    }
+    let r: Reference = image.parse().map_err(|e| err(format!("{e}")))?;
+    if r.digest().is_some() {
+        return Err(err("a build writes a tag, not a digest".into()));
+    }
+    if r.tag().is_none() {
+        return Ok(Reference::with_tag(
+            r.registry().to_owned(),
+            r.repository().to_owned(),
+            "latest".into(),
+        ));
+    }
+    Ok(r)
+}
+
+fn clean_dockerfile(path: &str) -> Result<String, InvalidRequest> {
+    let trimmed = path.trim_start_matches("./");
+    let bad = trimmed.is_empty()
+        || trimmed.starts_with('/')
+        || trimmed.split('/').any(|c| c == ".." || c.is_empty());
+    if bad {
+        return Err(InvalidRequest::DockerfilePath(path.to_owned()));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Paths of the regular files in a tar, normalised without a leading `./`.
+fn tar_entries(path: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut archive = tar::Archive::new(file);
+    let mut out = Vec::new();
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if entry.header().entry_type().is_file() || entry.header().entry_type().is_symlink() {
+            let p = entry.path()?.to_string_lossy().into_owned();
+            out.push(p.trim_start_matches("./").to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Where a build is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BuildState {
+    /// No job has started.
+    Queued,
+    /// At least one job started; or every job succeeded and the list is being pushed.
+    Running,
+    /// The list is under the tag.
+    Succeeded,
+    /// A job failed, or the list could not be pushed; no tag was written.
+    Failed,
+    /// Cancelled by a user; no tag was written.
+    Cancelled,
+}
+
+impl BuildState {
+    /// Whether the build has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum JobState {
+    /// Waiting for a worker slot.
+    Queued,
+    /// Sent to a worker, not yet acknowledged.
+    Assigned,
+    /// The worker is building.
+    Running,
+    /// Built, checked and pushed.
+    Succeeded,
+    /// Will not succeed.
+    Failed,
+    /// Stopped on request, or because another platform failed.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Lines of output kept per job for failure reports.
+pub const LOG_TAIL_LINES: usize = 30;
+
+/// One platform's job.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Stable across attempts.
+    pub id: JobId,
+    /// What it builds for.
+    pub platform: Platform,
+    /// State.
+    pub state: JobState,
+    /// Worker of the current (or last) attempt.
+    pub worker: Option<String>,
+    /// 0 until first assigned; each assignment increments it.
+    pub attempt: u32,
+    /// The pushed image, once succeeded.
+    pub image: Option<ChildImage>,
+    /// Why it failed; one line per failed attempt for retried jobs.
+    pub error: Option<String>,
+    /// The last [`LOG_TAIL_LINES`] lines of output.
+    pub log_tail: VecDeque<String>,
+}
+
+/// A build and its jobs.
+#[derive(Clone, Debug)]
+pub struct Build {
+    /// Id.
+    pub id: BuildId,
+    /// What was asked.
+    pub spec: BuildSpec,
+    /// The request as received (echoed back to clients).
+    pub request: BuildRequest,
+    /// State.
+    pub state: BuildState,
+    /// One per platform, in request order.
+    pub jobs: Vec<Job>,
+    /// Digest and media type of the pushed list.
+    pub manifest: Option<(String, String)>,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+    /// Unix ms.
+    pub created_at_ms: i64,
+    /// Unix ms, once final.
+    pub finished_at_ms: Option<i64>,
+}
+
+/// What watchers see, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A job changed state.
+    JobState {
+        /// Its platform.
+        platform: Platform,
+        /// New state.
+        state: JobState,
+        /// Worker, if any.
+        worker: Option<String>,
+        /// Attempt.
+        attempt: u32,
+        /// Free text (error on failure, digest on success).
+        message: String,
+    },
+    /// A line of build output.
+    Log {
+        /// Its platform.
+        platform: Platform,
+        /// The line.
+        line: String,
+    },
+    /// The build ended; always the last event.
+    Finished {
+        /// Final state.
+        state: BuildState,
+        /// List digest on success.
+        manifest_digest: Option<String>,
+        /// Error otherwise.
+        error: Option<String>,
+    },
+}
+
+/// A numbered event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// 0-based position in the build's history.
+    pub sequence: u64,
+    /// Unix ms.
+    pub at_ms: i64,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Ctx {
+        _dir: tempfile::TempDir,
+        store: ContextStore,
+        digest: String,
+    }
+
+    /// A store holding one context with the given files.
+    fn context(files: &[&str]) -> Ctx {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContextStore::open(dir.path()).unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        for f in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(4);
+            h.set_mode(0o644);
+            h.set_cksum();
+            builder.append_data(&mut h, f, &b"FROM"[..]).unwrap();
+        }
+        let bytes = builder.into_inner().unwrap();
+        use sha2::Digest as _;
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+        std::fs::write(store.path(&digest).unwrap(), &bytes).unwrap();
+        Ctx {
+            _dir: dir,
+            store,
+            digest,
+        }
+    }
+
+    fn request(ctx: &Ctx) -> BuildRequest {
+        BuildRequest {
+            image: "127.0.0.1:5000/team/app:1.0".into(),
+            platforms: vec!["linux/amd64".into(), "aarch64".into()],
+            context_digest: ctx.digest.clone(),
+            ..Default::default()
+        }
+    }
+
+    #[track_caller]
+    fn check_err(ctx: &Ctx, edit: impl FnOnce(&mut BuildRequest), expected: &str) {
+        let mut req = request(ctx);
+        edit(&mut req);
+        let err = BuildSpec::validate(req, &ctx.store)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(expected),
+            "`{err}` should contain `{expected}`"
+        );
+    }
+
+    #[test]
+    fn a_good_request_is_normalised() {
+        let ctx = context(&["Dockerfile", "arm/Dockerfile.arm64"]);
+        let mut req = request(&ctx);
+        req.platform_dockerfiles
+            .insert("linux/arm64/v8".into(), "./arm/Dockerfile.arm64".into());
+        let spec = BuildSpec::validate(req, &ctx.store).unwrap();
+        assert_eq!(
+            spec.platforms,
+            vec![Platform::linux_amd64(), Platform::linux_arm64()]
+        );
+        assert_eq!(spec.dockerfiles[&Platform::linux_amd64()], "Dockerfile");
+        assert_eq!(
+            spec.dockerfiles[&Platform::linux_arm64()],
+            "arm/Dockerfile.arm64"
+        );
+        assert_eq!(spec.repository(), "127.0.0.1:5000/team/app");
+        assert_eq!(spec.image.tag(), Some("1.0"));
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_the_bad_value_named() {
+        let ctx = context(&["Dockerfile"]);
+        check_err(&ctx, |r| r.image = "Bad Ref!".into(), "`Bad Ref!`");
+        check_err(&ctx, |r| r.image.clear(), "invalid image reference");
+        check_err(&ctx, |r| r.platforms.clear(), "no platform requested");
+        check_err(
+            &ctx,
+            |r| r.platforms.push("linux/amd46".into()),
+            "`linux/amd46`",
+        );
+        check_err(
+            &ctx,
+            |r| r.platforms.push("x86_64".into()),
+            "linux/amd64 is requested twice",
+        );
+        check_err(
+            &ctx,
+            |r| r.context_digest = format!("sha256:{}", "0".repeat(64)),
+            "unknown context",
+        );
+        check_err(&ctx, |r| r.context_digest = "nope".into(), "`nope`");
+        check_err(
+            &ctx,
+            |r| r.dockerfile = "Dockerfile.missing".into(),
+            "dockerfile `Dockerfile.missing` not found",
+        );
+        check_err(
+            &ctx,
+            |r| r.dockerfile = "../Dockerfile".into(),
+            "`../Dockerfile`",
+        );
+        check_err(
+            &ctx,
+            |r| {
+                r.platform_dockerfiles
+                    .insert("linux/s390x".into(), "Dockerfile".into());
+            },
+            "given for linux/s390x",
+        );
+        check_err(
+            &ctx,
+            |r| {
+                r.build_args.insert("A B".into(), "1".into());
+            },
+            "invalid build arg `A B`",
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! Manifold's wire API (gRPC package `manifold.v1`) and the few domain types every crate shares.
+//!
+//! Layout:
+//! - [`v1`]: the generated protobuf messages, clients and servers (from `proto/manifold/v1/manifold.proto`);
+//! - [`platform`]: [`Platform`], parsing and normalising what users type (`x86_64`, `arm64/v8`, `armhf` ...);
+//! - [`ids`]: the newtype ids of builds and jobs.
+//!
+//! Generated types never travel past a crate's API module: each crate converts them into its own
+//! domain types at the edge.
+
+pub mod ids;
+pub mod platform;
+
+pub use ids::{BuildId, JobId};
+pub use platform::{Platform, PlatformError};
+
+/// The generated `manifold.v1` protobuf types and gRPC stubs.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("manifold.v1");
+}
+
+/// Largest gRPC message either side sends or accepts (chunks of contexts stay far below it).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Size of the chunks build contexts are streamed in.
+pub const CONTEXT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Default coordinator address used by the CLI and workers.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7700";
