@@ -247,7 +247,11 @@ mod tests {
         // No worker of the platform: the job waits.
         check(std::slice::from_ref(&x86), &["linux/arm64"], &[]);
         // Slots bound concurrency; the oldest job goes first.
-        check(std::slice::from_ref(&x86), &["linux/amd64", "linux/amd64"], &["0->x86"]);
+        check(
+            std::slice::from_ref(&x86),
+            &["linux/amd64", "linux/amd64"],
+            &["0->x86"],
+        );
         // Native is preferred over emulated, even when the emulated one has more free slots.
         check(
             &[arm_emu.clone(), arm.clone()],
@@ -261,7 +265,11 @@ mod tests {
             &["0->x86", "1->x86-big", "2->x86-big"],
         );
         // A later job of another platform is not held up by an earlier job that must wait.
-        check(std::slice::from_ref(&x86), &["linux/arm64", "linux/amd64"], &["1->x86"]);
+        check(
+            std::slice::from_ref(&x86),
+            &["linux/arm64", "linux/amd64"],
+            &["1->x86"],
+        );
     }
 
     #[test]

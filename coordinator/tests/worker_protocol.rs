@@ -1,0 +1,407 @@
+//! The coordinator over real gRPC on 127.0.0.1:0, with scripted workers speaking the v1 worker
+//! protocol: how jobs are assigned, retried, cancelled and failed. (Publishing to a registry is
+//! covered by the system tests in tests/.)
+
+use std::time::Duration;
+
+use manifold_coordinator::{Config, farm::FarmConfig};
+use manifold_proto::v1::{self, coordinator_message::Msg as In, worker_message::Msg as Out};
+use sha2::Digest as _;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+struct Coordinator {
+    url: String,
+    shutdown: CancellationToken,
+    _state: tempfile::TempDir,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start(farm: FarmConfig) -> Coordinator {
+    let state = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let config = Config {
+        listen: listener.local_addr().unwrap(),
+        state_dir: state.path().to_owned(),
+        farm,
+    };
+    tokio::spawn(manifold_coordinator::serve(
+        config,
+        listener,
+        shutdown.clone(),
+    ));
+    Coordinator {
+        url,
+        shutdown,
+        _state: state,
+    }
+}
+
+async fn builds(c: &Coordinator) -> v1::builds_client::BuildsClient<Channel> {
+    v1::builds_client::BuildsClient::connect(c.url.clone())
+        .await
+        .unwrap()
+}
+
+/// Uploads a context holding a Dockerfile; returns its digest.
+async fn upload_context(c: &Coordinator) -> String {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(10);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "Dockerfile", &b"FROM x\nRUN"[..])
+        .unwrap();
+    let bytes = b.into_inner().unwrap();
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+    let mut client = v1::contexts_client::ContextsClient::connect(c.url.clone())
+        .await
+        .unwrap();
+    let present = client
+        .has(v1::HasContextRequest {
+            digest: digest.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .present;
+    assert!(!present);
+    let chunk = v1::UploadContextChunk {
+        digest: digest.clone(),
+        data: bytes,
+    };
+    client
+        .upload(tokio_stream::iter(vec![chunk]))
+        .await
+        .unwrap();
+    digest
+}
+
+async fn submit(c: &Coordinator, platforms: &[&str]) -> String {
+    let digest = upload_context(c).await;
+    let req = v1::SubmitBuildRequest {
+        image: "127.0.0.1:1/team/app:1.0".into(),
+        platforms: platforms
+            .iter()
+            .map(|p| (&p.parse::<manifold_proto::Platform>().unwrap()).into())
+            .collect(),
+        context_digest: digest,
+        ..Default::default()
+    };
+    builds(c)
+        .await
+        .submit(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .build_id
+}
+
+/// A scripted worker: the test decides every message it sends.
+struct FakeWorker {
+    tx: mpsc::Sender<v1::WorkerMessage>,
+    rx: tonic::Streaming<v1::CoordinatorMessage>,
+    heartbeats: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeWorker {
+    fn drop(&mut self) {
+        self.heartbeats.abort();
+    }
+}
+
+impl FakeWorker {
+    async fn attach(c: &Coordinator, name: &str, platform: &str) -> Self {
+        let mut client = v1::workers_client::WorkersClient::connect(c.url.clone())
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let hello = v1::WorkerHello {
+            name: name.into(),
+            platforms: vec![(&platform.parse::<manifold_proto::Platform>().unwrap()).into()],
+            slots: 1,
+            ..Default::default()
+        };
+        tx.send(v1::WorkerMessage {
+            msg: Some(Out::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let mut rx = client
+            .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        match rx.next().await {
+            Some(Ok(v1::CoordinatorMessage {
+                msg: Some(In::Welcome(_)),
+            })) => {}
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+        let beat = tx.clone();
+        let heartbeats = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let msg = v1::WorkerMessage {
+                    msg: Some(Out::Heartbeat(v1::Heartbeat { slots_in_use: 0 })),
+                };
+                if beat.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Self { tx, rx, heartbeats }
+    }
+
+    async fn next(&mut self) -> In {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.next())
+            .await
+            .expect("a coordinator message within 10s")
+            .expect("stream open")
+            .expect("no error")
+            .msg
+            .expect("a message")
+    }
+
+    async fn expect_assign(&mut self) -> v1::AssignJob {
+        match self.next().await {
+            In::Assign(a) => a,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    async fn send(&self, msg: Out) {
+        self.tx
+            .send(v1::WorkerMessage { msg: Some(msg) })
+            .await
+            .unwrap();
+    }
+
+    async fn accept(&self, a: &v1::AssignJob) {
+        self.send(Out::Accepted(v1::JobAccepted {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+        }))
+        .await;
+    }
+
+    async fn fail(&self, a: &v1::AssignJob, message: &str, retryable: bool) {
+        self.send(Out::Result(v1::JobResult {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            outcome: Some(v1::job_result::Outcome::Failure(v1::JobFailure {
+                message: message.into(),
+                retryable,
+                cancelled: false,
+            })),
+        }))
+        .await;
+    }
+}
+
+async fn wait_final(c: &Coordinator, id: &str) -> v1::Build {
+    let mut client = builds(c).await;
+    for _ in 0..200 {
+        let b = client
+            .get(v1::GetBuildRequest {
+                build_id: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if b.state >= v1::BuildState::Succeeded as i32 {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("build {id} did not end");
+}
+
+fn job<'a>(b: &'a v1::Build, arch: &str) -> &'a v1::Job {
+    b.jobs
+        .iter()
+        .find(|j| j.platform.as_ref().unwrap().architecture == arch)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_build_failure_is_not_retried_and_cancels_the_other_platform() {
+    let c = start(FarmConfig::default()).await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let mut arm = FakeWorker::attach(&c, "arm", "linux/arm64").await;
+    let id = submit(&c, &["linux/amd64", "linux/arm64"]).await;
+    let a_x86 = x86.expect_assign().await;
+    let a_arm = arm.expect_assign().await;
+    assert_eq!(a_arm.platform.as_ref().unwrap().architecture, "arm64");
+    assert_eq!(a_arm.repository, "127.0.0.1:1/team/app");
+    assert!(
+        a_arm.insecure_registry,
+        "loopback registries are plain HTTP"
+    );
+    x86.accept(&a_x86).await;
+    arm.accept(&a_arm).await;
+    arm.send(Out::Log(v1::JobLog {
+        job_id: a_arm.job_id.clone(),
+        attempt: 1,
+        lines: vec!["step 2/3: make".into(), "error: boom".into()],
+    }))
+    .await;
+    arm.fail(&a_arm, "RUN make: exit code 2", false).await;
+
+    // The running amd64 job is told to stop.
+    match x86.next().await {
+        In::Cancel(c) => assert_eq!((c.job_id, c.attempt), (a_x86.job_id.clone(), 1)),
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+    let b = wait_final(&c, &id).await;
+    assert_eq!(b.state, v1::BuildState::Failed as i32);
+    assert!(b.error.contains("linux/arm64"), "{}", b.error);
+    assert!(b.error.contains("RUN make: exit code 2"), "{}", b.error);
+    assert_eq!(job(&b, "arm64").state, v1::JobState::Failed as i32);
+    assert_eq!(
+        job(&b, "arm64").attempt,
+        1,
+        "build failures are not retried"
+    );
+    assert_eq!(job(&b, "arm64").log_tail, ["step 2/3: make", "error: boom"]);
+    assert_eq!(job(&b, "amd64").state, v1::JobState::Cancelled as i32);
+}
+
+#[tokio::test]
+async fn an_infrastructure_failure_is_retried_and_a_stale_result_is_ignored() {
+    let c = start(FarmConfig {
+        max_attempts: 2,
+        ..Default::default()
+    })
+    .await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64"]).await;
+    let first = x86.expect_assign().await;
+    x86.fail(&first, "docker daemon unreachable", true).await;
+    let second = x86.expect_assign().await;
+    assert_eq!(second.job_id, first.job_id);
+    assert_eq!(second.attempt, 2);
+    // A late message about attempt 1 changes nothing.
+    x86.fail(&first, "late news from attempt 1", false).await;
+    x86.accept(&second).await;
+    x86.fail(&second, "docker daemon unreachable", true).await;
+    let b = wait_final(&c, &id).await;
+    assert_eq!(b.state, v1::BuildState::Failed as i32);
+    assert!(b.error.contains("after 2 attempts"), "{}", b.error);
+    let history = &job(&b, "amd64").error;
+    assert!(history.contains("attempt 1 on x86"), "{history}");
+    assert!(history.contains("attempt 2 on x86"), "{history}");
+    assert!(!history.contains("late news"), "{history}");
+}
+
+#[tokio::test]
+async fn a_lost_worker_s_job_moves_to_another_worker_after_the_lease() {
+    let c = start(FarmConfig {
+        worker_lease: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await;
+    let mut first = FakeWorker::attach(&c, "x86-a", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64"]).await;
+    let a = first.expect_assign().await;
+    first.accept(&a).await;
+    drop(first); // the worker vanishes mid-build
+    let mut second = FakeWorker::attach(&c, "x86-b", "linux/amd64").await;
+    let again = second.expect_assign().await;
+    assert_eq!(
+        (again.job_id.as_str(), again.attempt),
+        (a.job_id.as_str(), 2)
+    );
+    second.fail(&again, "RUN failed", false).await;
+    let b = wait_final(&c, &id).await;
+    assert!(job(&b, "amd64").error.contains("worker lost"), "{b:?}");
+}
+
+#[tokio::test]
+async fn a_platform_nobody_builds_fails_after_the_wait_naming_it() {
+    let c = start(FarmConfig {
+        wait_for_workers: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let id = submit(&c, &["linux/riscv64"]).await;
+    let b = wait_final(&c, &id).await;
+    assert_eq!(b.state, v1::BuildState::Failed as i32);
+    assert!(
+        b.error.contains("no worker for linux/riscv64"),
+        "{}",
+        b.error
+    );
+}
+
+#[tokio::test]
+async fn a_late_watcher_gets_the_history_then_the_end() {
+    let c = start(FarmConfig::default()).await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64"]).await;
+    let a = x86.expect_assign().await;
+    x86.accept(&a).await;
+    x86.send(Out::Log(v1::JobLog {
+        job_id: a.job_id.clone(),
+        attempt: 1,
+        lines: vec!["hello from the build".into()],
+    }))
+    .await;
+    builds(&c)
+        .await
+        .cancel(v1::CancelBuildRequest {
+            build_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let events: Vec<v1::BuildEvent> = builds(&c)
+        .await
+        .watch(v1::WatchBuildRequest { build_id: id })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    let seq: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(seq, (0..events.len() as u64).collect::<Vec<_>>());
+    assert!(events.iter().any(|e| matches!(&e.event,
+        Some(v1::build_event::Event::Log(l)) if l.line == "hello from the build")));
+    match &events.last().unwrap().event {
+        Some(v1::build_event::Event::Finished(f)) => {
+            assert_eq!(f.state, v1::BuildState::Cancelled as i32)
+        }
+        other => panic!("the last event ends the build: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_are_invalid_argument_with_the_value_named() {
+    let c = start(FarmConfig::default()).await;
+    let digest = upload_context(&c).await;
+    let err = builds(&c)
+        .await
+        .submit(v1::SubmitBuildRequest {
+            image: "127.0.0.1:1/app:1".into(),
+            platforms: vec![v1::Platform {
+                os: "linux".into(),
+                architecture: "amd46".into(),
+                variant: String::new(),
+            }],
+            context_digest: digest,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("linux/amd46"), "{}", err.message());
+}
