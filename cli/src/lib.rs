@@ -1,1 +1,24 @@
-//! placeholder
+//! The `manifold` command line: packs a build context, sends it to the coordinator once per
+//! content digest, submits a multi-platform build and follows it to the pushed manifest list; also
+//! lists workers and builds, re-attaches to a build and cancels one. It talks to the coordinator
+//! only through the `manifold.v1` gRPC API of `manifold-proto`.
+//!
+//! Layout, in reading order:
+//! - [`args`]: the clap definitions and [`args::BuildPlan`], `manifold build`'s flags checked
+//!   locally (platforms normalised, Dockerfiles found) before anything is contacted;
+//! - [`dockerignore`]: `.dockerignore` patterns with Docker's exact matching rules;
+//! - [`context`]: the deterministic tar of a context, its digest, and the bounded-memory
+//!   streaming upload that is skipped when the coordinator already has the digest;
+//! - [`client`]: connecting to the coordinator, one method per RPC, and error messages a person
+//!   can act on;
+//! - [`progress`]: rendering build events (plain lines, live lines per platform, or quiet);
+//! - [`listing`]: the tables and JSON documents of `workers`, `builds` and `build-status`;
+//! - [`commands`]: one function per subcommand.
+
+pub mod args;
+pub mod client;
+pub mod commands;
+pub mod context;
+pub mod dockerignore;
+pub mod listing;
+pub mod progress;

@@ -1,1 +1,102 @@
-fn main() {}
+//! `manifold`: parses the command line, installs tracing on stderr, turns Ctrl-C into a counter
+//! for the library, runs one subcommand and maps its outcome to an exit code.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use manifold_cli::args::{BuildPlan, Cli, Command, LOG_ENV};
+use manifold_cli::client::Coordinator;
+use manifold_cli::commands::{self, CommandError, Interrupts};
+use tokio::signal::unix::SignalKind;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+    {
+        Ok(rt) => rt,
+        Err(e) => return report(&e),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints `error: ...` with the chain of causes and picks the exit code. Library errors often
+/// quote their source already; a cause whose text is already shown is not repeated.
+fn report(e: &anyhow::Error) -> ExitCode {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    eprintln!("error: {message}");
+    let code = e
+        .downcast_ref::<CommandError>()
+        .map_or(1, CommandError::exit_code);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Build(args) => {
+            // Everything local is checked before the coordinator is dialled.
+            let plan = BuildPlan::from_args(&args)?;
+            let coordinator = Coordinator::connect(&cli.coordinator).await?;
+            // Only `build` handles Ctrl-C itself (to cancel the build); elsewhere the default
+            // of ending the process is right. The handler is registered here, synchronously, so
+            // no press is lost between now and the first await.
+            let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())
+                .context("cannot handle Ctrl-C")?;
+            let (tx, rx) = tokio::sync::watch::channel(0u32);
+            let signals = tokio::spawn(async move {
+                while sigint.recv().await.is_some() {
+                    tx.send_modify(|count| *count += 1);
+                }
+            });
+            let result = commands::build(&coordinator, &plan, Interrupts::new(rx)).await;
+            signals.abort();
+            result?;
+        }
+        Command::Workers(args) => {
+            let coordinator = Coordinator::connect(&cli.coordinator).await?;
+            commands::workers(&coordinator, args.format).await?;
+        }
+        Command::Builds(args) => {
+            let coordinator = Coordinator::connect(&cli.coordinator).await?;
+            commands::builds(&coordinator, args.format, args.limit).await?;
+        }
+        Command::BuildStatus(args) => {
+            let coordinator = Coordinator::connect(&cli.coordinator).await?;
+            commands::build_status(&coordinator, args.id, args.format).await?;
+        }
+        Command::Watch(args) => {
+            let coordinator = Coordinator::connect(&cli.coordinator).await?;
+            let mode = if args.quiet {
+                manifold_cli::args::ProgressMode::Quiet
+            } else {
+                args.progress
+            };
+            commands::watch(&coordinator, args.id, mode).await?;
+        }
+        Command::Cancel(args) => {
+            let coordinator = Coordinator::connect(&cli.coordinator).await?;
+            commands::cancel(&coordinator, args.id).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,857 @@
+//! The command line: clap definitions, and [`BuildPlan`], the checked form of `manifold build`'s
+//! flags. Everything here is decided locally, before the coordinator is contacted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use manifold_proto::{BuildId, DEFAULT_COORDINATOR, Platform, PlatformError, v1};
+
+use crate::dockerignore::clean;
+
+/// Environment variable naming the coordinator (same as `--coordinator`).
+pub const COORDINATOR_ENV: &str = "MANIFOLD_COORDINATOR";
+/// Environment variable holding a tracing filter for the CLI's diagnostics (default `warn`).
+pub const LOG_ENV: &str = "MANIFOLD_LOG";
+/// The Dockerfile used when no `-f` applies to a platform.
+pub const DEFAULT_DOCKERFILE: &str = "Dockerfile";
+
+/// `manifold`: build multi-arch container images on a farm of native workers.
+#[derive(Debug, Parser)]
+#[command(
+    name = "manifold",
+    version,
+    about = "Build multi-platform container images on a farm of native workers",
+    long_about = "Build multi-platform container images on a farm of native workers.\n\n\
+        `manifold build` packs a build context, sends it to the coordinator once per content digest, \
+        builds every platform on a worker of that platform and pushes one manifest list under your tag."
+)]
+pub struct Cli {
+    /// Coordinator address
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = COORDINATOR_ENV,
+        hide_env_values = true,
+        default_value = DEFAULT_COORDINATOR
+    )]
+    pub coordinator: String,
+
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image for several platforms and push it under one tag
+    Build(BuildArgs),
+    /// List the workers connected to the coordinator
+    Workers(FormatArgs),
+    /// List builds, newest first
+    Builds(BuildsArgs),
+    /// Show a build and the state of each of its platforms
+    BuildStatus(StatusArgs),
+    /// Re-attach to a build's progress until it ends
+    Watch(WatchArgs),
+    /// Cancel a build: every unfinished platform stops and no tag is written
+    Cancel(IdArgs),
+}
+
+/// How build progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// A live line per platform on a terminal, plain lines otherwise
+    Auto,
+    /// Every event as a line prefixed with its platform
+    Plain,
+    /// Nothing but the final digest
+    Quiet,
+}
+
+/// How listings are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people
+    Table,
+    /// One JSON document for programs
+    Json,
+}
+
+/// Flags of `manifold build`, as typed.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Image to push the multi-platform manifest list to, e.g. registry.example.com/team/app:1.0
+    #[arg(short = 't', long = "tag", value_name = "REF")]
+    pub tag: String,
+
+    /// Platforms to build, comma-separated and/or repeated, e.g. linux/amd64,linux/arm64
+    #[arg(long = "platform", value_name = "PLATFORMS", required = true)]
+    pub platforms: Vec<String>,
+
+    /// Dockerfile for all platforms (default `Dockerfile`), or PLATFORM=PATH for one platform;
+    /// paths are relative to the context
+    #[arg(short = 'f', long = "file", value_name = "[PLATFORM=]PATH")]
+    pub files: Vec<String>,
+
+    /// Build-time variable; a bare KEY takes its value from the environment
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+
+    /// Build stage to build (default: the last one)
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+
+    /// Label to set on the images
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+
+    /// Also tag each platform's image as REF-<uname -m> (app:1.0-x86_64, app:1.0-aarch64)
+    #[arg(long)]
+    pub arch_tags: bool,
+
+    /// How to show progress
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+
+    /// Print only the manifest list digest (same as --progress quiet)
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Print the build id and return once the build is submitted
+    #[arg(long)]
+    pub detach: bool,
+
+    /// Build context directory
+    #[arg(value_name = "CONTEXT")]
+    pub context: PathBuf,
+}
+
+/// `--format` alone.
+#[derive(Debug, Args)]
+pub struct FormatArgs {
+    /// Output format
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Flags of `manifold builds`.
+#[derive(Debug, Args)]
+pub struct BuildsArgs {
+    /// Output format
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// How many builds to show (0: the coordinator's default, 100)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub limit: u32,
+}
+
+/// Flags of `manifold build-status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Build id, as printed by `manifold build` and `manifold builds`
+    #[arg(value_name = "ID")]
+    pub id: BuildId,
+
+    /// Output format
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Flags of `manifold watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Build id
+    #[arg(value_name = "ID")]
+    pub id: BuildId,
+
+    /// How to show progress
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+
+    /// Print only the manifest list digest (same as --progress quiet)
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// A build id alone.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Build id
+    #[arg(value_name = "ID")]
+    pub id: BuildId,
+}
+
+/// A `manifold build` flag that cannot be used, named with the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    /// A `--platform` value is not a platform.
+    #[error("--platform: {0}")]
+    Platform(#[source] PlatformError),
+    /// `--platform` was given only empty values.
+    #[error("--platform is empty: pass e.g. --platform linux/amd64,linux/arm64")]
+    NoPlatform,
+    /// Two `--platform` values normalise to the same platform.
+    #[error(
+        "--platform lists {platform} twice: `{first}` and `{second}` are the same platform; remove one"
+    )]
+    DuplicatePlatform {
+        /// The normalised platform.
+        platform: Platform,
+        /// The first spelling.
+        first: String,
+        /// The second spelling.
+        second: String,
+    },
+    /// `-f PLATFORM=PATH` with a bad platform.
+    #[error("-f `{flag}`: {source}")]
+    FilePlatform {
+        /// The flag value.
+        flag: String,
+        /// Why the platform is bad.
+        #[source]
+        source: PlatformError,
+    },
+    /// `-f PLATFORM=PATH` for a platform that is not built.
+    #[error("-f `{flag}` names {platform}, which is not among --platform {platforms}")]
+    FileForOtherPlatform {
+        /// The flag value.
+        flag: String,
+        /// Its platform.
+        platform: Platform,
+        /// The platforms built, comma-separated.
+        platforms: String,
+    },
+    /// Two `-f` for the same platforms.
+    #[error("-f given twice {scope}: `{first}` and `{second}`; {hint}")]
+    DuplicateFile {
+        /// `for linux/arm64`, or `for all platforms`.
+        scope: String,
+        /// The first path.
+        first: String,
+        /// The second path.
+        second: String,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// `-f` with no path.
+    #[error("-f `{0}` has no path: pass -f PATH or -f PLATFORM=PATH")]
+    EmptyFile(String),
+    /// The context is not a directory.
+    #[error("context `{path}` is not a directory: {reason}")]
+    Context {
+        /// The context as given.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A Dockerfile does not exist in the context.
+    #[error("dockerfile `{path}` not found in context `{context}`: pass -f PATH")]
+    DockerfileNotFound {
+        /// The Dockerfile as given.
+        path: String,
+        /// The context directory.
+        context: PathBuf,
+    },
+    /// A Dockerfile lies outside the context, so no worker would receive it.
+    #[error(
+        "dockerfile `{path}` is outside the context `{context}`: move it into the context or build from a directory that contains it"
+    )]
+    DockerfileOutsideContext {
+        /// The Dockerfile as given.
+        path: String,
+        /// The context directory.
+        context: PathBuf,
+    },
+    /// A `--label` or `--build-arg` that is not `KEY=VALUE`.
+    #[error("{flag} `{value}` is not KEY=VALUE")]
+    KeyValue {
+        /// `--label` or `--build-arg`.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// The image reference is empty or has spaces.
+    #[error(
+        "invalid tag `{0}`: expected an image reference such as registry.example.com/team/app:1.0"
+    )]
+    Tag(String),
+}
+
+/// `manifold build`'s flags, checked: normalised platforms, Dockerfiles found in the context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildPlan {
+    /// Where the manifest list is pushed.
+    pub image: String,
+    /// Platforms in the order given, without duplicates.
+    pub platforms: Vec<Platform>,
+    /// The canonical context directory.
+    pub context: PathBuf,
+    /// The Dockerfile of platforms without an override, relative to the context, `/`-separated.
+    pub dockerfile: String,
+    /// Per-platform Dockerfiles, relative to the context.
+    pub platform_dockerfiles: BTreeMap<Platform, String>,
+    /// `--build-arg`s; the last of a key wins.
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`.
+    pub target: Option<String>,
+    /// `--label`s; the last of a key wins.
+    pub labels: BTreeMap<String, String>,
+    /// `--arch-tags`.
+    pub arch_tags: bool,
+    /// The progress display (`-q` folded in).
+    pub progress: ProgressMode,
+    /// `--detach`.
+    pub detach: bool,
+}
+
+impl BuildPlan {
+    /// Checks `args` against the file system (context and Dockerfiles) and the environment (bare
+    /// `--build-arg KEY`).
+    pub fn from_args(args: &BuildArgs) -> Result<Self, ArgsError> {
+        let image = args.tag.trim();
+        if image.is_empty() || image.contains(char::is_whitespace) {
+            return Err(ArgsError::Tag(args.tag.clone()));
+        }
+        let platforms = parse_platforms(&args.platforms)?;
+        let (common, per_platform) = parse_file_flags(&args.files, &platforms)?;
+        let context = args
+            .context
+            .canonicalize()
+            .map_err(|e| ArgsError::Context {
+                path: args.context.clone(),
+                reason: match e.kind() {
+                    std::io::ErrorKind::NotFound => "no such file or directory".to_owned(),
+                    _ => e.to_string(),
+                },
+            })?;
+        if !context.is_dir() {
+            return Err(ArgsError::Context {
+                path: args.context.clone(),
+                reason: "it is a file; pass the directory that holds the Dockerfile".to_owned(),
+            });
+        }
+        let dockerfile = resolve_dockerfile(
+            &context,
+            &args.context,
+            common.as_deref().unwrap_or(DEFAULT_DOCKERFILE),
+            // The default Dockerfile is only needed when some platform uses it.
+            common.is_some() || platforms.iter().any(|p| !per_platform.contains_key(p)),
+        )?;
+        let platform_dockerfiles = per_platform
+            .iter()
+            .map(|(p, path)| {
+                Ok((
+                    p.clone(),
+                    resolve_dockerfile(&context, &args.context, path, true)?,
+                ))
+            })
+            .collect::<Result<_, ArgsError>>()?;
+        let build_args = parse_key_values("--build-arg", &args.build_args, |key| {
+            std::env::var(key).ok()
+        })?;
+        let labels = parse_key_values("--label", &args.labels, |_| None)?;
+        Ok(Self {
+            image: image.to_owned(),
+            platforms,
+            context,
+            dockerfile,
+            platform_dockerfiles,
+            build_args,
+            target: args.target.clone().filter(|t| !t.is_empty()),
+            labels,
+            arch_tags: args.arch_tags,
+            progress: if args.quiet {
+                ProgressMode::Quiet
+            } else {
+                args.progress
+            },
+            detach: args.detach,
+        })
+    }
+
+    /// Every Dockerfile the build uses, relative to the context: they are packed even when
+    /// `.dockerignore` excludes them.
+    pub fn dockerfiles(&self) -> Vec<String> {
+        let mut all: Vec<String> = std::iter::once(self.dockerfile.clone())
+            .chain(self.platform_dockerfiles.values().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The `Builds.Submit` request for a context already on the coordinator.
+    pub fn request(&self, context_digest: &str) -> v1::SubmitBuildRequest {
+        v1::SubmitBuildRequest {
+            image: self.image.clone(),
+            platforms: self.platforms.iter().map(v1::Platform::from).collect(),
+            context_digest: context_digest.to_owned(),
+            dockerfile: self.dockerfile.clone(),
+            platform_dockerfiles: self
+                .platform_dockerfiles
+                .iter()
+                .map(|(p, f)| (p.to_string(), f.clone()))
+                .collect(),
+            build_args: to_hash_map(&self.build_args),
+            target: self.target.clone().unwrap_or_default(),
+            labels: to_hash_map(&self.labels),
+            arch_tags: self.arch_tags,
+        }
+    }
+}
+
+fn to_hash_map(map: &BTreeMap<String, String>) -> HashMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// Parses `--platform` values (each comma-separated), keeping the order and refusing two
+/// spellings of one platform.
+pub fn parse_platforms(values: &[String]) -> Result<Vec<Platform>, ArgsError> {
+    let mut seen: Vec<(Platform, String)> = Vec::new();
+    for raw in values.iter().flat_map(|v| v.split(',')) {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            continue;
+        }
+        let platform = Platform::parse(raw).map_err(ArgsError::Platform)?;
+        if let Some((_, first)) = seen.iter().find(|(p, _)| *p == platform) {
+            return Err(ArgsError::DuplicatePlatform {
+                platform,
+                first: first.clone(),
+                second: raw.to_owned(),
+            });
+        }
+        seen.push((platform, raw.to_owned()));
+    }
+    if seen.is_empty() {
+        return Err(ArgsError::NoPlatform);
+    }
+    Ok(seen.into_iter().map(|(p, _)| p).collect())
+}
+
+/// Splits `-f` values into the Dockerfile for all platforms and per-platform ones. A value with
+/// `=` is always `PLATFORM=PATH`.
+pub fn parse_file_flags(
+    values: &[String],
+    platforms: &[Platform],
+) -> Result<(Option<String>, BTreeMap<Platform, String>), ArgsError> {
+    let mut common: Option<String> = None;
+    let mut per_platform: BTreeMap<Platform, String> = BTreeMap::new();
+    for flag in values {
+        match flag.split_once('=') {
+            Some((platform, path)) => {
+                let platform =
+                    Platform::parse(platform).map_err(|source| ArgsError::FilePlatform {
+                        flag: flag.clone(),
+                        source,
+                    })?;
+                let path = path.trim();
+                if path.is_empty() {
+                    return Err(ArgsError::EmptyFile(flag.clone()));
+                }
+                if !platforms.contains(&platform) {
+                    return Err(ArgsError::FileForOtherPlatform {
+                        flag: flag.clone(),
+                        platform,
+                        platforms: join(platforms),
+                    });
+                }
+                if let Some(first) = per_platform.get(&platform) {
+                    return Err(ArgsError::DuplicateFile {
+                        scope: format!("for {platform}"),
+                        first: first.clone(),
+                        second: path.to_owned(),
+                        hint: "keep one",
+                    });
+                }
+                per_platform.insert(platform, path.to_owned());
+            }
+            None => {
+                let path = flag.trim();
+                if path.is_empty() {
+                    return Err(ArgsError::EmptyFile(flag.clone()));
+                }
+                if let Some(first) = &common {
+                    return Err(ArgsError::DuplicateFile {
+                        scope: "for all platforms".to_owned(),
+                        first: first.clone(),
+                        second: path.to_owned(),
+                        hint: "use -f PLATFORM=PATH for a per-platform Dockerfile",
+                    });
+                }
+                common = Some(path.to_owned());
+            }
+        }
+    }
+    Ok((common, per_platform))
+}
+
+fn join(platforms: &[Platform]) -> String {
+    platforms
+        .iter()
+        .map(Platform::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Resolves a Dockerfile path (relative to the context, or absolute inside it) to a clean
+/// relative `/`-separated path, and when `must_exist` checks that it is a file in the context.
+fn resolve_dockerfile(
+    context: &Path,
+    context_as_given: &Path,
+    given: &str,
+    must_exist: bool,
+) -> Result<String, ArgsError> {
+    let outside = || ArgsError::DockerfileOutsideContext {
+        path: given.to_owned(),
+        context: context_as_given.to_owned(),
+    };
+    let not_found = || ArgsError::DockerfileNotFound {
+        path: given.to_owned(),
+        context: context_as_given.to_owned(),
+    };
+    let relative = if Path::new(given).is_absolute() {
+        let cleaned = PathBuf::from(clean(given));
+        let absolute_context = std::path::absolute(context_as_given).unwrap_or_default();
+        let inside = [context, absolute_context.as_path()]
+            .into_iter()
+            .find_map(|root| cleaned.strip_prefix(root).ok().map(Path::to_owned))
+            // The context may have been given through a symlink.
+            .or_else(|| {
+                cleaned
+                    .canonicalize()
+                    .ok()
+                    .and_then(|c| c.strip_prefix(context).ok().map(Path::to_owned))
+            });
+        match inside {
+            Some(rel) => rel.to_string_lossy().into_owned(),
+            None if cleaned.exists() || !must_exist => return Err(outside()),
+            None => return Err(not_found()),
+        }
+    } else {
+        let cleaned = clean(given);
+        if cleaned == ".." || cleaned.starts_with("../") {
+            return Err(outside());
+        }
+        cleaned
+    };
+    if relative.is_empty() || relative == "." {
+        return Err(not_found());
+    }
+    if must_exist && !context.join(&relative).is_file() {
+        return Err(not_found());
+    }
+    Ok(relative)
+}
+
+/// Parses `KEY=VALUE` flags; a bare `KEY` asks `lookup` (the environment for build args, as
+/// Docker does) and is dropped when it has no value.
+fn parse_key_values(
+    flag: &'static str,
+    values: &[String],
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, ArgsError> {
+    let mut out = BTreeMap::new();
+    for value in values {
+        let bad = || ArgsError::KeyValue {
+            flag,
+            value: value.clone(),
+        };
+        match value.split_once('=') {
+            Some((key, _)) if key.trim().is_empty() => return Err(bad()),
+            Some((key, v)) => {
+                out.insert(key.trim().to_owned(), v.to_owned());
+            }
+            None if flag == "--build-arg" && !value.trim().is_empty() => {
+                if let Some(v) = lookup(value.trim()) {
+                    out.insert(value.trim().to_owned(), v);
+                }
+            }
+            None => return Err(bad()),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("manifold").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    fn build_args(args: &[&str]) -> BuildArgs {
+        match cli(args).command {
+            Command::Build(b) => b,
+            other => panic!("not a build: {other:?}"),
+        }
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn context_with(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for f in files {
+            let path = dir.path().join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "FROM scratch\n").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn platforms_are_comma_separated_repeated_and_normalised() {
+        let p = parse_platforms(&strings(&["x86_64,arm64/v8", "linux/arm/v7"])).unwrap();
+        let names: Vec<String> = p.iter().map(Platform::to_string).collect();
+        assert_eq!(names, ["linux/amd64", "linux/arm64", "linux/arm/v7"]);
+    }
+
+    #[test]
+    fn a_bad_platform_is_named_with_the_expected_form() {
+        let err = parse_platforms(&strings(&["linux/amd64,linux/amd46"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--platform: unknown platform `linux/amd46`: `amd46` is not a known architecture; \
+             expected os/arch[/variant], e.g. linux/amd64, linux/arm64, linux/arm/v7"
+        );
+    }
+
+    #[test]
+    fn two_spellings_of_one_platform_are_rejected_naming_both() {
+        let err = parse_platforms(&strings(&["arm64,aarch64"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--platform lists linux/arm64 twice: `arm64` and `aarch64` are the same platform; remove one"
+        );
+        let err = parse_platforms(&strings(&["linux/amd64", "x86_64"])).unwrap_err();
+        assert!(matches!(err, ArgsError::DuplicatePlatform { .. }), "{err}");
+        assert_eq!(
+            parse_platforms(&strings(&[",", ""])).unwrap_err(),
+            ArgsError::NoPlatform
+        );
+    }
+
+    #[test]
+    fn file_flags_split_into_common_and_per_platform() {
+        let platforms = parse_platforms(&strings(&["linux/amd64,linux/arm64"])).unwrap();
+        let (common, per) = parse_file_flags(
+            &strings(&["build/Dockerfile", "linux/arm64=Dockerfile.arm64"]),
+            &platforms,
+        )
+        .unwrap();
+        assert_eq!(common.as_deref(), Some("build/Dockerfile"));
+        assert_eq!(per.len(), 1);
+        assert_eq!(per[&Platform::linux_arm64()], "Dockerfile.arm64");
+        // Aliases are normalised: `aarch64=` is linux/arm64.
+        let (_, per) = parse_file_flags(&strings(&["aarch64=Dockerfile.arm"]), &platforms).unwrap();
+        assert_eq!(per[&Platform::linux_arm64()], "Dockerfile.arm");
+    }
+
+    #[test]
+    fn file_flags_refuse_bad_platforms_strangers_and_repeats() {
+        let platforms = parse_platforms(&strings(&["linux/amd64,linux/arm64"])).unwrap();
+        let check = |flags: &[&str], expected: &str| {
+            let err = parse_file_flags(&strings(flags), &platforms).unwrap_err();
+            assert_eq!(err.to_string(), expected, "{flags:?}");
+        };
+        check(
+            &["linux/amd46=Dockerfile"],
+            "-f `linux/amd46=Dockerfile`: unknown platform `linux/amd46`: `amd46` is not a known \
+             architecture; expected os/arch[/variant], e.g. linux/amd64, linux/arm64, linux/arm/v7",
+        );
+        check(
+            &["linux/s390x=Dockerfile.s390x"],
+            "-f `linux/s390x=Dockerfile.s390x` names linux/s390x, which is not among --platform linux/amd64,linux/arm64",
+        );
+        check(
+            &["a", "b"],
+            "-f given twice for all platforms: `a` and `b`; use -f PLATFORM=PATH for a per-platform Dockerfile",
+        );
+        check(
+            &["arm64=a", "aarch64=b"],
+            "-f given twice for linux/arm64: `a` and `b`; keep one",
+        );
+        check(
+            &["linux/arm64="],
+            "-f `linux/arm64=` has no path: pass -f PATH or -f PLATFORM=PATH",
+        );
+    }
+
+    #[test]
+    fn the_command_line_parses_like_buildx() {
+        let b = build_args(&[
+            "build",
+            "-t",
+            "reg/app:1",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--platform",
+            "arm/v7",
+            "-f",
+            "linux/arm64=Dockerfile.arm64",
+            "--build-arg",
+            "A=1",
+            "--build-arg",
+            "B=x=y",
+            "--label",
+            "team=core",
+            "--target",
+            "final",
+            "--arch-tags",
+            "-q",
+            ".",
+        ]);
+        assert_eq!(b.tag, "reg/app:1");
+        assert_eq!(b.platforms, ["linux/amd64,linux/arm64", "arm/v7"]);
+        assert_eq!(b.files, ["linux/arm64=Dockerfile.arm64"]);
+        assert_eq!(b.build_args, ["A=1", "B=x=y"]);
+        assert!(b.arch_tags && b.quiet && !b.detach);
+        assert_eq!(b.context, PathBuf::from("."));
+        assert_eq!(b.progress, ProgressMode::Auto);
+    }
+
+    #[test]
+    fn a_plan_resolves_dockerfiles_and_folds_quiet_into_progress() {
+        let dir = context_with(&["Dockerfile", "arm/Dockerfile"]);
+        let ctx = dir.path().to_str().unwrap();
+        let b = build_args(&[
+            "build",
+            "-t",
+            "reg/app:1",
+            "--platform",
+            "amd64,aarch64",
+            "-f",
+            "linux/arm64=./arm/../arm/Dockerfile",
+            "--build-arg",
+            "K=V",
+            "--build-arg",
+            "K=W",
+            "-q",
+            ctx,
+        ]);
+        let plan = BuildPlan::from_args(&b).unwrap();
+        assert_eq!(
+            plan.platforms,
+            [Platform::linux_amd64(), Platform::linux_arm64()]
+        );
+        assert_eq!(plan.dockerfile, "Dockerfile");
+        assert_eq!(
+            plan.platform_dockerfiles[&Platform::linux_arm64()],
+            "arm/Dockerfile"
+        );
+        assert_eq!(plan.build_args["K"], "W");
+        assert_eq!(plan.progress, ProgressMode::Quiet);
+        assert_eq!(plan.dockerfiles(), ["Dockerfile", "arm/Dockerfile"]);
+        let request = plan.request("sha256:00");
+        assert_eq!(request.platforms.len(), 2);
+        assert_eq!(
+            request.platform_dockerfiles["linux/arm64"],
+            "arm/Dockerfile"
+        );
+        assert_eq!(request.context_digest, "sha256:00");
+        assert_eq!(request.target, "");
+    }
+
+    #[test]
+    fn absolute_dockerfiles_inside_the_context_become_relative() {
+        let dir = context_with(&["docker/Dockerfile.prod"]);
+        let ctx = dir.path().to_str().unwrap();
+        let abs = dir.path().join("docker/Dockerfile.prod");
+        let b = build_args(&[
+            "build",
+            "-t",
+            "app",
+            "--platform",
+            "amd64",
+            "-f",
+            abs.to_str().unwrap(),
+            ctx,
+        ]);
+        assert_eq!(
+            BuildPlan::from_args(&b).unwrap().dockerfile,
+            "docker/Dockerfile.prod"
+        );
+    }
+
+    #[test]
+    fn missing_and_outside_dockerfiles_are_refused_with_the_fix() {
+        let dir = context_with(&["src/main.rs"]);
+        let ctx = dir.path().to_str().unwrap();
+        let plan = |extra: &[&str]| {
+            let mut args = vec!["build", "-t", "app", "--platform", "amd64"];
+            args.extend_from_slice(extra);
+            args.push(ctx);
+            BuildPlan::from_args(&build_args(&args))
+        };
+        assert_eq!(
+            plan(&[]).unwrap_err().to_string(),
+            format!("dockerfile `Dockerfile` not found in context `{ctx}`: pass -f PATH")
+        );
+        assert_eq!(
+            plan(&["-f", "../Dockerfile"]).unwrap_err().to_string(),
+            format!(
+                "dockerfile `../Dockerfile` is outside the context `{ctx}`: move it into the \
+                 context or build from a directory that contains it"
+            )
+        );
+        assert!(matches!(
+            plan(&["-f", "/etc/hostname"]),
+            Err(ArgsError::DockerfileOutsideContext { .. })
+        ));
+        // The default is not needed when every platform has its own, but those must exist.
+        assert!(matches!(
+            plan(&["-f", "amd64=Dockerfile.amd64"]),
+            Err(ArgsError::DockerfileNotFound { path, .. }) if path == "Dockerfile.amd64"
+        ));
+    }
+
+    #[test]
+    fn key_values_need_an_equals_sign_except_env_build_args() {
+        let lookup = |k: &str| (k == "FROM_ENV").then(|| "env-value".to_owned());
+        let args = parse_key_values(
+            "--build-arg",
+            &strings(&["A=1", "FROM_ENV", "UNSET", "EMPTY="]),
+            lookup,
+        )
+        .unwrap();
+        assert_eq!(
+            args.into_iter().collect::<Vec<_>>(),
+            [
+                ("A".to_owned(), "1".to_owned()),
+                ("EMPTY".to_owned(), String::new()),
+                ("FROM_ENV".to_owned(), "env-value".to_owned()),
+            ]
+        );
+        let err = parse_key_values("--label", &strings(&["team"]), |_| None).unwrap_err();
+        assert_eq!(err.to_string(), "--label `team` is not KEY=VALUE");
+        let err = parse_key_values("--build-arg", &strings(&["=x"]), |_| None).unwrap_err();
+        assert_eq!(err.to_string(), "--build-arg `=x` is not KEY=VALUE");
+    }
+
+    #[test]
+    fn ids_and_formats_are_checked_by_the_parser() {
+        let err = Cli::try_parse_from(["manifold", "cancel", "nope"]).unwrap_err();
+        assert!(
+            err.to_string().contains("`nope` is not a build id"),
+            "{err}"
+        );
+        let c = cli(&["builds", "--format", "json", "--limit", "5"]);
+        assert!(matches!(
+            c.command,
+            Command::Builds(BuildsArgs {
+                format: Format::Json,
+                limit: 5
+            })
+        ));
+        let err = Cli::try_parse_from(["manifold", "workers", "--format", "yaml"]).unwrap_err();
+        assert!(err.to_string().contains("yaml"), "{err}");
+    }
+}

@@ -1,0 +1,411 @@
+//! One function per subcommand. Results go to stdout (the digest, a table, a JSON document);
+//! progress and diagnostics go to stderr through [`Progress`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use manifold_proto::BuildId;
+use manifold_proto::v1::{self, build_event::Event};
+use tokio::sync::watch;
+
+use crate::args::{BuildPlan, Format, ProgressMode};
+use crate::client::{ClientError, Coordinator};
+use crate::context::{self, ContextError, ContextSource, SendOutcome};
+use crate::listing;
+use crate::progress::{Progress, failure_report, platform_name};
+
+/// How many times a lost watch stream is re-opened before giving up.
+const WATCH_RETRIES: u32 = 5;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Talking to the coordinator failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Packing or sending the context failed.
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    /// The build ended FAILED.
+    #[error("build {id} failed: {error}")]
+    BuildFailed {
+        /// The build.
+        id: BuildId,
+        /// The coordinator's summary, naming the failing platform.
+        error: String,
+    },
+    /// The build ended CANCELLED.
+    #[error("build {id} was cancelled{}", reason_suffix(.reason))]
+    Cancelled {
+        /// The build.
+        id: BuildId,
+        /// Why, if the coordinator said.
+        reason: String,
+    },
+    /// Ctrl-C before the build ended.
+    #[error("{}", interrupted_message(.id))]
+    Interrupted {
+        /// The build, if it had been submitted.
+        id: Option<BuildId>,
+    },
+    /// The watch stream could not be re-opened.
+    #[error("lost the progress of build {id}: {reason}; re-attach with `manifold watch {id}`")]
+    WatchLost {
+        /// The build.
+        id: BuildId,
+        /// The last error.
+        reason: String,
+    },
+}
+
+fn reason_suffix(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    }
+}
+
+fn interrupted_message(id: &Option<BuildId>) -> String {
+    match id {
+        None => "interrupted before the build was submitted".to_owned(),
+        Some(id) => format!(
+            "interrupted; build {id} may still be running: `manifold build-status {id}` shows it, \
+             `manifold cancel {id}` stops it"
+        ),
+    }
+}
+
+impl CommandError {
+    /// The process exit code for this error: 130 after Ctrl-C, as shells expect, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CommandError::Interrupted { .. } => 130,
+            _ => 1,
+        }
+    }
+}
+
+/// Ctrl-C presses, counted by the binary (the only place that knows about signals) and passed
+/// down as a value.
+#[derive(Debug, Clone)]
+pub struct Interrupts {
+    rx: Option<watch::Receiver<u32>>,
+}
+
+impl Interrupts {
+    /// Follows a counter of presses that the binary increments.
+    pub fn new(rx: watch::Receiver<u32>) -> Self {
+        Self { rx: Some(rx) }
+    }
+
+    /// Never interrupted.
+    pub fn none() -> Self {
+        Self { rx: None }
+    }
+
+    /// Presses so far.
+    pub fn count(&self) -> u32 {
+        self.rx.as_ref().map_or(0, |rx| *rx.borrow())
+    }
+
+    /// Resolves once at least `n` presses happened; never if nobody counts.
+    pub async fn reached(&mut self, n: u32) {
+        if let Some(rx) = &mut self.rx
+            && rx.wait_for(|count| *count >= n).await.is_ok()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+
+    async fn unless_interrupted<T>(
+        &mut self,
+        n: u32,
+        id: Option<BuildId>,
+        work: impl Future<Output = T>,
+    ) -> Result<T, CommandError> {
+        tokio::select! {
+            biased;
+            () = self.reached(n) => Err(CommandError::Interrupted { id }),
+            value = work => Ok(value),
+        }
+    }
+}
+
+/// How `manifold build` ended without error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildOutcome {
+    /// `--detach`: submitted, not followed.
+    Detached(BuildId),
+    /// Every platform built and the manifest list pushed.
+    Succeeded {
+        /// The build.
+        id: BuildId,
+        /// Digest of the manifest list.
+        digest: String,
+    },
+}
+
+/// `manifold build`: packs and sends the context, submits, and follows the build to its end.
+/// Prints the manifest list digest on stdout on success. The first Ctrl-C cancels the build on
+/// the coordinator and waits for it to end; the second returns at once.
+pub async fn build(
+    coordinator: &Coordinator,
+    plan: &BuildPlan,
+    mut interrupts: Interrupts,
+) -> Result<BuildOutcome, CommandError> {
+    let mut progress = Progress::new(plan.progress, &[]);
+    let source = Arc::new(ContextSource::open(&plan.context, &plan.dockerfiles())?);
+
+    let hashing = Arc::clone(&source);
+    let digest = interrupts
+        .unless_interrupted(
+            1,
+            None,
+            tokio::task::spawn_blocking(move || hashing.digest()),
+        )
+        .await?
+        .map_err(|e| ContextError::Aborted(e.to_string()))??;
+    let sent = interrupts
+        .unless_interrupted(1, None, context::send(coordinator, source, &digest))
+        .await??;
+    match sent {
+        SendOutcome::AlreadyPresent => progress.note(&format!(
+            "context {} already on the coordinator, 0 bytes uploaded",
+            digest.short()
+        )),
+        SendOutcome::Uploaded(bytes) => progress.note(&format!(
+            "context {} uploaded, {bytes} bytes",
+            digest.short()
+        )),
+    }
+
+    // A first Ctrl-C during the submission is handled once the build id is known; a second one
+    // gives up waiting.
+    let id = interrupts
+        .unless_interrupted(2, None, coordinator.submit(plan.request(&digest.digest)))
+        .await??;
+    if plan.detach {
+        progress.note(&format!(
+            "build {id} submitted; follow it with `manifold watch {id}`"
+        ));
+        println!("{id}");
+        return Ok(BuildOutcome::Detached(id));
+    }
+    let platforms: Vec<String> = plan.platforms.iter().map(ToString::to_string).collect();
+    progress.note(&format!(
+        "build {id}: {} for {}",
+        plan.image,
+        platforms.join(", ")
+    ));
+    progress.add_platforms(&plan.platforms);
+    let finished = follow(coordinator, id, &mut progress, &mut interrupts).await?;
+    conclude(coordinator, id, finished, progress).await
+}
+
+/// `manifold watch ID`: the same display as `build`, for a build submitted earlier.
+pub async fn watch(
+    coordinator: &Coordinator,
+    id: BuildId,
+    mode: ProgressMode,
+) -> Result<BuildOutcome, CommandError> {
+    let build = coordinator.get_build(id).await?;
+    let platforms: Vec<manifold_proto::Platform> = build
+        .request
+        .iter()
+        .flat_map(|r| &r.platforms)
+        .filter_map(|p| manifold_proto::Platform::try_from(p).ok())
+        .collect();
+    let mut progress = Progress::new(mode, &platforms);
+    let finished = follow(coordinator, id, &mut progress, &mut Interrupts::none()).await?;
+    conclude(coordinator, id, finished, progress).await
+}
+
+/// Follows `Builds.Watch` until BuildFinished, re-opening a lost stream and skipping the history
+/// already shown. Ctrl-C: the first cancels the build, the second gives up.
+async fn follow(
+    coordinator: &Coordinator,
+    id: BuildId,
+    progress: &mut Progress,
+    interrupts: &mut Interrupts,
+) -> Result<v1::BuildFinished, CommandError> {
+    let mut last_sequence: Option<u64> = None;
+    let mut cancel_requested = false;
+    let mut failures = 0;
+    loop {
+        let reason = match coordinator.watch(id).await {
+            Ok(mut stream) => loop {
+                let wanted = if cancel_requested { 2 } else { 1 };
+                tokio::select! {
+                    biased;
+                    () = interrupts.reached(wanted) => {
+                        if cancel_requested {
+                            return Err(CommandError::Interrupted { id: Some(id) });
+                        }
+                        cancel_requested = true;
+                        request_cancel(coordinator, id, progress).await;
+                    }
+                    message = stream.message() => match message {
+                        Ok(Some(event)) => {
+                            failures = 0;
+                            if last_sequence.is_some_and(|last| event.sequence <= last) {
+                                continue;
+                            }
+                            last_sequence = Some(event.sequence);
+                            progress.event(&event);
+                            if let Some(Event::Finished(finished)) = event.event {
+                                return Ok(finished);
+                            }
+                        }
+                        Ok(None) => break "the coordinator ended the stream early".to_owned(),
+                        Err(status) => {
+                            let err = coordinator.status_error("watching the build", status);
+                            if err.code().is_some() {
+                                return Err(err.into());
+                            }
+                            break err.to_string();
+                        }
+                    },
+                }
+            },
+            // Only a lost connection is worth retrying; NotFound and the like are final.
+            Err(err @ ClientError::Rpc { .. }) => return Err(err.into()),
+            Err(err) => err.to_string(),
+        };
+        failures += 1;
+        if failures > WATCH_RETRIES {
+            return Err(CommandError::WatchLost { id, reason });
+        }
+        tracing::warn!(%id, %reason, attempt = failures, "re-opening the build's event stream");
+        let backoff = Duration::from_millis(500 * 2u64.pow(failures.min(5)));
+        interrupts
+            .unless_interrupted(2, Some(id), tokio::time::sleep(backoff))
+            .await?;
+    }
+}
+
+async fn request_cancel(coordinator: &Coordinator, id: BuildId, progress: &Progress) {
+    progress.note(&format!(
+        "cancelling build {id}; press Ctrl-C again to stop waiting"
+    ));
+    if let Err(e) = coordinator.cancel_build(id).await {
+        progress.note(&format!("could not cancel build {id}: {e}"));
+    }
+}
+
+/// Reports how a followed build ended: the digest on stdout, or the failing platforms' errors
+/// and log tails on stderr.
+async fn conclude(
+    coordinator: &Coordinator,
+    id: BuildId,
+    finished: v1::BuildFinished,
+    mut progress: Progress,
+) -> Result<BuildOutcome, CommandError> {
+    progress.finish();
+    match v1::BuildState::try_from(finished.state) {
+        Ok(v1::BuildState::Succeeded) => {
+            println!("{}", finished.manifest_digest);
+            Ok(BuildOutcome::Succeeded {
+                id,
+                digest: finished.manifest_digest,
+            })
+        }
+        Ok(v1::BuildState::Cancelled) => Err(CommandError::Cancelled {
+            id,
+            reason: finished.error,
+        }),
+        _ => {
+            // The failure report is shown even with -q: it is what the person needs next.
+            match coordinator.get_build(id).await {
+                Ok(build) => eprint!("{}", failure_report(&build)),
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "cannot fetch the failed build's details")
+                }
+            }
+            Err(CommandError::BuildFailed {
+                id,
+                error: if finished.error.is_empty() {
+                    "the coordinator gave no reason".to_owned()
+                } else {
+                    finished.error
+                },
+            })
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `manifold workers`.
+pub async fn workers(coordinator: &Coordinator, format: Format) -> Result<(), CommandError> {
+    let workers = coordinator.list_workers().await?;
+    match format {
+        Format::Table => print!("{}", listing::workers_table(&workers, now_ms())),
+        Format::Json => println!("{}", listing::workers_json(&workers)),
+    }
+    Ok(())
+}
+
+/// `manifold builds`.
+pub async fn builds(
+    coordinator: &Coordinator,
+    format: Format,
+    limit: u32,
+) -> Result<(), CommandError> {
+    let builds = coordinator.list_builds(limit).await?;
+    match format {
+        Format::Table => print!("{}", listing::builds_table(&builds, now_ms())),
+        Format::Json => println!("{}", listing::builds_json(&builds)),
+    }
+    Ok(())
+}
+
+/// `manifold build-status ID`.
+pub async fn build_status(
+    coordinator: &Coordinator,
+    id: BuildId,
+    format: Format,
+) -> Result<(), CommandError> {
+    let build = coordinator.get_build(id).await?;
+    match format {
+        Format::Table => print!("{}", listing::build_status_text(&build, now_ms())),
+        Format::Json => println!("{}", listing::build_json(&build)),
+    }
+    Ok(())
+}
+
+/// `manifold cancel ID`: asks for the cancellation and says what the coordinator answered.
+pub async fn cancel(coordinator: &Coordinator, id: BuildId) -> Result<(), CommandError> {
+    let build = coordinator.cancel_build(id).await?;
+    match build {
+        Some(build) => {
+            let unfinished: Vec<String> = build
+                .jobs
+                .iter()
+                .filter(|j| {
+                    matches!(
+                        v1::JobState::try_from(j.state),
+                        Ok(v1::JobState::Queued | v1::JobState::Assigned | v1::JobState::Running)
+                    )
+                })
+                .map(|j| platform_name(j.platform.as_ref()))
+                .collect();
+            if unfinished.is_empty() {
+                println!(
+                    "build {id}: {}",
+                    crate::progress::build_state_name(build.state)
+                );
+            } else {
+                println!("build {id}: cancelling {}", unfinished.join(", "));
+            }
+        }
+        None => println!("build {id}: cancel requested"),
+    }
+    Ok(())
+}

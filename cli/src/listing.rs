@@ -1,0 +1,439 @@
+//! Listings of workers and builds: aligned tables for people, JSON documents for programs. Pure
+//! functions of the wire types and the current time.
+
+use std::collections::BTreeMap;
+
+use manifold_proto::v1;
+use serde::Serialize;
+
+use crate::progress::{build_state_name, job_state_name, platform_name};
+
+/// `3s ago`, `5m ago`, `2h ago`, `4d ago`; `never` for a zero time.
+pub fn ago(now_ms: i64, then_ms: i64) -> String {
+    if then_ms <= 0 {
+        return "never".to_owned();
+    }
+    let secs = (now_ms - then_ms).max(0) / 1000;
+    match secs {
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m ago", s / 60),
+        s if s < 86_400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+/// Columns padded to their widest cell, two spaces apart, without trailing spaces.
+pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header_row).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+fn platforms_of(platforms: &[v1::Platform]) -> Vec<String> {
+    platforms.iter().map(|p| platform_name(Some(p))).collect()
+}
+
+/// A worker as `manifold workers --format json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerView {
+    /// Worker name.
+    pub name: String,
+    /// Normalised platforms it builds.
+    pub platforms: Vec<String>,
+    /// Whether it builds under emulation.
+    pub emulated: bool,
+    /// Build slots.
+    pub slots: u32,
+    /// Slots in use.
+    pub slots_in_use: u32,
+    /// Last heartbeat, Unix milliseconds.
+    pub last_heartbeat_ms: i64,
+    /// When it connected, Unix milliseconds.
+    pub connected_at_ms: i64,
+    /// Its Docker daemon's version.
+    pub docker_version: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<&v1::WorkerInfo> for WorkerView {
+    fn from(w: &v1::WorkerInfo) -> Self {
+        Self {
+            name: w.name.clone(),
+            platforms: platforms_of(&w.platforms),
+            emulated: w.emulated,
+            slots: w.slots,
+            slots_in_use: w.slots_in_use,
+            last_heartbeat_ms: w.last_heartbeat_ms,
+            connected_at_ms: w.connected_at_ms,
+            docker_version: w.docker_version.clone(),
+            labels: w
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// A platform job as the JSON listings print it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobView {
+    /// Job id.
+    pub id: String,
+    /// Normalised platform.
+    pub platform: String,
+    /// `queued`, `assigned`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    /// Worker of the current (or last) attempt.
+    pub worker: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Digest of the pushed per-platform image, once succeeded.
+    pub digest: String,
+    /// Why it failed.
+    pub error: String,
+    /// Last lines of output.
+    pub log_tail: Vec<String>,
+}
+
+/// A build as the JSON listings print it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BuildView {
+    /// Build id.
+    pub id: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    /// Image the manifest list is pushed to.
+    pub image: String,
+    /// Normalised platforms.
+    pub platforms: Vec<String>,
+    /// Context digest.
+    pub context_digest: String,
+    /// Digest of the pushed manifest list, once succeeded.
+    pub manifest_digest: String,
+    /// Media type of that list.
+    pub manifest_media_type: String,
+    /// Why it failed or was cancelled.
+    pub error: String,
+    /// Creation time, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// End time, Unix milliseconds; 0 while running.
+    pub finished_at_ms: i64,
+    /// One job per platform.
+    pub jobs: Vec<JobView>,
+}
+
+impl From<&v1::Job> for JobView {
+    fn from(j: &v1::Job) -> Self {
+        Self {
+            id: j.id.clone(),
+            platform: platform_name(j.platform.as_ref()),
+            state: job_state_name(j.state).to_owned(),
+            worker: j.worker.clone(),
+            attempt: j.attempt,
+            digest: j
+                .image
+                .as_ref()
+                .map(|i| i.digest.clone())
+                .unwrap_or_default(),
+            error: j.error.clone(),
+            log_tail: j.log_tail.clone(),
+        }
+    }
+}
+
+impl From<&v1::Build> for BuildView {
+    fn from(b: &v1::Build) -> Self {
+        let request = b.request.clone().unwrap_or_default();
+        Self {
+            id: b.id.clone(),
+            state: build_state_name(b.state).to_owned(),
+            image: request.image,
+            platforms: platforms_of(&request.platforms),
+            context_digest: request.context_digest,
+            manifest_digest: b.manifest_digest.clone(),
+            manifest_media_type: b.manifest_media_type.clone(),
+            error: b.error.clone(),
+            created_at_ms: b.created_at_ms,
+            finished_at_ms: b.finished_at_ms,
+            jobs: b.jobs.iter().map(JobView::from).collect(),
+        }
+    }
+}
+
+/// `manifold workers`: NAME, PLATFORMS, NATIVE/EMULATED, SLOTS, LAST HEARTBEAT, DOCKER.
+pub fn workers_table(workers: &[v1::WorkerInfo], now_ms: i64) -> String {
+    let rows: Vec<Vec<String>> = workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.name.clone(),
+                or_dash(&platforms_of(&w.platforms).join(",")),
+                if w.emulated { "emulated" } else { "native" }.to_owned(),
+                format!("{}/{}", w.slots_in_use, w.slots),
+                ago(now_ms, w.last_heartbeat_ms),
+                or_dash(&w.docker_version),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "NAME",
+            "PLATFORMS",
+            "NATIVE/EMULATED",
+            "SLOTS",
+            "LAST HEARTBEAT",
+            "DOCKER",
+        ],
+        &rows,
+    )
+}
+
+/// `manifold workers --format json`.
+pub fn workers_json(workers: &[v1::WorkerInfo]) -> String {
+    #[derive(Serialize)]
+    struct Doc {
+        workers: Vec<WorkerView>,
+    }
+    to_json(&Doc {
+        workers: workers.iter().map(WorkerView::from).collect(),
+    })
+}
+
+/// `manifold builds`: ID, STATE, IMAGE, PLATFORMS, CREATED.
+pub fn builds_table(builds: &[v1::Build], now_ms: i64) -> String {
+    let rows: Vec<Vec<String>> = builds
+        .iter()
+        .map(|b| {
+            let view = BuildView::from(b);
+            vec![
+                view.id,
+                view.state,
+                or_dash(&view.image),
+                or_dash(&view.platforms.join(",")),
+                ago(now_ms, view.created_at_ms),
+            ]
+        })
+        .collect();
+    render_table(&["ID", "STATE", "IMAGE", "PLATFORMS", "CREATED"], &rows)
+}
+
+/// `manifold builds --format json`.
+pub fn builds_json(builds: &[v1::Build]) -> String {
+    #[derive(Serialize)]
+    struct Doc {
+        builds: Vec<BuildView>,
+    }
+    to_json(&Doc {
+        builds: builds.iter().map(BuildView::from).collect(),
+    })
+}
+
+/// `manifold build-status`: the build, then a table of its jobs.
+pub fn build_status_text(build: &v1::Build, now_ms: i64) -> String {
+    let view = BuildView::from(build);
+    let mut fields = vec![
+        ("build", view.id.clone()),
+        ("image", or_dash(&view.image)),
+        ("state", view.state.clone()),
+        ("platforms", or_dash(&view.platforms.join(","))),
+        ("created", ago(now_ms, view.created_at_ms)),
+    ];
+    if view.finished_at_ms > 0 {
+        fields.push(("finished", ago(now_ms, view.finished_at_ms)));
+    }
+    if !view.manifest_digest.is_empty() {
+        fields.push(("digest", view.manifest_digest.clone()));
+    }
+    if !view.error.is_empty() {
+        fields.push(("error", view.error.clone()));
+    }
+    let mut out = String::new();
+    for (name, value) in fields {
+        out.push_str(&format!("{name:<10}{value}\n"));
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = view
+        .jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.platform.clone(),
+                j.state.clone(),
+                or_dash(&j.worker),
+                if j.attempt == 0 {
+                    "-".to_owned()
+                } else {
+                    j.attempt.to_string()
+                },
+                or_dash(&j.digest),
+                or_dash(j.error.lines().next().unwrap_or("")),
+            ]
+        })
+        .collect();
+    out.push_str(&render_table(
+        &["PLATFORM", "STATE", "WORKER", "ATTEMPT", "DIGEST", "ERROR"],
+        &rows,
+    ));
+    out
+}
+
+/// `manifold build-status --format json`.
+pub fn build_json(build: &v1::Build) -> String {
+    to_json(&BuildView::from(build))
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Views hold only strings, numbers and maps with string keys: serialising cannot fail.
+    serde_json::to_string_pretty(value).expect("views serialise to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manifold_proto::Platform;
+
+    fn wire(p: &str) -> v1::Platform {
+        Platform::parse(p).unwrap().into()
+    }
+
+    fn build() -> v1::Build {
+        v1::Build {
+            id: "3f2b8c1e-7d4a-4c61-9a57-0b6e2f1d9c3a".into(),
+            request: Some(v1::SubmitBuildRequest {
+                image: "reg/app:1".into(),
+                platforms: vec![wire("linux/amd64"), wire("linux/arm64")],
+                ..Default::default()
+            }),
+            state: v1::BuildState::Failed as i32,
+            error: "linux/arm64 failed".into(),
+            created_at_ms: 1_000_000 - 120_000,
+            finished_at_ms: 1_000_000 - 3_000,
+            jobs: vec![
+                v1::Job {
+                    id: "j1".into(),
+                    platform: Some(wire("linux/amd64")),
+                    state: v1::JobState::Succeeded as i32,
+                    worker: "x86".into(),
+                    attempt: 1,
+                    image: Some(v1::ImageDescriptor {
+                        digest: "sha256:aa".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                v1::Job {
+                    id: "j2".into(),
+                    platform: Some(wire("linux/arm64")),
+                    state: v1::JobState::Failed as i32,
+                    worker: "pi".into(),
+                    attempt: 2,
+                    error: "exit 1\nmore".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ages_read_like_people_say_them() {
+        let now = 10_000_000;
+        assert_eq!(ago(now, now - 3_400), "3s ago");
+        assert_eq!(ago(now, now - 300_000), "5m ago");
+        assert_eq!(ago(now, now - 7_200_000), "2h ago");
+        assert_eq!(ago(now, now + 5_000), "0s ago");
+        assert_eq!(ago(now, 0), "never");
+        assert_eq!(
+            ago(200_000_000_000, 200_000_000_000 - 2 * 86_400_000),
+            "2d ago"
+        );
+    }
+
+    #[test]
+    fn workers_table_has_the_promised_columns() {
+        let workers = [v1::WorkerInfo {
+            name: "worker-x86".into(),
+            platforms: vec![wire("linux/amd64"), wire("linux/386")],
+            emulated: false,
+            slots: 4,
+            slots_in_use: 1,
+            last_heartbeat_ms: 97_000,
+            docker_version: "27.1.0".into(),
+            ..Default::default()
+        }];
+        assert_eq!(
+            workers_table(&workers, 100_000),
+            "NAME        PLATFORMS              NATIVE/EMULATED  SLOTS  LAST HEARTBEAT  DOCKER\n\
+             worker-x86  linux/amd64,linux/386  native           1/4    3s ago          27.1.0\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&workers_json(&workers)).unwrap();
+        assert_eq!(json["workers"][0]["name"], "worker-x86");
+        assert_eq!(json["workers"][0]["platforms"][1], "linux/386");
+        assert_eq!(json["workers"][0]["slots_in_use"], 1);
+    }
+
+    #[test]
+    fn builds_table_and_json() {
+        let b = build();
+        assert_eq!(
+            builds_table(std::slice::from_ref(&b), 1_000_000),
+            "ID                                    STATE   IMAGE      PLATFORMS                CREATED\n\
+             3f2b8c1e-7d4a-4c61-9a57-0b6e2f1d9c3a  failed  reg/app:1  linux/amd64,linux/arm64  2m ago\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&builds_json(std::slice::from_ref(&b))).unwrap();
+        assert_eq!(json["builds"][0]["state"], "failed");
+        assert_eq!(json["builds"][0]["jobs"][0]["digest"], "sha256:aa");
+    }
+
+    #[test]
+    fn build_status_shows_each_job() {
+        let text = build_status_text(&build(), 1_000_000);
+        assert_eq!(
+            text,
+            "build     3f2b8c1e-7d4a-4c61-9a57-0b6e2f1d9c3a\n\
+             image     reg/app:1\n\
+             state     failed\n\
+             platforms linux/amd64,linux/arm64\n\
+             created   2m ago\n\
+             finished  3s ago\n\
+             error     linux/arm64 failed\n\
+             \n\
+             PLATFORM     STATE      WORKER  ATTEMPT  DIGEST     ERROR\n\
+             linux/amd64  succeeded  x86     1        sha256:aa  -\n\
+             linux/arm64  failed     pi      2        -          exit 1\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&build_json(&build())).unwrap();
+        assert_eq!(json["jobs"][1]["error"], "exit 1\nmore");
+        assert_eq!(json["platforms"][1], "linux/arm64");
+    }
+}

@@ -1,0 +1,272 @@
+//! An in-memory twin of the coordinator's `Contexts` and `Builds` services, served by tonic on
+//! 127.0.0.1:0, for the crate tests. It records what the CLI sent and plays a scripted build.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use manifold_proto::v1::builds_server::{Builds, BuildsServer};
+use manifold_proto::v1::contexts_server::{Contexts, ContextsServer};
+use manifold_proto::v1::{self, build_event::Event};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+/// The build id the twin hands out.
+pub const BUILD_ID: &str = "3f2b8c1e-7d4a-4c61-9a57-0b6e2f1d9c3a";
+
+/// What the twin does and what it saw.
+#[derive(Default)]
+pub struct Twin {
+    /// Contexts held, by digest.
+    pub contexts: Mutex<HashMap<String, Vec<u8>>>,
+    /// `Has` calls.
+    pub has_calls: AtomicUsize,
+    /// `Upload` calls.
+    pub uploads: AtomicUsize,
+    /// Bytes received by all uploads.
+    pub uploaded_bytes: AtomicU64,
+    /// Run during `Has`, before answering (e.g. to change the context between the passes).
+    pub on_has: Mutex<Option<Box<dyn FnMut() + Send>>>,
+    /// When set, every upload is refused with this status after reading it.
+    pub reject_uploads: Mutex<Option<Status>>,
+    /// Submitted requests.
+    pub submitted: Mutex<Vec<v1::SubmitBuildRequest>>,
+    /// Events every watcher receives first.
+    pub history: Mutex<Vec<v1::BuildEvent>>,
+    /// The open watch stream, to push events later.
+    pub watcher: Mutex<Option<mpsc::Sender<Result<v1::BuildEvent, Status>>>>,
+    /// `Watch` calls.
+    pub watches: AtomicUsize,
+    /// What `Get` answers.
+    pub build: Mutex<v1::Build>,
+    /// `Cancel` calls.
+    pub cancels: AtomicUsize,
+    /// Whether `Cancel` ends the build with a CANCELLED event.
+    pub cancel_finishes: std::sync::atomic::AtomicBool,
+}
+
+impl Twin {
+    /// A twin with no contexts and no build.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Sets the events of the scripted build.
+    pub fn script(&self, events: Vec<Event>) {
+        *self.history.lock().unwrap() = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| v1::BuildEvent {
+                sequence: i as u64,
+                at_ms: 1,
+                event: Some(event),
+            })
+            .collect();
+    }
+
+    /// Waits (polling, with a deadline) until `check` holds.
+    pub async fn wait_until(&self, what: &str, check: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !check(self) {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Service(Arc<Twin>);
+
+#[tonic::async_trait]
+impl Contexts for Service {
+    async fn has(
+        &self,
+        request: Request<v1::HasContextRequest>,
+    ) -> Result<Response<v1::HasContextResponse>, Status> {
+        self.0.has_calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(hook) = self.0.on_has.lock().unwrap().as_mut() {
+            hook();
+        }
+        let present = self
+            .0
+            .contexts
+            .lock()
+            .unwrap()
+            .contains_key(&request.into_inner().digest);
+        Ok(Response::new(v1::HasContextResponse { present }))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<v1::UploadContextChunk>>,
+    ) -> Result<Response<v1::UploadContextResponse>, Status> {
+        self.0.uploads.fetch_add(1, Ordering::SeqCst);
+        let mut stream = request.into_inner();
+        let mut expected = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if expected.is_none() {
+                expected = Some(chunk.digest.clone());
+            }
+            self.0
+                .uploaded_bytes
+                .fetch_add(chunk.data.len() as u64, Ordering::SeqCst);
+            data.extend_from_slice(&chunk.data);
+        }
+        if let Some(status) = self.0.reject_uploads.lock().unwrap().clone() {
+            return Err(status);
+        }
+        let expected = expected.ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        if actual != expected {
+            return Err(Status::invalid_argument(format!(
+                "context digest mismatch: expected {expected}, received {actual}"
+            )));
+        }
+        let size = data.len() as u64;
+        self.0.contexts.lock().unwrap().insert(actual.clone(), data);
+        Ok(Response::new(v1::UploadContextResponse {
+            digest: actual,
+            size,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Builds for Service {
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitBuildRequest>,
+    ) -> Result<Response<v1::SubmitBuildResponse>, Status> {
+        let request = request.into_inner();
+        if !self
+            .0
+            .contexts
+            .lock()
+            .unwrap()
+            .contains_key(&request.context_digest)
+        {
+            return Err(Status::invalid_argument(format!(
+                "unknown context `{}`: upload it first",
+                request.context_digest
+            )));
+        }
+        self.0.submitted.lock().unwrap().push(request);
+        Ok(Response::new(v1::SubmitBuildResponse {
+            build_id: BUILD_ID.to_owned(),
+        }))
+    }
+
+    type WatchStream = ReceiverStream<Result<v1::BuildEvent, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchBuildRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        if request.into_inner().build_id != BUILD_ID {
+            return Err(Status::not_found("no such build"));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        for event in self.0.history.lock().unwrap().iter() {
+            tx.try_send(Ok(event.clone())).expect("history fits");
+        }
+        *self.0.watcher.lock().unwrap() = Some(tx);
+        self.0.watches.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get(
+        &self,
+        request: Request<v1::GetBuildRequest>,
+    ) -> Result<Response<v1::Build>, Status> {
+        let id = request.into_inner().build_id;
+        if id != BUILD_ID {
+            return Err(Status::not_found(format!("no build `{id}`")));
+        }
+        Ok(Response::new(self.0.build.lock().unwrap().clone()))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<v1::ListBuildsRequest>,
+    ) -> Result<Response<v1::ListBuildsResponse>, Status> {
+        Ok(Response::new(v1::ListBuildsResponse {
+            builds: vec![self.0.build.lock().unwrap().clone()],
+        }))
+    }
+
+    async fn cancel(
+        &self,
+        _request: Request<v1::CancelBuildRequest>,
+    ) -> Result<Response<v1::CancelBuildResponse>, Status> {
+        self.0.cancels.fetch_add(1, Ordering::SeqCst);
+        if self.0.cancel_finishes.load(Ordering::SeqCst) {
+            let next = self.0.history.lock().unwrap().len() as u64;
+            let watcher = self.0.watcher.lock().unwrap().clone();
+            if let Some(tx) = watcher {
+                let finished = v1::BuildEvent {
+                    sequence: next,
+                    at_ms: 2,
+                    event: Some(Event::Finished(v1::BuildFinished {
+                        state: v1::BuildState::Cancelled as i32,
+                        manifest_digest: String::new(),
+                        error: "cancelled by the user".into(),
+                    })),
+                };
+                let _ = tx.send(Ok(finished)).await;
+            }
+        }
+        Ok(Response::new(v1::CancelBuildResponse {
+            build: Some(self.0.build.lock().unwrap().clone()),
+        }))
+    }
+}
+
+/// A twin being served; dropping it stops the server.
+pub struct Served {
+    /// `http://127.0.0.1:PORT`.
+    pub address: String,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Serves `twin` on a free loopback port.
+pub async fn serve(twin: Arc<Twin>) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let service = Service(twin);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ContextsServer::new(service.clone()))
+            .add_service(BuildsServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            }),
+    );
+    Served {
+        address: format!("http://{addr}"),
+        _stop: stop,
+    }
+}
+
+/// Writes `files` (path, contents) under a fresh temporary directory.
+pub fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, contents) in files {
+        let full = dir.path().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, contents).unwrap();
+    }
+    dir
+}
+
+/// The wire form of a platform string.
+pub fn wire(platform: &str) -> Option<v1::Platform> {
+    Some(manifold_proto::Platform::parse(platform).unwrap().into())
+}
