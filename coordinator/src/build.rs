@@ -9,7 +9,7 @@ use manifold_proto::{BuildId, JobId, Platform};
 use oci_client::Reference;
 
 use crate::contexts::{self, ContextStore};
-use crate::manifest::ChildImage;
+use manifold_registry::ChildImage;
 
 /// A build request that passed validation.
 #[derive(Clone, Debug, PartialEq, Eq)]

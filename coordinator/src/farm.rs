@@ -7,7 +7,7 @@
 //!
 //! Invariants:
 //! - a job has at most one live attempt; messages about any other attempt are ignored;
-//! - a build's tag is written only after every job succeeded (see [`crate::registry`]);
+//! - a build's tag is written only after every job succeeded (see `manifold_registry::publish`);
 //! - a build's last event is `Finished`, and nothing is recorded after it;
 //! - a worker that disconnects keeps its jobs for `worker_lease`: a reconnect that restates them adopts
 //!   them; otherwise they are requeued, the attempt counted.
@@ -26,9 +26,9 @@ use crate::build::{
     LOG_TAIL_LINES, now_ms,
 };
 use crate::contexts::ContextStore;
-use crate::manifest::ChildImage;
-use crate::registry::{self, RegistryConfig};
 use crate::scheduler::{Scheduler, WorkerCaps};
+use manifold_registry::ChildImage;
+use manifold_registry::{self as registry, RegistryConfig};
 
 /// Tunables of the farm.
 #[derive(Clone, Debug)]

@@ -5,9 +5,8 @@
 //! Layout, in reading order:
 //! - [`build`]: a build's validated request, its jobs and their states, the events watchers see;
 //! - [`scheduler`]: pure decision logic: which queued job runs on which worker;
-//! - [`farm`]: the state of builds and workers and every transition, driving the scheduler;
-//! - [`manifest`]: pure assembly of a manifest list / OCI index from per-platform images;
-//! - [`registry`]: pushing that list with oci-client, the tag last;
+//! - [`farm`]: the state of builds and workers and every transition, driving the scheduler, and
+//!   publishing finished builds with `manifold_registry`;
 //! - [`contexts`]: build contexts on disk, content-addressed;
 //! - [`api`]: the gRPC services, the only place wire types appear;
 //! - [`config`] and [`run`]: what the binary starts.
@@ -17,8 +16,6 @@ pub mod build;
 pub mod config;
 pub mod contexts;
 pub mod farm;
-pub mod manifest;
-pub mod registry;
 pub mod scheduler;
 
 pub use config::Config;

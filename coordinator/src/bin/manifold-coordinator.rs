@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use manifold_coordinator::{Config, farm::FarmConfig, registry::RegistryConfig};
+use manifold_coordinator::{Config, farm::FarmConfig};
+use manifold_registry::RegistryConfig;
 use tokio_util::sync::CancellationToken;
 
 /// Schedules multi-platform container builds onto native workers and merges the results.
