@@ -45,6 +45,7 @@ fn status(e: impl Into<ApiError>) -> Status {
         }
         ApiError::Context(e @ ContextError::Unknown(_)) => Status::not_found(e.to_string()),
         ApiError::Context(e @ ContextError::Io { .. }) => Status::internal(e.to_string()),
+        ApiError::Farm(e @ FarmError::Store(_)) => Status::unavailable(e.to_string()),
     }
 }
 
@@ -262,12 +263,7 @@ impl builds_server::Builds for Api {
         request: Request<v1::SubmitBuildRequest>,
     ) -> Result<Response<v1::SubmitBuildResponse>, Status> {
         let req = request_from_wire(request.into_inner());
-        let farm = self.farm.clone();
-        // Validation reads the context tar: keep it off the async threads.
-        let id = tokio::task::spawn_blocking(move || farm.submit(req))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(status)?;
+        let id = self.farm.submit(req).await.map_err(status)?;
         Ok(Response::new(v1::SubmitBuildResponse {
             build_id: id.to_string(),
         }))
@@ -334,7 +330,7 @@ impl builds_server::Builds for Api {
         request: Request<v1::CancelBuildRequest>,
     ) -> Result<Response<v1::CancelBuildResponse>, Status> {
         let id = parse_build_id(&request.get_ref().build_id)?;
-        let b = self.farm.cancel(id).map_err(status)?;
+        let b = self.farm.cancel(id).await.map_err(status)?;
         Ok(Response::new(v1::CancelBuildResponse {
             build: Some(build_to_wire(&b)),
         }))

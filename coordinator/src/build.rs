@@ -12,9 +12,10 @@ use crate::contexts::{self, ContextStore};
 use manifold_registry::ChildImage;
 
 /// A build request that passed validation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BuildSpec {
     /// Where the list goes; always carries a tag.
+    #[serde(with = "reference_text")]
     pub image: Reference,
     /// Distinct, normalised.
     pub platforms: Vec<Platform>,
@@ -33,7 +34,7 @@ pub struct BuildSpec {
 }
 
 /// A build request as the client sent it, before validation.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BuildRequest {
     /// Image reference text.
     pub image: String,
@@ -202,6 +203,21 @@ impl BuildSpec {
     }
 }
 
+/// Serialises an image reference as its text.
+mod reference_text {
+    use oci_client::Reference;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(r: &Reference, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&r.whole())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Reference, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 fn parse_image(image: &str) -> Result<Reference, InvalidRequest> {
     let err = |reason: String| InvalidRequest::Image {
         image: image.to_owned(),
@@ -300,7 +316,7 @@ impl JobState {
 pub const LOG_TAIL_LINES: usize = 30;
 
 /// One platform's job.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     /// Stable across attempts.
     pub id: JobId,
@@ -320,8 +336,8 @@ pub struct Job {
     pub log_tail: VecDeque<String>,
 }
 
-/// A build and its jobs.
-#[derive(Clone, Debug)]
+/// A build and its jobs: what the state store keeps.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Build {
     /// Id.
     pub id: BuildId,
@@ -341,6 +357,8 @@ pub struct Build {
     pub created_at_ms: i64,
     /// Unix ms, once final.
     pub finished_at_ms: Option<i64>,
+    /// Incremented by every state transition; the store refuses to go back to an older version.
+    pub version: u64,
 }
 
 /// What watchers see, in order.

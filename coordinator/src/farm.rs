@@ -10,14 +10,17 @@
 //! - a build's tag is written only after every job succeeded (see `manifold_registry::publish`);
 //! - a build's last event is `Finished`, and nothing is recorded after it;
 //! - a worker that disconnects keeps its jobs for `worker_lease`: a reconnect that restates them adopts
-//!   them; otherwise they are requeued, the attempt counted.
+//!   them; otherwise they are requeued, the attempt counted;
+//! - every state transition is written to the [`StateStore`] before the worker messages it causes
+//!   are sent ("assigned" is durable before the assignment leaves), and a submitted build is durable
+//!   before its id is returned. One writer task applies the writes in order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use manifold_proto::{BuildId, JobId, Platform};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,6 +30,7 @@ use crate::build::{
 };
 use crate::contexts::ContextStore;
 use crate::scheduler::{Scheduler, WorkerCaps};
+use crate::store::{StateStore, StoreError};
 use manifold_registry::ChildImage;
 use manifold_registry::{self as registry, RegistryConfig};
 
@@ -178,6 +182,9 @@ pub enum FarmError {
     /// A hello that cannot be served.
     #[error("invalid worker hello: {0}")]
     BadHello(String),
+    /// The state store refused or failed a write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A handle to the farm; cheap to clone.
@@ -191,6 +198,14 @@ struct Inner {
     contexts: ContextStore,
     state: Mutex<State>,
     tasks: TaskTracker,
+    writes: mpsc::UnboundedSender<Batch>,
+}
+
+/// What one farm operation must persist, then send.
+struct Batch {
+    builds: Vec<Build>,
+    messages: Vec<(mpsc::UnboundedSender<ToWorker>, ToWorker)>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 #[derive(Default)]
@@ -205,6 +220,8 @@ struct State {
     /// Jobs of workers that went away, with the deadline for their return.
     orphans: HashMap<JobId, Instant>,
     next_session: u64,
+    /// Worker messages waiting for the current operation's writes.
+    outbox: Vec<(mpsc::UnboundedSender<ToWorker>, ToWorker)>,
 }
 
 struct BuildEntry {
@@ -212,6 +229,8 @@ struct BuildEntry {
     events: Vec<Event>,
     /// Number of events recorded; watchers wait on changes.
     notify: watch::Sender<usize>,
+    /// Changed since the last write to the store.
+    dirty: bool,
 }
 
 struct WorkerConn {
@@ -235,16 +254,130 @@ pub struct Session {
 const MAX_LOG_EVENTS: usize = 50_000;
 
 impl Farm {
-    /// A farm with no builds and no workers.
-    pub fn new(config: FarmConfig, contexts: ContextStore, tasks: TaskTracker) -> Self {
-        Self {
+    /// A farm holding what `store` holds: unfinished builds resume (queued jobs are queued again,
+    /// running ones wait `worker_lease` for their worker to restate them, fully built ones are
+    /// published). A write the store refuses as fenced cancels `fenced`.
+    pub async fn recover(
+        config: FarmConfig,
+        contexts: ContextStore,
+        store: Arc<dyn StateStore>,
+        tasks: TaskTracker,
+        fenced: CancellationToken,
+    ) -> Result<Self, FarmError> {
+        let mut builds = store.load().await?;
+        builds.sort_by_key(|b| b.created_at_ms);
+        let (writes, rx) = mpsc::unbounded_channel();
+        tasks.spawn(write_loop(store, rx, fenced));
+        let farm = Self {
             inner: Arc::new(Inner {
                 config,
                 contexts,
                 state: Mutex::new(State::default()),
                 tasks,
+                writes,
             }),
+        };
+        let now = now_instant();
+        let mut st = farm.lock();
+        let mut to_publish = Vec::new();
+        let restored = builds.len();
+        for build in builds {
+            let id = build.id;
+            let (notify, _) = watch::channel(0);
+            let mut entry = BuildEntry {
+                build,
+                events: Vec::new(),
+                notify,
+                dirty: false,
+            };
+            for j in entry.build.jobs.clone() {
+                st.job_build.insert(j.id, id);
+                if !entry.build.state.is_final() {
+                    match j.state {
+                        JobState::Queued => st.scheduler.enqueue(j.id, j.platform.clone(), now),
+                        JobState::Assigned | JobState::Running => {
+                            st.orphans
+                                .insert(j.id, now + farm.inner.config.worker_lease);
+                        }
+                        _ => {}
+                    }
+                }
+                record(
+                    &mut entry,
+                    EventKind::JobState {
+                        platform: j.platform.clone(),
+                        state: j.state,
+                        worker: j.worker.clone(),
+                        attempt: j.attempt,
+                        message: "restored from the state store".into(),
+                    },
+                );
+            }
+            if entry.build.state.is_final() {
+                let finished = EventKind::Finished {
+                    state: entry.build.state,
+                    manifest_digest: entry.build.manifest.as_ref().map(|m| m.0.clone()),
+                    error: entry.build.error.clone(),
+                };
+                record(&mut entry, finished);
+            } else if entry
+                .build
+                .jobs
+                .iter()
+                .all(|j| j.state == JobState::Succeeded)
+            {
+                to_publish.push(entry.build.clone());
+            }
+            entry.dirty = false;
+            st.builds.insert(id, entry);
+            st.order.push(id);
         }
+        for build in to_publish {
+            farm.spawn_publish(build.id, build);
+        }
+        if restored > 0 {
+            tracing::info!(builds = restored, "state restored");
+        }
+        farm.dispatch(&mut st);
+        farm.flush(&mut st, None);
+        drop(st);
+        Ok(farm)
+    }
+
+    /// Sends what the current operation changed to the writer task; `done` learns the outcome.
+    fn flush(&self, st: &mut State, done: Option<oneshot::Sender<Result<(), StoreError>>>) {
+        let mut builds = Vec::new();
+        for entry in st.builds.values_mut().filter(|e| e.dirty) {
+            entry.dirty = false;
+            entry.build.version += 1;
+            builds.push(entry.build.clone());
+        }
+        let messages = std::mem::take(&mut st.outbox);
+        if builds.is_empty() && messages.is_empty() && done.is_none() {
+            return;
+        }
+        let batch = Batch {
+            builds,
+            messages,
+            done,
+        };
+        if let Err(mpsc::error::SendError(batch)) = self.inner.writes.send(batch)
+            && let Some(done) = batch.done
+        {
+            let _ = done.send(Err(StoreError::Backend(
+                "the state writer has stopped".into(),
+            )));
+        }
+    }
+
+    /// Like [`Farm::flush`], releasing the lock; the receiver learns when the writes are durable.
+    fn flush_and_release(
+        &self,
+        mut st: MutexGuard<'_, State>,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        self.flush(&mut st, Some(tx));
+        rx
     }
 
     /// The context store.
@@ -261,9 +394,14 @@ impl Farm {
         self.inner.state.lock().expect("farm state lock poisoned")
     }
 
-    /// Validates and queues a build; returns its id.
-    pub fn submit(&self, request: BuildRequest) -> Result<BuildId, FarmError> {
-        let spec = BuildSpec::validate(request.clone(), &self.inner.contexts)?;
+    /// Validates and queues a build; returns its id once the build is durable.
+    pub async fn submit(&self, request: BuildRequest) -> Result<BuildId, FarmError> {
+        let contexts = self.inner.contexts.clone();
+        let req = request.clone();
+        // Validation reads the context tar: keep it off the async threads.
+        let spec = tokio::task::spawn_blocking(move || BuildSpec::validate(req, &contexts))
+            .await
+            .map_err(|e| StoreError::Backend(format!("validating the request: {e}")))??;
         let id = BuildId::new();
         let now = now_instant();
         let jobs: Vec<Job> = spec
@@ -280,54 +418,60 @@ impl Farm {
                 log_tail: Default::default(),
             })
             .collect();
-        let mut st = self.lock();
-        for j in &jobs {
-            st.job_build.insert(j.id, id);
-            st.scheduler.enqueue(j.id, j.platform.clone(), now);
-        }
-        let (notify, _) = watch::channel(0);
-        st.builds.insert(
-            id,
-            BuildEntry {
-                build: Build {
-                    id,
-                    spec,
-                    request,
-                    state: BuildState::Queued,
-                    jobs: jobs.clone(),
-                    manifest: None,
-                    error: None,
-                    created_at_ms: now_ms(),
-                    finished_at_ms: None,
-                },
-                events: Vec::new(),
-                notify,
-            },
-        );
-        st.order.push(id);
-        for j in &jobs {
-            let message = if st.scheduler.any_worker_builds(&j.platform) {
-                "waiting for a free worker slot".to_owned()
-            } else {
-                format!(
-                    "no {} worker attached; waiting up to {}s for one",
-                    j.platform,
-                    self.inner.config.wait_for_workers.as_secs()
-                )
-            };
-            record(
-                st.builds.get_mut(&id).expect("just inserted"),
-                EventKind::JobState {
-                    platform: j.platform.clone(),
-                    state: JobState::Queued,
-                    worker: None,
-                    attempt: 0,
-                    message,
+        let written = {
+            let mut st = self.lock();
+            for j in &jobs {
+                st.job_build.insert(j.id, id);
+                st.scheduler.enqueue(j.id, j.platform.clone(), now);
+            }
+            let (notify, _) = watch::channel(0);
+            st.builds.insert(
+                id,
+                BuildEntry {
+                    build: Build {
+                        id,
+                        spec,
+                        request,
+                        state: BuildState::Queued,
+                        jobs: jobs.clone(),
+                        manifest: None,
+                        error: None,
+                        created_at_ms: now_ms(),
+                        finished_at_ms: None,
+                        version: 0,
+                    },
+                    events: Vec::new(),
+                    notify,
+                    dirty: true,
                 },
             );
-        }
-        tracing::info!(build = %id, "build submitted");
-        self.dispatch(&mut st);
+            st.order.push(id);
+            for j in &jobs {
+                let message = if st.scheduler.any_worker_builds(&j.platform) {
+                    "waiting for a free worker slot".to_owned()
+                } else {
+                    format!(
+                        "no {} worker attached; waiting up to {}s for one",
+                        j.platform,
+                        self.inner.config.wait_for_workers.as_secs()
+                    )
+                };
+                record(
+                    st.builds.get_mut(&id).expect("just inserted"),
+                    EventKind::JobState {
+                        platform: j.platform.clone(),
+                        state: JobState::Queued,
+                        worker: None,
+                        attempt: 0,
+                        message,
+                    },
+                );
+            }
+            tracing::info!(build = %id, "build submitted");
+            self.dispatch(&mut st);
+            self.flush_and_release(st)
+        };
+        durable(written).await?;
         Ok(id)
     }
 
@@ -371,25 +515,31 @@ impl Farm {
     }
 
     /// Cancels a build: unfinished jobs stop, no tag is written.
-    pub fn cancel(&self, id: BuildId) -> Result<Build, FarmError> {
-        let mut st = self.lock();
-        let state = st
-            .builds
-            .get(&id)
-            .ok_or(FarmError::UnknownBuild(id))?
-            .build
-            .state;
-        if !state.is_final() {
-            self.end_build(
-                &mut st,
-                id,
-                BuildState::Cancelled,
-                Some("cancelled by request".into()),
-                None,
-            );
-            self.dispatch(&mut st);
-        }
-        Ok(st.builds[&id].build.clone())
+    pub async fn cancel(&self, id: BuildId) -> Result<Build, FarmError> {
+        let (build, written) = {
+            let mut st = self.lock();
+            let state = st
+                .builds
+                .get(&id)
+                .ok_or(FarmError::UnknownBuild(id))?
+                .build
+                .state;
+            if !state.is_final() {
+                self.end_build(
+                    &mut st,
+                    id,
+                    BuildState::Cancelled,
+                    Some("cancelled by request".into()),
+                    None,
+                );
+                self.dispatch(&mut st);
+            }
+            let build = st.builds[&id].build.clone();
+            let written = self.flush_and_release(st);
+            (build, written)
+        };
+        durable(written).await?;
+        Ok(build)
     }
 
     /// The attached workers.
@@ -512,6 +662,7 @@ impl Farm {
             },
         );
         self.dispatch(&mut st);
+        self.flush(&mut st, None);
         Ok((session, rx))
     }
 
@@ -547,6 +698,7 @@ impl Farm {
                 entry.build.state = BuildState::Running;
             }
             record(entry, ev);
+            self.flush(&mut st, None);
         }
     }
 
@@ -584,6 +736,7 @@ impl Farm {
         let Some(entry) = current_job(&mut st, job, attempt) else {
             tracing::info!(%job, attempt, "ignoring the result of an attempt that is no longer current");
             self.dispatch(&mut st);
+            self.flush(&mut st, None);
             return;
         };
         let build_id = entry.build.id;
@@ -655,6 +808,7 @@ impl Farm {
             }
         }
         self.dispatch(&mut st);
+        self.flush(&mut st, None);
     }
 
     /// The worker's stream ended (or it said goodbye). Its jobs wait for it for the worker lease.
@@ -675,6 +829,7 @@ impl Farm {
         }
         tracing::info!(worker = %session.worker, "worker detached");
         self.dispatch(&mut st);
+        self.flush(&mut st, None);
     }
 
     /// The worker announced it drains: no new job goes to it.
@@ -766,6 +921,7 @@ impl Farm {
             );
         }
         self.dispatch(&mut st);
+        self.flush(&mut st, None);
     }
 
     /// Runs [`Farm::tick`] every `period` until `shutdown`.
@@ -865,8 +1021,11 @@ impl Farm {
             st.orphans.remove(&job);
         }
         for (job, attempt, worker) in to_cancel {
-            if let Some(w) = worker.and_then(|w| st.workers.get(&w)) {
-                let _ = w.tx.send(ToWorker::Cancel { job, attempt });
+            if let Some(tx) = worker
+                .and_then(|w| st.workers.get(&w))
+                .map(|w| w.tx.clone())
+            {
+                st.outbox.push((tx, ToWorker::Cancel { job, attempt }));
             }
         }
     }
@@ -913,9 +1072,10 @@ impl Farm {
             };
             record(entry, ev);
             tracing::info!(build = %build_id, job = %a.job, worker = %a.worker, attempt = job_spec.attempt, "job assigned");
-            if let Some(w) = st.workers.get(&a.worker) {
-                // A closed channel means the stream is ending; detach requeues the job.
-                let _ = w.tx.send(ToWorker::Assign(Box::new(job_spec)));
+            if let Some(tx) = st.workers.get(&a.worker).map(|w| w.tx.clone()) {
+                // Sent once "assigned" is durable. A closed channel means the stream is ending;
+                // detach then hands the job back.
+                st.outbox.push((tx, ToWorker::Assign(Box::new(job_spec))));
             }
         }
     }
@@ -977,14 +1137,79 @@ impl Farm {
                 self.end_build(&mut st, build_id, BuildState::Failed, Some(error), None);
             }
         }
+        self.flush(&mut st, None);
     }
+}
+
+/// Applies batches in order: each build record is written (retrying backend errors with backoff),
+/// then the batch's worker messages are sent. A fenced write means another coordinator leads now:
+/// nothing more is written or sent, and `fenced` is cancelled so the caller steps down.
+async fn write_loop(
+    store: Arc<dyn StateStore>,
+    mut batches: mpsc::UnboundedReceiver<Batch>,
+    fenced: CancellationToken,
+) {
+    while let Some(batch) = batches.recv().await {
+        let mut outcome = Ok(());
+        for build in &batch.builds {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match store.save(build).await {
+                    Ok(()) => break,
+                    Err(StoreError::Stale {
+                        id,
+                        stored,
+                        attempted,
+                    }) => {
+                        // A newer record is already there (a replay after an ambiguous write).
+                        tracing::debug!(build = %id, stored, attempted, "skipping a stale write");
+                        break;
+                    }
+                    Err(e @ StoreError::Fenced(_)) => {
+                        tracing::error!(error = %e, "state write rejected; stepping down");
+                        fenced.cancel();
+                        if let Some(done) = batch.done {
+                            let _ = done.send(Err(e));
+                        }
+                        return;
+                    }
+                    Err(e) if delay <= Duration::from_secs(5) => {
+                        tracing::warn!(build = %build.id, error = %e, "state write failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                    Err(e) => {
+                        tracing::error!(build = %build.id, error = %e, "state write failed");
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        for (tx, msg) in batch.messages {
+            let _ = tx.send(msg);
+        }
+        if let Some(done) = batch.done {
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+async fn durable(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), FarmError> {
+    rx.await
+        .unwrap_or_else(|_| Err(StoreError::Backend("the state writer has stopped".into())))?;
+    Ok(())
 }
 
 fn now_instant() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// Appends an event; every event but a log line is a state transition to persist.
 fn record(entry: &mut BuildEntry, kind: EventKind) {
+    if !matches!(kind, EventKind::Log { .. }) {
+        entry.dirty = true;
+    }
     let sequence = entry.events.len() as u64;
     entry.events.push(Event {
         sequence,

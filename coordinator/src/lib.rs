@@ -17,8 +17,9 @@ pub mod config;
 pub mod contexts;
 pub mod farm;
 pub mod scheduler;
+pub mod store;
 
-pub use config::Config;
+pub use config::{Config, StoreConfig};
 
 use std::time::Duration;
 
@@ -36,7 +37,23 @@ pub async fn serve(
     let contexts = contexts::ContextStore::open(&config.state_dir)
         .with_context(|| format!("opening the state dir {}", config.state_dir.display()))?;
     let tasks = TaskTracker::new();
-    let farm = farm::Farm::new(config.farm.clone(), contexts, tasks.clone());
+    let store: std::sync::Arc<dyn store::StateStore> = match &config.store {
+        StoreConfig::Embedded => std::sync::Arc::new(
+            store::embedded::EmbeddedStore::open(&config.state_dir)
+                .context("opening the embedded state store")?,
+        ),
+        StoreConfig::Etcd { .. } => anyhow::bail!("etcd is not supported yet"),
+    };
+    let fenced = CancellationToken::new();
+    let farm = farm::Farm::recover(
+        config.farm.clone(),
+        contexts,
+        store,
+        tasks.clone(),
+        fenced.clone(),
+    )
+    .await
+    .context("restoring state")?;
     let ticker = {
         let farm = farm.clone();
         let shutdown = shutdown.clone();

@@ -15,7 +15,8 @@ use tonic::transport::Channel;
 struct Coordinator {
     url: String,
     shutdown: CancellationToken,
-    _state: tempfile::TempDir,
+    state: std::sync::Arc<tempfile::TempDir>,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Drop for Coordinator {
@@ -25,16 +26,21 @@ impl Drop for Coordinator {
 }
 
 async fn start(farm: FarmConfig) -> Coordinator {
-    let state = tempfile::tempdir().unwrap();
+    start_in(farm, std::sync::Arc::new(tempfile::tempdir().unwrap())).await
+}
+
+/// Starts a coordinator on an existing state dir (a restart when another one used it before).
+async fn start_in(farm: FarmConfig, state: std::sync::Arc<tempfile::TempDir>) -> Coordinator {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let config = Config {
         listen: listener.local_addr().unwrap(),
         state_dir: state.path().to_owned(),
+        store: Default::default(),
         farm,
     };
-    tokio::spawn(manifold_coordinator::serve(
+    let done = tokio::spawn(manifold_coordinator::serve(
         config,
         listener,
         shutdown.clone(),
@@ -42,7 +48,8 @@ async fn start(farm: FarmConfig) -> Coordinator {
     Coordinator {
         url,
         shutdown,
-        _state: state,
+        state,
+        done,
     }
 }
 
@@ -121,6 +128,16 @@ impl Drop for FakeWorker {
 
 impl FakeWorker {
     async fn attach(c: &Coordinator, name: &str, platform: &str) -> Self {
+        Self::attach_running(c, name, platform, vec![]).await
+    }
+
+    /// Attaches restating `running` jobs, as a worker does after a reconnect.
+    async fn attach_running(
+        c: &Coordinator,
+        name: &str,
+        platform: &str,
+        running: Vec<v1::RunningJob>,
+    ) -> Self {
         let mut client = v1::workers_client::WorkersClient::connect(c.url.clone())
             .await
             .unwrap();
@@ -129,6 +146,7 @@ impl FakeWorker {
             name: name.into(),
             platforms: vec![(&platform.parse::<manifold_proto::Platform>().unwrap()).into()],
             slots: 1,
+            running,
             ..Default::default()
         };
         tx.send(v1::WorkerMessage {
@@ -404,4 +422,65 @@ async fn bad_requests_are_invalid_argument_with_the_value_named() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("linux/amd46"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn a_restarted_coordinator_keeps_queued_builds_and_adopts_running_jobs() {
+    let c = start(FarmConfig::default()).await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64", "linux/arm64"]).await;
+    let a = x86.expect_assign().await;
+    x86.accept(&a).await;
+    // Wait until "running" is durable, then stop the coordinator under the worker's feet.
+    let mut client = builds(&c).await;
+    for _ in 0..100 {
+        let b = client
+            .get(v1::GetBuildRequest {
+                build_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if job(&b, "amd64").state == v1::JobState::Running as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(x86);
+    c.shutdown.cancel();
+    let state = c.state.clone();
+    let _ = (&mut { c }.done).await;
+
+    let c = start_in(FarmConfig::default(), state).await;
+    let restored = builds(&c)
+        .await
+        .get(v1::GetBuildRequest {
+            build_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(job(&restored, "amd64").state, v1::JobState::Running as i32);
+    assert_eq!(job(&restored, "arm64").state, v1::JobState::Queued as i32);
+
+    // The worker comes back restating its job: it is adopted, not assigned again.
+    let x86 = FakeWorker::attach_running(
+        &c,
+        "x86",
+        "linux/amd64",
+        vec![v1::RunningJob {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+        }],
+    )
+    .await;
+    // The queued arm64 job runs once an arm64 worker attaches.
+    let mut arm = FakeWorker::attach(&c, "arm", "linux/arm64").await;
+    let b = arm.expect_assign().await;
+    assert_eq!(b.attempt, 1);
+    arm.fail(&b, "RUN failed", false).await;
+    let done = wait_final(&c, &id).await;
+    assert_eq!(job(&done, "amd64").attempt, 1, "adopted, not restarted");
+    assert_eq!(job(&done, "amd64").worker, "x86");
+    drop(x86);
 }

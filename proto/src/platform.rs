@@ -11,9 +11,8 @@ use crate::v1;
 
 /// A normalised OCI platform. Construct it with [`Platform::parse`] (or `str::parse`), which rejects
 /// what Manifold cannot build and normalises aliases, so two equal platforms always compare equal.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+/// Serialises as its `os/arch[/variant]` text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Platform {
     os: String,
     architecture: String,
@@ -180,6 +179,19 @@ impl fmt::Display for Platform {
             Some(v) => write!(f, "{}/{}/{}", self.os, self.architecture, v),
             None => write!(f, "{}/{}", self.os, self.architecture),
         }
+    }
+}
+
+impl serde::Serialize for Platform {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Platform {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Platform::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 

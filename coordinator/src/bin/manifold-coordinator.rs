@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config {
         listen: args.listen,
         state_dir: args.state_dir,
+        store: Default::default(),
         farm: FarmConfig {
             wait_for_workers: args.wait_for_workers,
             worker_lease: args.worker_lease,

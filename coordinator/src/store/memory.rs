@@ -1,0 +1,58 @@
+//! An in-memory [`StateStore`] for unit tests; forgets everything when dropped.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use manifold_proto::BuildId;
+
+use super::{StateStore, StoreError};
+use crate::build::Build;
+
+/// Builds in a map, with the same version rule as the durable stores.
+#[derive(Default)]
+pub struct MemoryStore {
+    builds: Mutex<BTreeMap<BuildId, Build>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn load(&self) -> Result<Vec<Build>, StoreError> {
+        Ok(self.builds.lock().unwrap().values().cloned().collect())
+    }
+
+    async fn save(&self, build: &Build) -> Result<(), StoreError> {
+        let mut builds = self.builds.lock().unwrap();
+        if let Some(stored) = builds.get(&build.id)
+            && stored.version >= build.version
+        {
+            return Err(StoreError::Stale {
+                id: build.id,
+                stored: stored.version,
+                attempted: build.version,
+            });
+        }
+        builds.insert(build.id, build.clone());
+        Ok(())
+    }
+
+    async fn delete(&self, id: BuildId) -> Result<(), StoreError> {
+        self.builds.lock().unwrap().remove(&id);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn passes_the_store_suite() {
+        super::super::suite::run(super::MemoryStore::new).await;
+    }
+}

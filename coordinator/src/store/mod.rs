@@ -1,0 +1,191 @@
+//! Durable state: one seam, three implementations run through the same test suite.
+//!
+//! - [`embedded::EmbeddedStore`] (the default, `--state-dir DIR`): redb, a transactional store in one
+//!   file, `DIR/state.redb`; a single-machine farm needs no server;
+//! - [`etcd::EtcdStore`] (`--etcd URL,...`): for several coordinators with leader election; every
+//!   write is fenced by the writer's leadership;
+//! - [`memory::MemoryStore`]: for unit tests.
+//!
+//! What is stored: one record per build (the build, its request, and each job's state, attempt,
+//! worker, pushed image and log tail: a few KiB, far below etcd's 1.5 MiB request limit). Logs beyond
+//! the tail and build contexts never go into the store. Every state transition of a build is one
+//! write of its whole record, in one transaction.
+//!
+//! Key layout (etcd; redb uses the same keys in one table):
+//! - `<prefix>/builds/<build-id>` → JSON of [`crate::build::Build`];
+//! - `<prefix>/leader/<lease-id>` → address of a candidate; the lowest create-revision leads
+//!   (etcd's election protocol).
+//!
+//! Version rule: a record carries a version that every transition increments. A store accepts a
+//! write only when the stored version is lower (or absent), so replaying a write after an
+//! ambiguous timeout is harmless, and an old writer can never roll a build back.
+
+pub mod embedded;
+pub mod etcd;
+pub mod memory;
+
+use async_trait::async_trait;
+use manifold_proto::BuildId;
+
+use crate::build::Build;
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The stored record is as new as or newer than the write.
+    #[error("build {id}: the store holds version {stored}, refusing version {attempted}")]
+    Stale {
+        /// Build.
+        id: BuildId,
+        /// Version in the store.
+        stored: u64,
+        /// Version of the write.
+        attempted: u64,
+    },
+    /// This coordinator is no longer the leader; its writes are rejected.
+    #[error("this coordinator lost its leadership: {0}")]
+    Fenced(String),
+    /// A record that cannot be decoded.
+    #[error("corrupt record {key}: {cause}")]
+    Corrupt {
+        /// Key.
+        key: String,
+        /// Decoder error.
+        cause: String,
+    },
+    /// The backend failed (disk, network).
+    #[error("state store: {0}")]
+    Backend(String),
+}
+
+/// Where the coordinator keeps its builds. See the module docs.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Every stored build.
+    async fn load(&self) -> Result<Vec<Build>, StoreError>;
+    /// Writes a build's record in one transaction, if its version is newer than the stored one.
+    async fn save(&self, build: &Build) -> Result<(), StoreError>;
+    /// Removes a build's record (retention).
+    async fn delete(&self, id: BuildId) -> Result<(), StoreError>;
+}
+
+fn encode(build: &Build) -> Vec<u8> {
+    serde_json::to_vec(build).expect("builds always serialise")
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<Build, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        cause: e.to_string(),
+    })
+}
+
+/// The record key of a build under `prefix`.
+pub fn build_key(prefix: &str, id: BuildId) -> String {
+    format!("{prefix}/builds/{id}")
+}
+
+/// The shared suite every implementation runs (see each implementation's tests).
+#[cfg(test)]
+pub(crate) mod suite {
+    use super::*;
+    use crate::build::{BuildRequest, BuildSpec, BuildState, Job, JobState};
+    use manifold_proto::{JobId, Platform};
+
+    pub fn build(version: u64) -> Build {
+        let platform = Platform::linux_arm64();
+        Build {
+            id: BuildId::new(),
+            spec: BuildSpec {
+                image: "127.0.0.1:5000/team/app:1.0".parse().unwrap(),
+                platforms: vec![platform.clone()],
+                context_digest: format!("sha256:{}", "a".repeat(64)),
+                dockerfiles: [(platform.clone(), "Dockerfile".to_owned())].into(),
+                build_args: [("V".to_owned(), "1".to_owned())].into(),
+                target: None,
+                labels: Default::default(),
+                arch_tags: true,
+            },
+            request: BuildRequest {
+                image: "127.0.0.1:5000/team/app:1.0".into(),
+                platforms: vec!["linux/arm64".into()],
+                ..Default::default()
+            },
+            state: BuildState::Queued,
+            jobs: vec![Job {
+                id: JobId::new(),
+                platform,
+                state: JobState::Queued,
+                worker: None,
+                attempt: 0,
+                image: None,
+                error: None,
+                log_tail: ["line".to_owned()].into(),
+            }],
+            manifest: None,
+            error: None,
+            created_at_ms: 1,
+            finished_at_ms: None,
+            version,
+        }
+    }
+
+    /// Runs every case against a fresh store from `fresh`.
+    pub async fn run<S: StateStore>(fresh: impl Fn() -> S) {
+        a_saved_build_loads_back_equal(fresh()).await;
+        a_newer_version_replaces_an_older_one(fresh()).await;
+        an_older_or_equal_version_is_refused(fresh()).await;
+        deleted_builds_are_gone(fresh()).await;
+    }
+
+    async fn a_saved_build_loads_back_equal(store: impl StateStore) {
+        assert!(store.load().await.unwrap().is_empty());
+        let a = build(1);
+        let b = build(1);
+        store.save(&a).await.unwrap();
+        store.save(&b).await.unwrap();
+        let mut loaded = store.load().await.unwrap();
+        loaded.sort_by_key(|x| x.id);
+        let mut expected = vec![a, b];
+        expected.sort_by_key(|x| x.id);
+        assert_eq!(loaded, expected);
+    }
+
+    async fn a_newer_version_replaces_an_older_one(store: impl StateStore) {
+        let mut b = build(1);
+        store.save(&b).await.unwrap();
+        b.version = 2;
+        b.jobs[0].state = JobState::Running;
+        b.jobs[0].attempt = 1;
+        b.jobs[0].worker = Some("arm".into());
+        store.save(&b).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), vec![b]);
+    }
+
+    async fn an_older_or_equal_version_is_refused(store: impl StateStore) {
+        let mut b = build(3);
+        store.save(&b).await.unwrap();
+        let newest = b.clone();
+        b.state = BuildState::Failed;
+        for v in [3, 2] {
+            b.version = v;
+            match store.save(&b).await {
+                Err(StoreError::Stale {
+                    stored: 3,
+                    attempted,
+                    ..
+                }) => assert_eq!(attempted, v),
+                other => panic!("version {v} over 3 must be refused, got {other:?}"),
+            }
+        }
+        assert_eq!(store.load().await.unwrap(), vec![newest]);
+    }
+
+    async fn deleted_builds_are_gone(store: impl StateStore) {
+        let (a, b) = (build(1), build(1));
+        store.save(&a).await.unwrap();
+        store.save(&b).await.unwrap();
+        store.delete(a.id).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), vec![b]);
+    }
+}
