@@ -20,16 +20,45 @@ use crate::farm::{Farm, FarmError, JobOutcome, JobSpec, ToWorker, WorkerHello};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// What this coordinator is right now.
+#[derive(Clone)]
+pub enum Role {
+    /// It leads: it schedules and writes, through this farm.
+    Leader(Farm),
+    /// Another coordinator leads (at this address, when known); calls are redirected there.
+    Follower(Option<String>),
+}
+
+/// gRPC metadata key naming the leader's address on an `Unavailable` answer from a follower.
+pub const LEADER_METADATA: &str = "x-manifold-leader";
+
 /// Implements all three services; clone it into each server.
 #[derive(Clone)]
 pub struct Api {
-    farm: Farm,
+    role: tokio::sync::watch::Receiver<Role>,
 }
 
 impl Api {
-    /// The API of `farm`.
-    pub fn new(farm: Farm) -> Self {
-        Self { farm }
+    /// The API of whatever role `role` holds at each call.
+    pub fn new(role: tokio::sync::watch::Receiver<Role>) -> Self {
+        Self { role }
+    }
+
+    /// The farm, when this coordinator leads; otherwise `Unavailable` naming the leader.
+    fn farm(&self) -> Result<Farm, Status> {
+        match &*self.role.borrow() {
+            Role::Leader(farm) => Ok(farm.clone()),
+            Role::Follower(leader) => {
+                let mut status = Status::unavailable(match leader {
+                    Some(l) => format!("this coordinator is not the leader; the leader is at {l}"),
+                    None => "this coordinator is not the leader and no leader is elected yet; retry shortly".to_owned(),
+                });
+                if let Some(value) = leader.as_deref().and_then(|l| l.parse().ok()) {
+                    status.metadata_mut().insert(LEADER_METADATA, value);
+                }
+                Err(status)
+            }
+        }
     }
 }
 
@@ -263,7 +292,7 @@ impl builds_server::Builds for Api {
         request: Request<v1::SubmitBuildRequest>,
     ) -> Result<Response<v1::SubmitBuildResponse>, Status> {
         let req = request_from_wire(request.into_inner());
-        let id = self.farm.submit(req).await.map_err(status)?;
+        let id = self.farm()?.submit(req).await.map_err(status)?;
         Ok(Response::new(v1::SubmitBuildResponse {
             build_id: id.to_string(),
         }))
@@ -276,10 +305,11 @@ impl builds_server::Builds for Api {
         request: Request<v1::WatchBuildRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let id = parse_build_id(&request.get_ref().build_id)?;
-        let farm = self.farm.clone();
+        let farm = self.farm()?;
         // Fail fast on an unknown id, before the stream starts.
         farm.events(id, 0).map_err(status)?;
         let (tx, rx) = mpsc::channel(256);
+        let stopped = farm.stopped();
         tokio::spawn(async move {
             let mut next = 0usize;
             loop {
@@ -298,6 +328,10 @@ impl builds_server::Builds for Api {
                 tokio::select! {
                     r = changed.changed() => if r.is_err() { return },
                     _ = tx.closed() => return,
+                    _ = stopped.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("this coordinator stepped down; watch again to follow the build on the new leader"))).await;
+                        return;
+                    }
                 }
             }
         });
@@ -309,7 +343,7 @@ impl builds_server::Builds for Api {
         request: Request<v1::GetBuildRequest>,
     ) -> Result<Response<v1::Build>, Status> {
         let id = parse_build_id(&request.get_ref().build_id)?;
-        let b = self.farm.get(id).map_err(status)?;
+        let b = self.farm()?.get(id).map_err(status)?;
         Ok(Response::new(build_to_wire(&b)))
     }
 
@@ -321,7 +355,7 @@ impl builds_server::Builds for Api {
             0 => 100,
             n => n as usize,
         };
-        let builds = self.farm.list(limit).iter().map(build_to_wire).collect();
+        let builds = self.farm()?.list(limit).iter().map(build_to_wire).collect();
         Ok(Response::new(v1::ListBuildsResponse { builds }))
     }
 
@@ -330,7 +364,7 @@ impl builds_server::Builds for Api {
         request: Request<v1::CancelBuildRequest>,
     ) -> Result<Response<v1::CancelBuildResponse>, Status> {
         let id = parse_build_id(&request.get_ref().build_id)?;
-        let b = self.farm.cancel(id).await.map_err(status)?;
+        let b = self.farm()?.cancel(id).await.map_err(status)?;
         Ok(Response::new(v1::CancelBuildResponse {
             build: Some(build_to_wire(&b)),
         }))
@@ -346,7 +380,7 @@ impl contexts_server::Contexts for Api {
         request: Request<v1::HasContextRequest>,
     ) -> Result<Response<v1::HasContextResponse>, Status> {
         let present = self
-            .farm
+            .farm()?
             .contexts()
             .has(&request.get_ref().digest)
             .map_err(status)?;
@@ -362,7 +396,8 @@ impl contexts_server::Contexts for Api {
             Status::invalid_argument("empty context upload: send at least one chunk")
         })?;
         let digest = first.digest.clone();
-        let store = self.farm.contexts();
+        let farm = self.farm()?;
+        let store = farm.contexts();
         if store.has(&digest).map_err(status)? {
             // Someone uploaded it meanwhile; drain and keep the stored copy.
             while stream.message().await?.is_some() {}
@@ -402,11 +437,12 @@ impl workers_server::Workers for Api {
                 ));
             }
         };
-        let (session, mut to_worker) = self.farm.attach(hello).map_err(status)?;
+        let farm = self.farm()?;
+        let (session, mut to_worker) = farm.attach(hello).map_err(status)?;
         let (tx, rx) = mpsc::channel::<Result<v1::CoordinatorMessage, Status>>(64);
         let welcome = v1::CoordinatorMessage {
             msg: Some(v1::coordinator_message::Msg::Welcome(v1::Welcome {
-                heartbeat_interval_ms: self.farm.config().heartbeat_interval.as_millis() as i64,
+                heartbeat_interval_ms: farm.config().heartbeat_interval.as_millis() as i64,
             })),
         };
         let _ = tx.send(Ok(welcome)).await;
@@ -421,13 +457,20 @@ impl workers_server::Workers for Api {
             }
         });
 
-        // Inbound: worker → farm, until the stream ends.
-        let farm = self.farm.clone();
+        // Inbound: worker → farm, until the stream ends or this coordinator steps down.
         let span = tracing::info_span!("worker", name = %session.worker);
+        let stopped = farm.stopped();
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 loop {
-                    let msg = match inbound.message().await {
+                    let next = tokio::select! {
+                        m = inbound.message() => m,
+                        _ = stopped.cancelled() => {
+                            let _ = tx.send(Err(Status::unavailable("this coordinator stepped down; reconnect to the leader"))).await;
+                            break;
+                        }
+                    };
+                    let msg = match next {
                         Ok(Some(m)) => m,
                         Ok(None) => break,
                         Err(e) => {
@@ -492,7 +535,7 @@ impl workers_server::Workers for Api {
         request: Request<v1::DownloadContextRequest>,
     ) -> Result<Response<Self::DownloadContextStream>, Status> {
         let digest = request.into_inner().digest;
-        let path = self.farm.contexts().path(&digest).map_err(status)?;
+        let path = self.farm()?.contexts().path(&digest).map_err(status)?;
         let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|_| status(ContextError::Unknown(digest.clone())))?;
@@ -529,7 +572,7 @@ impl workers_server::Workers for Api {
         _request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
         let workers = self
-            .farm
+            .farm()?
             .workers()
             .into_iter()
             .map(|w| v1::WorkerInfo {

@@ -199,6 +199,8 @@ struct Inner {
     state: Mutex<State>,
     tasks: TaskTracker,
     writes: mpsc::UnboundedSender<Batch>,
+    /// Cancelled when this farm's term ends (shutdown, lost leadership, fenced write).
+    term: CancellationToken,
 }
 
 /// What one farm operation must persist, then send.
@@ -256,18 +258,19 @@ const MAX_LOG_EVENTS: usize = 50_000;
 impl Farm {
     /// A farm holding what `store` holds: unfinished builds resume (queued jobs are queued again,
     /// running ones wait `worker_lease` for their worker to restate them, fully built ones are
-    /// published). A write the store refuses as fenced cancels `fenced`.
+    /// published). The farm works until `term` is cancelled; a write the store refuses as fenced
+    /// cancels it.
     pub async fn recover(
         config: FarmConfig,
         contexts: ContextStore,
         store: Arc<dyn StateStore>,
         tasks: TaskTracker,
-        fenced: CancellationToken,
+        term: CancellationToken,
     ) -> Result<Self, FarmError> {
         let mut builds = store.load().await?;
         builds.sort_by_key(|b| b.created_at_ms);
         let (writes, rx) = mpsc::unbounded_channel();
-        tasks.spawn(write_loop(store, rx, fenced));
+        tasks.spawn(write_loop(store, rx, term.clone()));
         let farm = Self {
             inner: Arc::new(Inner {
                 config,
@@ -275,8 +278,15 @@ impl Farm {
                 state: Mutex::new(State::default()),
                 tasks,
                 writes,
+                term,
             }),
         };
+        {
+            let ticking = farm.clone();
+            farm.inner
+                .tasks
+                .spawn(async move { ticking.run_ticks(Duration::from_millis(250)).await });
+        }
         let now = now_instant();
         let mut st = farm.lock();
         let mut to_publish = Vec::new();
@@ -924,13 +934,19 @@ impl Farm {
         self.flush(&mut st, None);
     }
 
-    /// Runs [`Farm::tick`] every `period` until `shutdown`.
-    pub async fn run_ticks(&self, period: Duration, shutdown: CancellationToken) {
+    /// Cancelled when this farm's term ends.
+    pub fn stopped(&self) -> CancellationToken {
+        self.inner.term.clone()
+    }
+
+    /// Runs [`Farm::tick`] every `period` until the term ends.
+    async fn run_ticks(&self, period: Duration) {
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let term = self.inner.term.clone();
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = term.cancelled() => return,
                 _ = interval.tick() => self.tick(now_instant()),
             }
         }
@@ -1143,13 +1159,20 @@ impl Farm {
 
 /// Applies batches in order: each build record is written (retrying backend errors with backoff),
 /// then the batch's worker messages are sent. A fenced write means another coordinator leads now:
-/// nothing more is written or sent, and `fenced` is cancelled so the caller steps down.
+/// nothing more is written or sent, and the term is cancelled so the coordinator steps down.
 async fn write_loop(
     store: Arc<dyn StateStore>,
     mut batches: mpsc::UnboundedReceiver<Batch>,
-    fenced: CancellationToken,
+    term: CancellationToken,
 ) {
-    while let Some(batch) = batches.recv().await {
+    loop {
+        let batch = tokio::select! {
+            b = batches.recv() => match b {
+                Some(b) => b,
+                None => return,
+            },
+            _ = term.cancelled() => return,
+        };
         let mut outcome = Ok(());
         for build in &batch.builds {
             let mut delay = Duration::from_millis(100);
@@ -1167,7 +1190,7 @@ async fn write_loop(
                     }
                     Err(e @ StoreError::Fenced(_)) => {
                         tracing::error!(error = %e, "state write rejected; stepping down");
-                        fenced.cancel();
+                        term.cancel();
                         if let Some(done) = batch.done {
                             let _ = done.send(Err(e));
                         }

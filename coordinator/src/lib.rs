@@ -7,6 +7,8 @@
 //! - [`scheduler`]: pure decision logic: which queued job runs on which worker;
 //! - [`farm`]: the state of builds and workers and every transition, driving the scheduler, and
 //!   publishing finished builds with `manifold_registry`;
+//! - [`store`]: the state store seam: redb (default), etcd, in-memory;
+//! - [`leader`]: leader election on etcd, fencing, stepping down;
 //! - [`contexts`]: build contexts on disk, content-addressed;
 //! - [`api`]: the gRPC services, the only place wire types appear;
 //! - [`config`] and [`run`]: what the binary starts.
@@ -16,6 +18,7 @@ pub mod build;
 pub mod config;
 pub mod contexts;
 pub mod farm;
+pub mod leader;
 pub mod scheduler;
 pub mod store;
 
@@ -28,7 +31,8 @@ use manifold_proto::v1::{builds_server, contexts_server, workers_server};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Serves the coordinator on an already-bound listener until `shutdown`.
+/// Serves the coordinator on an already-bound listener until `shutdown`: as the only coordinator
+/// (embedded store), or as one of several electing a leader on etcd.
 pub async fn serve(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -37,29 +41,48 @@ pub async fn serve(
     let contexts = contexts::ContextStore::open(&config.state_dir)
         .with_context(|| format!("opening the state dir {}", config.state_dir.display()))?;
     let tasks = TaskTracker::new();
-    let store: std::sync::Arc<dyn store::StateStore> = match &config.store {
-        StoreConfig::Embedded => std::sync::Arc::new(
-            store::embedded::EmbeddedStore::open(&config.state_dir)
-                .context("opening the embedded state store")?,
-        ),
-        StoreConfig::Etcd { .. } => anyhow::bail!("etcd is not supported yet"),
-    };
-    let fenced = CancellationToken::new();
-    let farm = farm::Farm::recover(
-        config.farm.clone(),
-        contexts,
-        store,
-        tasks.clone(),
-        fenced.clone(),
-    )
-    .await
-    .context("restoring state")?;
-    let ticker = {
-        let farm = farm.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move { farm.run_ticks(Duration::from_millis(250), shutdown).await })
-    };
-    let api = api::Api::new(farm);
+    let (role, role_rx) = tokio::sync::watch::channel(api::Role::Follower(None));
+    let term = shutdown.child_token();
+    match &config.store {
+        StoreConfig::Embedded => {
+            let store = std::sync::Arc::new(
+                store::embedded::EmbeddedStore::open(&config.state_dir)
+                    .context("opening the embedded state store")?,
+            );
+            let farm = farm::Farm::recover(
+                config.farm.clone(),
+                contexts,
+                store,
+                tasks.clone(),
+                term.clone(),
+            )
+            .await
+            .context("restoring state")?;
+            role.send_replace(api::Role::Leader(farm));
+        }
+        StoreConfig::Etcd {
+            endpoints,
+            prefix,
+            lease,
+            advertise,
+        } => {
+            let election = leader::Election {
+                endpoints: endpoints.clone(),
+                prefix: prefix.clone(),
+                lease: *lease,
+                advertise: advertise.clone(),
+            };
+            tasks.spawn(leader::run(
+                config.clone(),
+                election,
+                contexts,
+                role,
+                tasks.clone(),
+                term.clone(),
+            ));
+        }
+    }
+    let api = api::Api::new(role_rx);
     let max = manifold_proto::MAX_MESSAGE_BYTES;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, state_dir = %config.state_dir.display(), "coordinator listening");
@@ -81,10 +104,10 @@ pub async fn serve(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
         .await
         .context("serving gRPC")?;
-    ticker.abort();
+    term.cancel();
     tasks.close();
     tasks.wait().await;
     Ok(())

@@ -1,1 +1,43 @@
-//! placeholder
+//! Manifold's worker: it drives ONE Docker daemon, announces the platform that daemon builds, and
+//! runs the jobs the coordinator assigns to it: fetch the build context (cached by digest), build it
+//! with BuildKit, check the image is of the job's platform, push it to the registry by digest only,
+//! and report the digest. The worker dials the coordinator and keeps one bidirectional stream open,
+//! reconnecting when it breaks; on shutdown it drains.
+//!
+//! Layout, in reading order:
+//! - [`config`]: the one typed [`Config`] and its defaults from the environment;
+//! - [`connection`]: [`run`], the stream to the coordinator (hello, heartbeats, reconnect, dispatch,
+//!   drain);
+//! - [`job`]: one job end to end once its context is on disk ([`job::execute`]);
+//! - [`context_cache`]: build contexts on disk, verified by sha256 while downloading;
+//! - [`docker`]: the daemon through bollard (platform, BuildKit build, inspect, export, untag);
+//! - [`progress`]: BuildKit status messages turned into readable log lines;
+//! - [`push`]: the OCI push by digest with oci-client (gzip layers, OCI manifest, retries);
+//! - [`credentials`]: registry credentials from the Docker config file.
+
+pub mod config;
+pub mod connection;
+pub mod context_cache;
+pub mod credentials;
+pub mod docker;
+pub mod job;
+pub mod progress;
+pub mod push;
+
+pub use config::Config;
+pub use connection::{RunError, run};
+
+/// An error and its causes, `: `-separated: reqwest and hyper keep "connection refused" in a cause.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    text
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use manifold_coordinator::{Config, farm::FarmConfig};
+use manifold_coordinator::{Config, StoreConfig, farm::FarmConfig};
 use manifold_registry::RegistryConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,25 @@ struct Args {
     /// Attempts per job on infrastructure failures (build failures are never retried).
     #[arg(long, default_value_t = 3)]
     max_attempts: u32,
+    /// Keep state in etcd instead of the state dir, and elect a leader among the coordinators that
+    /// share it: comma-separated member URLs, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "URL,...",
+        env = "MANIFOLD_ETCD"
+    )]
+    etcd: Vec<String>,
+    /// Key prefix in etcd; coordinators of one farm share it.
+    #[arg(long, default_value = "/manifold")]
+    etcd_prefix: String,
+    /// Leadership lease on etcd: a leader that cannot renew it for this long is replaced.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    leader_lease: Duration,
+    /// Address clients and workers should dial to reach this coordinator (told to them by followers).
+    /// Default: http://LISTEN.
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -61,7 +80,18 @@ async fn main() -> anyhow::Result<()> {
     let config = Config {
         listen: args.listen,
         state_dir: args.state_dir,
-        store: Default::default(),
+        store: if args.etcd.is_empty() {
+            StoreConfig::Embedded
+        } else {
+            StoreConfig::Etcd {
+                endpoints: args.etcd,
+                prefix: args.etcd_prefix,
+                lease: args.leader_lease,
+                advertise: args
+                    .advertise
+                    .unwrap_or_else(|| format!("http://{}", args.listen)),
+            }
+        },
         farm: FarmConfig {
             wait_for_workers: args.wait_for_workers,
             worker_lease: args.worker_lease,

@@ -1,1 +1,346 @@
-//! etcd store: see below.
+//! The etcd [`StateStore`], for several coordinators sharing one farm.
+//!
+//! Each save is one etcd transaction that:
+//! - compares the build key's mod-revision with the one this store last wrote or read (or, for a
+//!   new build, that the key does not exist): a compare-and-swap, so a write never lands on top of a
+//!   change this coordinator has not seen;
+//! - when fenced, also compares the leader key's create-revision with the one this coordinator won
+//!   the election with: once its leadership is gone (its lease expired while it was paused, say),
+//!   every write fails, and [`StoreError::Fenced`] tells the farm to step down.
+//!
+//! A request that times out may or may not have been applied. Saves are therefore retried through
+//! the same compare: if the key now holds this very version, the earlier attempt landed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use manifold_proto::BuildId;
+
+use super::{StateStore, StoreError, build_key, decode, encode};
+use crate::build::Build;
+
+/// The leadership a fenced store writes under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The leader key this coordinator created when it won.
+    pub key: Vec<u8>,
+    /// Its create-revision: the epoch of this leadership.
+    pub revision: i64,
+}
+
+/// etcd-backed store under a key prefix.
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+    fence: Option<Fence>,
+    /// Mod-revision and record version of each build key as last seen by this store.
+    revisions: Mutex<HashMap<BuildId, (i64, u64)>>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("etcd: {e}"))
+}
+
+/// Connects to etcd, naming the endpoints in the error.
+pub async fn connect(endpoints: &[String]) -> Result<Client, StoreError> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    Client::connect(endpoints, Some(options))
+        .await
+        .map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot reach etcd at {}: {e}; check --etcd",
+                endpoints.join(",")
+            ))
+        })
+}
+
+impl EtcdStore {
+    /// A store writing under `prefix`; with `fence`, only while that leadership holds.
+    pub fn new(client: Client, prefix: &str, fence: Option<Fence>) -> Self {
+        Self {
+            client,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            fence,
+            revisions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn fence_compare(&self) -> Option<Compare> {
+        self.fence
+            .as_ref()
+            .map(|f| Compare::create_revision(f.key.clone(), CompareOp::Equal, f.revision))
+    }
+
+    async fn try_save(&self, build: &Build) -> Result<Outcome, StoreError> {
+        let key = build_key(&self.prefix, build.id);
+        let known = self.revisions.lock().unwrap().get(&build.id).copied();
+        if let Some((_, stored)) = known.filter(|(_, v)| *v >= build.version) {
+            return Err(StoreError::Stale {
+                id: build.id,
+                stored,
+                attempted: build.version,
+            });
+        }
+        let mut compares = vec![match known {
+            Some((rev, _)) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
+            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+        }];
+        compares.extend(self.fence_compare());
+        let mut or_else = vec![TxnOp::get(key.clone(), None)];
+        if let Some(f) = &self.fence {
+            or_else.push(TxnOp::get(f.key.clone(), None));
+        }
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(vec![TxnOp::put(key.clone(), encode(build), None)])
+            .or_else(or_else);
+        let resp = self.client.clone().txn(txn).await.map_err(backend)?;
+        if resp.succeeded() {
+            let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+            self.revisions
+                .lock()
+                .unwrap()
+                .insert(build.id, (rev, build.version));
+            return Ok(Outcome::Written);
+        }
+        let responses = resp.op_responses();
+        if let Some(f) = &self.fence {
+            let holds = match responses.get(1) {
+                Some(TxnOpResponse::Get(g)) => g
+                    .kvs()
+                    .first()
+                    .is_some_and(|kv| kv.create_revision() == f.revision),
+                _ => false,
+            };
+            if !holds {
+                return Err(StoreError::Fenced(format!(
+                    "the leader key {} of epoch {} is gone; another coordinator leads",
+                    String::from_utf8_lossy(&f.key),
+                    f.revision
+                )));
+            }
+        }
+        let current = match responses.first() {
+            Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+            _ => None,
+        };
+        let Some(kv) = current else {
+            // Deleted meanwhile: write it as new.
+            self.revisions.lock().unwrap().remove(&build.id);
+            return Ok(Outcome::Retry);
+        };
+        let stored = decode(&key, kv.value())?;
+        self.revisions
+            .lock()
+            .unwrap()
+            .insert(build.id, (kv.mod_revision(), stored.version));
+        if stored.version == build.version && stored == *build {
+            return Ok(Outcome::Written); // an earlier, ambiguous attempt landed
+        }
+        if stored.version >= build.version {
+            return Err(StoreError::Stale {
+                id: build.id,
+                stored: stored.version,
+                attempted: build.version,
+            });
+        }
+        Ok(Outcome::Retry)
+    }
+}
+
+enum Outcome {
+    Written,
+    Retry,
+}
+
+#[async_trait]
+impl StateStore for EtcdStore {
+    async fn load(&self) -> Result<Vec<Build>, StoreError> {
+        let prefix = format!("{}/builds/", self.prefix);
+        let resp = self
+            .client
+            .clone()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        let mut revisions = self.revisions.lock().unwrap();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let build = decode(&key, kv.value())?;
+            revisions.insert(build.id, (kv.mod_revision(), build.version));
+            out.push(build);
+        }
+        Ok(out)
+    }
+
+    async fn save(&self, build: &Build) -> Result<(), StoreError> {
+        let mut last = None;
+        for attempt in 0..5u32 {
+            match self.try_save(build).await {
+                Ok(Outcome::Written) => return Ok(()),
+                Ok(Outcome::Retry) => {}
+                Err(e @ StoreError::Backend(_)) => {
+                    // Possibly applied: the next round's compare tells.
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            StoreError::Backend(format!("build {}: the key kept changing", build.id))
+        }))
+    }
+
+    async fn delete(&self, id: BuildId) -> Result<(), StoreError> {
+        let key = build_key(&self.prefix, id);
+        let mut txn = Txn::new();
+        if let Some(c) = self.fence_compare() {
+            txn = txn.when(vec![c]);
+        }
+        let resp = self
+            .client
+            .clone()
+            .txn(txn.and_then(vec![TxnOp::delete(key, None)]))
+            .await
+            .map_err(backend)?;
+        if !resp.succeeded() {
+            return Err(StoreError::Fenced("the leader key is gone".into()));
+        }
+        self.revisions.lock().unwrap().remove(&id);
+        Ok(())
+    }
+}
+
+/// A real etcd on loopback, for tests: one member, its own data dir, killed on drop.
+#[cfg(test)]
+pub(crate) mod test_etcd {
+    use std::process::{Child, Command, Stdio};
+
+    pub struct TestEtcd {
+        pub endpoint: String,
+        child: Child,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for TestEtcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    // The child is killed and reaped in Drop; the panics below end the test process anyway.
+    #[allow(clippy::zombie_processes)]
+    pub async fn start() -> TestEtcd {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let child = Command::new("etcd")
+            .args([
+                "--name",
+                "test",
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-cluster",
+                &format!("test=http://127.0.0.1:{peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server) must be installed: run .ci/install");
+        for _ in 0..100 {
+            if let Ok(mut c) = etcd_client::Client::connect([&endpoint], None).await
+                && c.status().await.is_ok()
+            {
+                return TestEtcd {
+                    endpoint,
+                    child,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("etcd did not start on {endpoint}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::suite;
+
+    #[tokio::test]
+    async fn passes_the_store_suite_against_a_real_etcd() {
+        let etcd = test_etcd::start().await;
+        let client = connect(std::slice::from_ref(&etcd.endpoint)).await.unwrap();
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        // Each case gets its own prefix, so each starts empty.
+        suite::run(|| {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            EtcdStore::new(client.clone(), &format!("/suite-{i}"), None)
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_write_without_the_leadership_it_was_fenced_with_is_rejected() {
+        let etcd = test_etcd::start().await;
+        let mut client = connect(std::slice::from_ref(&etcd.endpoint)).await.unwrap();
+        let lease = client.lease_grant(30, None).await.unwrap().id();
+        let won = client.campaign("/fence/leader", "me", lease).await.unwrap();
+        let leader = won.leader().unwrap();
+        let fence = Fence {
+            key: leader.key().to_vec(),
+            revision: leader.rev(),
+        };
+        let store = EtcdStore::new(client.clone(), "/fence", Some(fence));
+        let mut b = suite::build(1);
+        store.save(&b).await.unwrap();
+        // Leadership ends (as when the lease expires during a pause).
+        client.lease_revoke(lease).await.unwrap();
+        b.version = 2;
+        match store.save(&b).await {
+            Err(StoreError::Fenced(_)) => {}
+            other => panic!("expected a fenced write, got {other:?}"),
+        }
+        let reader = EtcdStore::new(client, "/fence", None);
+        assert_eq!(reader.load().await.unwrap()[0].version, 1);
+    }
+
+    #[tokio::test]
+    async fn a_replayed_write_after_an_ambiguous_outcome_is_harmless() {
+        let etcd = test_etcd::start().await;
+        let client = connect(std::slice::from_ref(&etcd.endpoint)).await.unwrap();
+        let store = EtcdStore::new(client.clone(), "/replay", None);
+        let b = suite::build(1);
+        store.save(&b).await.unwrap();
+        // A second store instance that never saw the write replays it: it detects it landed.
+        let other = EtcdStore::new(client, "/replay", None);
+        other.save(&b).await.unwrap();
+        assert_eq!(other.load().await.unwrap(), vec![b]);
+    }
+}

@@ -1,1 +1,113 @@
-fn main() {}
+//! `manifold-worker`: parses flags into a [`Config`], installs tracing, and runs the worker until
+//! SIGTERM or Ctrl-C, which start a drain; a second signal exits at once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use manifold_proto::Platform;
+use manifold_worker::Config;
+use manifold_worker::config::{self, ENV_COORDINATOR, ENV_DOCKER_HOST};
+use tokio_util::sync::CancellationToken;
+
+/// Builds container images for a Manifold farm on one Docker daemon.
+#[derive(Debug, Parser)]
+#[command(name = "manifold-worker", version)]
+struct Args {
+    /// Coordinator URL.
+    #[arg(long, env = ENV_COORDINATOR, default_value = manifold_proto::DEFAULT_COORDINATOR)]
+    coordinator: String,
+    /// Docker daemon to drive [default: DOCKER_HOST, else unix:///var/run/docker.sock].
+    #[arg(long, env = ENV_DOCKER_HOST)]
+    docker_host: Option<String>,
+    /// Announce this platform instead of the daemon's (the daemon builds it under emulation).
+    #[arg(long, value_parser = Platform::parse)]
+    platform: Option<Platform>,
+    /// How many jobs run at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    slots: u32,
+    /// Worker name, unique in the farm [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// A label announced to the coordinator, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_parser = config::parse_label)]
+    labels: Vec<(String, String)>,
+    /// Folder for cached build contexts and temporary files [default: <user cache dir>/manifold-worker].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+impl Args {
+    fn into_config(self) -> Config {
+        let mut config = Config::from_env();
+        config.coordinator = self.coordinator;
+        if let Some(host) = self.docker_host.filter(|h| !h.is_empty()) {
+            config.docker_host = host;
+        }
+        config.platform = self.platform;
+        config.slots = self.slots;
+        if let Some(name) = self.name {
+            config.name = name;
+        }
+        config.labels = self.labels.into_iter().collect::<BTreeMap<_, _>>();
+        if let Some(dir) = self.cache_dir {
+            config.cache_dir = dir;
+        }
+        config
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Args::parse().into_config();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    tracing::info!(
+        name = %config.name,
+        coordinator = %config.coordinator,
+        docker_host = %config.docker_host,
+        slots = config.slots,
+        "starting manifold-worker"
+    );
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    manifold_worker::run(config, shutdown)
+        .await
+        .context("manifold-worker stopped")
+}
+
+/// The first SIGTERM or Ctrl-C starts the drain; the second exits immediately.
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C drains");
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        }
+    };
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        if first {
+            tracing::info!("shutdown requested: draining (signal again to exit at once)");
+            shutdown.cancel();
+            first = false;
+        } else {
+            tracing::warn!("second shutdown signal: exiting without draining");
+            std::process::exit(130);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The worker's one typed configuration, and the defaults it takes from the environment.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use manifold_proto::Platform;
+
+/// Environment variable naming the coordinator URL (the `--coordinator` flag wins over it).
+pub const ENV_COORDINATOR: &str = "MANIFOLD_COORDINATOR";
+/// Environment variable naming the Docker daemon, as the docker CLI reads it.
+pub const ENV_DOCKER_HOST: &str = "DOCKER_HOST";
+/// Environment variable naming the folder of the Docker config file (registry credentials).
+pub const ENV_DOCKER_CONFIG: &str = "DOCKER_CONFIG";
+/// The Docker daemon used when neither `--docker-host` nor `DOCKER_HOST` is set.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Everything a worker needs to serve; build it with [`Config::from_env`] and override fields.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// URL of the coordinator's gRPC endpoint. Default: `MANIFOLD_COORDINATOR`, else
+    /// [`manifold_proto::DEFAULT_COORDINATOR`].
+    pub coordinator: String,
+    /// The Docker daemon this worker drives (`unix://...`, `tcp://...`). Default: `DOCKER_HOST`,
+    /// else [`DEFAULT_DOCKER_HOST`].
+    pub docker_host: String,
+    /// Forces the platform announced to the coordinator (the daemon then builds under emulation).
+    /// Default: `None`, the platform the daemon reports.
+    pub platform: Option<Platform>,
+    /// How many jobs run at once. Default: 1.
+    pub slots: u32,
+    /// Name shown by `manifold workers`, unique in the farm. Default: the host name.
+    pub name: String,
+    /// Free-form labels announced in the hello. Default: none.
+    pub labels: BTreeMap<String, String>,
+    /// Where build contexts and temporary layer files live. Default: `<user cache dir>/manifold-worker`.
+    pub cache_dir: PathBuf,
+    /// Docker config file read for registry credentials. Default: `$DOCKER_CONFIG/config.json`,
+    /// else `~/.docker/config.json`.
+    pub docker_config: Option<PathBuf>,
+    /// First delay before reconnecting to a coordinator that went away; it doubles up to
+    /// `reconnect_max`. Default: 500 ms.
+    pub reconnect_initial: Duration,
+    /// Longest delay between two reconnection attempts. Default: 10 s.
+    pub reconnect_max: Duration,
+}
+
+impl Config {
+    /// The defaults, with the environment variables above applied.
+    pub fn from_env() -> Self {
+        Self {
+            coordinator: std::env::var(ENV_COORDINATOR)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| manifold_proto::DEFAULT_COORDINATOR.to_owned()),
+            docker_host: default_docker_host(),
+            platform: None,
+            slots: 1,
+            name: default_name(),
+            labels: BTreeMap::new(),
+            cache_dir: default_cache_dir(),
+            docker_config: default_docker_config(),
+            reconnect_initial: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `DOCKER_HOST` when set, else [`DEFAULT_DOCKER_HOST`].
+pub fn default_docker_host() -> String {
+    std::env::var(ENV_DOCKER_HOST)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_owned())
+}
+
+/// The host name, or `manifold-worker` when it cannot be read.
+pub fn default_name() -> String {
+    let name = gethostname::gethostname()
+        .to_string_lossy()
+        .trim()
+        .to_owned();
+    if name.is_empty() {
+        "manifold-worker".to_owned()
+    } else {
+        name
+    }
+}
+
+/// `<user cache dir>/manifold-worker`, or a folder under the system temp dir without a home.
+pub fn default_cache_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("manifold-worker")
+}
+
+/// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`; `None` without a home directory.
+pub fn default_docker_config() -> Option<PathBuf> {
+    match std::env::var_os(ENV_DOCKER_CONFIG).filter(|s| !s.is_empty()) {
+        Some(dir) => Some(PathBuf::from(dir).join("config.json")),
+        None => dirs::home_dir().map(|home| home.join(".docker").join("config.json")),
+    }
+}
+
+/// A `--label` value that is not `KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad label `{0}`: expected KEY=VALUE with a non-empty key, e.g. --label team=web")]
+pub struct LabelError(pub String);
+
+/// Parses one `KEY=VALUE` label.
+pub fn parse_label(input: &str) -> Result<(String, String), LabelError> {
+    match input.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(LabelError(input.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_key_value_pairs() {
+        assert_eq!(
+            parse_label("team=web").unwrap(),
+            ("team".into(), "web".into())
+        );
+        assert_eq!(parse_label("k=").unwrap(), ("k".into(), "".into()));
+        assert_eq!(parse_label("k=a=b").unwrap(), ("k".into(), "a=b".into()));
+        for bad in ["novalue", "=v", ""] {
+            let err = parse_label(bad).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
+    }
+}

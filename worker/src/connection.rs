@@ -1,0 +1,824 @@
+//! The worker's life: one `Workers.Attach` stream to the coordinator at a time, opened by the
+//! worker and reopened with jittered exponential backoff when it breaks; the hello, heartbeats, and
+//! the dispatch of assignments and cancellations to job tasks; the drain on shutdown.
+//!
+//! Messages of jobs (logs, results) go through one outbox that outlives each stream, so a result
+//! produced while the coordinator is away is delivered after the next hello. Logs are best effort:
+//! when the outbox is full they are dropped, results never are.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use manifold_proto::v1::coordinator_message::Msg as FromCoordinator;
+use manifold_proto::v1::worker_message::Msg as ToCoordinator;
+use manifold_proto::v1::workers_client::WorkersClient;
+use manifold_proto::{JobId, Platform, v1};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument as _;
+
+use crate::config::Config;
+use crate::context_cache::{CacheError, ContextCache, ContextDigest, SourceError};
+use crate::docker::{DescribeError, DockerEngine};
+use crate::job::{self, ExecuteOptions, JobFailure, JobSpec, LogSink};
+use crate::push::{PushedImage, jittered};
+
+/// Heartbeat interval used when the coordinator's Welcome does not set one.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(3);
+/// How long the coordinator has to answer the hello with a Welcome.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the worker waits for the coordinator to close the stream after its Goodbye.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connection attempts a drained worker makes to deliver results it still holds.
+const FAREWELL_ATTEMPTS: u32 = 3;
+/// Messages waiting for a stream (results, log batches).
+const OUTBOX_CAPACITY: usize = 1024;
+/// A log batch is sent when it holds this many lines, or every [`LOG_FLUSH`].
+const LOG_BATCH_LINES: usize = 500;
+/// See [`LOG_BATCH_LINES`].
+const LOG_FLUSH: Duration = Duration::from_millis(100);
+/// Longer lines are cut, so a batch stays far below the message size limit.
+const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// A worker configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The coordinator URL does not parse.
+    #[error("bad coordinator url `{url}`: {reason}; expected e.g. http://127.0.0.1:7700")]
+    InvalidCoordinator {
+        /// What was given.
+        url: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// Zero slots.
+    #[error("bad slot count 0: a worker needs at least one slot, e.g. --slots 2")]
+    NoSlots,
+    /// The cache folder cannot be created.
+    #[error("cannot create the cache folder {path}: {source}; pass a writable --cache-dir")]
+    CacheDir {
+        /// The folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Serves the coordinator until `shutdown` fires, then drains: no new jobs, running jobs finish
+/// and report, Goodbye, return.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    if config.slots == 0 {
+        return Err(RunError::NoSlots);
+    }
+    let endpoint = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|e| RunError::InvalidCoordinator {
+            url: config.coordinator.clone(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    std::fs::create_dir_all(&config.cache_dir).map_err(|source| RunError::CacheDir {
+        path: config.cache_dir.clone(),
+        source,
+    })?;
+
+    // Leftovers of a previous run that crashed: partial downloads and push scratch files.
+    let cache = ContextCache::new(&config.cache_dir);
+    cache.remove_partial_downloads();
+    let scratch_dir = config.cache_dir.join("tmp");
+    let _ = std::fs::remove_dir_all(&scratch_dir);
+
+    let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
+    let engine = loop {
+        match DockerEngine::connect(&config.docker_host).await {
+            Ok(engine) => break engine,
+            Err(e) => {
+                let wait = backoff.next();
+                tracing::warn!(error = %e, "cannot reach the docker daemon; retrying in {wait:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        }
+    };
+    backoff.reset();
+
+    let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let shared = Arc::new(Shared {
+        options: ExecuteOptions {
+            scratch_dir,
+            docker_config: config.docker_config.clone(),
+            build_platform_override: None,
+        },
+        cache,
+        channel: endpoint.connect_lazy(),
+        engine,
+        config,
+        jobs: Mutex::default(),
+        tracker: TaskTracker::new(),
+        outbox,
+    });
+    let mut worker = Worker {
+        shared,
+        outbox_rx,
+        shutdown,
+    };
+    worker.serve(backoff).await;
+    Ok(())
+}
+
+/// What every job task shares with the connection.
+struct Shared {
+    config: Config,
+    engine: DockerEngine,
+    cache: ContextCache,
+    channel: Channel,
+    options: ExecuteOptions,
+    jobs: Mutex<HashMap<(JobId, u32), CancellationToken>>,
+    tracker: TaskTracker,
+    outbox: mpsc::Sender<v1::WorkerMessage>,
+}
+
+impl Shared {
+    fn running(&self) -> Vec<v1::RunningJob> {
+        let mut running: Vec<v1::RunningJob> = self
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .keys()
+            .map(|(id, attempt)| v1::RunningJob {
+                job_id: id.to_string(),
+                attempt: *attempt,
+            })
+            .collect();
+        running.sort_by(|a, b| (&a.job_id, a.attempt).cmp(&(&b.job_id, b.attempt)));
+        running
+    }
+
+    fn slots_in_use(&self) -> u32 {
+        self.jobs.lock().expect("jobs lock").len() as u32
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    outbox_rx: mpsc::Receiver<v1::WorkerMessage>,
+    shutdown: CancellationToken,
+}
+
+/// How a stream ended.
+enum SessionEnd {
+    /// The worker drained and said goodbye.
+    Goodbye,
+    /// The stream broke or could not be opened; reconnect.
+    Lost(String),
+}
+
+impl Worker {
+    async fn serve(&mut self, mut backoff: Backoff) {
+        let mut farewell_attempts = 0;
+        loop {
+            if self.shutdown.is_cancelled() {
+                self.shared.tracker.close();
+                if self.shared.tracker.is_empty() {
+                    // Nothing runs any more. Results still waiting for a stream get a few more
+                    // connection attempts; without any, the coordinator learns of the departure
+                    // from the broken stream.
+                    let undelivered = self.outbox_rx.len();
+                    if undelivered == 0 {
+                        return;
+                    }
+                    if farewell_attempts == FAREWELL_ATTEMPTS {
+                        tracing::warn!(
+                            undelivered,
+                            "exiting without reaching the coordinator: job results and logs are lost"
+                        );
+                        return;
+                    }
+                    farewell_attempts += 1;
+                }
+            }
+            match self.session(&mut backoff).await {
+                SessionEnd::Goodbye => {
+                    tracing::info!("drained; said goodbye to the coordinator");
+                    return;
+                }
+                SessionEnd::Lost(reason) => {
+                    let wait = backoff.next();
+                    tracing::warn!(
+                        coordinator = %self.shared.config.coordinator,
+                        "not connected to the coordinator: {reason}; reconnecting in {wait:?}"
+                    );
+                    let draining = self.shutdown.is_cancelled();
+                    let running = !self.shared.tracker.is_empty();
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.shutdown.cancelled(), if !draining => {}
+                        () = self.shared.tracker.wait(), if draining && running => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One Attach stream, from hello to its end.
+    async fn session(&mut self, backoff: &mut Backoff) -> SessionEnd {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let daemon = match shared.engine.describe().await {
+            Ok(info) => info,
+            Err(e @ DescribeError::Platform { .. }) if config.platform.is_some() => {
+                tracing::debug!(error = %e, "using the --platform given");
+                crate::docker::DaemonInfo {
+                    platform: config.platform.clone().expect("checked"),
+                    docker_version: String::new(),
+                }
+            }
+            Err(e) => return SessionEnd::Lost(e.to_string()),
+        };
+        let (platform, emulated) = match &config.platform {
+            Some(forced) => (forced.clone(), true),
+            None => (daemon.platform.clone(), false),
+        };
+
+        let hello = v1::WorkerHello {
+            name: config.name.clone(),
+            platforms: vec![(&platform).into()],
+            emulated,
+            slots: config.slots,
+            labels: config.labels.clone().into_iter().collect(),
+            docker_version: daemon.docker_version.clone(),
+            running: shared.running(),
+            worker_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(64);
+        tx.send(message(ToCoordinator::Hello(hello)))
+            .await
+            .expect("the receiver is still here");
+        let mut client = WorkersClient::new(shared.channel.clone())
+            .max_decoding_message_size(manifold_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(manifold_proto::MAX_MESSAGE_BYTES);
+        let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return SessionEnd::Lost(describe_status(&status)),
+        };
+        let heartbeat_every = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
+            Err(_) => {
+                return SessionEnd::Lost(format!(
+                    "no Welcome within {WELCOME_TIMEOUT:?} of the hello"
+                ));
+            }
+            Ok(Err(status)) => return SessionEnd::Lost(describe_status(&status)),
+            Ok(Ok(None)) => return SessionEnd::Lost("the coordinator closed the stream".into()),
+            Ok(Ok(Some(v1::CoordinatorMessage {
+                msg: Some(FromCoordinator::Welcome(welcome)),
+            }))) => u64::try_from(welcome.heartbeat_interval_ms)
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_HEARTBEAT),
+            Ok(Ok(Some(other))) => {
+                return SessionEnd::Lost(format!(
+                    "the coordinator answered the hello with {other:?} instead of a Welcome"
+                ));
+            }
+        };
+        backoff.reset();
+        tracing::info!(
+            coordinator = %config.coordinator,
+            %platform,
+            emulated,
+            slots = config.slots,
+            "connected to the coordinator"
+        );
+
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + heartbeat_every,
+            heartbeat_every,
+        );
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut draining = false;
+        loop {
+            let sent = tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => self.dispatch(message, &platform, &tx).await,
+                    Ok(None) => return SessionEnd::Lost("the coordinator closed the stream".into()),
+                    Err(status) => return SessionEnd::Lost(describe_status(&status)),
+                },
+                _ = heartbeat.tick() => {
+                    let slots_in_use = shared.slots_in_use();
+                    tx.send(message(ToCoordinator::Heartbeat(v1::Heartbeat { slots_in_use }))).await
+                }
+                Some(queued) = self.outbox_rx.recv() => tx.send(queued).await,
+                () = self.shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    shared.tracker.close();
+                    tracing::info!(running = shared.slots_in_use(), "draining: no new jobs; waiting for running jobs to finish");
+                    Ok(())
+                }
+                () = shared.tracker.wait(), if draining => {
+                    return self.say_goodbye(tx, inbound).await;
+                }
+            };
+            if sent.is_err() {
+                return SessionEnd::Lost("the stream to the coordinator is closed".into());
+            }
+        }
+    }
+
+    /// Sends what jobs left in the outbox, then Goodbye, and waits for the coordinator to close.
+    async fn say_goodbye(
+        &mut self,
+        tx: mpsc::Sender<v1::WorkerMessage>,
+        mut inbound: tonic::Streaming<v1::CoordinatorMessage>,
+    ) -> SessionEnd {
+        while let Ok(queued) = self.outbox_rx.try_recv() {
+            if tx.send(queued).await.is_err() {
+                return SessionEnd::Lost("the stream closed while draining".into());
+            }
+        }
+        if tx
+            .send(message(ToCoordinator::Goodbye(v1::Goodbye {})))
+            .await
+            .is_err()
+        {
+            return SessionEnd::Lost("the stream closed before the goodbye".into());
+        }
+        drop(tx);
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            while let Ok(Some(message)) = inbound.message().await {
+                if let Some(FromCoordinator::Assign(assign)) = message.msg {
+                    // Too late: say so, but the request stream is already closed. The
+                    // coordinator requeues it when the stream ends.
+                    tracing::info!(job_id = %assign.job_id, "assignment after goodbye ignored");
+                }
+            }
+        })
+        .await;
+        SessionEnd::Goodbye
+    }
+
+    async fn dispatch(
+        &mut self,
+        message: v1::CoordinatorMessage,
+        platform: &Platform,
+        tx: &mpsc::Sender<v1::WorkerMessage>,
+    ) -> Result<(), mpsc::error::SendError<v1::WorkerMessage>> {
+        match message.msg {
+            Some(FromCoordinator::Assign(assign)) => self.assign(assign, platform, tx).await,
+            Some(FromCoordinator::Cancel(cancel)) => {
+                self.cancel(&cancel);
+                Ok(())
+            }
+            Some(FromCoordinator::Welcome(_)) | None => Ok(()),
+        }
+    }
+
+    fn cancel(&self, cancel: &v1::CancelJob) {
+        let Ok(job_id) = cancel.job_id.parse::<JobId>() else {
+            tracing::warn!(job_id = %cancel.job_id, "cancel for a job id that is not a UUID ignored");
+            return;
+        };
+        match self
+            .shared
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .get(&(job_id, cancel.attempt))
+        {
+            Some(token) => {
+                tracing::info!(%job_id, attempt = cancel.attempt, "cancelling job");
+                token.cancel();
+            }
+            None => {
+                tracing::debug!(%job_id, attempt = cancel.attempt, "cancel for a job not running here")
+            }
+        }
+    }
+
+    async fn assign(
+        &mut self,
+        assign: v1::AssignJob,
+        platform: &Platform,
+        tx: &mpsc::Sender<v1::WorkerMessage>,
+    ) -> Result<(), mpsc::error::SendError<v1::WorkerMessage>> {
+        let shared = self.shared.clone();
+        let refuse = |failure: JobFailure| {
+            tracing::info!(job_id = %assign.job_id, attempt = assign.attempt, reason = %failure.message, "assignment refused");
+            result_message(&assign.job_id, assign.attempt, Err(failure))
+        };
+        if self.shutdown.is_cancelled() {
+            let failure = JobFailure::retryable(format!(
+                "worker draining: `{}` is shutting down and takes no new jobs",
+                shared.config.name
+            ));
+            return tx.send(refuse(failure)).await;
+        }
+        let spec = match job_spec(&assign) {
+            Ok(spec) => spec,
+            Err(reason) => return tx.send(refuse(JobFailure::permanent(reason))).await,
+        };
+        if !spec.platform.matches(platform) {
+            let failure = JobFailure::retryable(format!(
+                "job is for {} but worker `{}` builds {platform}; assign it to a worker of that platform",
+                spec.platform, shared.config.name
+            ));
+            return tx.send(refuse(failure)).await;
+        }
+        let token = {
+            let mut jobs = shared.jobs.lock().expect("jobs lock");
+            let key = (spec.job_id, spec.attempt);
+            if jobs.contains_key(&key) {
+                // A repeated assignment (e.g. after a reconnect): the job is already running.
+                Ok(None)
+            } else {
+                // A newer attempt of a job supersedes the older one still running here.
+                for ((id, attempt), token) in jobs.iter() {
+                    if *id == spec.job_id && *attempt < spec.attempt {
+                        token.cancel();
+                    }
+                }
+                let busy = jobs
+                    .iter()
+                    .filter(|((id, attempt), _)| !(*id == spec.job_id && *attempt < spec.attempt))
+                    .count();
+                if busy >= shared.config.slots as usize {
+                    Err(busy)
+                } else {
+                    let token = CancellationToken::new();
+                    jobs.insert(key, token.clone());
+                    Ok(Some(token))
+                }
+            }
+        };
+        let token = match token {
+            Ok(token) => token,
+            Err(busy) => {
+                let failure = JobFailure::retryable(format!(
+                    "worker `{}` has no free slot ({busy} of {} in use)",
+                    shared.config.name, shared.config.slots
+                ));
+                return tx.send(refuse(failure)).await;
+            }
+        };
+        tx.send(message(ToCoordinator::Accepted(v1::JobAccepted {
+            job_id: assign.job_id.clone(),
+            attempt: assign.attempt,
+        })))
+        .await?;
+        let Some(token) = token else { return Ok(()) };
+
+        let span = tracing::info_span!(
+            "job",
+            job_id = %spec.job_id,
+            attempt = spec.attempt,
+            platform = %spec.platform
+        );
+        tracing::info!(parent: &span, repository = %spec.repository, "job accepted");
+        let job_shared = shared.clone();
+        shared.tracker.spawn(
+            async move {
+                let (logs, lines) = LogSink::channel();
+                let work = async {
+                    let started = std::time::Instant::now();
+                    let result = run_job(&job_shared, &spec, &logs, &token).await;
+                    match &result {
+                        Ok(pushed) => tracing::info!(
+                            digest = %pushed.digest,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "job succeeded"
+                        ),
+                        Err(failure) => {
+                            logs.line(format!("error: {}", failure.message));
+                            tracing::warn!(
+                                retryable = failure.retryable,
+                                cancelled = failure.cancelled,
+                                "job failed: {}",
+                                failure.message
+                            );
+                        }
+                    }
+                    drop(logs);
+                    result
+                };
+                let forward = forward_logs(
+                    lines,
+                    job_shared.outbox.clone(),
+                    spec.job_id.to_string(),
+                    spec.attempt,
+                );
+                let (result, ()) = tokio::join!(work, forward);
+                job_shared
+                    .jobs
+                    .lock()
+                    .expect("jobs lock")
+                    .remove(&(spec.job_id, spec.attempt));
+                let outcome = result_message(&spec.job_id.to_string(), spec.attempt, result);
+                if job_shared.outbox.send(outcome).await.is_err() {
+                    tracing::error!("the outbox is closed: the job's result is lost");
+                }
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+}
+
+/// Fetches the job's context into the cache, then builds and pushes.
+async fn run_job(
+    shared: &Shared,
+    spec: &JobSpec,
+    logs: &LogSink,
+    cancel: &CancellationToken,
+) -> Result<PushedImage, JobFailure> {
+    let fetch = shared.cache.get_or_fetch(&spec.context_digest, || {
+        download(shared.channel.clone(), spec.context_digest.clone())
+    });
+    let context = tokio::select! {
+        () = cancel.cancelled() => return Err(JobFailure::cancelled()),
+        context = fetch => context.map_err(|e| match &e {
+            CacheError::InvalidDigest(_) | CacheError::Download { not_found: true, .. } => {
+                JobFailure::permanent(e.to_string())
+            }
+            _ => JobFailure::retryable(e.to_string()),
+        })?,
+    };
+    job::execute(
+        &shared.engine,
+        spec,
+        &context,
+        &shared.options,
+        logs,
+        cancel,
+    )
+    .await
+}
+
+/// Opens `Workers.DownloadContext` for `digest`.
+async fn download(
+    channel: Channel,
+    digest: ContextDigest,
+) -> Result<impl futures::Stream<Item = Result<Bytes, SourceError>>, SourceError> {
+    let mut client = WorkersClient::new(channel)
+        .max_decoding_message_size(manifold_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(manifold_proto::MAX_MESSAGE_BYTES);
+    let stream = client
+        .download_context(v1::DownloadContextRequest {
+            digest: digest.to_string(),
+        })
+        .await
+        .map_err(|s| source_error(&s))?
+        .into_inner();
+    Ok(stream.map(|chunk| {
+        chunk
+            .map(|c| Bytes::from(c.data))
+            .map_err(|s| source_error(&s))
+    }))
+}
+
+fn source_error(status: &tonic::Status) -> SourceError {
+    SourceError {
+        message: format!("the coordinator answered: {}", describe_status(status)),
+        not_found: status.code() == tonic::Code::NotFound,
+    }
+}
+
+fn describe_status(status: &tonic::Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?}: {}", status.code(), status.message())
+    }
+}
+
+/// Batches a job's lines into `JobLog` messages, flushed every [`LOG_FLUSH`] or when full, until
+/// every sender of `lines` is gone.
+async fn forward_logs(
+    mut lines: mpsc::UnboundedReceiver<String>,
+    outbox: mpsc::Sender<v1::WorkerMessage>,
+    job_id: String,
+    attempt: u32,
+) {
+    let mut batch: Vec<String> = Vec::new();
+    let mut dropped = 0usize;
+    let mut flush = tokio::time::interval(LOG_FLUSH);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut send = |batch: &mut Vec<String>| {
+        if batch.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(batch);
+        let count = lines.len();
+        let log = message(ToCoordinator::Log(v1::JobLog {
+            job_id: job_id.clone(),
+            attempt,
+            lines,
+        }));
+        if outbox.try_send(log).is_err() {
+            if dropped == 0 {
+                tracing::warn!("the coordinator is not keeping up: dropping log lines");
+            }
+            dropped += count;
+        }
+    };
+    loop {
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(mut line) => {
+                    if line.len() > MAX_LINE_BYTES {
+                        let mut cut = MAX_LINE_BYTES;
+                        while !line.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        line.truncate(cut);
+                        line.push_str(" [cut]");
+                    }
+                    batch.push(line);
+                    if batch.len() >= LOG_BATCH_LINES {
+                        send(&mut batch);
+                    }
+                }
+                None => {
+                    send(&mut batch);
+                    break;
+                }
+            },
+            _ = flush.tick() => send(&mut batch),
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(dropped, "log lines were dropped");
+    }
+}
+
+fn message(msg: ToCoordinator) -> v1::WorkerMessage {
+    v1::WorkerMessage { msg: Some(msg) }
+}
+
+fn result_message(
+    job_id: &str,
+    attempt: u32,
+    result: Result<PushedImage, JobFailure>,
+) -> v1::WorkerMessage {
+    let outcome = match result {
+        Ok(pushed) => v1::job_result::Outcome::Pushed(v1::ImageDescriptor {
+            digest: pushed.digest,
+            size: pushed.size as i64,
+            media_type: pushed.media_type,
+        }),
+        Err(failure) => v1::job_result::Outcome::Failure(v1::JobFailure {
+            message: failure.message,
+            retryable: failure.retryable,
+            cancelled: failure.cancelled,
+        }),
+    };
+    message(ToCoordinator::Result(v1::JobResult {
+        job_id: job_id.to_owned(),
+        attempt,
+        outcome: Some(outcome),
+    }))
+}
+
+/// Converts an assignment into the worker's job type; the error names the bad field.
+pub fn job_spec(assign: &v1::AssignJob) -> Result<JobSpec, String> {
+    let job_id = assign.job_id.parse::<JobId>()?;
+    let build_id = if assign.build_id.is_empty() {
+        None
+    } else {
+        Some(assign.build_id.parse()?)
+    };
+    let platform = assign
+        .platform
+        .as_ref()
+        .ok_or_else(|| "the assignment has no platform".to_owned())?;
+    let platform = Platform::try_from(platform).map_err(|e| e.to_string())?;
+    let context_digest = ContextDigest::parse(&assign.context_digest).map_err(|e| e.to_string())?;
+    crate::push::parse_repository(&assign.repository).map_err(|e| e.to_string())?;
+    Ok(JobSpec {
+        job_id,
+        attempt: assign.attempt,
+        build_id,
+        platform,
+        context_digest,
+        dockerfile: if assign.dockerfile.is_empty() {
+            "Dockerfile".to_owned()
+        } else {
+            assign.dockerfile.clone()
+        },
+        build_args: assign.build_args.clone().into_iter().collect(),
+        target: Some(assign.target.clone()).filter(|t| !t.is_empty()),
+        labels: assign.labels.clone().into_iter().collect(),
+        repository: assign.repository.clone(),
+        insecure_registry: assign.insecure_registry,
+    })
+}
+
+/// Exponential backoff with jitter: `initial`, doubling up to `max`.
+#[derive(Debug, Clone)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = jittered(self.next).min(self.max);
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assign() -> v1::AssignJob {
+        v1::AssignJob {
+            job_id: "3f2b8c1e-7d4a-4c61-9a57-0b6e2f1d9c3a".into(),
+            attempt: 2,
+            build_id: "7e2b8c1e-7d4a-4c61-9a57-0b6e2f1d9c3b".into(),
+            platform: Some(v1::Platform {
+                os: "linux".into(),
+                architecture: "arm64".into(),
+                variant: "v8".into(),
+            }),
+            context_digest: format!("sha256:{}", "ab".repeat(32)),
+            dockerfile: String::new(),
+            build_args: [("A".to_owned(), "1".to_owned())].into(),
+            target: String::new(),
+            labels: Default::default(),
+            repository: "127.0.0.1:5000/team/app".into(),
+            insecure_registry: true,
+        }
+    }
+
+    #[test]
+    fn assignments_become_job_specs_with_defaults_filled_in() {
+        let spec = job_spec(&assign()).unwrap();
+        assert_eq!(spec.platform, Platform::linux_arm64());
+        assert_eq!(spec.dockerfile, "Dockerfile");
+        assert_eq!(spec.target, None);
+        assert_eq!(spec.attempt, 2);
+        assert_eq!(spec.build_args["A"], "1");
+        assert_eq!(
+            spec.local_tag(),
+            "manifold-local/3f2b8c1e-7d4a-4c61-9a57-0b6e2f1d9c3a:2"
+        );
+    }
+
+    #[test]
+    fn bad_assignments_are_refused_naming_the_bad_value() {
+        let mut a = assign();
+        a.job_id = "nope".into();
+        assert!(job_spec(&a).unwrap_err().contains("`nope`"));
+        let mut a = assign();
+        a.context_digest = "md5:x".into();
+        assert!(job_spec(&a).unwrap_err().contains("`md5:x`"));
+        let mut a = assign();
+        a.repository = "127.0.0.1:5000/app:1.0".into();
+        assert!(job_spec(&a).unwrap_err().contains("has a tag"));
+        let mut a = assign();
+        a.platform = None;
+        assert!(job_spec(&a).unwrap_err().contains("no platform"));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        let waits: Vec<Duration> = (0..8).map(|_| b.next()).collect();
+        for (i, w) in waits.iter().enumerate() {
+            let nominal = Duration::from_millis(500 * (1 << i)).min(Duration::from_secs(10));
+            assert!(
+                *w >= nominal.mul_f64(0.75)
+                    && *w <= nominal.mul_f64(1.25).min(Duration::from_secs(10)),
+                "{i}: {w:?}"
+            );
+        }
+        assert!(waits[7] <= Duration::from_secs(10));
+        b.reset();
+        assert!(b.next() < Duration::from_millis(650));
+    }
+}

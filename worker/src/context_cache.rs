@@ -1,0 +1,347 @@
+//! The on-disk cache of build contexts, addressed by the sha256 of their bytes:
+//! `<cache-dir>/contexts/sha256/<hex>`.
+//!
+//! Architecture invariant: a file under that name always holds bytes whose sha256 is its name. A
+//! download is written to a temporary file beside it while its digest is computed, and renamed into
+//! place only when the digest matches; a failed, corrupted or abandoned download leaves nothing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// Names of downloads in progress start with this.
+const PARTIAL_PREFIX: &str = ".download-";
+
+/// A `sha256:<64 lowercase hex>` digest of a build context.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ContextDigest(String);
+
+impl ContextDigest {
+    /// Checks the `sha256:<hex>` form.
+    pub fn parse(input: &str) -> Result<Self, CacheError> {
+        let hex = input.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Self(input.to_owned()))
+        } else {
+            Err(CacheError::InvalidDigest(input.to_owned()))
+        }
+    }
+
+    /// The 64 hex characters after `sha256:`.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+}
+
+impl fmt::Display for ContextDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What can go wrong while fetching a context into the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The digest is not of the `sha256:<64 hex>` form.
+    #[error("bad context digest `{0}`: expected sha256:<64 lowercase hex characters>")]
+    InvalidDigest(String),
+    /// The downloaded bytes do not hash to the digest asked for; nothing was kept.
+    #[error(
+        "context download for {expected} was corrupted: its bytes hash to {actual} ({size} bytes); nothing was kept, fetch it again"
+    )]
+    DigestMismatch {
+        /// The digest asked for.
+        expected: ContextDigest,
+        /// The digest of what arrived.
+        actual: String,
+        /// How many bytes arrived.
+        size: u64,
+    },
+    /// The source of the bytes failed (e.g. the coordinator's stream broke).
+    #[error("context download for {digest} failed: {message}")]
+    Download {
+        /// The digest being fetched.
+        digest: ContextDigest,
+        /// What the source said.
+        message: String,
+        /// Whether the source says the context does not exist at all.
+        not_found: bool,
+    },
+    /// The cache folder could not be written.
+    #[error("cannot write the context cache at {path}: {source}; check the --cache-dir folder")]
+    Io {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// A failure reported by a download source, mapped into [`CacheError::Download`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceError {
+    /// What went wrong.
+    pub message: String,
+    /// The source does not hold the context at all (retrying elsewhere will not help).
+    pub not_found: bool,
+}
+
+/// The context cache rooted at a worker's cache folder.
+#[derive(Clone, Debug)]
+pub struct ContextCache {
+    dir: PathBuf,
+    // One lock per digest, so that concurrent jobs of one build download their context once.
+    in_flight: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl ContextCache {
+    /// A cache under `<cache_dir>/contexts/sha256/`; the folder is made on first use.
+    pub fn new(cache_dir: &Path) -> Self {
+        Self {
+            dir: cache_dir.join("contexts").join("sha256"),
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Removes what downloads interrupted by a crash left behind. The cache folder must belong to
+    /// this worker alone: another process's download in progress would be removed too.
+    pub fn remove_partial_downloads(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(PARTIAL_PREFIX)
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Where the context of `digest` lives once cached.
+    pub fn path_for(&self, digest: &ContextDigest) -> PathBuf {
+        self.dir.join(digest.hex())
+    }
+
+    /// The cached path of `digest`, downloading it with `open` first when it is absent. `open`
+    /// returns the stream of the context's bytes.
+    pub async fn get_or_fetch<F, Fut, S>(
+        &self,
+        digest: &ContextDigest,
+        open: F,
+    ) -> Result<PathBuf, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<S, SourceError>>,
+        S: Stream<Item = Result<Bytes, SourceError>>,
+    {
+        let lock = {
+            let mut map = self.in_flight.lock().expect("context cache lock poisoned");
+            map.entry(digest.hex().to_owned()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        let path = self.path_for(digest);
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            tracing::debug!(%digest, "build context found in the cache");
+            return Ok(path);
+        }
+        let download = |e: SourceError| CacheError::Download {
+            digest: digest.clone(),
+            message: e.message,
+            not_found: e.not_found,
+        };
+        let stream = open().await.map_err(download)?;
+        let result = self
+            .store(digest, stream.map(|r| r.map_err(download)))
+            .await;
+        drop(_guard);
+        self.in_flight
+            .lock()
+            .expect("context cache lock poisoned")
+            .remove(digest.hex());
+        result
+    }
+
+    /// Writes `chunks` into the cache under `digest`, verifying the digest while writing. On any
+    /// error, including a digest mismatch, no file is left behind.
+    pub async fn store(
+        &self,
+        digest: &ContextDigest,
+        chunks: impl Stream<Item = Result<Bytes, CacheError>>,
+    ) -> Result<PathBuf, CacheError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CacheError::Io { path, source }
+        };
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(io(&self.dir))?;
+        // Dropped (and so deleted) on every early return, and if this future is dropped.
+        let temp = tempfile::Builder::new()
+            .prefix(PARTIAL_PREFIX)
+            .tempfile_in(&self.dir)
+            .map_err(io(&self.dir))?;
+        let mut file = tokio::fs::File::from_std(temp.reopen().map_err(io(temp.path()))?);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut chunks = std::pin::pin!(chunks);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(io(temp.path()))?;
+        }
+        file.flush().await.map_err(io(temp.path()))?;
+        file.sync_all().await.map_err(io(temp.path()))?;
+        drop(file);
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != digest.0 {
+            return Err(CacheError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+                size,
+            });
+        }
+        let path = self.path_for(digest);
+        temp.persist(&path).map_err(|e| CacheError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        tracing::debug!(%digest, size, "build context cached");
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest_of(bytes: &[u8]) -> ContextDigest {
+        ContextDigest::parse(&format!("sha256:{}", hex::encode(Sha256::digest(bytes)))).unwrap()
+    }
+
+    fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, SourceError>> {
+        futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    out.extend(files_under(&p));
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_verified_download_is_stored_under_its_digest_and_reused() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = ContextCache::new(root.path());
+        let digest = digest_of(b"hello context");
+        let path = cache
+            .get_or_fetch(&digest, || async { Ok(chunks(&[b"hello ", b"context"])) })
+            .await
+            .unwrap();
+        assert_eq!(path, root.path().join("contexts/sha256").join(digest.hex()));
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello context");
+
+        // The second fetch must not call the source at all.
+        let again = cache
+            .get_or_fetch(&digest, || async {
+                Err::<futures::stream::Empty<_>, _>(SourceError {
+                    message: "the source must not be asked twice".into(),
+                    not_found: false,
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(again, path);
+        assert_eq!(files_under(root.path()), vec![path]);
+    }
+
+    #[tokio::test]
+    async fn a_corrupted_download_is_rejected_and_leaves_no_file() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = ContextCache::new(root.path());
+        let digest = digest_of(b"the real bytes");
+        let err = cache
+            .get_or_fetch(&digest, || async { Ok(chunks(&[b"the ", b"fake bytes"])) })
+            .await
+            .unwrap_err();
+        match &err {
+            CacheError::DigestMismatch {
+                expected,
+                actual,
+                size,
+            } => {
+                assert_eq!(expected, &digest);
+                assert_eq!(actual, &digest_of(b"the fake bytes").to_string());
+                assert_eq!(*size, 14);
+            }
+            other => panic!("expected a digest mismatch, got {other:?}"),
+        }
+        assert!(err.to_string().contains(&digest.to_string()), "{err}");
+        assert_eq!(files_under(root.path()), Vec::<PathBuf>::new());
+    }
+
+    #[tokio::test]
+    async fn a_download_that_breaks_midway_leaves_no_file() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = ContextCache::new(root.path());
+        let digest = digest_of(b"whatever");
+        let broken = futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"what")),
+            Err(SourceError {
+                message: "coordinator went away".into(),
+                not_found: false,
+            }),
+        ]);
+        let err = cache
+            .get_or_fetch(&digest, || async { Ok(broken) })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CacheError::Download { message, not_found: false, .. } if message == "coordinator went away"),
+            "{err:?}"
+        );
+        assert_eq!(files_under(root.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn digests_must_be_sha256_hex() {
+        assert!(ContextDigest::parse(&format!("sha256:{}", "a".repeat(64))).is_ok());
+        for bad in [
+            "",
+            "sha256:abc",
+            &format!("sha512:{}", "a".repeat(64)),
+            &format!("sha256:{}", "A".repeat(64)),
+            &format!("sha256:{}", "g".repeat(64)),
+        ] {
+            let err = ContextDigest::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
+    }
+}
