@@ -1,1 +1,465 @@
-//! placeholder
+//! Harness for Manifold's system tests: real processes of our binaries against the real Docker
+//! daemons, registry and base images that `deploy/dev-env.sh` starts on this machine.
+//!
+//! A test states only what matters:
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! use manifold_tests::{Env, TestFarm};
+//! let env = Env::from_env();
+//! let farm = TestFarm::builder().start().await?;
+//! farm.worker("x86").docker(&env.amd64_docker).spawn().await?;
+//! farm.worker("arm").docker(&env.arm64_docker).platform("linux/arm64").spawn().await?;
+//! let out = farm.cli(["build", "-t", "...", "--platform", "linux/amd64,linux/arm64", "."]).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every process is killed when its handle drops. Nothing listens beyond 127.0.0.1.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use manifold_proto::v1;
+use tokio::process::{Child, Command};
+
+/// Where the real components are (from `deploy/dev-env.sh`'s output, with its defaults).
+#[derive(Clone, Debug)]
+pub struct Env {
+    /// Registry host:port on loopback.
+    pub registry: String,
+    /// Multi-arch busybox base in that registry.
+    pub base_image: String,
+    /// Docker daemon building amd64 natively.
+    pub amd64_docker: String,
+    /// Docker daemon running arm64 under QEMU.
+    pub arm64_docker: String,
+}
+
+impl Env {
+    /// Reads `MANIFOLD_TEST_*`, defaulting to what `deploy/dev-env.sh` starts.
+    pub fn from_env() -> Self {
+        let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+        Self {
+            registry: var("MANIFOLD_TEST_REGISTRY", "127.0.0.1:5000"),
+            base_image: var("MANIFOLD_TEST_BASE_IMAGE", "127.0.0.1:5000/base/busybox:1"),
+            amd64_docker: var("MANIFOLD_TEST_AMD64_DOCKER", "unix:///var/run/docker.sock"),
+            arm64_docker: var(
+                "MANIFOLD_TEST_ARM64_DOCKER",
+                "unix:///var/tmp/md2/docker.sock",
+            ),
+        }
+    }
+
+    /// A fresh repository name in the test registry, so tests never see each other's tags.
+    pub fn unique_repo(&self, name: &str) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        format!("{}/test/{name}-{}", self.registry, &id[..12])
+    }
+}
+
+/// Path of one of our binaries, built by `cargo build --workspace --bins` next to the test binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the system tests",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound then released; the race is harmless on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+/// A running coordinator and the workers attached to it.
+pub struct TestFarm {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// Its state dir.
+    pub state_dir: tempfile::TempDir,
+    coordinator: Option<Child>,
+    workers: Vec<(String, Child)>,
+    extra_args: Vec<String>,
+    port: u16,
+    /// The environment's components.
+    pub env: Env,
+}
+
+/// Options of a [`TestFarm`].
+#[derive(Default)]
+pub struct FarmBuilder {
+    args: Vec<String>,
+}
+
+impl FarmBuilder {
+    /// Passes `--wait-for-workers`.
+    pub fn wait_for_workers(mut self, d: &str) -> Self {
+        self.args.extend(["--wait-for-workers".into(), d.into()]);
+        self
+    }
+
+    /// Passes `--max-attempts`.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.args.extend(["--max-attempts".into(), n.to_string()]);
+        self
+    }
+
+    /// Any other coordinator flag.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// Starts the coordinator and waits until it answers.
+    pub async fn start(self) -> anyhow::Result<TestFarm> {
+        let port = free_port();
+        let mut farm = TestFarm {
+            url: format!("http://127.0.0.1:{port}"),
+            state_dir: tempfile::tempdir()?,
+            coordinator: None,
+            workers: Vec::new(),
+            extra_args: self.args,
+            port,
+            env: Env::from_env(),
+        };
+        farm.start_coordinator().await?;
+        Ok(farm)
+    }
+}
+
+impl TestFarm {
+    /// A farm with default options.
+    pub fn builder() -> FarmBuilder {
+        FarmBuilder::default()
+    }
+
+    async fn start_coordinator(&mut self) -> anyhow::Result<()> {
+        let child = Command::new(bin("manifold-coordinator"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--state-dir")
+            .arg(self.state_dir.path())
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.state_dir, "coordinator")?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting manifold-coordinator")?;
+        self.coordinator = Some(child);
+        let url = self.url.clone();
+        wait_until(Duration::from_secs(20), "the coordinator to answer", || {
+            let url = url.clone();
+            async move {
+                let mut c = v1::builds_client::BuildsClient::connect(url).await.ok()?;
+                c.list(v1::ListBuildsRequest { limit: 1 })
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await
+    }
+
+    /// SIGKILLs the coordinator.
+    pub async fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Starts the coordinator again on the same port and state dir.
+    pub async fn restart_coordinator(&mut self) -> anyhow::Result<()> {
+        self.kill_coordinator().await;
+        self.start_coordinator().await
+    }
+
+    /// A worker to configure and spawn.
+    pub fn worker(&mut self, name: &str) -> WorkerBuilder<'_> {
+        WorkerBuilder {
+            farm: self,
+            name: name.to_owned(),
+            args: Vec::new(),
+            docker: None,
+        }
+    }
+
+    /// SIGKILLs a worker.
+    pub async fn kill_worker(&mut self, name: &str) {
+        if let Some(i) = self.workers.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.workers.remove(i);
+            let _ = child.kill().await;
+        }
+    }
+
+    /// The worker's process, e.g. to signal it.
+    pub fn worker_pid(&self, name: &str) -> Option<u32> {
+        self.workers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, c)| c.id())
+    }
+
+    /// Waits for a worker process to exit and returns its status.
+    pub async fn wait_worker_exit(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let i = self
+            .workers
+            .iter()
+            .position(|(n, _)| n == name)
+            .context("no such worker")?;
+        let status = tokio::time::timeout(timeout, self.workers[i].1.wait())
+            .await
+            .with_context(|| format!("worker {name} did not exit within {timeout:?}"))??;
+        self.workers.remove(i);
+        Ok(status)
+    }
+
+    /// Runs the CLI against this farm and returns its output (whatever the exit code).
+    pub async fn cli<I, S>(&self, args: I) -> anyhow::Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let out = Command::new(bin("manifold"))
+            .arg("--coordinator")
+            .arg(&self.url)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("running manifold")?;
+        Ok(out)
+    }
+
+    /// The CLI as a child process (for tests that interrupt it).
+    pub fn cli_child<I, S>(&self, args: I) -> anyhow::Result<Child>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        Command::new(bin("manifold"))
+            .arg("--coordinator")
+            .arg(&self.url)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("running manifold")
+    }
+
+    /// A gRPC client of the Builds service.
+    pub async fn builds(
+        &self,
+    ) -> anyhow::Result<v1::builds_client::BuildsClient<tonic::transport::Channel>> {
+        Ok(v1::builds_client::BuildsClient::connect(self.url.clone()).await?)
+    }
+
+    /// The coordinator's log so far (for failure messages).
+    pub fn coordinator_log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.path().join("coordinator.log")).unwrap_or_default()
+    }
+
+    /// A worker's log so far.
+    pub fn worker_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.state_dir.path().join(format!("worker-{name}.log")))
+            .unwrap_or_default()
+    }
+}
+
+/// Options of a worker process.
+pub struct WorkerBuilder<'a> {
+    farm: &'a mut TestFarm,
+    name: String,
+    args: Vec<String>,
+    docker: Option<String>,
+}
+
+impl WorkerBuilder<'_> {
+    /// The Docker daemon it drives.
+    pub fn docker(mut self, host: &str) -> Self {
+        self.docker = Some(host.to_owned());
+        self
+    }
+
+    /// Forces the platform (marks the worker emulated).
+    pub fn platform(mut self, p: &str) -> Self {
+        self.args.extend(["--platform".into(), p.into()]);
+        self
+    }
+
+    /// Its slots.
+    pub fn slots(mut self, n: u32) -> Self {
+        self.args.extend(["--slots".into(), n.to_string()]);
+        self
+    }
+
+    /// Spawns it and waits until the coordinator lists it.
+    pub async fn spawn(self) -> anyhow::Result<()> {
+        let farm = self.farm;
+        let cache = farm.state_dir.path().join(format!("cache-{}", self.name));
+        let mut cmd = Command::new(bin("manifold-worker"));
+        cmd.arg("--coordinator")
+            .arg(&farm.url)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file(&farm.state_dir, &format!("worker-{}", self.name))?)
+            .kill_on_drop(true);
+        if let Some(d) = &self.docker {
+            cmd.arg("--docker-host").arg(d);
+        }
+        let child = cmd.spawn().context("starting manifold-worker")?;
+        farm.workers.push((self.name.clone(), child));
+        let url = farm.url.clone();
+        let name = self.name.clone();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("worker {name} to attach"),
+            || {
+                let (url, name) = (url.clone(), name.clone());
+                async move {
+                    let mut c = v1::workers_client::WorkersClient::connect(url).await.ok()?;
+                    let list = c.list(v1::ListWorkersRequest {}).await.ok()?.into_inner();
+                    list.workers.iter().any(|w| w.name == name).then_some(())
+                }
+            },
+        )
+        .await
+    }
+}
+
+fn log_file(dir: &tempfile::TempDir, name: &str) -> anyhow::Result<Stdio> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join(format!("{name}.log")))?;
+    Ok(Stdio::from(f))
+}
+
+/// Polls `probe` until it yields `Some`, or fails after `timeout` naming `what`.
+pub async fn wait_until<F, Fut, T>(timeout: Duration, what: &str, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A build context folder with the given files.
+pub fn context_dir(files: &[(&str, &str)]) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for (path, content) in files {
+        let p = dir.path().join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(p, content)?;
+    }
+    Ok(dir)
+}
+
+/// Runs an external command (skopeo, docker) and returns stdout, failing with its stderr.
+pub async fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `skopeo inspect --raw` of a reference in the plain-HTTP test registry.
+pub async fn skopeo_raw(reference: &str) -> anyhow::Result<serde_json::Value> {
+    let raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+    )
+    .await?;
+    Ok(serde_json::from_str(&raw)?)
+}
+
+/// The tags of a repository per skopeo; empty when the repository has none (or does not exist).
+pub async fn skopeo_tags(repository: &str) -> anyhow::Result<Vec<String>> {
+    let out = Command::new("skopeo")
+        .args([
+            "list-tags",
+            "--tls-verify=false",
+            &format!("docker://{repository}"),
+        ])
+        .output()
+        .await?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("NAME_UNKNOWN") || err.contains("404") || err.contains("not found") {
+            return Ok(Vec::new());
+        }
+        bail!("skopeo list-tags {repository}: {err}");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["Tags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Stdout and stderr of a CLI run, for assertion messages.
+pub fn show(out: &Output) -> String {
+    format!(
+        "exit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
