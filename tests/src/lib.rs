@@ -16,6 +16,8 @@
 //!
 //! Every process is killed when its handle drops. Nothing listens beyond 127.0.0.1.
 
+pub mod ha;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};

@@ -1,0 +1,201 @@
+//! Harness pieces for a highly available farm: a real etcd cluster on loopback and several
+//! coordinators electing a leader on it.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use manifold_proto::v1;
+use tokio::process::{Child, Command};
+
+use crate::{bin, free_port, wait_until};
+
+/// A real etcd cluster (Debian's etcd-server) of `n` members on loopback ports, each with its own
+/// data dir; killed on drop.
+pub struct EtcdCluster {
+    /// Client URLs of the members.
+    pub endpoints: Vec<String>,
+    members: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until the cluster answers.
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut members = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = std::fs::File::create(dir.path().join(format!("etcd-m{i}.log")))?;
+            let child = Command::new("etcd")
+                .args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("m{i}")))
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", "manifold-test"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting etcd (Debian's etcd-server; .ci/install installs it)")?;
+            members.push(child);
+            endpoints.push(url);
+        }
+        let probe = endpoints[0].clone();
+        wait_until(Duration::from_secs(30), "the etcd cluster", || {
+            let probe = probe.clone();
+            async move {
+                let out = Command::new("etcdctl")
+                    .args(["--endpoints", &probe, "endpoint", "health"])
+                    .env("ETCDCTL_API", "3")
+                    .output()
+                    .await
+                    .ok()?;
+                out.status.success().then_some(())
+            }
+        })
+        .await?;
+        Ok(Self {
+            endpoints,
+            members,
+            _dir: dir,
+        })
+    }
+
+    /// `--etcd` value.
+    pub fn flag(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    /// Number of members still running.
+    pub fn members(&self) -> usize {
+        self.members.len()
+    }
+}
+
+/// One coordinator process of a highly available set.
+pub struct Coordinator {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    child: Option<Child>,
+    /// Its log file.
+    pub log: std::path::PathBuf,
+}
+
+impl Coordinator {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// SIGKILL.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Sends a signal (e.g. "STOP", "CONT") with kill(1).
+    pub async fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let pid = self.pid().context("the coordinator is not running")?;
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -{sig} {pid} failed");
+        Ok(())
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether it serves as leader right now (followers answer `Unavailable`).
+    pub async fn is_leader(&self) -> bool {
+        let Ok(mut c) = v1::builds_client::BuildsClient::connect(self.url.clone()).await else {
+            return false;
+        };
+        c.list(v1::ListBuildsRequest { limit: 1 }).await.is_ok()
+    }
+}
+
+/// Starts a coordinator on etcd with a short leader lease, logging into `dir`.
+pub async fn start_coordinator(
+    etcd: &EtcdCluster,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<Coordinator> {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let state = dir.join(name);
+    std::fs::create_dir_all(&state)?;
+    let log = dir.join(format!("{name}.log"));
+    let child = Command::new(bin("manifold-coordinator"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--etcd", &etcd.flag(), "--advertise", &url])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log)?))
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting manifold-coordinator")?;
+    Ok(Coordinator {
+        url,
+        child: Some(child),
+        log,
+    })
+}
+
+/// Starts a worker process against `coordinators` (comma-separated), logging into `dir`; killed
+/// on drop of the returned child.
+pub async fn start_worker(
+    coordinators: &str,
+    dir: &std::path::Path,
+    name: &str,
+    docker: &str,
+    platform: Option<&str>,
+) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(bin("manifold-worker"));
+    cmd.args([
+        "--coordinator",
+        coordinators,
+        "--name",
+        name,
+        "--docker-host",
+        docker,
+    ])
+    .arg("--cache-dir")
+    .arg(dir.join(format!("cache-{name}")))
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(Stdio::from(std::fs::File::create(
+        dir.join(format!("worker-{name}.log")),
+    )?))
+    .kill_on_drop(true);
+    if let Some(p) = platform {
+        cmd.args(["--platform", p]);
+    }
+    cmd.spawn().context("starting manifold-worker")
+}
