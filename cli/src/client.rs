@@ -78,9 +78,60 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Dials `address` (`http://host:port`; a bare `host:port` means http) and fails fast with
+    /// Dials the coordinator at `addresses`: one URL, or several comma-separated (a farm with
+    /// several coordinators on etcd). Followers redirect to the leader; the first coordinator that
+    /// serves is used. Fails fast with [`ClientError::Unreachable`] when none answers.
+    pub async fn connect(addresses: &str) -> Result<Self, ClientError> {
+        let mut queue = manifold_proto::discovery::parse_addresses(addresses);
+        if queue.is_empty() {
+            queue.push(addresses.to_owned());
+        }
+        let mut tried: Vec<String> = Vec::new();
+        let mut first_error = None;
+        while !queue.is_empty() {
+            let address = queue.remove(0);
+            if tried.contains(&address) {
+                continue;
+            }
+            tried.push(address.clone());
+            let coordinator = match Self::connect_one(&address).await {
+                Ok(c) => c,
+                Err(e @ ClientError::InvalidAddress { .. }) => return Err(e),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            let probe = coordinator
+                .builds()
+                .list(v1::ListBuildsRequest { limit: 1 })
+                .await;
+            match probe {
+                Err(status) if status.code() == Code::Unavailable => {
+                    if let Some(leader) = status
+                        .metadata()
+                        .get(manifold_proto::discovery::LEADER_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        queue.insert(0, leader.to_owned());
+                    }
+                    first_error.get_or_insert(ClientError::Unreachable {
+                        address: address.clone(),
+                        reason: status.message().to_owned(),
+                    });
+                }
+                _ => return Ok(coordinator),
+            }
+        }
+        Err(first_error.unwrap_or_else(|| ClientError::InvalidAddress {
+            address: addresses.to_owned(),
+            reason: "no address given".to_owned(),
+        }))
+    }
+
+    /// Dials one `address` (`http://host:port`; a bare `host:port` means http) and fails fast with
     /// [`ClientError::Unreachable`] when nothing answers.
-    pub async fn connect(address: &str) -> Result<Self, ClientError> {
+    async fn connect_one(address: &str) -> Result<Self, ClientError> {
         let address = address.trim();
         let url = if address.contains("://") {
             address.to_owned()

@@ -29,8 +29,7 @@ pub enum Role {
     Follower(Option<String>),
 }
 
-/// gRPC metadata key naming the leader's address on an `Unavailable` answer from a follower.
-pub const LEADER_METADATA: &str = "x-manifold-leader";
+use manifold_proto::discovery::LEADER_METADATA;
 
 /// Implements all three services; clone it into each server.
 #[derive(Clone)]

@@ -174,8 +174,10 @@ fn leader_name(prefix: &str) -> String {
     format!("{}/leader", prefix.trim_end_matches('/'))
 }
 
-/// Renews the lease every third of its TTL; cancels `lost` when a renewal fails or the lease's
-/// remaining TTL says it already expired (as after a long pause).
+/// Renews the lease every third of its TTL; cancels `lost` when etcd says the lease expired (as
+/// after a long pause), or when no renewal succeeded for three TTLs (cut off from etcd). Safety does
+/// not rest on this timer: every write is fenced in etcd itself; the timer only makes a cut-off
+/// leader give up its role.
 async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: CancellationToken) {
     let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
         Ok(k) => k,
@@ -189,8 +191,8 @@ async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: Cancell
     let mut interval = tokio::time::interval(ttl / 3);
     loop {
         interval.tick().await;
-        if last_renewed.elapsed() >= ttl {
-            tracing::warn!(lease, "no lease renewal for a whole TTL");
+        if last_renewed.elapsed() >= ttl * 3 {
+            tracing::warn!(lease, "no lease renewal for three TTLs");
             lost.cancel();
             return;
         }

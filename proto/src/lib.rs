@@ -3,11 +3,13 @@
 //! Layout:
 //! - [`v1`]: the generated protobuf messages, clients and servers (from `proto/manifold/v1/manifold.proto`);
 //! - [`platform`]: [`Platform`], parsing and normalising what users type (`x86_64`, `arm64/v8`, `armhf` ...);
-//! - [`ids`]: the newtype ids of builds and jobs.
+//! - [`ids`]: the newtype ids of builds and jobs;
+//! - [`discovery`]: finding the leading coordinator among several addresses.
 //!
 //! Generated types never travel past a crate's API module: each crate converts them into its own
 //! domain types at the edge.
 
+pub mod discovery;
 pub mod ids;
 pub mod platform;
 

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::Instrument as _;
 
 use crate::config::Config;
@@ -77,15 +77,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     if config.slots == 0 {
         return Err(RunError::NoSlots);
     }
-    let endpoint = Endpoint::from_shared(config.coordinator.clone())
-        .map_err(|e| RunError::InvalidCoordinator {
+    // One address, or several coordinators (etcd mode): each session finds the leader among them.
+    let addresses = manifold_proto::discovery::parse_addresses(&config.coordinator);
+    let first = addresses
+        .first()
+        .cloned()
+        .unwrap_or_else(|| config.coordinator.clone());
+    let endpoint =
+        manifold_proto::discovery::endpoint(&first).map_err(|e| RunError::InvalidCoordinator {
             url: config.coordinator.clone(),
             reason: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
+        })?;
     std::fs::create_dir_all(&config.cache_dir).map_err(|source| RunError::CacheDir {
         path: config.cache_dir.clone(),
         source,
@@ -121,7 +123,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             build_platform_override: None,
         },
         cache,
-        channel: endpoint.connect_lazy(),
+        channel: Mutex::new(endpoint.connect_lazy()),
+        addresses,
         engine,
         config,
         jobs: Mutex::default(),
@@ -142,7 +145,10 @@ struct Shared {
     config: Config,
     engine: DockerEngine,
     cache: ContextCache,
-    channel: Channel,
+    /// The channel to the coordinator of the current session.
+    channel: Mutex<Channel>,
+    /// Every coordinator address given; the leader among them is looked up at each session.
+    addresses: Vec<String>,
     options: ExecuteOptions,
     jobs: Mutex<HashMap<(JobId, u32), CancellationToken>>,
     tracker: TaskTracker,
@@ -265,7 +271,17 @@ impl Worker {
         tx.send(message(ToCoordinator::Hello(hello)))
             .await
             .expect("the receiver is still here");
-        let mut client = WorkersClient::new(shared.channel.clone())
+        if shared.addresses.len() > 1 {
+            match manifold_proto::discovery::connect_leader(&shared.addresses).await {
+                Ok((leader, channel)) => {
+                    tracing::info!(%leader, "found the leading coordinator");
+                    *shared.channel.lock().expect("channel lock") = channel;
+                }
+                Err(e) => return SessionEnd::Lost(e.to_string()),
+            }
+        }
+        let channel = shared.channel.lock().expect("channel lock").clone();
+        let mut client = WorkersClient::new(channel)
             .max_decoding_message_size(manifold_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(manifold_proto::MAX_MESSAGE_BYTES);
         let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
@@ -542,7 +558,10 @@ async fn run_job(
     cancel: &CancellationToken,
 ) -> Result<PushedImage, JobFailure> {
     let fetch = shared.cache.get_or_fetch(&spec.context_digest, || {
-        download(shared.channel.clone(), spec.context_digest.clone())
+        download(
+            shared.channel.lock().expect("channel lock").clone(),
+            spec.context_digest.clone(),
+        )
     });
     let context = tokio::select! {
         () = cancel.cancelled() => return Err(JobFailure::cancelled()),
