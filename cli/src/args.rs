@@ -3,9 +3,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use manifold_proto::{BuildId, DEFAULT_COORDINATOR, Platform, PlatformError, v1};
+use manifold_registry::tag_template::{DEFAULT_TAG_TEMPLATE, TagTemplate, TagTemplateError};
 
 use crate::dockerignore::clean;
 
@@ -48,8 +50,8 @@ pub struct Cli {
 pub enum Command {
     /// Build an image for several platforms and push it under one tag
     Build(BuildArgs),
-    /// List the workers connected to the coordinator
-    Workers(FormatArgs),
+    /// List the workers connected to the coordinator (STATUS: ready, draining, unhealthy), or drain one
+    Workers(WorkersArgs),
     /// List builds, newest first
     Builds(BuildsArgs),
     /// Show a build and the state of each of its platforms
@@ -58,6 +60,163 @@ pub enum Command {
     Watch(WatchArgs),
     /// Cancel a build: every unfinished platform stops and no tag is written
     Cancel(IdArgs),
+    /// Inspect and merge manifest lists directly in registries (no coordinator, no Docker daemon)
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Print a shell completion script: `source <(manifold completion bash)`
+    Completion(CompletionArgs),
+}
+
+/// `manifold manifest ...`: the docker manifest workflow without a daemon or a local staging copy.
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Show a manifest or list: its platforms, or the image a platform's client pulls
+    Inspect(InspectArgs),
+    /// Merge images (per-arch tags, or whole lists) into one list under a tag
+    #[command(
+        long_about = "Merge images (per-arch tags, or whole lists) into one list under a tag.\n\n\
+        Each source's platform is read from its config; a source that is itself a list gives its \
+        platform images (attestations are left out unless --include-attestations). Without --push \
+        nothing is written: the list is printed. With --push, images from other repositories are \
+        mounted or copied into the target repository by digest, and the tag is written last, so a \
+        failure leaves the target tag as it was. Nothing is staged locally: there is nothing to \
+        clean up with `manifest rm`."
+    )]
+    Create(CreateArgs),
+    /// Same as `create --push`: nothing is staged locally, so a push names its sources
+    Push(CreateArgs),
+    /// Accepted for `docker manifest rm` habits: manifold keeps no local copy, so nothing is removed
+    Rm(RmArgs),
+}
+
+/// Registry access flags of the `manifest` commands.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// Registry to reach over plain HTTP (loopback registries always are); repeatable
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+}
+
+/// Flags of `manifold manifest inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Image or list, e.g. registry.example.com/team/app:1.0 or ...@sha256:...
+    #[arg(value_name = "REF")]
+    pub reference: String,
+
+    /// Show only the image a client of this platform pulls (as Docker chooses it), e.g. linux/arm64
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+
+    /// Print the manifest's exact bytes, as the registry serves them
+    #[arg(long, conflicts_with = "format")]
+    pub raw: bool,
+
+    /// Output format
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// Registry access.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// The list media type `manifest create` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MediaTypeArg {
+    /// A Docker manifest list (Docker schema2 images only)
+    Docker,
+    /// An OCI image index (OCI or Docker schema2 images)
+    Oci,
+}
+
+/// Flags of `manifold manifest create` (and `push`).
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Where the list goes, e.g. registry.example.com/team/app:1.0
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// Images or lists to merge, e.g. app:1.0-x86_64 app:1.0-aarch64
+    #[arg(value_name = "SOURCE")]
+    pub sources: Vec<String>,
+
+    /// Also take TARGET's per-arch tags (TAG-x86_64, TAG-aarch64 ..., see --tag-template)
+    #[arg(long)]
+    pub from_arch_tags: bool,
+
+    /// With --from-arch-tags: the platforms whose tags must exist (default: those found),
+    /// comma-separated and/or repeated
+    #[arg(
+        long = "platform",
+        value_name = "PLATFORMS",
+        requires = "from_arch_tags"
+    )]
+    pub platforms: Vec<String>,
+
+    /// How per-arch tags are named; placeholders {tag}, {arch} (uname -m: x86_64, aarch64),
+    /// {goarch} (amd64, arm64), {variant}, {os}
+    #[arg(long, value_name = "TEMPLATE", default_value = DEFAULT_TAG_TEMPLATE)]
+    pub tag_template: String,
+
+    /// Start from the list already under TARGET: sources replace its entries of their platforms
+    #[arg(long)]
+    pub amend: bool,
+
+    /// List a single-image SOURCE under this platform instead of the one its config declares
+    #[arg(long, value_name = "SOURCE=OS/ARCH[/VARIANT]")]
+    pub annotate: Vec<String>,
+
+    /// List type (default: follows the images: Docker images give a Docker list, OCI an OCI index)
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub media_type: Option<MediaTypeArg>,
+
+    /// Carry the attestation entries of list sources (OCI indexes only)
+    #[arg(long)]
+    pub include_attestations: bool,
+
+    /// Write the list to the registry (without it, the list is only printed)
+    #[arg(long)]
+    pub push: bool,
+
+    /// Check everything, print what would be done, write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print only the list's digest
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Registry access.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Flags of `manifold manifest rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Lists as given to `docker manifest rm`
+    #[arg(value_name = "REF")]
+    pub references: Vec<String>,
+}
+
+/// The shells `manifold completion` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// `source <(manifold completion bash)`
+    Bash,
+    /// `manifold completion zsh > "${fpath[1]}/_manifold"`
+    Zsh,
+    /// `manifold completion fish > ~/.config/fish/completions/manifold.fish`
+    Fish,
+}
+
+/// Flags of `manifold completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: CompletionShell,
 }
 
 /// How build progress is shown.
@@ -112,6 +271,11 @@ pub struct BuildArgs {
     #[arg(long)]
     pub arch_tags: bool,
 
+    /// How --arch-tags names the per-arch tags; placeholders {tag}, {arch} (uname -m),
+    /// {goarch}, {variant}, {os}
+    #[arg(long, value_name = "TEMPLATE", requires = "arch_tags", default_value = DEFAULT_TAG_TEMPLATE)]
+    pub tag_template: String,
+
     /// How to show progress
     #[arg(long, value_enum, value_name = "MODE", default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
@@ -124,9 +288,42 @@ pub struct BuildArgs {
     #[arg(long)]
     pub detach: bool,
 
+    /// Fail the build (and stop its platforms) when it has not ended this long after submission,
+    /// waiting for workers included, e.g. 30m, 2h, 1h30m
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub timeout: Duration,
+
     /// Build context directory
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
+}
+
+/// `manifold workers [drain NAME]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct WorkersArgs {
+    /// Without one, list the workers
+    #[command(subcommand)]
+    pub action: Option<WorkersAction>,
+
+    /// Output format of the list
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// What `manifold workers` can do besides listing.
+#[derive(Debug, Subcommand)]
+pub enum WorkersAction {
+    /// Stop giving a worker jobs: it finishes its running ones, says goodbye and exits (as on SIGTERM)
+    Drain(DrainArgs),
+}
+
+/// Flags of `manifold workers drain`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The worker's name, as `manifold workers` shows it
+    #[arg(value_name = "NAME")]
+    pub name: String,
 }
 
 /// `--format` alone.
@@ -274,6 +471,9 @@ pub enum ArgsError {
         /// The value given.
         value: String,
     },
+    /// A `--tag-template` that cannot be used.
+    #[error("--tag-template: {0}")]
+    TagTemplate(#[source] TagTemplateError),
     /// The image reference is empty or has spaces.
     #[error(
         "invalid tag `{0}`: expected an image reference such as registry.example.com/team/app:1.0"
@@ -302,10 +502,14 @@ pub struct BuildPlan {
     pub labels: BTreeMap<String, String>,
     /// `--arch-tags`.
     pub arch_tags: bool,
+    /// `--tag-template`: how the per-arch tags are named.
+    pub arch_tag_template: TagTemplate,
     /// The progress display (`-q` folded in).
     pub progress: ProgressMode,
     /// `--detach`.
     pub detach: bool,
+    /// `--timeout`.
+    pub timeout: Duration,
 }
 
 impl BuildPlan {
@@ -354,6 +558,8 @@ impl BuildPlan {
             std::env::var(key).ok()
         })?;
         let labels = parse_key_values("--label", &args.labels, |_| None)?;
+        let arch_tag_template =
+            TagTemplate::parse(&args.tag_template).map_err(ArgsError::TagTemplate)?;
         Ok(Self {
             image: image.to_owned(),
             platforms,
@@ -364,12 +570,14 @@ impl BuildPlan {
             target: args.target.clone().filter(|t| !t.is_empty()),
             labels,
             arch_tags: args.arch_tags,
+            arch_tag_template,
             progress: if args.quiet {
                 ProgressMode::Quiet
             } else {
                 args.progress
             },
             detach: args.detach,
+            timeout: args.timeout,
         })
     }
 
@@ -400,8 +608,49 @@ impl BuildPlan {
             target: self.target.clone().unwrap_or_default(),
             labels: to_hash_map(&self.labels),
             arch_tags: self.arch_tags,
+            timeout_seconds: self.timeout.as_secs_f64().ceil() as u64,
+            arch_tag_template: if self.arch_tag_template.is_default() {
+                String::new()
+            } else {
+                self.arch_tag_template.as_str().to_owned()
+            },
         }
     }
+}
+
+/// Parses a duration as people write it: a sequence of NUMBER UNIT with units h, m, s, ms, e.g.
+/// `1h`, `30m`, `1h30m`, `90s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let err =
+        || format!("invalid duration `{text}`: expected e.g. 30m, 2h or 1h30m (units h, m, s, ms)");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(err());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let step = match &rest[..unit_len] {
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "s" => Duration::from_secs(n),
+            "ms" => Duration::from_millis(n),
+            _ => return Err(err()),
+        };
+        total = total.saturating_add(step);
+        rest = &rest[unit_len..];
+    }
+    if total.is_zero() {
+        return Err(format!(
+            "invalid duration `{text}`: it must be longer than 0"
+        ));
+    }
+    Ok(total)
 }
 
 fn to_hash_map(map: &BTreeMap<String, String>) -> HashMap<String, String> {
@@ -605,6 +854,69 @@ mod tests {
             std::fs::write(path, "FROM scratch\n").unwrap();
         }
         dir
+    }
+
+    #[test]
+    fn build_timeout_defaults_to_an_hour_and_reaches_the_request() {
+        let ctx = context_with(&["Dockerfile"]);
+        let dir = ctx.path().to_str().unwrap();
+        let plan = |extra: &[&str]| {
+            let mut args = vec![
+                "build",
+                "-t",
+                "127.0.0.1:5000/a:1",
+                "--platform",
+                "linux/amd64",
+            ];
+            args.extend_from_slice(extra);
+            args.push(dir);
+            BuildPlan::from_args(&build_args(&args)).unwrap()
+        };
+        assert_eq!(plan(&[]).request("sha256:x").timeout_seconds, 3600);
+        assert_eq!(
+            plan(&["--timeout", "1h30m"])
+                .request("sha256:x")
+                .timeout_seconds,
+            5400
+        );
+        assert_eq!(
+            plan(&["--timeout", "1500ms"])
+                .request("sha256:x")
+                .timeout_seconds,
+            2
+        );
+        for bad in ["0s", "10", "1d", "m", ""] {
+            let err = Cli::try_parse_from([
+                "manifold",
+                "build",
+                "-t",
+                "r/a:1",
+                "--platform",
+                "linux/amd64",
+                "--timeout",
+                bad,
+                dir,
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(&format!("`{bad}`")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn workers_lists_or_drains_one() {
+        match cli(&["workers", "--format", "json"]).command {
+            Command::Workers(w) => assert!(w.action.is_none() && w.format == Format::Json),
+            other => panic!("{other:?}"),
+        }
+        match cli(&["workers", "drain", "x86-1"]).command {
+            Command::Workers(WorkersArgs {
+                action: Some(WorkersAction::Drain(d)),
+                ..
+            }) => assert_eq!(d.name, "x86-1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["manifold", "workers", "drain"]).is_err());
     }
 
     #[test]
@@ -853,5 +1165,120 @@ mod tests {
         ));
         let err = Cli::try_parse_from(["manifold", "workers", "--format", "yaml"]).unwrap_err();
         assert!(err.to_string().contains("yaml"), "{err}");
+    }
+
+    #[test]
+    fn build_takes_a_tag_template_only_with_arch_tags() {
+        let dir = context_with(&["Dockerfile"]);
+        let ctx = dir.path().to_str().unwrap();
+        let plan = |extra: &[&str]| {
+            let mut args = vec!["build", "-t", "reg/app:1", "--platform", "amd64"];
+            args.extend_from_slice(extra);
+            args.push(ctx);
+            BuildPlan::from_args(&build_args(&args))
+        };
+        assert!(plan(&[]).unwrap().arch_tag_template.is_default());
+        assert!(
+            plan(&["--arch-tags", "--tag-template", "{tag}-{arch}"])
+                .unwrap()
+                .arch_tags
+        );
+        let custom = plan(&["--arch-tags", "--tag-template", "{tag}-{goarch}"]).unwrap();
+        assert_eq!(
+            custom.request("sha256:x").arch_tag_template,
+            "{tag}-{goarch}"
+        );
+        assert_eq!(
+            plan(&["--arch-tags"])
+                .unwrap()
+                .request("sha256:x")
+                .arch_tag_template,
+            ""
+        );
+        assert!(matches!(
+            plan(&["--arch-tags", "--tag-template", "{tag}"]),
+            Err(ArgsError::TagTemplate(TagTemplateError::NoArch { .. }))
+        ));
+        let err = Cli::try_parse_from([
+            "manifold",
+            "build",
+            "-t",
+            "a",
+            "--platform",
+            "amd64",
+            "--tag-template",
+            "{tag}-{arch}",
+            ".",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--arch-tags"), "{err}");
+    }
+
+    #[test]
+    fn manifest_commands_parse_like_docker_manifest() {
+        let c = cli(&[
+            "manifest",
+            "create",
+            "reg/app:1.0",
+            "reg/app:1.0-x86_64",
+            "reg/app:1.0-aarch64",
+            "--annotate",
+            "reg/app:1.0-aarch64=linux/arm64",
+            "--media-type",
+            "oci",
+            "--insecure-registry",
+            "reg:5000",
+            "--push",
+        ]);
+        let Command::Manifest(ManifestCommand::Create(a)) = c.command else {
+            panic!("not manifest create");
+        };
+        assert_eq!(a.target, "reg/app:1.0");
+        assert_eq!(a.sources, ["reg/app:1.0-x86_64", "reg/app:1.0-aarch64"]);
+        assert_eq!(a.annotate, ["reg/app:1.0-aarch64=linux/arm64"]);
+        assert_eq!(a.media_type, Some(MediaTypeArg::Oci));
+        assert_eq!(a.registry.insecure_registries, ["reg:5000"]);
+        assert_eq!(a.tag_template, DEFAULT_TAG_TEMPLATE);
+        assert!(a.push && !a.dry_run && !a.amend && !a.from_arch_tags);
+
+        let c = cli(&[
+            "manifest",
+            "inspect",
+            "reg/app:1.0",
+            "--platform",
+            "linux/arm64/v8",
+        ]);
+        let Command::Manifest(ManifestCommand::Inspect(i)) = c.command else {
+            panic!("not manifest inspect");
+        };
+        assert_eq!(i.platform.as_deref(), Some("linux/arm64/v8"));
+        assert_eq!(i.format, Format::Table);
+        let err = Cli::try_parse_from([
+            "manifold", "manifest", "inspect", "r", "--raw", "--format", "json",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot be used with"), "{err}");
+        // --platform of create belongs to --from-arch-tags.
+        let err = Cli::try_parse_from([
+            "manifold",
+            "manifest",
+            "create",
+            "r:1",
+            "--platform",
+            "linux/amd64",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--from-arch-tags"), "{err}");
+        assert!(matches!(
+            cli(&["manifest", "rm", "reg/app:1.0"]).command,
+            Command::Manifest(ManifestCommand::Rm(_))
+        ));
+        assert!(matches!(
+            cli(&["completion", "zsh"]).command,
+            Command::Completion(CompletionArgs {
+                shell: CompletionShell::Zsh
+            })
+        ));
+        assert!(Cli::try_parse_from(["manifold", "completion", "tcsh"]).is_err());
     }
 }

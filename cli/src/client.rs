@@ -324,6 +324,18 @@ impl Coordinator {
         Ok(response.into_inner().build)
     }
 
+    /// `Workers.Drain`: the worker as the coordinator left it.
+    pub async fn drain_worker(&self, name: &str) -> Result<Option<v1::WorkerInfo>, ClientError> {
+        let response = self
+            .workers()
+            .drain(v1::DrainWorkerRequest {
+                name: name.to_owned(),
+            })
+            .await
+            .map_err(|s| self.status_error("draining the worker", s))?;
+        Ok(response.into_inner().worker)
+    }
+
     /// `Workers.List`.
     pub async fn list_workers(&self) -> Result<Vec<v1::WorkerInfo>, ClientError> {
         let response = self

@@ -352,6 +352,19 @@ pub async fn workers(coordinator: &Coordinator, format: Format) -> Result<(), Co
     Ok(())
 }
 
+/// `manifold workers drain NAME`: asks the coordinator to drain the worker and says what follows.
+pub async fn drain_worker(coordinator: &Coordinator, name: &str) -> Result<(), CommandError> {
+    let worker = coordinator.drain_worker(name).await?;
+    match worker {
+        Some(w) if w.slots_in_use > 0 => println!(
+            "worker {}: draining; it takes no new job and exits once its {} running job(s) finish",
+            w.name, w.slots_in_use
+        ),
+        _ => println!("worker {name}: draining; it runs no job and exits now"),
+    }
+    Ok(())
+}
+
 /// `manifold builds`.
 pub async fn builds(
     coordinator: &Coordinator,

@@ -1,7 +1,8 @@
 //! The `manifold` command line: packs a build context, sends it to the coordinator once per
 //! content digest, submits a multi-platform build and follows it to the pushed manifest list; also
 //! lists workers and builds, re-attaches to a build and cancels one. It talks to the coordinator
-//! only through the `manifold.v1` gRPC API of `manifold-proto`.
+//! only through the `manifold.v1` gRPC API of `manifold-proto`. `manifold manifest` talks to
+//! registries directly, through `manifold-registry`.
 //!
 //! Layout, in reading order:
 //! - [`args`]: the clap definitions and [`args::BuildPlan`], `manifold build`'s flags checked
@@ -13,7 +14,9 @@
 //!   can act on;
 //! - [`progress`]: rendering build events (plain lines, live lines per platform, or quiet);
 //! - [`listing`]: the tables and JSON documents of `workers`, `builds` and `build-status`;
-//! - [`commands`]: one function per subcommand.
+//! - [`commands`]: one function per subcommand;
+//! - [`manifest`]: `manifold manifest inspect/create/push/rm`, straight against registries with
+//!   `manifold-registry` (no coordinator, no Docker daemon), and `manifold completion`.
 
 pub mod args;
 pub mod client;
@@ -21,4 +24,5 @@ pub mod commands;
 pub mod context;
 pub mod dockerignore;
 pub mod listing;
+pub mod manifest;
 pub mod progress;

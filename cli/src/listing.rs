@@ -81,6 +81,27 @@ pub struct WorkerView {
     pub docker_version: String,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// `ready`, `draining` or `unhealthy: REASON`, as the table's STATUS column.
+    pub status: String,
+    /// Takes no new job: draining.
+    pub draining: bool,
+    /// Why its Docker daemon cannot build, when it cannot.
+    pub unhealthy_reason: Option<String>,
+}
+
+/// A worker's STATUS: `ready`, `draining`, `unhealthy: REASON` (or draining and unhealthy).
+pub fn worker_status(w: &v1::WorkerInfo) -> String {
+    let reason = if w.unhealthy_reason.is_empty() {
+        "no reason given"
+    } else {
+        w.unhealthy_reason.as_str()
+    };
+    match (w.draining, w.unhealthy) {
+        (false, false) => "ready".to_owned(),
+        (true, false) => "draining".to_owned(),
+        (false, true) => format!("unhealthy: {reason}"),
+        (true, true) => format!("draining, unhealthy: {reason}"),
+    }
 }
 
 impl From<&v1::WorkerInfo> for WorkerView {
@@ -99,6 +120,9 @@ impl From<&v1::WorkerInfo> for WorkerView {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            status: worker_status(w),
+            draining: w.draining,
+            unhealthy_reason: w.unhealthy.then(|| w.unhealthy_reason.clone()),
         }
     }
 }
@@ -189,13 +213,14 @@ impl From<&v1::Build> for BuildView {
     }
 }
 
-/// `manifold workers`: NAME, PLATFORMS, NATIVE/EMULATED, SLOTS, LAST HEARTBEAT, DOCKER.
+/// `manifold workers`: NAME, STATUS, PLATFORMS, NATIVE/EMULATED, SLOTS, LAST HEARTBEAT, DOCKER.
 pub fn workers_table(workers: &[v1::WorkerInfo], now_ms: i64) -> String {
     let rows: Vec<Vec<String>> = workers
         .iter()
         .map(|w| {
             vec![
                 w.name.clone(),
+                worker_status(w),
                 or_dash(&platforms_of(&w.platforms).join(",")),
                 if w.emulated { "emulated" } else { "native" }.to_owned(),
                 format!("{}/{}", w.slots_in_use, w.slots),
@@ -207,6 +232,7 @@ pub fn workers_table(workers: &[v1::WorkerInfo], now_ms: i64) -> String {
     render_table(
         &[
             "NAME",
+            "STATUS",
             "PLATFORMS",
             "NATIVE/EMULATED",
             "SLOTS",
@@ -392,13 +418,36 @@ mod tests {
         }];
         assert_eq!(
             workers_table(&workers, 100_000),
-            "NAME        PLATFORMS              NATIVE/EMULATED  SLOTS  LAST HEARTBEAT  DOCKER\n\
-             worker-x86  linux/amd64,linux/386  native           1/4    3s ago          27.1.0\n"
+            "NAME        STATUS  PLATFORMS              NATIVE/EMULATED  SLOTS  LAST HEARTBEAT  DOCKER\n\
+             worker-x86  ready   linux/amd64,linux/386  native           1/4    3s ago          27.1.0\n"
         );
         let json: serde_json::Value = serde_json::from_str(&workers_json(&workers)).unwrap();
         assert_eq!(json["workers"][0]["name"], "worker-x86");
         assert_eq!(json["workers"][0]["platforms"][1], "linux/386");
         assert_eq!(json["workers"][0]["slots_in_use"], 1);
+        assert_eq!(json["workers"][0]["status"], "ready");
+    }
+
+    #[test]
+    fn a_worker_s_status_says_whether_it_takes_jobs_and_why_not() {
+        let status = |draining: bool, unhealthy: bool, reason: &str| {
+            worker_status(&v1::WorkerInfo {
+                draining,
+                unhealthy,
+                unhealthy_reason: reason.into(),
+                ..Default::default()
+            })
+        };
+        assert_eq!(status(false, false, ""), "ready");
+        assert_eq!(status(true, false, ""), "draining");
+        assert_eq!(
+            status(false, true, "docker daemon at unix:///d.sock: ping failed"),
+            "unhealthy: docker daemon at unix:///d.sock: ping failed"
+        );
+        assert_eq!(
+            status(true, true, ""),
+            "draining, unhealthy: no reason given"
+        );
     }
 
     #[test]

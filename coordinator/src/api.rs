@@ -16,7 +16,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::build::{self, BuildRequest, BuildState, Event, EventKind, JobState};
 use crate::contexts::ContextError;
-use crate::farm::{Farm, FarmError, JobOutcome, JobSpec, ToWorker, WorkerHello};
+use crate::farm::{
+    Farm, FarmError, JobOutcome, JobSpec, ToWorker, WorkerHealth, WorkerHello, WorkerView,
+};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -66,6 +68,7 @@ fn status(e: impl Into<ApiError>) -> Status {
     match e.into() {
         ApiError::Farm(FarmError::Invalid(e)) => Status::invalid_argument(e.to_string()),
         ApiError::Farm(e @ FarmError::UnknownBuild(_)) => Status::not_found(e.to_string()),
+        ApiError::Farm(e @ FarmError::UnknownWorker(_)) => Status::not_found(e.to_string()),
         ApiError::Farm(e @ FarmError::DuplicateWorker(_)) => Status::already_exists(e.to_string()),
         ApiError::Farm(e @ FarmError::BadHello(_)) => Status::invalid_argument(e.to_string()),
         ApiError::Context(e @ (ContextError::BadDigest(_) | ContextError::Mismatch { .. })) => {
@@ -73,6 +76,7 @@ fn status(e: impl Into<ApiError>) -> Status {
         }
         ApiError::Context(e @ ContextError::Unknown(_)) => Status::not_found(e.to_string()),
         ApiError::Context(e @ ContextError::Io { .. }) => Status::internal(e.to_string()),
+        ApiError::Context(e @ ContextError::Remote(_)) => Status::unavailable(e.to_string()),
         ApiError::Farm(e @ FarmError::Store(_)) => Status::unavailable(e.to_string()),
     }
 }
@@ -125,6 +129,8 @@ fn request_from_wire(r: v1::SubmitBuildRequest) -> BuildRequest {
         target: r.target,
         labels: r.labels.into_iter().collect(),
         arch_tags: r.arch_tags,
+        timeout_seconds: r.timeout_seconds,
+        arch_tag_template: r.arch_tag_template,
     }
 }
 
@@ -139,6 +145,8 @@ fn request_to_wire(r: &BuildRequest, spec: &build::BuildSpec) -> v1::SubmitBuild
         target: r.target.clone(),
         labels: r.labels.clone().into_iter().collect(),
         arch_tags: r.arch_tags,
+        timeout_seconds: r.timeout_seconds,
+        arch_tag_template: r.arch_tag_template.clone(),
     }
 }
 
@@ -255,6 +263,7 @@ fn to_worker_wire(m: ToWorker) -> v1::CoordinatorMessage {
             job_id: job.to_string(),
             attempt,
         }),
+        ToWorker::Drain => Msg::Drain(v1::Drain {}),
     };
     v1::CoordinatorMessage { msg: Some(msg) }
 }
@@ -279,7 +288,34 @@ fn hello_from_wire(h: v1::WorkerHello) -> Result<WorkerHello, Status> {
         labels: h.labels.into_iter().collect::<BTreeMap<_, _>>(),
         docker_version: h.docker_version,
         running,
+        draining: h.draining,
+        unhealthy: h.unhealthy.then(|| unhealthy_reason(h.unhealthy_reason)),
     })
+}
+
+fn unhealthy_reason(reason: String) -> String {
+    if reason.trim().is_empty() {
+        "the worker gave no reason".to_owned()
+    } else {
+        reason
+    }
+}
+
+fn worker_to_wire(w: WorkerView) -> v1::WorkerInfo {
+    v1::WorkerInfo {
+        name: w.name,
+        platforms: w.platforms.iter().map(v1::Platform::from).collect(),
+        emulated: w.emulated,
+        slots: w.slots,
+        slots_in_use: w.slots_in_use,
+        last_heartbeat_ms: w.last_heartbeat_ms,
+        docker_version: w.docker_version,
+        labels: w.labels.into_iter().collect(),
+        connected_at_ms: w.connected_at_ms,
+        draining: w.draining,
+        unhealthy: w.unhealthy.is_some(),
+        unhealthy_reason: w.unhealthy.unwrap_or_default(),
+    }
 }
 
 // ----- Builds -------------------------------------------------------------------------------------
@@ -381,7 +417,8 @@ impl contexts_server::Contexts for Api {
         let present = self
             .farm()?
             .contexts()
-            .has(&request.get_ref().digest)
+            .has_anywhere(&request.get_ref().digest)
+            .await
             .map_err(status)?;
         Ok(Response::new(v1::HasContextResponse { present }))
     }
@@ -409,6 +446,7 @@ impl contexts_server::Contexts for Api {
             upload.write(&chunk.data).await.map_err(status)?;
         }
         let size = upload.finish().await.map_err(status)?;
+        store.replicate(&digest).await.map_err(status)?;
         tracing::info!(%digest, size, "context stored");
         Ok(Response::new(v1::UploadContextResponse { digest, size }))
     }
@@ -446,7 +484,9 @@ impl workers_server::Workers for Api {
         };
         let _ = tx.send(Ok(welcome)).await;
 
-        // Outbound: farm → worker.
+        // Outbound: farm → worker. The farm drops its end when it declares the worker lost (silent
+        // for longer than the lease); the stream then ends, so that a worker that was only cut off
+        // reconnects and restates its jobs instead of talking into a session nobody reads.
         let out_tx = tx.clone();
         tokio::spawn(async move {
             while let Some(m) = to_worker.recv().await {
@@ -454,6 +494,11 @@ impl workers_server::Workers for Api {
                     return;
                 }
             }
+            let _ = out_tx
+                .send(Err(Status::unavailable(
+                    "the coordinator declared this worker lost (silent for longer than its lease); reconnect and restate the running jobs",
+                )))
+                .await;
         });
 
         // Inbound: worker → farm, until the stream ends or this coordinator steps down.
@@ -478,7 +523,15 @@ impl workers_server::Workers for Api {
                         }
                     };
                     match msg.msg {
-                        Some(Msg::Heartbeat(_)) => farm.heartbeat(&session),
+                        Some(Msg::Heartbeat(h)) => farm.health(
+                            &session,
+                            WorkerHealth {
+                                draining: h.draining,
+                                unhealthy: h
+                                    .unhealthy
+                                    .then(|| unhealthy_reason(h.unhealthy_reason)),
+                            },
+                        ),
                         Some(Msg::Accepted(a)) => {
                             if let Ok(job) = parse_job_id(&a.job_id) {
                                 farm.accepted(&session, job, a.attempt);
@@ -503,11 +556,13 @@ impl workers_server::Workers for Api {
                                     message: f.message,
                                     retryable: f.retryable,
                                     cancelled: f.cancelled,
+                                    refused: f.refused,
                                 },
                                 None => JobOutcome::Failed {
                                     message: "worker sent a result without an outcome".into(),
                                     retryable: true,
                                     cancelled: false,
+                                    refused: false,
                                 },
                             };
                             farm.result(&session, job, r.attempt, outcome);
@@ -534,7 +589,12 @@ impl workers_server::Workers for Api {
         request: Request<v1::DownloadContextRequest>,
     ) -> Result<Response<Self::DownloadContextStream>, Status> {
         let digest = request.into_inner().digest;
-        let path = self.farm()?.contexts().path(&digest).map_err(status)?;
+        let path = self
+            .farm()?
+            .contexts()
+            .ensure_local(&digest)
+            .await
+            .map_err(status)?;
         let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|_| status(ContextError::Unknown(digest.clone())))?;
@@ -574,18 +634,24 @@ impl workers_server::Workers for Api {
             .farm()?
             .workers()
             .into_iter()
-            .map(|w| v1::WorkerInfo {
-                name: w.name,
-                platforms: w.platforms.iter().map(v1::Platform::from).collect(),
-                emulated: w.emulated,
-                slots: w.slots,
-                slots_in_use: w.slots_in_use,
-                last_heartbeat_ms: w.last_heartbeat_ms,
-                docker_version: w.docker_version,
-                labels: w.labels.into_iter().collect(),
-                connected_at_ms: w.connected_at_ms,
-            })
+            .map(worker_to_wire)
             .collect();
         Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<v1::DrainWorkerRequest>,
+    ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
+        let name = request.into_inner().name;
+        if name.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "no worker name given: pass the NAME that `manifold workers` shows",
+            ));
+        }
+        let worker = self.farm()?.drain(&name).map_err(status)?;
+        Ok(Response::new(v1::DrainWorkerResponse {
+            worker: Some(worker_to_wire(worker)),
+        }))
     }
 }

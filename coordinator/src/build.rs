@@ -31,7 +31,13 @@ pub struct BuildSpec {
     pub labels: BTreeMap<String, String>,
     /// `--arch-tags`.
     pub arch_tags: bool,
+    /// `--tag-template` for the per-arch tags; `None` is the default `{tag}-{arch}`.
+    #[serde(default)]
+    pub arch_tag_template: Option<String>,
 }
+
+/// How long a build may take, queueing included, when the request does not say (1 hour).
+pub const DEFAULT_BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A build request as the client sent it, before validation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,6 +60,12 @@ pub struct BuildRequest {
     pub labels: BTreeMap<String, String>,
     /// Per-arch tags.
     pub arch_tags: bool,
+    /// Seconds the build may take; 0 means [`DEFAULT_BUILD_TIMEOUT`].
+    #[serde(default)]
+    pub timeout_seconds: u64,
+    /// Naming template of the per-arch tags (empty: the default `{tag}-{arch}`).
+    #[serde(default)]
+    pub arch_tag_template: String,
 }
 
 /// Why a request was refused; each message names the bad value and the fix.
@@ -102,6 +114,14 @@ pub enum InvalidRequest {
     /// Context problems.
     #[error("{0}")]
     Context(String),
+    /// A tag template that cannot name per-arch tags.
+    #[error("invalid --tag-template `{template}`: {reason}")]
+    TagTemplate {
+        /// The template.
+        template: String,
+        /// Why.
+        reason: String,
+    },
     /// An empty or malformed key.
     #[error("invalid {what} `{key}`: keys must be non-empty and contain no `=` or whitespace")]
     Key {
@@ -185,7 +205,19 @@ impl BuildSpec {
                 });
             }
         }
+        let arch_tag_template = Some(req.arch_tag_template.clone())
+            .filter(|t| !t.is_empty())
+            .map(|t: String| {
+                manifold_registry::tag_template::TagTemplate::parse(&t)
+                    .map(|_| t.clone())
+                    .map_err(|e| InvalidRequest::TagTemplate {
+                        template: t.clone(),
+                        reason: e.to_string(),
+                    })
+            })
+            .transpose()?;
         Ok(Self {
+            arch_tag_template,
             image,
             platforms,
             context_digest: req.context_digest,
@@ -201,6 +233,32 @@ impl BuildSpec {
     pub fn repository(&self) -> String {
         format!("{}/{}", self.image.registry(), self.image.repository())
     }
+}
+
+impl BuildRequest {
+    /// How long the build may take, queueing included: `--timeout`, else [`DEFAULT_BUILD_TIMEOUT`].
+    pub fn timeout(&self) -> std::time::Duration {
+        match self.timeout_seconds {
+            0 => DEFAULT_BUILD_TIMEOUT,
+            n => std::time::Duration::from_secs(n),
+        }
+    }
+}
+
+/// A duration as people write it: `1h`, `10m`, `1m30s`, `45s`, `500ms`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
 }
 
 /// Serialises an image reference as its text.
@@ -326,7 +384,7 @@ pub struct Job {
     pub state: JobState,
     /// Worker of the current (or last) attempt.
     pub worker: Option<String>,
-    /// 0 until first assigned; each assignment increments it.
+    /// 0 until first assigned; each assignment increments it, so it names one attempt.
     pub attempt: u32,
     /// The pushed image, once succeeded.
     pub image: Option<ChildImage>,
@@ -489,6 +547,29 @@ mod tests {
     }
 
     #[test]
+    fn durations_read_as_people_write_them() {
+        use std::time::Duration;
+        for (d, text) in [
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(600), "10m"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(3661), "1h1m1s"),
+            (Duration::from_secs(3), "3s"),
+            (Duration::from_millis(500), "500ms"),
+        ] {
+            assert_eq!(human_duration(d), text);
+        }
+    }
+
+    #[test]
+    fn the_timeout_defaults_to_an_hour() {
+        let mut req = BuildRequest::default();
+        assert_eq!(req.timeout(), DEFAULT_BUILD_TIMEOUT);
+        req.timeout_seconds = 90;
+        assert_eq!(req.timeout(), std::time::Duration::from_secs(90));
+    }
+
+    #[test]
     fn bad_requests_are_refused_with_the_bad_value_named() {
         let ctx = context(&["Dockerfile"]);
         check_err(&ctx, |r| r.image = "Bad Ref!".into(), "`Bad Ref!`");
@@ -534,6 +615,14 @@ mod tests {
                 r.build_args.insert("A B".into(), "1".into());
             },
             "invalid build arg `A B`",
+        );
+        check_err(
+            &ctx,
+            |r| {
+                r.arch_tags = true;
+                r.arch_tag_template = "{tag}".into();
+            },
+            "invalid --tag-template `{tag}`",
         );
     }
 }

@@ -14,6 +14,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Where builds are kept.
     pub store: StoreConfig,
+    /// `registry/repository` to replicate build contexts to (for HA sets on etcd). Default: none.
+    pub context_repository: Option<String>,
+    /// How long an unreferenced build context is kept. Default: 24 h.
+    pub context_ttl: std::time::Duration,
     /// Scheduling and registry tunables.
     pub farm: FarmConfig,
 }

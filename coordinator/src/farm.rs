@@ -10,7 +10,12 @@
 //! - a build's tag is written only after every job succeeded (see `manifold_registry::publish`);
 //! - a build's last event is `Finished`, and nothing is recorded after it;
 //! - a worker that disconnects keeps its jobs for `worker_lease`: a reconnect that restates them adopts
-//!   them; otherwise they are requeued, the attempt counted;
+//!   them; otherwise they are requeued, the attempt counted; a worker silent for `worker_lease` is
+//!   declared lost the same way, and its stream is closed so that it reconnects and restates;
+//! - an assignment not acknowledged within `assign_timeout`, and a running attempt with no output for
+//!   `stuck_after`, are cancelled on their worker and requeued, the attempt counted; a job gives up
+//!   after `max_attempts` counted attempts with an error listing each attempt's worker and cause;
+//! - a build that has not ended within its timeout fails and its jobs are cancelled;
 //! - every state transition is written to the [`StateStore`] before the worker messages it causes
 //!   are sent ("assigned" is durable before the assignment leaves), and a submitted build is durable
 //!   before its id is returned. One writer task applies the writes in order.
@@ -26,10 +31,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::build::{
     Build, BuildRequest, BuildSpec, BuildState, Event, EventKind, InvalidRequest, Job, JobState,
-    LOG_TAIL_LINES, now_ms,
+    LOG_TAIL_LINES, human_duration, now_ms,
 };
 use crate::contexts::ContextStore;
-use crate::scheduler::{Scheduler, WorkerCaps};
+use crate::scheduler::{Scheduler, WorkerCaps, WorkerStatus};
 use crate::store::{StateStore, StoreError};
 use manifold_registry::ChildImage;
 use manifold_registry::{self as registry, RegistryConfig};
@@ -41,12 +46,26 @@ pub struct FarmConfig {
     pub wait_for_workers: Duration,
     /// How long a silent or disconnected worker keeps its jobs before they are requeued.
     pub worker_lease: Duration,
-    /// How often workers heartbeat.
+    /// How often workers heartbeat; keep it well under `worker_lease` (the binary uses a third of
+    /// the lease, at most 5 s).
     pub heartbeat_interval: Duration,
-    /// Attempts per job before it fails (infrastructure failures only; build failures never retry).
+    /// Attempts per job before it fails, the first included (infrastructure failures only; build
+    /// failures never retry). 0 and 1 both mean one attempt, no retry.
     pub max_attempts: u32,
+    /// How long a worker has to acknowledge an assignment before the job is requeued.
+    pub assign_timeout: Duration,
+    /// How long a running job may go without output before it is treated as stuck: cancelled on
+    /// its worker and requeued as an infrastructure failure.
+    pub stuck_after: Duration,
     /// Registry access.
     pub registry: RegistryConfig,
+}
+
+impl FarmConfig {
+    /// Attempts a job gets: `max_attempts`, with 0 meaning one (no retry).
+    pub fn attempts_allowed(&self) -> u32 {
+        self.max_attempts.max(1)
+    }
 }
 
 impl Default for FarmConfig {
@@ -56,6 +75,8 @@ impl Default for FarmConfig {
             worker_lease: Duration::from_secs(15),
             heartbeat_interval: Duration::from_secs(5),
             max_attempts: 3,
+            assign_timeout: Duration::from_secs(30),
+            stuck_after: Duration::from_secs(600),
             registry: RegistryConfig::default(),
         }
     }
@@ -73,6 +94,8 @@ pub enum ToWorker {
         /// Attempt.
         attempt: u32,
     },
+    /// Take no new job, finish the running ones, say goodbye and exit.
+    Drain,
 }
 
 /// One attempt of one job, as a worker needs it.
@@ -119,6 +142,19 @@ pub struct WorkerHello {
     pub docker_version: String,
     /// Jobs it is running (job, attempt).
     pub running: Vec<(JobId, u32)>,
+    /// It is draining already (it reconnected during a drain).
+    pub draining: bool,
+    /// Why its Docker daemon cannot build, when it cannot.
+    pub unhealthy: Option<String>,
+}
+
+/// What a heartbeat says besides "alive".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerHealth {
+    /// The worker drains.
+    pub draining: bool,
+    /// Why its Docker daemon cannot build, when it cannot.
+    pub unhealthy: Option<String>,
 }
 
 /// How a worker's attempt ended.
@@ -141,6 +177,9 @@ pub enum JobOutcome {
         retryable: bool,
         /// Stopped because it was cancelled.
         cancelled: bool,
+        /// Never started: the worker refused the assignment (draining, no free slot, daemon
+        /// unhealthy). Requeued without counting an attempt.
+        refused: bool,
     },
 }
 
@@ -165,6 +204,10 @@ pub struct WorkerView {
     pub docker_version: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Draining: no new job.
+    pub draining: bool,
+    /// Why its Docker daemon cannot build, when it cannot.
+    pub unhealthy: Option<String>,
 }
 
 /// Errors of farm operations.
@@ -176,6 +219,9 @@ pub enum FarmError {
     /// No such build.
     #[error("no build with id {0}; `manifold builds` lists them")]
     UnknownBuild(BuildId),
+    /// No attached worker of that name.
+    #[error("no worker named `{0}` is attached; `manifold workers` lists them")]
+    UnknownWorker(String),
     /// A worker name already attached.
     #[error("a worker named `{0}` is already attached; give each worker a unique --name")]
     DuplicateWorker(String),
@@ -219,8 +265,15 @@ struct State {
     job_build: HashMap<JobId, BuildId>,
     scheduler: Scheduler,
     workers: BTreeMap<String, WorkerConn>,
-    /// Jobs of workers that went away, with the deadline for their return.
-    orphans: HashMap<JobId, Instant>,
+    /// Jobs of workers that went away: the attempt, and the deadline for the worker's return.
+    orphans: HashMap<JobId, (u32, Instant)>,
+    /// Timers of the attempts out on workers (assigned or running).
+    live: HashMap<JobId, LiveAttempt>,
+    /// When each unfinished build times out (Unix ms).
+    deadlines: HashMap<BuildId, i64>,
+    /// Assignments of each job that its workers refused without starting them: they do not count
+    /// against the attempt limit. Kept in memory only: after a restart they count.
+    refusals: HashMap<JobId, u32>,
     next_session: u64,
     /// Worker messages waiting for the current operation's writes.
     outbox: Vec<(mpsc::UnboundedSender<ToWorker>, ToWorker)>,
@@ -233,6 +286,18 @@ struct BuildEntry {
     notify: watch::Sender<usize>,
     /// Changed since the last write to the store.
     dirty: bool,
+}
+
+/// The timers of one attempt out on a worker.
+#[derive(Clone, Copy, Debug)]
+struct LiveAttempt {
+    attempt: u32,
+    /// When the assignment was made; the worker must acknowledge it within `assign_timeout`.
+    assigned_at: Instant,
+    /// Set once acknowledged.
+    accepted: bool,
+    /// The last acknowledgement or output line; a running attempt silent for `stuck_after` is stuck.
+    last_progress: Instant,
 }
 
 struct WorkerConn {
@@ -307,7 +372,7 @@ impl Farm {
                         JobState::Queued => st.scheduler.enqueue(j.id, j.platform.clone(), now),
                         JobState::Assigned | JobState::Running => {
                             st.orphans
-                                .insert(j.id, now + farm.inner.config.worker_lease);
+                                .insert(j.id, (j.attempt, now + farm.inner.config.worker_lease));
                         }
                         _ => {}
                     }
@@ -322,6 +387,9 @@ impl Farm {
                         message: "restored from the state store".into(),
                     },
                 );
+            }
+            if !entry.build.state.is_final() {
+                st.deadlines.insert(id, deadline_ms(&entry.build));
             }
             if entry.build.state.is_final() {
                 let finished = EventKind::Finished {
@@ -407,6 +475,12 @@ impl Farm {
     /// Validates and queues a build; returns its id once the build is durable.
     pub async fn submit(&self, request: BuildRequest) -> Result<BuildId, FarmError> {
         let contexts = self.inner.contexts.clone();
+        // A new leader may hold the context only in the registry replica.
+        if let Ok(false) = contexts.has(&request.context_digest)
+            && let Err(e) = contexts.ensure_local(&request.context_digest).await
+        {
+            tracing::warn!(error = %e, "context not available locally");
+        }
         let req = request.clone();
         // Validation reads the context tar: keep it off the async threads.
         let spec = tokio::task::spawn_blocking(move || BuildSpec::validate(req, &contexts))
@@ -456,6 +530,8 @@ impl Farm {
                 },
             );
             st.order.push(id);
+            let deadline = deadline_ms(&st.builds[&id].build);
+            st.deadlines.insert(id, deadline);
             for j in &jobs {
                 let message = if st.scheduler.any_worker_builds(&j.platform) {
                     "waiting for a free worker slot".to_owned()
@@ -552,23 +628,35 @@ impl Farm {
         Ok(build)
     }
 
+    /// Contexts that unfinished builds still need (garbage collection keeps them).
+    pub fn referenced_contexts(&self) -> std::collections::HashSet<String> {
+        let st = self.lock();
+        st.builds
+            .values()
+            .filter(|e| !e.build.state.is_final())
+            .map(|e| e.build.spec.context_digest.clone())
+            .collect()
+    }
+
     /// The attached workers.
     pub fn workers(&self) -> Vec<WorkerView> {
         let st = self.lock();
-        st.workers
-            .values()
-            .map(|w| WorkerView {
-                name: w.hello.name.clone(),
-                platforms: w.hello.platforms.clone(),
-                emulated: w.hello.emulated,
-                slots: w.hello.slots,
-                slots_in_use: st.scheduler.slots_in_use(&w.hello.name),
-                last_heartbeat_ms: w.last_seen_ms,
-                connected_at_ms: w.connected_at_ms,
-                docker_version: w.hello.docker_version.clone(),
-                labels: w.hello.labels.clone(),
-            })
-            .collect()
+        st.workers.values().map(|w| worker_view(&st, w)).collect()
+    }
+
+    /// `manifold workers drain NAME`: the worker gets no new job and is told to drain: finish its
+    /// running jobs, say goodbye and exit, as on SIGTERM.
+    pub fn drain(&self, name: &str) -> Result<WorkerView, FarmError> {
+        let mut st = self.lock();
+        let Some(tx) = st.workers.get(name).map(|w| w.tx.clone()) else {
+            return Err(FarmError::UnknownWorker(name.to_owned()));
+        };
+        st.scheduler.drain_worker(name);
+        st.outbox.push((tx, ToWorker::Drain));
+        tracing::info!(worker = %name, "drain requested");
+        let view = worker_view(&st, &st.workers[name]);
+        self.flush(&mut st, None);
+        Ok(view)
     }
 
     /// A worker said hello. Returns its session and the channel its messages arrive on.
@@ -601,16 +689,22 @@ impl Farm {
             id: st.next_session,
         };
         let (tx, rx) = mpsc::unbounded_channel();
+        let now = now_instant();
 
-        // Adopt the restated jobs that are still current; tell the worker to drop the others.
+        // Adopt the restated jobs whose attempt is still out (assigned or running, not requeued);
+        // tell the worker to drop the others.
         let mut adopted = Vec::new();
         for (job, attempt) in &hello.running {
             let current = st
                 .job_build
                 .get(job)
                 .and_then(|b| st.builds.get(b))
+                .filter(|e| !e.build.state.is_final())
                 .and_then(|e| e.build.jobs.iter().find(|j| j.id == *job))
-                .is_some_and(|j| j.attempt == *attempt && !j.state.is_final());
+                .is_some_and(|j| {
+                    j.attempt == *attempt
+                        && matches!(j.state, JobState::Assigned | JobState::Running)
+                });
             if current {
                 adopted.push(*job);
             } else {
@@ -624,14 +718,13 @@ impl Farm {
             st.orphans.remove(job);
             if let Some(build_id) = st.job_build.get(job).copied() {
                 let entry = st.builds.get_mut(&build_id).expect("job's build exists");
-                let j = entry
-                    .build
-                    .jobs
-                    .iter_mut()
-                    .find(|j| j.id == *job)
-                    .expect("job exists");
+                let j = job_mut(&mut entry.build, *job);
                 j.worker = Some(hello.name.clone());
+                j.state = JobState::Running;
                 let (platform, attempt) = (j.platform.clone(), j.attempt);
+                if entry.build.state == BuildState::Queued {
+                    entry.build.state = BuildState::Running;
+                }
                 record(
                     entry,
                     EventKind::JobState {
@@ -642,7 +735,33 @@ impl Farm {
                         message: "adopted after the worker reconnected".into(),
                     },
                 );
+                st.live.insert(
+                    *job,
+                    LiveAttempt {
+                        attempt,
+                        assigned_at: now,
+                        accepted: true,
+                        last_progress: now,
+                    },
+                );
             }
+        }
+        // Jobs left behind by an earlier session of this worker that it did not restate: it
+        // restarted without them, so there is no point waiting for the rest of the lease.
+        let forgotten: Vec<(JobId, u32)> = st
+            .orphans
+            .iter()
+            .filter(|(job, _)| worker_of(&st, **job).as_deref() == Some(hello.name.as_str()))
+            .map(|(job, (attempt, _))| (*job, *attempt))
+            .collect();
+        // Before the worker is registered, so that it is not told to cancel what it does not run.
+        for (job, attempt) in forgotten {
+            self.attempt_failed(
+                &mut st,
+                job,
+                attempt,
+                "the worker came back without it (restarted?)",
+            );
         }
         st.scheduler.add_worker(
             WorkerCaps {
@@ -653,11 +772,18 @@ impl Farm {
             },
             adopted,
         );
+        if hello.draining {
+            st.scheduler.drain_worker(&hello.name);
+        }
+        st.scheduler
+            .set_unhealthy(&hello.name, hello.unhealthy.clone());
         tracing::info!(
             worker = %hello.name,
             platforms = ?hello.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
             emulated = hello.emulated,
             slots = hello.slots,
+            draining = hello.draining,
+            unhealthy = ?hello.unhealthy,
             "worker attached"
         );
         st.workers.insert(
@@ -667,7 +793,7 @@ impl Farm {
                 tx,
                 hello,
                 connected_at_ms: now_ms(),
-                last_seen: now_instant(),
+                last_seen: now,
                 last_seen_ms: now_ms(),
             },
         );
@@ -687,11 +813,54 @@ impl Farm {
         }
     }
 
-    /// The worker acknowledged an assignment.
+    /// A heartbeat: the worker is alive, and says whether it drains and whether its Docker daemon
+    /// answers. A draining or unhealthy worker gets no new job.
+    pub fn health(&self, session: &Session, health: WorkerHealth) {
+        let mut st = self.lock();
+        let Some(w) = st
+            .workers
+            .get_mut(&session.worker)
+            .filter(|w| w.session == session.id)
+        else {
+            return;
+        };
+        w.last_seen = now_instant();
+        w.last_seen_ms = now_ms();
+        let name = session.worker.as_str();
+        let before = st
+            .scheduler
+            .status(name)
+            .expect("attached workers are scheduled");
+        if health.draining && !before.draining {
+            tracing::info!(worker = %name, "worker drains: no new job goes to it");
+            st.scheduler.drain_worker(name);
+        }
+        if health.unhealthy != before.unhealthy {
+            match &health.unhealthy {
+                Some(reason) => {
+                    tracing::warn!(worker = %name, %reason, "worker unhealthy: no job goes to it")
+                }
+                None => tracing::info!(worker = %name, "worker healthy again"),
+            }
+            st.scheduler.set_unhealthy(name, health.unhealthy);
+        }
+        // A worker that refused an assignment is asked again only after it said how it is.
+        st.scheduler.release(name);
+        self.dispatch(&mut st);
+        self.flush(&mut st, None);
+    }
+
+    /// The worker acknowledged an assignment. A late acknowledgement of an attempt that is no
+    /// longer current (requeued after the deadline, or its build ended) is answered with a cancel.
     pub fn accepted(&self, session: &Session, job: JobId, attempt: u32) {
         self.heartbeat(session);
         let mut st = self.lock();
         let Some(entry) = current_job(&mut st, job, attempt) else {
+            tracing::info!(%job, attempt, worker = %session.worker, "cancelling an acknowledged attempt that is no longer current");
+            if let Some(tx) = session_tx(&st, session) {
+                st.outbox.push((tx, ToWorker::Cancel { job, attempt }));
+            }
+            self.flush(&mut st, None);
             return;
         };
         let j = job_mut(&mut entry.build, job);
@@ -708,11 +877,15 @@ impl Farm {
                 entry.build.state = BuildState::Running;
             }
             record(entry, ev);
-            self.flush(&mut st, None);
         }
+        if let Some(live) = st.live.get_mut(&job).filter(|l| l.attempt == attempt) {
+            live.accepted = true;
+            live.last_progress = now_instant();
+        }
+        self.flush(&mut st, None);
     }
 
-    /// Output lines of an attempt.
+    /// Output lines of an attempt; they also show the attempt is not stuck.
     pub fn log(&self, session: &Session, job: JobId, attempt: u32, lines: Vec<String>) {
         self.heartbeat(session);
         let mut st = self.lock();
@@ -736,16 +909,18 @@ impl Farm {
                 );
             }
         }
+        if let Some(live) = st.live.get_mut(&job).filter(|l| l.attempt == attempt) {
+            live.last_progress = now_instant();
+        }
+        self.flush(&mut st, None);
     }
 
-    /// An attempt ended.
+    /// An attempt ended. The result of an attempt that is no longer current changes nothing.
     pub fn result(&self, session: &Session, job: JobId, attempt: u32, outcome: JobOutcome) {
         self.heartbeat(session);
         let mut st = self.lock();
-        st.scheduler.finished(job);
         let Some(entry) = current_job(&mut st, job, attempt) else {
-            tracing::info!(%job, attempt, "ignoring the result of an attempt that is no longer current");
-            self.dispatch(&mut st);
+            tracing::info!(%job, attempt, worker = %session.worker, "ignoring the result of an attempt that is no longer current");
             self.flush(&mut st, None);
             return;
         };
@@ -780,30 +955,41 @@ impl Farm {
                 {
                     self.spawn_publish(build_id, entry.build.clone());
                 }
+                self.attempt_over(&mut st, job);
+                st.refusals.remove(&job);
             }
             JobOutcome::Failed {
                 message,
                 retryable,
                 cancelled,
+                refused,
             } => {
-                let max = self.inner.config.max_attempts;
                 let j = job_mut(&mut entry.build, job);
                 let worker = j.worker.clone().unwrap_or_default();
-                let line = format!("attempt {attempt} on {worker}: {message}");
-                j.error = Some(match j.error.take() {
-                    Some(prev) => format!("{prev}\n{line}"),
-                    None => line,
-                });
-                if retryable && !cancelled && attempt < max {
-                    self.requeue(&mut st, build_id, job, &message);
+                let platform = j.platform.clone();
+                self.attempt_over(&mut st, job);
+                if refused && !cancelled {
+                    // Never started: requeued without counting, and the worker is not asked again
+                    // before its next heartbeat says how it is.
+                    *st.refusals.entry(job).or_default() += 1;
+                    st.scheduler.hold(&worker);
+                    self.requeue(
+                        &mut st,
+                        build_id,
+                        job,
+                        &format!("worker {worker} did not take it: {message}"),
+                    );
+                } else if retryable && !cancelled {
+                    self.retry_or_give_up(&mut st, build_id, job, &message);
                 } else {
-                    let platform = job_mut(&mut st.builds.get_mut(&build_id).unwrap().build, job)
-                        .platform
-                        .clone();
+                    let j = job_mut(&mut st.builds.get_mut(&build_id).unwrap().build, job);
+                    let line = format!("attempt {attempt} on {worker}: {message}");
+                    j.error = Some(match j.error.take() {
+                        Some(prev) => format!("{prev}\n{line}"),
+                        None => line,
+                    });
                     let error = if cancelled {
                         format!("{platform} was cancelled on worker {worker}")
-                    } else if retryable {
-                        format!("{platform} failed after {attempt} attempts: {message}")
                     } else {
                         format!("{platform} failed on worker {worker}: {message}")
                     };
@@ -835,7 +1021,9 @@ impl Farm {
         let jobs = st.scheduler.remove_worker(&session.worker);
         let deadline = now_instant() + self.inner.config.worker_lease;
         for job in jobs {
-            st.orphans.insert(job, deadline);
+            if let Some(attempt) = attempt_of(&st, job) {
+                st.orphans.insert(job, (attempt, deadline));
+            }
         }
         tracing::info!(worker = %session.worker, "worker detached");
         self.dispatch(&mut st);
@@ -852,76 +1040,110 @@ impl Farm {
         {
             st.scheduler.drain_worker(&session.worker);
         }
+        self.flush(&mut st, None);
     }
 
-    /// Periodic housekeeping at time `now`: starved jobs fail, silent workers are dropped, orphaned
-    /// jobs whose worker did not return are requeued.
+    /// Periodic housekeeping at time `now`: silent workers are declared lost, orphaned jobs whose
+    /// worker did not return are requeued, unacknowledged and stuck attempts are cancelled and
+    /// requeued, builds past their timeout fail, starved jobs fail.
     pub fn tick(&self, now: Instant) {
         let mut st = self.lock();
-        let lease = self.inner.config.worker_lease;
+        let config = self.inner.config.clone();
         let silent: Vec<String> = st
             .workers
             .values()
-            .filter(|w| now.saturating_duration_since(w.last_seen) > lease)
+            .filter(|w| now.saturating_duration_since(w.last_seen) > config.worker_lease)
             .map(|w| w.hello.name.clone())
             .collect();
         for name in silent {
             tracing::warn!(worker = %name, "worker silent for longer than its lease; declaring it lost");
+            // Dropping its channel closes its stream: a worker that was only cut off reconnects
+            // and restates its jobs, and hears then that they moved on.
             st.workers.remove(&name);
             for job in st.scheduler.remove_worker(&name) {
-                st.orphans.insert(job, now);
+                if let Some(attempt) = attempt_of(&st, job) {
+                    st.orphans.insert(job, (attempt, now));
+                }
             }
         }
-        let expired: Vec<JobId> = st
+        let expired: Vec<(JobId, u32)> = st
             .orphans
             .iter()
-            .filter(|(_, deadline)| now >= **deadline)
-            .map(|(job, _)| *job)
+            .filter(|(_, (_, deadline))| now >= *deadline)
+            .map(|(job, (attempt, _))| (*job, *attempt))
             .collect();
-        for job in expired {
+        for (job, attempt) in expired {
             st.orphans.remove(&job);
-            let Some(build_id) = st.job_build.get(&job).copied() else {
-                continue;
-            };
-            let entry = st.builds.get_mut(&build_id).expect("job's build exists");
-            let j = job_mut(&mut entry.build, job);
-            if j.state.is_final() {
-                continue;
-            }
-            let worker = j.worker.clone().unwrap_or_default();
-            let attempt = j.attempt;
-            let message = format!("worker {worker} was lost");
-            let line = format!("attempt {attempt} on {worker}: worker lost");
-            j.error = Some(match j.error.take() {
-                Some(prev) => format!("{prev}\n{line}"),
-                None => line,
-            });
-            if attempt < self.inner.config.max_attempts {
-                self.requeue(&mut st, build_id, job, &message);
-            } else {
-                let platform = j.platform.clone();
-                let error = format!(
-                    "{platform} failed after {attempt} attempts: {}",
-                    j.error.clone().unwrap_or_default()
+            self.attempt_failed(&mut st, job, attempt, "worker lost");
+        }
+        let mut overdue = Vec::new();
+        for (job, live) in &st.live {
+            if !live.accepted
+                && now.saturating_duration_since(live.assigned_at) >= config.assign_timeout
+            {
+                let cause = format!(
+                    "the worker did not acknowledge the assignment within {}",
+                    human_duration(config.assign_timeout)
                 );
-                self.end_build(
-                    &mut st,
-                    build_id,
-                    BuildState::Failed,
-                    Some(error),
-                    Some((job, platform)),
+                overdue.push((*job, live.attempt, cause));
+            } else if live.accepted
+                && now.saturating_duration_since(live.last_progress) >= config.stuck_after
+            {
+                let cause = format!(
+                    "no output for {}: treated as stuck (raise --stuck-after for steps that are silent longer)",
+                    human_duration(config.stuck_after)
                 );
+                overdue.push((*job, live.attempt, cause));
             }
         }
-        let wait = self.inner.config.wait_for_workers;
+        for (job, attempt, cause) in overdue {
+            st.live.remove(&job);
+            self.attempt_failed(&mut st, job, attempt, &cause);
+        }
+        let wall = now_ms();
+        let timed_out: Vec<BuildId> = st
+            .deadlines
+            .iter()
+            .filter(|(_, deadline)| wall >= **deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in timed_out {
+            st.deadlines.remove(&id);
+            let build = &st.builds[&id].build;
+            // A build whose platforms all succeeded is pushing its list: that ends it either way.
+            if build.state.is_final() || build.jobs.iter().all(|j| j.state == JobState::Succeeded) {
+                continue;
+            }
+            let error = timeout_error(build);
+            tracing::warn!(build = %id, %error, "build timed out");
+            self.end_build(&mut st, id, BuildState::Failed, Some(error), None);
+        }
+        let wait = config.wait_for_workers;
         for (job, platform) in st.scheduler.starved(now, wait) {
             let Some(build_id) = st.job_build.get(&job).copied() else {
                 continue;
             };
-            let error = format!(
-                "no worker for {platform} attached within {}s: start a manifold-worker whose Docker daemon builds {platform} (or one with --platform {platform}); `manifold workers` lists the attached ones",
-                wait.as_secs()
-            );
+            let unable: Vec<String> = st
+                .workers
+                .values()
+                .filter(|w| w.hello.platforms.contains(&platform))
+                .filter_map(|w| {
+                    let status = st.scheduler.status(&w.hello.name)?;
+                    Some(format!("{} is {}", w.hello.name, status_text(&status)))
+                })
+                .collect();
+            let error = if unable.is_empty() {
+                format!(
+                    "no worker for {platform} attached within {}: start a manifold-worker whose Docker daemon builds {platform} (or one with --platform {platform}); `manifold workers` lists the attached ones",
+                    human_duration(wait)
+                )
+            } else {
+                format!(
+                    "no worker for {platform} could take the job within {} ({}): fix that worker or start another manifold-worker for {platform}; `manifold workers` shows their status",
+                    human_duration(wait),
+                    unable.join(", ")
+                )
+            };
             self.end_build(
                 &mut st,
                 build_id,
@@ -952,6 +1174,73 @@ impl Farm {
         }
     }
 
+    /// Forgets the timers and the slot of `job`'s attempt, which is over.
+    fn attempt_over(&self, st: &mut State, job: JobId) {
+        st.live.remove(&job);
+        st.orphans.remove(&job);
+        st.scheduler.finished(job);
+    }
+
+    /// The coordinator gives up on attempt `attempt` of `job` (worker lost, no acknowledgement,
+    /// stuck): its worker, if attached, is told to stop it, the attempt counts, and the job is
+    /// requeued while attempts remain. Nothing happens when that attempt is no longer out.
+    fn attempt_failed(&self, st: &mut State, job: JobId, attempt: u32, cause: &str) {
+        let Some(build_id) = st.job_build.get(&job).copied() else {
+            return;
+        };
+        let Some(j) = st
+            .builds
+            .get(&build_id)
+            .filter(|e| !e.build.state.is_final())
+            .and_then(|e| e.build.jobs.iter().find(|j| j.id == job))
+        else {
+            return;
+        };
+        if j.attempt != attempt || !matches!(j.state, JobState::Assigned | JobState::Running) {
+            return;
+        }
+        let worker = j.worker.clone();
+        tracing::warn!(build = %build_id, %job, attempt, worker = ?worker, cause, "attempt failed");
+        self.attempt_over(st, job);
+        if let Some(tx) = worker
+            .as_ref()
+            .and_then(|w| st.workers.get(w))
+            .map(|w| w.tx.clone())
+        {
+            st.outbox.push((tx, ToWorker::Cancel { job, attempt }));
+        }
+        self.retry_or_give_up(st, build_id, job, cause);
+    }
+
+    /// Records `cause` as the end of `job`'s current attempt (an infrastructure failure), then
+    /// requeues the job while attempts remain, else fails its build with every attempt listed.
+    fn retry_or_give_up(&self, st: &mut State, build_id: BuildId, job: JobId, cause: &str) {
+        let allowed = self.inner.config.attempts_allowed();
+        let refused = st.refusals.get(&job).copied().unwrap_or_default();
+        let entry = st.builds.get_mut(&build_id).expect("job's build exists");
+        let j = job_mut(&mut entry.build, job);
+        let worker = j.worker.clone().unwrap_or_default();
+        let line = format!("attempt {} on {worker}: {cause}", j.attempt);
+        j.error = Some(match j.error.take() {
+            Some(prev) => format!("{prev}\n{line}"),
+            None => line.clone(),
+        });
+        let counted = j.attempt.saturating_sub(refused);
+        if counted < allowed {
+            self.requeue(st, build_id, job, &line);
+        } else {
+            let platform = j.platform.clone();
+            let error = give_up_error(j, counted);
+            self.end_build(
+                st,
+                build_id,
+                BuildState::Failed,
+                Some(error),
+                Some((job, platform)),
+            );
+        }
+    }
+
     fn requeue(&self, st: &mut State, build_id: BuildId, job: JobId, why: &str) {
         let entry = st.builds.get_mut(&build_id).expect("job's build exists");
         let j = job_mut(&mut entry.build, job);
@@ -965,6 +1254,8 @@ impl Farm {
         };
         let platform = j.platform.clone();
         record(entry, ev);
+        st.live.remove(&job);
+        st.orphans.remove(&job);
         st.scheduler.finished(job);
         st.scheduler.enqueue(job, platform, now_instant());
     }
@@ -1011,8 +1302,13 @@ impl Farm {
                         error.clone().unwrap_or_default()
                     } else if state == BuildState::Cancelled {
                         "cancelled".into()
-                    } else {
+                    } else if failed.is_some() {
                         "cancelled because another platform failed".into()
+                    } else {
+                        format!(
+                            "cancelled: {}",
+                            error.as_deref().unwrap_or("the build failed")
+                        )
                     },
                 });
             }
@@ -1032,9 +1328,18 @@ impl Farm {
             );
             tracing::info!(build = %build_id, ?state, "build ended");
         }
-        for job in st.builds[&build_id].build.jobs.iter().map(|j| j.id) {
+        st.deadlines.remove(&build_id);
+        let jobs: Vec<JobId> = st.builds[&build_id]
+            .build
+            .jobs
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        for job in jobs {
             st.scheduler.finished(job);
             st.orphans.remove(&job);
+            st.live.remove(&job);
+            st.refusals.remove(&job);
         }
         for (job, attempt, worker) in to_cancel {
             if let Some(tx) = worker
@@ -1048,6 +1353,7 @@ impl Farm {
 
     /// Hands queued jobs to workers with free slots.
     fn dispatch(&self, st: &mut State) {
+        let now = now_instant();
         for a in st.scheduler.assign() {
             let Some(build_id) = st.job_build.get(&a.job).copied() else {
                 st.scheduler.finished(a.job);
@@ -1088,6 +1394,15 @@ impl Farm {
             };
             record(entry, ev);
             tracing::info!(build = %build_id, job = %a.job, worker = %a.worker, attempt = job_spec.attempt, "job assigned");
+            st.live.insert(
+                a.job,
+                LiveAttempt {
+                    attempt: job_spec.attempt,
+                    assigned_at: now,
+                    accepted: false,
+                    last_progress: now,
+                },
+            );
             if let Some(tx) = st.workers.get(&a.worker).map(|w| w.tx.clone()) {
                 // Sent once "assigned" is durable. A closed channel means the stream is ending;
                 // detach then hands the job back.
@@ -1103,11 +1418,19 @@ impl Farm {
             async move {
                 let children: Vec<ChildImage> =
                     build.jobs.iter().filter_map(|j| j.image.clone()).collect();
-                let result = registry::publish(
+                let template = build.spec.arch_tags.then(|| {
+                    build
+                        .spec
+                        .arch_tag_template
+                        .as_deref()
+                        .and_then(|t| registry::tag_template::TagTemplate::parse(t).ok())
+                        .unwrap_or_default()
+                });
+                let result = registry::publish_with(
                     &farm.inner.config.registry,
                     &build.spec.image,
                     &children,
-                    build.spec.arch_tags,
+                    template.as_ref(),
                 )
                 .await;
                 farm.published(build_id, result);
@@ -1122,6 +1445,7 @@ impl Farm {
         result: Result<registry::Published, registry::RegistryError>,
     ) {
         let mut st = self.lock();
+        st.deadlines.remove(&build_id);
         let Some(entry) = st.builds.get_mut(&build_id) else {
             return;
         };
@@ -1250,10 +1574,105 @@ fn job_mut(build: &mut Build, job: JobId) -> &mut Job {
         .expect("job belongs to its build")
 }
 
-/// The build entry of `job` when `attempt` is its current, unfinished attempt.
+/// When `build` times out, in Unix ms.
+fn deadline_ms(build: &Build) -> i64 {
+    let timeout = i64::try_from(build.request.timeout().as_millis()).unwrap_or(i64::MAX);
+    build.created_at_ms.saturating_add(timeout)
+}
+
+/// Why a build timed out, naming each platform that had not finished.
+fn timeout_error(build: &Build) -> String {
+    let unfinished: Vec<String> = build
+        .jobs
+        .iter()
+        .filter(|j| !j.state.is_final())
+        .map(|j| match (&j.state, &j.worker) {
+            (JobState::Assigned | JobState::Running, Some(w)) => {
+                format!("{} (running on {w}, attempt {})", j.platform, j.attempt)
+            }
+            _ => format!("{} (waiting for a worker)", j.platform),
+        })
+        .collect();
+    format!(
+        "timed out after {}: {} had not finished; pass a longer --timeout to `manifold build` if the build needs more time",
+        human_duration(build.request.timeout()),
+        unfinished.join(", ")
+    )
+}
+
+/// The error of a job that used up its attempts: each attempt's worker and cause.
+fn give_up_error(j: &Job, n: u32) -> String {
+    let history: Vec<&str> = j.error.as_deref().unwrap_or_default().lines().collect();
+    format!(
+        "{} failed after {n} attempt{}: {}",
+        j.platform,
+        if n == 1 { "" } else { "s" },
+        history.join("; ")
+    )
+}
+
+/// `ready`, `draining`, `unhealthy: REASON`, or both of the last two.
+fn status_text(status: &WorkerStatus) -> String {
+    match (status.draining, &status.unhealthy) {
+        (false, None) => "ready".into(),
+        (true, None) => "draining".into(),
+        (false, Some(reason)) => format!("unhealthy: {reason}"),
+        (true, Some(reason)) => format!("draining, unhealthy: {reason}"),
+    }
+}
+
+fn worker_view(st: &State, w: &WorkerConn) -> WorkerView {
+    let status = st.scheduler.status(&w.hello.name);
+    WorkerView {
+        name: w.hello.name.clone(),
+        platforms: w.hello.platforms.clone(),
+        emulated: w.hello.emulated,
+        slots: w.hello.slots,
+        slots_in_use: st.scheduler.slots_in_use(&w.hello.name),
+        last_heartbeat_ms: w.last_seen_ms,
+        connected_at_ms: w.connected_at_ms,
+        docker_version: w.hello.docker_version.clone(),
+        labels: w.hello.labels.clone(),
+        draining: status.as_ref().is_some_and(|s| s.draining),
+        unhealthy: status.and_then(|s| s.unhealthy),
+    }
+}
+
+/// The channel of the worker of `session`, while that session is its current one.
+fn session_tx(st: &State, session: &Session) -> Option<mpsc::UnboundedSender<ToWorker>> {
+    st.workers
+        .get(&session.worker)
+        .filter(|w| w.session == session.id)
+        .map(|w| w.tx.clone())
+}
+
+fn job_ref(st: &State, job: JobId) -> Option<&Job> {
+    let build_id = st.job_build.get(&job)?;
+    st.builds
+        .get(build_id)?
+        .build
+        .jobs
+        .iter()
+        .find(|j| j.id == job)
+}
+
+/// The worker of `job`'s current (or last) attempt.
+fn worker_of(st: &State, job: JobId) -> Option<String> {
+    job_ref(st, job)?.worker.clone()
+}
+
+/// `job`'s current attempt number.
+fn attempt_of(st: &State, job: JobId) -> Option<u32> {
+    job_ref(st, job).map(|j| j.attempt)
+}
+
+/// The build entry of `job` when `attempt` is its current attempt and out on a worker (assigned
+/// or running). A requeued job keeps its last attempt number until it is assigned again: news of
+/// that attempt is stale too.
 fn current_job(st: &mut State, job: JobId, attempt: u32) -> Option<&mut BuildEntry> {
     let build_id = st.job_build.get(&job).copied()?;
     let entry = st.builds.get_mut(&build_id)?;
     let j = entry.build.jobs.iter().find(|j| j.id == job)?;
-    (j.attempt == attempt && !j.state.is_final() && !entry.build.state.is_final()).then_some(entry)
+    let out = matches!(j.state, JobState::Assigned | JobState::Running);
+    (j.attempt == attempt && out && !entry.build.state.is_final()).then_some(entry)
 }

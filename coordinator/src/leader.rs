@@ -71,7 +71,10 @@ async fn term(
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut client = connect(&election.endpoints).await?;
+    // The campaign blocks until it wins: no request timeout on this client. The store's client
+    // times out, so that an ambiguous write is retried through its compare.
+    let mut client = connect(&election.endpoints, None).await?;
+    let store_client = connect(&election.endpoints, Some(Duration::from_secs(5))).await?;
     let ttl = election.lease.as_secs().max(2) as i64;
     let lease = client.lease_grant(ttl, None).await?.id();
     let lease_lost = CancellationToken::new();
@@ -95,6 +98,7 @@ async fn term(
         tasks,
         shutdown,
         &mut client,
+        store_client,
         lease,
         &lease_lost,
     )
@@ -116,6 +120,7 @@ async fn lead(
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
     client: &mut Client,
+    store_client: Client,
     lease: i64,
     lease_lost: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -132,11 +137,7 @@ async fn lead(
         key: leader.key().to_vec(),
         revision: leader.rev(),
     };
-    let store = Arc::new(EtcdStore::new(
-        client.clone(),
-        &election.prefix,
-        Some(fence),
-    ));
+    let store = Arc::new(EtcdStore::new(store_client, &election.prefix, Some(fence)));
     let term = CancellationToken::new();
     let farm = Farm::recover(
         config.farm.clone(),

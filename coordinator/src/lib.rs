@@ -38,10 +38,24 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let contexts = contexts::ContextStore::open(&config.state_dir)
+    let mut contexts = contexts::ContextStore::open(&config.state_dir)
         .with_context(|| format!("opening the state dir {}", config.state_dir.display()))?;
+    if let Some(repo) = &config.context_repository {
+        let repository: oci_client::Reference = repo.parse().with_context(|| {
+            format!("invalid --context-repository `{repo}`: expected REGISTRY/REPOSITORY")
+        })?;
+        contexts = contexts.with_remote(contexts::Remote {
+            repository,
+            registry: config.farm.registry.clone(),
+        });
+    } else if matches!(config.store, StoreConfig::Etcd { .. }) {
+        tracing::warn!(
+            "no --context-repository: build contexts stay on the coordinator that received them; after a failover, jobs whose worker has not cached their context cannot start"
+        );
+    }
     let tasks = TaskTracker::new();
     let (role, role_rx) = tokio::sync::watch::channel(api::Role::Follower(None));
+    let contexts_for_gc = contexts.clone();
     let term = shutdown.child_token();
     match &config.store {
         StoreConfig::Embedded => {
@@ -82,6 +96,12 @@ pub async fn serve(
             ));
         }
     }
+    tasks.spawn(collect_contexts(
+        contexts_for_gc,
+        role_rx.clone(),
+        config.context_ttl,
+        term.clone(),
+    ));
     let api = api::Api::new(role_rx);
     let max = manifold_proto::MAX_MESSAGE_BYTES;
     let addr = listener.local_addr()?;
@@ -111,6 +131,29 @@ pub async fn serve(
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// Removes unreferenced contexts older than `ttl`, checking every tenth of it (at most every 10 min),
+/// while this coordinator leads (only the leader knows which builds are unfinished).
+async fn collect_contexts(
+    contexts: contexts::ContextStore,
+    role: tokio::sync::watch::Receiver<api::Role>,
+    ttl: Duration,
+    stop: CancellationToken,
+) {
+    let period = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let keep = match &*role.borrow() {
+            api::Role::Leader(farm) => farm.referenced_contexts(),
+            api::Role::Follower(_) => continue,
+        };
+        let store = contexts.clone();
+        let _ = tokio::task::spawn_blocking(move || store.collect_garbage(ttl, &keep)).await;
+    }
 }
 
 /// Binds `config.listen` and serves until `shutdown`.

@@ -7,11 +7,13 @@
 //!
 //! Policy:
 //! - jobs are served oldest first;
-//! - a job goes only to a worker that builds its platform, with a free slot;
+//! - a job goes only to a worker that builds its platform, with a free slot, that is not draining
+//!   and whose Docker daemon answers (a worker reports itself unhealthy when it does not);
 //! - native workers are preferred over emulated ones, then the least loaded, then by name (so the
 //!   choice is deterministic);
-//! - a queued job whose platform no attached worker builds for longer than the configured wait is
-//!   reported as starved, so the farm can fail it with a message naming the platform.
+//! - a queued job whose platform no attached worker can build (none attached, or only draining or
+//!   unhealthy ones) for longer than the configured wait is reported as starved, so the farm can
+//!   fail it with a message naming the platform.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -37,6 +39,26 @@ struct WorkerState {
     running: BTreeSet<JobId>,
     /// Set while the worker drains: it keeps its jobs but takes no new one.
     draining: bool,
+    /// Why its Docker daemon cannot build right now; it takes no job while set.
+    unhealthy: Option<String>,
+    /// It refused an assignment: no new one until it heartbeats again (see [`Scheduler::hold`]).
+    held: bool,
+}
+
+/// Whether a worker takes jobs, as `manifold workers` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerStatus {
+    /// Draining: no new job, running ones finish.
+    pub draining: bool,
+    /// Why its daemon cannot build, when it cannot.
+    pub unhealthy: Option<String>,
+}
+
+impl WorkerStatus {
+    /// Neither draining nor unhealthy.
+    pub fn ready(&self) -> bool {
+        !self.draining && self.unhealthy.is_none()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +66,12 @@ struct Queued {
     job: JobId,
     platform: Platform,
     since: Instant,
+}
+
+impl WorkerState {
+    fn takes_jobs(&self) -> bool {
+        !self.draining && self.unhealthy.is_none()
+    }
 }
 
 /// A decision: run `job` on `worker`.
@@ -80,6 +108,8 @@ impl Scheduler {
                 caps,
                 running,
                 draining: false,
+                unhealthy: None,
+                held: false,
             },
         );
     }
@@ -97,6 +127,38 @@ impl Scheduler {
         if let Some(w) = self.workers.get_mut(name) {
             w.draining = true;
         }
+    }
+
+    /// Records whether the worker's daemon answers: `Some(reason)` when it does not. An unhealthy
+    /// worker keeps its running jobs (they fail or finish on their own) and gets no new one.
+    pub fn set_unhealthy(&mut self, name: &str, reason: Option<String>) {
+        if let Some(w) = self.workers.get_mut(name) {
+            w.unhealthy = reason;
+        }
+    }
+
+    /// The worker refused an assignment it was thought to have room for: it gets no job until
+    /// [`Scheduler::release`] (its next heartbeat), so that a refusal cannot turn into a loop of
+    /// assignments and refusals.
+    pub fn hold(&mut self, name: &str) {
+        if let Some(w) = self.workers.get_mut(name) {
+            w.held = true;
+        }
+    }
+
+    /// Ends a [`Scheduler::hold`].
+    pub fn release(&mut self, name: &str) {
+        if let Some(w) = self.workers.get_mut(name) {
+            w.held = false;
+        }
+    }
+
+    /// Whether the worker takes jobs; `None` when it is not attached.
+    pub fn status(&self, name: &str) -> Option<WorkerStatus> {
+        self.workers.get(name).map(|w| WorkerStatus {
+            draining: w.draining,
+            unhealthy: w.unhealthy.clone(),
+        })
     }
 
     /// Whether a worker of this name is attached.
@@ -157,7 +219,8 @@ impl Scheduler {
         out
     }
 
-    /// Queued jobs that have waited at least `wait` while no attached worker builds their platform.
+    /// Queued jobs that have waited at least `wait` while no attached worker can build their
+    /// platform (draining and unhealthy workers cannot).
     pub fn starved(&self, now: Instant, wait: Duration) -> Vec<(JobId, Platform)> {
         self.queue
             .iter()
@@ -167,17 +230,17 @@ impl Scheduler {
             .collect()
     }
 
-    /// Whether any attached (not draining) worker builds `platform`.
+    /// Whether any attached worker that takes jobs (not draining, healthy) builds `platform`.
     pub fn any_worker_builds(&self, platform: &Platform) -> bool {
         self.workers
             .values()
-            .any(|w| !w.draining && w.caps.platforms.contains(platform))
+            .any(|w| w.takes_jobs() && w.caps.platforms.contains(platform))
     }
 
     fn best_worker(&self, platform: &Platform) -> Option<String> {
         self.workers
             .values()
-            .filter(|w| !w.draining && w.caps.platforms.contains(platform))
+            .filter(|w| w.takes_jobs() && !w.held && w.caps.platforms.contains(platform))
             .filter(|w| (w.running.len() as u32) < w.caps.slots)
             .min_by_key(|w| {
                 (
@@ -302,6 +365,94 @@ mod tests {
         s.assign();
         assert_eq!(s.remove_worker("x86"), vec![a]);
         assert!(!s.has_worker("x86"));
+    }
+
+    #[test]
+    fn only_healthy_workers_that_are_not_draining_get_jobs() {
+        // (worker name, draining, unhealthy, slots, jobs already running) -> who gets one amd64 job.
+        type Row<'a> = (&'a [(&'a str, bool, bool, u32, u32)], Option<&'a str>);
+        let table: &[Row] = &[
+            (&[("a", false, false, 1, 0)], Some("a")),
+            (&[("a", true, false, 1, 0)], None),
+            (&[("a", false, true, 1, 0)], None),
+            (&[("a", true, true, 1, 0)], None),
+            // A full healthy worker is no reason to pick an unhealthy one.
+            (&[("a", false, false, 1, 1), ("b", false, true, 4, 0)], None),
+            (
+                &[("a", false, true, 4, 0), ("b", false, false, 1, 0)],
+                Some("b"),
+            ),
+            (
+                &[("a", true, false, 4, 0), ("b", false, false, 2, 1)],
+                Some("b"),
+            ),
+            (&[("a", false, true, 4, 0), ("b", true, false, 4, 0)], None),
+        ];
+        for (i, (workers, expected)) in table.iter().enumerate() {
+            let mut s = Scheduler::new();
+            let now = Instant::now();
+            for (name, draining, unhealthy, slots, busy) in workers.iter() {
+                let busy_jobs: Vec<JobId> = (0..*busy).map(|_| JobId::new()).collect();
+                s.add_worker(worker(name, "linux/amd64", false, *slots), busy_jobs);
+                if *draining {
+                    s.drain_worker(name);
+                }
+                if *unhealthy {
+                    s.set_unhealthy(name, Some("docker daemon unreachable".into()));
+                }
+            }
+            s.enqueue(JobId::new(), Platform::linux_amd64(), now);
+            let got: Vec<String> = s.assign().into_iter().map(|a| a.worker).collect();
+            assert_eq!(
+                got,
+                expected.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+                "row {i}: {workers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_worker_that_refused_is_asked_again_only_after_its_next_heartbeat() {
+        let mut s = Scheduler::new();
+        let now = Instant::now();
+        s.add_worker(worker("x86", "linux/amd64", false, 2), []);
+        s.hold("x86");
+        s.enqueue(JobId::new(), Platform::linux_amd64(), now);
+        assert!(s.assign().is_empty());
+        assert!(
+            s.starved(now + Duration::from_secs(600), Duration::from_secs(1))
+                .is_empty()
+        );
+        s.release("x86");
+        assert_eq!(s.assign().len(), 1);
+    }
+
+    #[test]
+    fn a_worker_that_recovers_gets_the_waiting_job() {
+        let mut s = Scheduler::new();
+        let t0 = Instant::now();
+        let wait = Duration::from_secs(60);
+        s.add_worker(worker("x86", "linux/amd64", false, 1), []);
+        s.set_unhealthy("x86", Some("ping failed".into()));
+        assert_eq!(
+            s.status("x86").unwrap().unhealthy.as_deref(),
+            Some("ping failed")
+        );
+        let job = JobId::new();
+        s.enqueue(job, Platform::linux_amd64(), t0);
+        assert!(s.assign().is_empty());
+        // Unhealthy for the whole wait: the job starves, as with no worker at all.
+        assert_eq!(s.starved(t0 + wait, wait).len(), 1);
+        s.set_unhealthy("x86", None);
+        assert!(s.status("x86").unwrap().ready());
+        assert!(s.starved(t0 + wait, wait).is_empty());
+        assert_eq!(
+            s.assign(),
+            vec![Assignment {
+                job,
+                worker: "x86".into()
+            }]
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The coordinator over real gRPC on 127.0.0.1:0, with scripted workers speaking the v1 worker
-//! protocol: how jobs are assigned, retried, cancelled and failed. (Publishing to a registry is
-//! covered by the system tests in tests/.)
+//! protocol: how jobs are assigned, retried, cancelled and failed; what happens to assignments
+//! nobody acknowledges, to stuck and timed-out jobs, to silent, draining and unhealthy workers.
+//! (Publishing to a registry is covered by the system tests in tests/.)
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use manifold_coordinator::{Config, farm::FarmConfig};
 use manifold_proto::v1::{self, coordinator_message::Msg as In, worker_message::Msg as Out};
@@ -38,6 +40,8 @@ async fn start_in(farm: FarmConfig, state: std::sync::Arc<tempfile::TempDir>) ->
         listen: listener.local_addr().unwrap(),
         state_dir: state.path().to_owned(),
         store: Default::default(),
+        context_repository: None,
+        context_ttl: std::time::Duration::from_secs(86400),
         farm,
     };
     let done = tokio::spawn(manifold_coordinator::serve(
@@ -94,6 +98,10 @@ async fn upload_context(c: &Coordinator) -> String {
 }
 
 async fn submit(c: &Coordinator, platforms: &[&str]) -> String {
+    submit_with_timeout(c, platforms, 0).await
+}
+
+async fn submit_with_timeout(c: &Coordinator, platforms: &[&str], timeout_seconds: u64) -> String {
     let digest = upload_context(c).await;
     let req = v1::SubmitBuildRequest {
         image: "127.0.0.1:1/team/app:1.0".into(),
@@ -102,6 +110,7 @@ async fn submit(c: &Coordinator, platforms: &[&str]) -> String {
             .map(|p| (&p.parse::<manifold_proto::Platform>().unwrap()).into())
             .collect(),
         context_digest: digest,
+        timeout_seconds,
         ..Default::default()
     };
     builds(c)
@@ -113,11 +122,12 @@ async fn submit(c: &Coordinator, platforms: &[&str]) -> String {
         .build_id
 }
 
-/// A scripted worker: the test decides every message it sends.
+/// A scripted worker: the test decides every message it sends; heartbeats say what `status` holds.
 struct FakeWorker {
     tx: mpsc::Sender<v1::WorkerMessage>,
     rx: tonic::Streaming<v1::CoordinatorMessage>,
     heartbeats: tokio::task::JoinHandle<()>,
+    status: Arc<Mutex<v1::Heartbeat>>,
 }
 
 impl Drop for FakeWorker {
@@ -166,28 +176,68 @@ impl FakeWorker {
             other => panic!("expected a welcome, got {other:?}"),
         }
         let beat = tx.clone();
+        let status = Arc::new(Mutex::new(v1::Heartbeat::default()));
+        let current = status.clone();
         let heartbeats = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                let heartbeat = current.lock().unwrap().clone();
                 let msg = v1::WorkerMessage {
-                    msg: Some(Out::Heartbeat(v1::Heartbeat { slots_in_use: 0 })),
+                    msg: Some(Out::Heartbeat(heartbeat)),
                 };
                 if beat.send(msg).await.is_err() {
                     return;
                 }
             }
         });
-        Self { tx, rx, heartbeats }
+        Self {
+            tx,
+            rx,
+            heartbeats,
+            status,
+        }
+    }
+
+    /// What the next heartbeats say: the daemon's health and whether the worker drains.
+    fn set_status(&self, unhealthy: Option<&str>, draining: bool) {
+        *self.status.lock().unwrap() = v1::Heartbeat {
+            slots_in_use: 0,
+            unhealthy: unhealthy.is_some(),
+            unhealthy_reason: unhealthy.unwrap_or_default().to_owned(),
+            draining,
+        };
+    }
+
+    /// Stops heartbeating, keeping the stream open: a worker frozen or cut off without a reset.
+    fn go_silent(&self) {
+        self.heartbeats.abort();
+    }
+
+    /// The next message, or the status that ended the stream.
+    async fn next_or_end(&mut self) -> Result<In, tonic::Status> {
+        let item = tokio::time::timeout(Duration::from_secs(10), self.rx.next())
+            .await
+            .expect("a coordinator message within 10s")
+            .expect("stream open");
+        item.map(|m| m.msg.expect("a message"))
     }
 
     async fn next(&mut self) -> In {
-        tokio::time::timeout(Duration::from_secs(10), self.rx.next())
-            .await
-            .expect("a coordinator message within 10s")
-            .expect("stream open")
-            .expect("no error")
-            .msg
-            .expect("a message")
+        self.next_or_end().await.expect("no error")
+    }
+
+    /// Asserts the coordinator sends nothing for `quiet`.
+    async fn expect_nothing_for(&mut self, quiet: Duration) {
+        if let Ok(m) = tokio::time::timeout(quiet, self.rx.next()).await {
+            panic!("expected no message for {quiet:?}, got {m:?}");
+        }
+    }
+
+    async fn expect_cancel(&mut self) -> v1::CancelJob {
+        match self.next().await {
+            In::Cancel(c) => c,
+            other => panic!("expected a cancel, got {other:?}"),
+        }
     }
 
     async fn expect_assign(&mut self) -> v1::AssignJob {
@@ -220,10 +270,75 @@ impl FakeWorker {
                 message: message.into(),
                 retryable,
                 cancelled: false,
+                refused: false,
             })),
         }))
         .await;
     }
+
+    /// Refuses an assignment without starting it, as a draining or full worker does.
+    async fn refuse(&self, a: &v1::AssignJob, message: &str) {
+        self.send(Out::Result(v1::JobResult {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            outcome: Some(v1::job_result::Outcome::Failure(v1::JobFailure {
+                message: message.into(),
+                retryable: true,
+                cancelled: false,
+                refused: true,
+            })),
+        }))
+        .await;
+    }
+
+    async fn log(&self, a: &v1::AssignJob, line: &str) {
+        self.send(Out::Log(v1::JobLog {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            lines: vec![line.into()],
+        }))
+        .await;
+    }
+}
+
+async fn workers_list(c: &Coordinator) -> Vec<v1::WorkerInfo> {
+    v1::workers_client::WorkersClient::connect(c.url.clone())
+        .await
+        .unwrap()
+        .list(v1::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers
+}
+
+/// Polls `Workers.List` until no worker is called `name` (10 s at most).
+async fn wait_gone(c: &Coordinator, name: &str) {
+    for _ in 0..200 {
+        if !workers_list(c).await.iter().any(|w| w.name == name) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("worker {name} is still attached");
+}
+
+/// Polls `Workers.List` until `check` holds for the worker `name` (10 s at most).
+async fn wait_worker(c: &Coordinator, name: &str, check: impl Fn(&v1::WorkerInfo) -> bool) {
+    for _ in 0..200 {
+        if workers_list(c)
+            .await
+            .iter()
+            .any(|w| w.name == name && check(w))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "worker {name} never reached the expected state: {:?}",
+        workers_list(c).await
+    );
 }
 
 async fn wait_final(c: &Coordinator, id: &str) -> v1::Build {
@@ -483,4 +598,379 @@ async fn a_restarted_coordinator_keeps_queued_builds_and_adopts_running_jobs() {
     assert_eq!(job(&done, "amd64").attempt, 1, "adopted, not restarted");
     assert_eq!(job(&done, "amd64").worker, "x86");
     drop(x86);
+}
+
+#[tokio::test]
+async fn an_unacknowledged_assignment_is_requeued_and_a_late_acknowledgement_is_cancelled() {
+    let c = start(FarmConfig {
+        assign_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64"]).await;
+    let first = x86.expect_assign().await;
+    assert_eq!(first.attempt, 1);
+    // No JobAccepted: past the deadline, attempt 1 is called off and attempt 2 goes out.
+    let cancel = x86.expect_cancel().await;
+    assert_eq!(
+        (cancel.job_id.as_str(), cancel.attempt),
+        (first.job_id.as_str(), 1)
+    );
+    let second = x86.expect_assign().await;
+    assert_eq!(
+        (second.job_id.as_str(), second.attempt),
+        (first.job_id.as_str(), 2)
+    );
+    x86.accept(&second).await;
+    // The acknowledgement of attempt 1 arrives late: the worker is told to drop it.
+    x86.accept(&first).await;
+    let cancel = x86.expect_cancel().await;
+    assert_eq!(
+        (cancel.job_id.as_str(), cancel.attempt),
+        (first.job_id.as_str(), 1)
+    );
+    // Attempt 2 was acknowledged in time: nothing more happens to it.
+    x86.expect_nothing_for(Duration::from_millis(600)).await;
+    x86.fail(&second, "RUN failed", false).await;
+    let b = wait_final(&c, &id).await;
+    let history = &job(&b, "amd64").error;
+    assert!(
+        history.contains(
+            "attempt 1 on x86: the worker did not acknowledge the assignment within 300ms"
+        ),
+        "{history}"
+    );
+    assert_eq!(job(&b, "amd64").attempt, 2);
+}
+
+#[tokio::test]
+async fn max_attempts_0_means_one_attempt_and_no_retry() {
+    let c = start(FarmConfig {
+        max_attempts: 0,
+        ..Default::default()
+    })
+    .await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64"]).await;
+    let a = x86.expect_assign().await;
+    x86.accept(&a).await;
+    x86.fail(&a, "docker daemon unreachable", true).await;
+    let b = wait_final(&c, &id).await;
+    assert_eq!(b.state, v1::BuildState::Failed as i32);
+    assert_eq!(
+        b.error,
+        "linux/amd64 failed after 1 attempt: attempt 1 on x86: docker daemon unreachable"
+    );
+    assert_eq!(job(&b, "amd64").attempt, 1);
+}
+
+#[tokio::test]
+async fn giving_up_lists_each_attempt_s_worker_and_cause() {
+    let c = start(FarmConfig {
+        worker_lease: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let mut a = FakeWorker::attach(&c, "x86-a", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64"]).await;
+    let first = a.expect_assign().await;
+    a.accept(&first).await;
+    drop(a);
+    let mut b = FakeWorker::attach(&c, "x86-b", "linux/amd64").await;
+    let second = b.expect_assign().await;
+    b.accept(&second).await;
+    b.fail(&second, "push failed: registry answered 503", true)
+        .await;
+    let third = b.expect_assign().await;
+    assert_eq!(third.attempt, 3);
+    b.accept(&third).await;
+    b.fail(&third, "docker daemon unreachable", true).await;
+    let build = wait_final(&c, &id).await;
+    assert_eq!(
+        build.error,
+        "linux/amd64 failed after 3 attempts: attempt 1 on x86-a: worker lost; \
+         attempt 2 on x86-b: push failed: registry answered 503; \
+         attempt 3 on x86-b: docker daemon unreachable"
+    );
+}
+
+#[tokio::test]
+async fn a_job_without_output_is_stuck_cancelled_and_requeued() {
+    let stuck_after = Duration::from_millis(700);
+    let c = start(FarmConfig {
+        stuck_after,
+        ..Default::default()
+    })
+    .await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64"]).await;
+    let a = x86.expect_assign().await;
+    x86.accept(&a).await;
+    // Output keeps it alive for longer than the stuck deadline...
+    for i in 0..10 {
+        x86.log(&a, &format!("line {i}")).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let last_output = Instant::now();
+    // ...then silence, while heartbeats go on: it is called off and requeued.
+    let cancel = x86.expect_cancel().await;
+    assert!(
+        last_output.elapsed() >= stuck_after - Duration::from_millis(300),
+        "cancelled while output was flowing"
+    );
+    assert_eq!(
+        (cancel.job_id.as_str(), cancel.attempt),
+        (a.job_id.as_str(), 1)
+    );
+    let again = x86.expect_assign().await;
+    assert_eq!(again.attempt, 2);
+    x86.fail(&again, "RUN failed", false).await;
+    let b = wait_final(&c, &id).await;
+    assert!(
+        job(&b, "amd64")
+            .error
+            .contains("attempt 1 on x86: no output for 700ms: treated as stuck"),
+        "{b:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_build_past_its_timeout_fails_and_its_job_is_cancelled() {
+    let c = start(FarmConfig::default()).await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let id = submit_with_timeout(&c, &["linux/amd64", "linux/arm64"], 1).await;
+    let a = x86.expect_assign().await;
+    x86.accept(&a).await;
+    let cancel = x86.expect_cancel().await;
+    assert_eq!(
+        (cancel.job_id.as_str(), cancel.attempt),
+        (a.job_id.as_str(), 1)
+    );
+    let b = wait_final(&c, &id).await;
+    assert_eq!(b.state, v1::BuildState::Failed as i32);
+    assert!(b.error.starts_with("timed out after 1s: "), "{}", b.error);
+    assert!(
+        b.error.contains("linux/amd64 (running on x86, attempt 1)")
+            && b.error.contains("linux/arm64 (waiting for a worker)"),
+        "{}",
+        b.error
+    );
+    assert_eq!(job(&b, "amd64").state, v1::JobState::Cancelled as i32);
+    assert_eq!(
+        b.request.unwrap().timeout_seconds,
+        1,
+        "the timeout is part of the build"
+    );
+}
+
+#[tokio::test]
+async fn drain_tells_the_worker_and_no_new_job_goes_to_it() {
+    let c = start(FarmConfig::default()).await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let mut workers = v1::workers_client::WorkersClient::connect(c.url.clone())
+        .await
+        .unwrap();
+    let err = workers
+        .drain(v1::DrainWorkerRequest {
+            name: "nobody".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("`nobody`"), "{}", err.message());
+
+    let drained = workers
+        .drain(v1::DrainWorkerRequest { name: "x86".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker
+        .unwrap();
+    assert!(drained.draining);
+    assert!(matches!(x86.next().await, In::Drain(_)));
+    submit(&c, &["linux/amd64"]).await;
+    x86.expect_nothing_for(Duration::from_millis(800)).await;
+    // Another worker of the platform takes the job.
+    let mut other = FakeWorker::attach(&c, "x86-2", "linux/amd64").await;
+    assert_eq!(other.expect_assign().await.attempt, 1);
+}
+
+#[tokio::test]
+async fn a_worker_that_says_it_drains_gets_no_new_job() {
+    let c = start(FarmConfig::default()).await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    x86.set_status(None, true);
+    wait_worker(&c, "x86", |w| w.draining).await;
+    submit(&c, &["linux/amd64"]).await;
+    x86.expect_nothing_for(Duration::from_millis(800)).await;
+}
+
+#[tokio::test]
+async fn an_unhealthy_worker_gets_no_job_until_it_recovers() {
+    let c = start(FarmConfig::default()).await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let reason = "docker daemon at unix:///d.sock: ping failed: connection refused";
+    x86.set_status(Some(reason), false);
+    wait_worker(&c, "x86", |w| w.unhealthy && w.unhealthy_reason == reason).await;
+    submit(&c, &["linux/amd64"]).await;
+    x86.expect_nothing_for(Duration::from_millis(800)).await;
+    x86.set_status(None, false);
+    let a = x86.expect_assign().await;
+    assert_eq!(a.attempt, 1);
+    wait_worker(&c, "x86", |w| !w.unhealthy).await;
+}
+
+#[tokio::test]
+async fn a_refused_assignment_is_requeued_without_counting_an_attempt() {
+    let c = start(FarmConfig {
+        max_attempts: 1,
+        ..Default::default()
+    })
+    .await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64"]).await;
+    let first = x86.expect_assign().await;
+    x86.refuse(&first, "worker `x86` has no free slot (1 of 1 in use)")
+        .await;
+    // Asked again after its next heartbeat; the refusal did not use up the only attempt.
+    let second = x86.expect_assign().await;
+    assert_eq!(second.attempt, 2);
+    x86.accept(&second).await;
+    x86.fail(&second, "docker daemon unreachable", true).await;
+    let b = wait_final(&c, &id).await;
+    assert_eq!(
+        b.error,
+        "linux/amd64 failed after 1 attempt: attempt 2 on x86: docker daemon unreachable"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_worker_is_declared_lost_its_stream_closed_and_its_job_moved() {
+    let c = start(FarmConfig {
+        worker_lease: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await;
+    let mut frozen = FakeWorker::attach(&c, "x86-a", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64"]).await;
+    let first = frozen.expect_assign().await;
+    frozen.accept(&first).await;
+    frozen.go_silent();
+    // The coordinator ends the stream, so that a worker that was only cut off reconnects.
+    let end = frozen.next_or_end().await.unwrap_err();
+    assert_eq!(end.code(), tonic::Code::Unavailable);
+    assert!(
+        end.message().contains("declared this worker lost"),
+        "{end:?}"
+    );
+    let mut other = FakeWorker::attach(&c, "x86-b", "linux/amd64").await;
+    let second = other.expect_assign().await;
+    assert_eq!(second.attempt, 2);
+    other.accept(&second).await;
+    // The frozen worker comes back restating attempt 1: it is told to drop it, and its late
+    // result changes nothing.
+    drop(frozen);
+    let mut back = FakeWorker::attach_running(
+        &c,
+        "x86-a",
+        "linux/amd64",
+        vec![v1::RunningJob {
+            job_id: first.job_id.clone(),
+            attempt: 1,
+        }],
+    )
+    .await;
+    let cancel = back.expect_cancel().await;
+    assert_eq!(
+        (cancel.job_id.as_str(), cancel.attempt),
+        (first.job_id.as_str(), 1)
+    );
+    back.fail(&first, "late news from attempt 1", false).await;
+    other.fail(&second, "RUN failed", false).await;
+    let b = wait_final(&c, &id).await;
+    assert!(
+        b.error.contains("on worker x86-b: RUN failed"),
+        "{}",
+        b.error
+    );
+    assert!(!job(&b, "amd64").error.contains("late news"), "{b:?}");
+}
+
+#[tokio::test]
+async fn a_worker_back_without_its_job_hands_it_back_without_waiting_for_the_lease() {
+    let c = start(FarmConfig {
+        worker_lease: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await;
+    let mut first = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64"]).await;
+    let a = first.expect_assign().await;
+    first.accept(&a).await;
+    drop(first);
+    // The worker restarted: same name, no running job. Its job comes back to it as attempt 2
+    // long before the 60 s lease.
+    wait_gone(&c, "x86").await;
+    let mut restarted = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let again = restarted.expect_assign().await;
+    assert_eq!(
+        (again.job_id.as_str(), again.attempt),
+        (a.job_id.as_str(), 2)
+    );
+    restarted.fail(&again, "RUN failed", false).await;
+    let b = wait_final(&c, &id).await;
+    assert!(
+        job(&b, "amd64")
+            .error
+            .contains("attempt 1 on x86: the worker came back without it (restarted?)"),
+        "{b:?}"
+    );
+}
+
+#[tokio::test]
+async fn news_of_a_requeued_attempt_is_ignored_while_the_job_waits_for_a_worker() {
+    let c = start(FarmConfig {
+        stuck_after: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await;
+    let mut a = FakeWorker::attach(&c, "x86-a", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64"]).await;
+    let first = a.expect_assign().await;
+    a.accept(&first).await;
+    // x86-a drains and its job goes silent: attempt 1 is called off and the job waits, attempt
+    // number 1 still on it, for a worker that can take it.
+    a.set_status(None, true);
+    let cancel = a.expect_cancel().await;
+    assert_eq!(cancel.attempt, 1);
+    // The worker confirms the cancel, and says attempt 1 is running: both are stale news.
+    a.send(Out::Result(v1::JobResult {
+        job_id: first.job_id.clone(),
+        attempt: 1,
+        outcome: Some(v1::job_result::Outcome::Failure(v1::JobFailure {
+            message: "cancelled by the coordinator".into(),
+            retryable: false,
+            cancelled: true,
+            refused: false,
+        })),
+    }))
+    .await;
+    a.log(&first, "still here").await;
+    let mut b = FakeWorker::attach(&c, "x86-b", "linux/amd64").await;
+    let second = b.expect_assign().await;
+    assert_eq!(second.attempt, 2);
+    b.fail(&second, "RUN failed", false).await;
+    let build = wait_final(&c, &id).await;
+    assert_eq!(
+        build.error, "linux/amd64 failed on worker x86-b: RUN failed",
+        "{build:?}"
+    );
+    assert!(
+        !job(&build, "amd64")
+            .log_tail
+            .iter()
+            .any(|l| l == "still here"),
+        "{build:?}"
+    );
 }

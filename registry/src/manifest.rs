@@ -5,7 +5,13 @@
 //! - the list's media type follows its children: a Docker manifest list when every child is a Docker
 //!   schema2 manifest, an OCI image index when every child is an OCI manifest; a mix is refused
 //!   (some registries reject mixed indexes, and clients disagree on them);
-//! - entries are sorted by platform, so the same children always give the same bytes and digest.
+//! - entries are sorted by platform, so the same children always give the same bytes and digest;
+//! - the list type may be chosen ([`ListKind`]) only where the children allow it: an OCI index may
+//!   hold Docker schema2 children, a Docker manifest list never holds OCI manifests;
+//! - entries that are not platform images (BuildKit attestation manifests, `unknown/unknown`) are
+//!   carried only when asked ([`ExtraEntry`]), after the platform entries, and only in an OCI index.
+
+use std::collections::BTreeMap;
 
 use manifold_proto::Platform;
 use oci_spec::image::{
@@ -32,6 +38,43 @@ pub struct ChildImage {
     pub size: u64,
     /// The manifest's media type.
     pub media_type: String,
+}
+
+/// Which list media type to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ListKind {
+    /// A Docker manifest list ([`DOCKER_MANIFEST_LIST`]).
+    Docker,
+    /// An OCI image index ([`OCI_INDEX`]).
+    Oci,
+}
+
+impl ListKind {
+    /// The list's media type.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            ListKind::Docker => DOCKER_MANIFEST_LIST,
+            ListKind::Oci => OCI_INDEX,
+        }
+    }
+}
+
+/// An index entry that is not a platform image, carried verbatim: typically a BuildKit
+/// attestation manifest (`unknown/unknown`, annotated `vnd.docker.reference.type`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExtraEntry {
+    /// `sha256:<hex>` of the manifest.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type (an OCI image manifest for attestations).
+    pub media_type: String,
+    /// The `platform.os` written for it, as found (`unknown` for attestations).
+    pub os: String,
+    /// The `platform.architecture` written for it, as found.
+    pub architecture: String,
+    /// Its annotations, written in key order.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// An assembled list, ready to push.
@@ -82,10 +125,39 @@ pub enum ManifestError {
     /// A malformed digest.
     #[error("invalid digest `{0}`: expected sha256:<64 hex digits>")]
     BadDigest(String),
+    /// A Docker manifest list was asked for OCI children.
+    #[error(
+        "a Docker manifest list cannot hold the OCI image manifest {oci}: write an OCI index instead, or push the images as Docker schema2 manifests"
+    )]
+    DockerListOfOci {
+        /// An OCI child's digest.
+        oci: String,
+    },
+    /// Non-platform entries (attestations) need an OCI index of OCI manifests.
+    #[error(
+        "{digest} (`{media_type}`) can only be carried in an OCI index whose images are OCI manifests; leave attestations out or use OCI images"
+    )]
+    ExtraNeedsOci {
+        /// The extra entry's digest.
+        digest: String,
+        /// Its media type.
+        media_type: String,
+    },
 }
 
-/// Builds the list for `children`. See the module docs for the invariants.
+/// Builds the list for `children`, its type following theirs. See the module docs for the
+/// invariants.
 pub fn assemble(children: &[ChildImage]) -> Result<ManifestList, ManifestError> {
+    assemble_list(children, &[], None)
+}
+
+/// Builds the list for `children` plus `extras` (non-platform entries, in an OCI index only), of
+/// type `kind` when given (see the module docs for what children allow), else following them.
+pub fn assemble_list(
+    children: &[ChildImage],
+    extras: &[ExtraEntry],
+    kind: Option<ListKind>,
+) -> Result<ManifestList, ManifestError> {
     if children.is_empty() {
         return Err(ManifestError::Empty);
     }
@@ -110,16 +182,31 @@ pub fn assemble(children: &[ChildImage]) -> Result<ManifestList, ManifestError> 
     }
     let docker = sorted.iter().find(|c| c.media_type == DOCKER_MANIFEST);
     let oci = sorted.iter().find(|c| c.media_type == OCI_MANIFEST);
-    let media_type = match (docker, oci) {
-        (Some(d), Some(o)) => {
+    let media_type = match (docker, oci, kind) {
+        (Some(d), Some(o), _) => {
             return Err(ManifestError::MixedMediaTypes {
                 docker: d.digest.clone(),
                 oci: o.digest.clone(),
             });
         }
-        (Some(_), None) => DOCKER_MANIFEST_LIST,
+        (_, Some(o), Some(ListKind::Docker)) => {
+            return Err(ManifestError::DockerListOfOci {
+                oci: o.digest.clone(),
+            });
+        }
+        (_, _, Some(kind)) => kind.media_type(),
+        (Some(_), None, None) => DOCKER_MANIFEST_LIST,
         _ => OCI_INDEX,
     };
+    if let Some(e) = extras
+        .iter()
+        .find(|e| media_type != OCI_INDEX || docker.is_some() || e.media_type != OCI_MANIFEST)
+    {
+        return Err(ManifestError::ExtraNeedsOci {
+            digest: e.digest.clone(),
+            media_type: e.media_type.clone(),
+        });
+    }
 
     let mut manifests = Vec::with_capacity(sorted.len());
     for c in sorted {
@@ -149,7 +236,41 @@ pub fn assemble(children: &[ChildImage]) -> Result<ManifestList, ManifestError> 
         .manifests(manifests)
         .build()
         .expect("schema version and manifests are set");
-    let bytes = serde_json::to_vec_pretty(&index).expect("an index always serialises");
+    if extras.is_empty() {
+        let bytes = serde_json::to_vec_pretty(&index).expect("an index always serialises");
+        return Ok(ManifestList { bytes, media_type });
+    }
+    // oci-spec keeps annotations in a HashMap, whose order varies between runs: extras are
+    // written through JSON values with their annotations in key order, so equal inputs still
+    // give equal bytes.
+    let mut value = serde_json::to_value(&index).expect("an index always serialises");
+    let mut sorted_extras: Vec<&ExtraEntry> = extras.iter().collect();
+    sorted_extras.sort_by(|a, b| a.digest.cmp(&b.digest));
+    let entries = value["manifests"]
+        .as_array_mut()
+        .expect("an index has manifests");
+    for e in sorted_extras {
+        if e.digest.parse::<Digest>().is_err() {
+            return Err(ManifestError::BadDigest(e.digest.clone()));
+        }
+        let mut annotations = serde_json::Map::new();
+        for (k, v) in &e.annotations {
+            annotations.insert(k.clone(), serde_json::Value::String(v.clone()));
+        }
+        let mut entry = serde_json::Map::new();
+        entry.insert("mediaType".into(), e.media_type.clone().into());
+        entry.insert("digest".into(), e.digest.clone().into());
+        entry.insert("size".into(), e.size.into());
+        if !annotations.is_empty() {
+            entry.insert("annotations".into(), annotations.into());
+        }
+        entry.insert(
+            "platform".into(),
+            serde_json::json!({ "architecture": e.architecture, "os": e.os }),
+        );
+        entries.push(entry.into());
+    }
+    let bytes = serde_json::to_vec_pretty(&value).expect("an index always serialises");
     Ok(ManifestList { bytes, media_type })
 }
 
@@ -243,5 +364,92 @@ mod tests {
             assemble(&[bad]),
             Err(ManifestError::BadDigest("sha256:nothex".into()))
         );
+    }
+
+    fn attestation(digest_byte: char, about: char) -> ExtraEntry {
+        ExtraEntry {
+            digest: format!("sha256:{}", digest_byte.to_string().repeat(64)),
+            size: 800,
+            media_type: OCI_MANIFEST.into(),
+            os: "unknown".into(),
+            architecture: "unknown".into(),
+            annotations: BTreeMap::from([
+                (
+                    "vnd.docker.reference.type".to_owned(),
+                    "attestation-manifest".to_owned(),
+                ),
+                (
+                    "vnd.docker.reference.digest".to_owned(),
+                    format!("sha256:{}", about.to_string().repeat(64)),
+                ),
+            ]),
+        }
+    }
+
+    #[test]
+    fn the_list_type_can_be_chosen_where_children_allow_it() {
+        let docker = [child("linux/amd64", 'a', DOCKER_MANIFEST)];
+        let oci = [child("linux/amd64", 'a', OCI_MANIFEST)];
+        let check = |children: &[ChildImage], kind, expected: Result<&str, &str>| {
+            let got = assemble_list(children, &[], kind)
+                .map(|l| l.media_type)
+                .map_err(|e| e.to_string());
+            match expected {
+                Ok(media_type) => assert_eq!(got, Ok(media_type), "{kind:?}"),
+                Err(part) => {
+                    let err = got.unwrap_err();
+                    assert!(err.contains(part), "{kind:?}: {err}");
+                }
+            }
+        };
+        check(&docker, None, Ok(DOCKER_MANIFEST_LIST));
+        check(&docker, Some(ListKind::Docker), Ok(DOCKER_MANIFEST_LIST));
+        check(&docker, Some(ListKind::Oci), Ok(OCI_INDEX));
+        check(&oci, None, Ok(OCI_INDEX));
+        check(&oci, Some(ListKind::Oci), Ok(OCI_INDEX));
+        check(
+            &oci,
+            Some(ListKind::Docker),
+            Err("a Docker manifest list cannot hold the OCI image manifest"),
+        );
+        // Choosing the type never changes the bytes of the default choice.
+        assert_eq!(
+            assemble_list(&docker, &[], Some(ListKind::Docker)).unwrap(),
+            assemble(&docker).unwrap()
+        );
+    }
+
+    #[test]
+    fn attestations_are_carried_after_the_platforms_in_an_oci_index_only() {
+        let children = [
+            child("linux/arm64", 'b', OCI_MANIFEST),
+            child("linux/amd64", 'a', OCI_MANIFEST),
+        ];
+        let extras = [attestation('e', 'b'), attestation('d', 'a')];
+        let list = assemble_list(&children, &extras, None).unwrap();
+        assert_eq!(list.media_type, OCI_INDEX);
+        let e = entries(&list);
+        let order: Vec<&str> = e
+            .iter()
+            .map(|m| m["platform"]["architecture"].as_str().unwrap())
+            .collect();
+        assert_eq!(order, ["amd64", "arm64", "unknown", "unknown"]);
+        assert!(e[2]["digest"].as_str().unwrap().ends_with('d'));
+        assert_eq!(
+            e[2]["annotations"]["vnd.docker.reference.type"],
+            "attestation-manifest"
+        );
+        // Equal inputs, equal bytes.
+        let again = assemble_list(&children, &[extras[1].clone(), extras[0].clone()], None);
+        assert_eq!(again.unwrap(), list);
+        // Not in a Docker list, nor beside Docker children.
+        let err = assemble_list(&children, &extras, Some(ListKind::Docker)).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::DockerListOfOci { .. }),
+            "{err}"
+        );
+        let docker = [child("linux/amd64", 'a', DOCKER_MANIFEST)];
+        let err = assemble_list(&docker, &extras, Some(ListKind::Oci)).unwrap_err();
+        assert!(matches!(err, ManifestError::ExtraNeedsOci { .. }), "{err}");
     }
 }

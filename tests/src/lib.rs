@@ -16,6 +16,7 @@
 //!
 //! Every process is killed when its handle drops. Nothing listens beyond 127.0.0.1.
 
+pub mod faults;
 pub mod ha;
 
 use std::net::TcpListener;

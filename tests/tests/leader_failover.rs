@@ -96,13 +96,16 @@ async fn killing_the_leader_mid_build_hands_the_farm_to_the_other_coordinator() 
     let env = Env::from_env();
     let etcd = EtcdCluster::start(3).await?;
     let dir = tempfile::tempdir()?;
-    // Default settings: the leader lease is 10 s.
-    let mut c1 = start_coordinator(&etcd, dir.path(), "c1", &[]).await?;
+    // Default settings (the leader lease is 10 s), and contexts replicated to the registry so the
+    // next leader can read them.
+    let ctx_repo = env.unique_repo("contexts");
+    let replicated = ["--context-repository", ctx_repo.as_str()];
+    let mut c1 = start_coordinator(&etcd, dir.path(), "c1", &replicated).await?;
     wait_until(Duration::from_secs(30), "c1 to lead", || async {
         c1.is_leader().await.then_some(())
     })
     .await?;
-    let c2 = start_coordinator(&etcd, dir.path(), "c2", &[]).await?;
+    let c2 = start_coordinator(&etcd, dir.path(), "c2", &replicated).await?;
     let urls = format!("{},{}", c1.url, c2.url);
     let _x86 = start_worker(&urls, dir.path(), "x86", &env.amd64_docker, None).await?;
     let _arm = start_worker(
@@ -170,6 +173,25 @@ async fn killing_the_leader_mid_build_hands_the_farm_to_the_other_coordinator() 
 
     let b = wait_succeeded(&c2.url, &id, &[&c2]).await?;
     assert_eq!(platform_count(&skopeo_raw(&tag).await?), 2);
+
+    // The context uploaded to c1 is readable from c2, byte for byte.
+    let digest = b.request.as_ref().unwrap().context_digest.clone();
+    let mut workers = v1::workers_client::WorkersClient::connect(c2.url.clone()).await?;
+    let mut chunks = workers
+        .download_context(v1::DownloadContextRequest {
+            digest: digest.clone(),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n--- c2 ---\n{}", c2.log()))?
+        .into_inner();
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    while let Some(chunk) = chunks.message().await? {
+        sha2::Digest::update(&mut hasher, &chunk.data);
+    }
+    assert_eq!(
+        format!("sha256:{}", hex::encode(sha2::Digest::finalize(hasher))),
+        digest
+    );
     assert!(!b.manifest_digest.is_empty());
     wait_succeeded(&c2.url, &id2, &[&c2]).await?;
     assert!(

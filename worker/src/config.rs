@@ -41,8 +41,11 @@ pub struct Config {
     /// First delay before reconnecting to a coordinator that went away; it doubles up to
     /// `reconnect_max`. Default: 500 ms.
     pub reconnect_initial: Duration,
-    /// Longest delay between two reconnection attempts. Default: 10 s.
+    /// Longest delay between two reconnection attempts. Default: 2 s.
     pub reconnect_max: Duration,
+    /// How often the worker checks that its Docker daemon answers; while it does not, the worker
+    /// reports itself unhealthy and gets no job. A failed job checks at once. Default: 5 s.
+    pub health_interval: Duration,
 }
 
 impl Config {
@@ -61,7 +64,8 @@ impl Config {
             cache_dir: default_cache_dir(),
             docker_config: default_docker_config(),
             reconnect_initial: Duration::from_millis(500),
-            reconnect_max: Duration::from_secs(10),
+            reconnect_max: Duration::from_secs(2),
+            health_interval: Duration::from_secs(5),
         }
     }
 }
@@ -102,6 +106,27 @@ pub fn default_docker_config() -> Option<PathBuf> {
     }
 }
 
+/// Parses a duration flag: a number and a unit (`ms`, `s`, `m`, `h`), e.g. `500ms`, `10s`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let err =
+        || format!("invalid duration `{text}`: expected a number with a unit, e.g. 500ms, 10s, 2m");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+    let n: u64 = text[..split].parse().map_err(|_| err())?;
+    let d = match &text[split..] {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(err()),
+    };
+    if d.is_zero() {
+        return Err(format!(
+            "invalid duration `{text}`: it must be longer than 0"
+        ));
+    }
+    Ok(d)
+}
+
 /// A `--label` value that is not `KEY=VALUE`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad label `{0}`: expected KEY=VALUE with a non-empty key, e.g. --label team=web")]
@@ -118,6 +143,17 @@ pub fn parse_label(input: &str) -> Result<(String, String), LabelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_have_a_unit() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["10", "s", "0s", "1d", ""] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
+    }
 
     #[test]
     fn labels_are_key_value_pairs() {

@@ -1,6 +1,10 @@
 //! The worker's life: one `Workers.Attach` stream to the coordinator at a time, opened by the
 //! worker and reopened with jittered exponential backoff when it breaks; the hello, heartbeats, and
-//! the dispatch of assignments and cancellations to job tasks; the drain on shutdown.
+//! the dispatch of assignments and cancellations to job tasks; the drain on shutdown or when the
+//! coordinator asks; the periodic check that the Docker daemon answers, reported in heartbeats.
+//!
+//! An assignment the worker cannot start (draining, no free slot, daemon unhealthy) is refused:
+//! the coordinator requeues it without counting an attempt.
 //!
 //! Messages of jobs (logs, results) go through one outbox that outlives each stream, so a result
 //! produced while the coordinator is away is delivered after the next hello. Logs are best effort:
@@ -17,7 +21,7 @@ use manifold_proto::v1::coordinator_message::Msg as FromCoordinator;
 use manifold_proto::v1::worker_message::Msg as ToCoordinator;
 use manifold_proto::v1::workers_client::WorkersClient;
 use manifold_proto::{JobId, Platform, v1};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,7 +30,7 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::context_cache::{CacheError, ContextCache, ContextDigest, SourceError};
-use crate::docker::{DescribeError, DockerEngine};
+use crate::docker::{DaemonInfo, DescribeError, DockerEngine};
 use crate::job::{self, ExecuteOptions, JobFailure, JobSpec, LogSink};
 use crate::push::{PushedImage, jittered};
 
@@ -46,6 +50,10 @@ const LOG_BATCH_LINES: usize = 500;
 const LOG_FLUSH: Duration = Duration::from_millis(100);
 /// Longer lines are cut, so a batch stays far below the message size limit.
 const MAX_LINE_BYTES: usize = 16 * 1024;
+/// How long the daemon has to answer a health check.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the daemon has to answer `info` when the worker says hello.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A worker configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +124,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     backoff.reset();
 
     let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let (health, _) = watch::channel(None);
     let shared = Arc::new(Shared {
         options: ExecuteOptions {
             scratch_dir,
@@ -130,14 +139,43 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         jobs: Mutex::default(),
         tracker: TaskTracker::new(),
         outbox,
+        health,
+        check_health: Notify::new(),
+        daemon: Mutex::default(),
     });
+    let checker = tokio::spawn(watch_health(shared.clone()));
     let mut worker = Worker {
         shared,
         outbox_rx,
         shutdown,
     };
     worker.serve(backoff).await;
+    checker.abort();
     Ok(())
+}
+
+/// Checks that the daemon answers every `health_interval`, and at once when a job failed on the
+/// infrastructure; publishes the reason while it does not. The session reports every change to
+/// the coordinator at once.
+async fn watch_health(shared: Arc<Shared>) {
+    loop {
+        let reason = shared.engine.ping(HEALTH_TIMEOUT).await.err();
+        shared.health.send_if_modified(|current| {
+            if *current == reason {
+                return false;
+            }
+            match &reason {
+                Some(reason) => tracing::warn!(%reason, "unhealthy: the docker daemon does not answer; taking no job until it does"),
+                None => tracing::info!("healthy: the docker daemon answers"),
+            }
+            *current = reason;
+            true
+        });
+        tokio::select! {
+            () = tokio::time::sleep(shared.config.health_interval) => {}
+            () = shared.check_health.notified() => {}
+        }
+    }
 }
 
 /// What every job task shares with the connection.
@@ -153,6 +191,12 @@ struct Shared {
     jobs: Mutex<HashMap<(JobId, u32), CancellationToken>>,
     tracker: TaskTracker,
     outbox: mpsc::Sender<v1::WorkerMessage>,
+    /// Why the daemon does not answer, while it does not.
+    health: watch::Sender<Option<String>>,
+    /// Asks [`watch_health`] to check now.
+    check_health: Notify,
+    /// What the daemon said about itself the last time it answered, for a hello while it does not.
+    daemon: Mutex<Option<DaemonInfo>>,
 }
 
 impl Shared {
@@ -173,6 +217,42 @@ impl Shared {
 
     fn slots_in_use(&self) -> u32 {
         self.jobs.lock().expect("jobs lock").len() as u32
+    }
+
+    /// Why the daemon cannot build right now, if it cannot.
+    fn unhealthy(&self) -> Option<String> {
+        self.health.borrow().clone()
+    }
+
+    /// The daemon's platform and version: asked afresh, or as last seen when it does not answer.
+    async fn describe_daemon(&self) -> Result<DaemonInfo, String> {
+        let config = &self.config;
+        let error = match tokio::time::timeout(DESCRIBE_TIMEOUT, self.engine.describe()).await {
+            Ok(Ok(info)) => {
+                *self.daemon.lock().expect("daemon lock") = Some(info.clone());
+                return Ok(info);
+            }
+            Ok(Err(e @ DescribeError::Platform { .. })) if config.platform.is_some() => {
+                tracing::debug!(error = %e, "using the --platform given");
+                return Ok(DaemonInfo {
+                    platform: config.platform.clone().expect("checked"),
+                    docker_version: String::new(),
+                });
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "docker daemon at {} did not answer `info` within {DESCRIBE_TIMEOUT:?}",
+                self.engine.host()
+            ),
+        };
+        self.check_health.notify_one();
+        match self.daemon.lock().expect("daemon lock").clone() {
+            Some(info) => {
+                tracing::warn!(%error, "attaching as unhealthy with what the daemon said before");
+                Ok(info)
+            }
+            None => Err(error),
+        }
     }
 }
 
@@ -241,22 +321,17 @@ impl Worker {
     async fn session(&mut self, backoff: &mut Backoff) -> SessionEnd {
         let shared = self.shared.clone();
         let config = &shared.config;
-        let daemon = match shared.engine.describe().await {
+        let daemon = match shared.describe_daemon().await {
             Ok(info) => info,
-            Err(e @ DescribeError::Platform { .. }) if config.platform.is_some() => {
-                tracing::debug!(error = %e, "using the --platform given");
-                crate::docker::DaemonInfo {
-                    platform: config.platform.clone().expect("checked"),
-                    docker_version: String::new(),
-                }
-            }
-            Err(e) => return SessionEnd::Lost(e.to_string()),
+            Err(e) => return SessionEnd::Lost(e),
         };
         let (platform, emulated) = match &config.platform {
             Some(forced) => (forced.clone(), true),
             None => (daemon.platform.clone(), false),
         };
 
+        // Subscribed before the hello reads the health, so that no change goes unreported.
+        let mut health = shared.health.subscribe();
         let hello = v1::WorkerHello {
             name: config.name.clone(),
             platforms: vec![(&platform).into()],
@@ -266,6 +341,9 @@ impl Worker {
             docker_version: daemon.docker_version.clone(),
             running: shared.running(),
             worker_version: env!("CARGO_PKG_VERSION").to_owned(),
+            draining: self.shutdown.is_cancelled(),
+            unhealthy: shared.unhealthy().is_some(),
+            unhealthy_reason: shared.unhealthy().unwrap_or_default(),
         };
         let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(64);
         tx.send(message(ToCoordinator::Hello(hello)))
@@ -331,16 +409,15 @@ impl Worker {
                     Ok(None) => return SessionEnd::Lost("the coordinator closed the stream".into()),
                     Err(status) => return SessionEnd::Lost(describe_status(&status)),
                 },
-                _ = heartbeat.tick() => {
-                    let slots_in_use = shared.slots_in_use();
-                    tx.send(message(ToCoordinator::Heartbeat(v1::Heartbeat { slots_in_use }))).await
-                }
+                _ = heartbeat.tick() => tx.send(self.heartbeat()).await,
+                // A change of health is news for the scheduler: say it now.
+                Ok(()) = health.changed() => tx.send(self.heartbeat()).await,
                 Some(queued) = self.outbox_rx.recv() => tx.send(queued).await,
                 () = self.shutdown.cancelled(), if !draining => {
                     draining = true;
                     shared.tracker.close();
                     tracing::info!(running = shared.slots_in_use(), "draining: no new jobs; waiting for running jobs to finish");
-                    Ok(())
+                    tx.send(self.heartbeat()).await
                 }
                 () = shared.tracker.wait(), if draining => {
                     return self.say_goodbye(tx, inbound).await;
@@ -350,6 +427,17 @@ impl Worker {
                 return SessionEnd::Lost("the stream to the coordinator is closed".into());
             }
         }
+    }
+
+    /// A heartbeat saying how the worker is: slots in use, draining, daemon health.
+    fn heartbeat(&self) -> v1::WorkerMessage {
+        let unhealthy = self.shared.unhealthy();
+        message(ToCoordinator::Heartbeat(v1::Heartbeat {
+            slots_in_use: self.shared.slots_in_use(),
+            unhealthy: unhealthy.is_some(),
+            unhealthy_reason: unhealthy.unwrap_or_default(),
+            draining: self.shutdown.is_cancelled(),
+        }))
     }
 
     /// Sends what jobs left in the outbox, then Goodbye, and waits for the coordinator to close.
@@ -396,6 +484,13 @@ impl Worker {
                 self.cancel(&cancel);
                 Ok(())
             }
+            Some(FromCoordinator::Drain(_)) => {
+                if !self.shutdown.is_cancelled() {
+                    tracing::info!("the coordinator asked this worker to drain");
+                    self.shutdown.cancel();
+                }
+                Ok(())
+            }
             Some(FromCoordinator::Welcome(_)) | None => Ok(()),
         }
     }
@@ -434,8 +529,15 @@ impl Worker {
             result_message(&assign.job_id, assign.attempt, Err(failure))
         };
         if self.shutdown.is_cancelled() {
-            let failure = JobFailure::retryable(format!(
+            let failure = JobFailure::refused(format!(
                 "worker draining: `{}` is shutting down and takes no new jobs",
+                shared.config.name
+            ));
+            return tx.send(refuse(failure)).await;
+        }
+        if let Some(reason) = shared.unhealthy() {
+            let failure = JobFailure::refused(format!(
+                "worker `{}` is unhealthy: {reason}",
                 shared.config.name
             ));
             return tx.send(refuse(failure)).await;
@@ -464,9 +566,13 @@ impl Worker {
                         token.cancel();
                     }
                 }
+                // Cancelled and superseded jobs are only winding down: they hold no slot.
                 let busy = jobs
                     .iter()
-                    .filter(|((id, attempt), _)| !(*id == spec.job_id && *attempt < spec.attempt))
+                    .filter(|((id, attempt), token)| {
+                        let superseded = *id == spec.job_id && *attempt < spec.attempt;
+                        !(token.is_cancelled() || superseded)
+                    })
                     .count();
                 if busy >= shared.config.slots as usize {
                     Err(busy)
@@ -480,7 +586,7 @@ impl Worker {
         let token = match token {
             Ok(token) => token,
             Err(busy) => {
-                let failure = JobFailure::retryable(format!(
+                let failure = JobFailure::refused(format!(
                     "worker `{}` has no free slot ({busy} of {} in use)",
                     shared.config.name, shared.config.slots
                 ));
@@ -515,6 +621,10 @@ impl Worker {
                             "job succeeded"
                         ),
                         Err(failure) => {
+                            if failure.retryable {
+                                // Maybe the daemon went away: the coordinator should know now.
+                                job_shared.check_health.notify_one();
+                            }
                             logs.line(format!("error: {}", failure.message));
                             tracing::warn!(
                                 retryable = failure.retryable,
@@ -699,6 +809,7 @@ fn result_message(
             message: failure.message,
             retryable: failure.retryable,
             cancelled: failure.cancelled,
+            refused: failure.refused,
         }),
     };
     message(ToCoordinator::Result(v1::JobResult {

@@ -187,6 +187,18 @@ impl DockerEngine {
         }
     }
 
+    /// Whether the daemon answers `GET /_ping` within `timeout`; the error says why not.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.docker.ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.err("ping")(e).to_string()),
+            Err(_) => Err(format!(
+                "docker daemon at {} did not answer a ping within {timeout:?}",
+                self.host
+            )),
+        }
+    }
+
     /// The platform the daemon builds natively and its version, from `docker info`.
     pub async fn describe(&self) -> Result<DaemonInfo, DescribeError> {
         let info = self.docker.info().await.map_err(self.err("info"))?;

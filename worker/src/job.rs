@@ -82,6 +82,9 @@ pub struct JobFailure {
     pub retryable: bool,
     /// Whether the job stopped because it was cancelled.
     pub cancelled: bool,
+    /// Whether the worker did not start the job at all (draining, no free slot, daemon
+    /// unhealthy): the coordinator requeues it without counting an attempt.
+    pub refused: bool,
 }
 
 impl JobFailure {
@@ -91,6 +94,7 @@ impl JobFailure {
             message: message.into(),
             retryable: false,
             cancelled: false,
+            refused: false,
         }
     }
 
@@ -100,6 +104,7 @@ impl JobFailure {
             message: message.into(),
             retryable: true,
             cancelled: false,
+            refused: false,
         }
     }
 
@@ -109,6 +114,18 @@ impl JobFailure {
             message: "cancelled by the coordinator".into(),
             retryable: false,
             cancelled: true,
+            refused: false,
+        }
+    }
+
+    /// The worker cannot start the job now (draining, no free slot, daemon unhealthy); another
+    /// worker, or this one later, can.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+            cancelled: false,
+            refused: true,
         }
     }
 }
@@ -241,6 +258,7 @@ fn push_failure(error: PushError) -> JobFailure {
             retryable: e.is_retryable(),
             message: format!("push failed: {e}"),
             cancelled: false,
+            refused: false,
         },
     }
 }

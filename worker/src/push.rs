@@ -7,7 +7,9 @@
 //! from those files as streams, one at a time, so memory stays flat whatever the layer sizes. Then an
 //! OCI image manifest is pushed to `repository@sha256:<digest of the manifest bytes>`.
 //!
-//! Registry calls are retried on 5xx, 429 and connection errors with a bounded exponential backoff.
+//! Registry calls are retried on 5xx, 429, timeouts and connection errors with a bounded
+//! exponential backoff (about 15 s in all, so a registry restarting or briefly overloaded does not
+//! fail the job); every retry is a line of the job's output.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -37,8 +39,9 @@ pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 /// Media type of the (gzip-compressed) layer blobs.
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
-/// How many times one registry request is tried before the push fails.
-const REGISTRY_ATTEMPTS: u32 = 4;
+/// How many times one registry request is tried before the push fails: with
+/// [`REGISTRY_FIRST_DELAY`] doubling, the waits add up to about 15 s.
+const REGISTRY_ATTEMPTS: u32 = 6;
 /// First delay between two tries; it doubles after each.
 const REGISTRY_FIRST_DELAY: Duration = Duration::from_millis(500);
 
@@ -195,7 +198,7 @@ pub async fn push_image(
         target.repository
     ));
 
-    let registry_client = Registry::new(reference, registry, auth, target.insecure);
+    let registry_client = Registry::new(reference, registry, auth, target.insecure, logs.clone());
     let pushed = tokio::select! {
         () = cancel.cancelled() => return Err(PushError::Cancelled),
         pushed = registry_client.push(&image, logs) => pushed?,
@@ -538,10 +541,18 @@ struct Registry {
     reference: Reference,
     registry: String,
     auth: RegistryAuth,
+    /// The job's output, where retries are told.
+    logs: LogSink,
 }
 
 impl Registry {
-    fn new(reference: Reference, registry: String, auth: RegistryAuth, insecure: bool) -> Self {
+    fn new(
+        reference: Reference,
+        registry: String,
+        auth: RegistryAuth,
+        insecure: bool,
+        logs: LogSink,
+    ) -> Self {
         let client = Client::new(ClientConfig {
             protocol: if insecure {
                 ClientProtocol::Http
@@ -559,6 +570,7 @@ impl Registry {
             reference,
             registry,
             auth,
+            logs,
         }
     }
 
@@ -672,6 +684,12 @@ impl Registry {
                     }
                     let wait = jittered(delay);
                     tracing::warn!(registry = %self.registry, action, attempt, error = %source, "registry request failed; retrying in {wait:?}");
+                    self.logs.line(format!(
+                        "registry {}: {action} failed (try {attempt} of {REGISTRY_ATTEMPTS}): {}; retrying in {:.1}s",
+                        self.registry,
+                        crate::error_chain(&source),
+                        wait.as_secs_f64()
+                    ));
                     tokio::time::sleep(wait).await;
                     delay *= 2;
                     attempt += 1;

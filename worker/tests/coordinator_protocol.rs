@@ -356,6 +356,13 @@ async fn a_draining_worker_refuses_new_jobs_finishes_running_ones_then_says_good
     until(&mut session, &mut lines, logged("started-")).await;
 
     farm.shutdown.cancel();
+    // The coordinator hears of the drain at once, before any job ends.
+    until(&mut session, &mut lines, |m| match m {
+        FromWorker::Heartbeat(h) if h.draining => Some(()),
+        FromWorker::Result(r) => panic!("a result before the draining heartbeat: {r:?}"),
+        _ => None,
+    })
+    .await;
     let late = new_job_id();
     send(
         &session,
@@ -380,8 +387,8 @@ async fn a_draining_worker_refuses_new_jobs_finishes_running_ones_then_says_good
     match &outcomes[&late] {
         v1::job_result::Outcome::Failure(f) => {
             assert!(
-                f.retryable && f.message.contains("worker draining"),
-                "{f:?}"
+                f.refused && f.retryable && f.message.contains("worker draining"),
+                "refused without counting an attempt: {f:?}"
             )
         }
         other => panic!("{other:?}"),

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use manifold_cli::args::{BuildPlan, Cli, Command, LOG_ENV};
+use manifold_cli::args::{BuildPlan, Cli, Command, LOG_ENV, ManifestCommand, WorkersAction};
 use manifold_cli::client::Coordinator;
 use manifold_cli::commands::{self, CommandError, Interrupts};
+use manifold_cli::manifest;
 use tokio::signal::unix::SignalKind;
 use tracing_subscriber::EnvFilter;
 
@@ -16,7 +17,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("warn")),
+            // Registry retries are the library's business; the CLI reports the final error.
+            EnvFilter::try_from_env(LOG_ENV)
+                .unwrap_or_else(|_| EnvFilter::new("warn,manifold_registry::session=error")),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -74,7 +77,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Workers(args) => {
             let coordinator = Coordinator::connect(&cli.coordinator).await?;
-            commands::workers(&coordinator, args.format).await?;
+            match args.action {
+                None => commands::workers(&coordinator, args.format).await?,
+                Some(WorkersAction::Drain(drain)) => {
+                    commands::drain_worker(&coordinator, &drain.name).await?
+                }
+            }
         }
         Command::Builds(args) => {
             let coordinator = Coordinator::connect(&cli.coordinator).await?;
@@ -97,6 +105,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let coordinator = Coordinator::connect(&cli.coordinator).await?;
             commands::cancel(&coordinator, args.id).await?;
         }
+        Command::Manifest(ManifestCommand::Inspect(args)) => manifest::inspect(&args).await?,
+        Command::Manifest(ManifestCommand::Create(args)) => manifest::create(&args, false).await?,
+        Command::Manifest(ManifestCommand::Push(args)) => manifest::create(&args, true).await?,
+        Command::Manifest(ManifestCommand::Rm(args)) => manifest::rm(&args),
+        Command::Completion(args) => manifest::completion(args.shell, &mut std::io::stdout()),
     }
     Ok(())
 }

@@ -22,15 +22,27 @@ struct Args {
     /// A registry (HOST:PORT) to reach over plain HTTP; loopback registries always are. Repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registries: Vec<String>,
-    /// How long a job waits while no attached worker builds its platform before its build fails.
+    /// How long a job waits while no attached worker can build its platform (none attached, or only
+    /// draining or unhealthy ones) before its build fails, naming the platform.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     wait_for_workers: Duration,
-    /// How long a silent or disconnected worker keeps its jobs before they are requeued.
+    /// How long a silent or disconnected worker keeps its jobs before it is declared lost and they
+    /// are requeued onto another worker of their platform (the attempt counts).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     worker_lease: Duration,
-    /// Attempts per job on infrastructure failures (build failures are never retried).
+    /// Attempts per job, the first included, on infrastructure failures (worker lost, Docker daemon
+    /// unreachable, registry errors, no acknowledgement, stuck); build failures are never retried.
+    /// 0 (like 1) means one attempt, no retry.
     #[arg(long, default_value_t = 3)]
     max_attempts: u32,
+    /// How long a worker has to acknowledge an assignment before the job is requeued (the attempt
+    /// counts).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    assign_timeout: Duration,
+    /// How long a running job may go without any output before it is treated as stuck: cancelled
+    /// on its worker and requeued (the attempt counts).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    stuck_after: Duration,
     /// Keep state in etcd instead of the state dir, and elect a leader among the coordinators that
     /// share it: comma-separated member URLs, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379.
     #[arg(
@@ -46,6 +58,13 @@ struct Args {
     /// Leadership lease on etcd: a leader that cannot renew it for this long is replaced.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     leader_lease: Duration,
+    /// Replicate build contexts to this REGISTRY/REPOSITORY, so that every coordinator of an HA set
+    /// can read them (e.g. registry.example.com/manifold/contexts).
+    #[arg(long, value_name = "REGISTRY/REPO")]
+    context_repository: Option<String>,
+    /// Remove a build context no unfinished build needs once it is this old.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    context_ttl: Duration,
     /// Address clients and workers should dial to reach this coordinator (told to them by followers).
     /// Default: http://LISTEN.
     #[arg(long, value_name = "URL")]
@@ -80,6 +99,8 @@ async fn main() -> anyhow::Result<()> {
     let config = Config {
         listen: args.listen,
         state_dir: args.state_dir,
+        context_repository: args.context_repository,
+        context_ttl: args.context_ttl,
         store: if args.etcd.is_empty() {
             StoreConfig::Embedded
         } else {
@@ -95,11 +116,14 @@ async fn main() -> anyhow::Result<()> {
         farm: FarmConfig {
             wait_for_workers: args.wait_for_workers,
             worker_lease: args.worker_lease,
-            max_attempts: args.max_attempts.max(1),
+            // Three heartbeats per lease, so that one lost heartbeat does not lose the worker.
+            heartbeat_interval: (args.worker_lease / 3).min(Duration::from_secs(5)),
+            max_attempts: args.max_attempts,
+            assign_timeout: args.assign_timeout,
+            stuck_after: args.stuck_after,
             registry: RegistryConfig {
                 insecure: args.insecure_registries,
             },
-            ..FarmConfig::default()
         },
     };
     let shutdown = CancellationToken::new();

@@ -44,12 +44,18 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("etcd: {e}"))
 }
 
-/// Connects to etcd, naming the endpoints in the error.
-pub async fn connect(endpoints: &[String]) -> Result<Client, StoreError> {
-    let options = etcd_client::ConnectOptions::new()
+/// Connects to etcd, naming the endpoints in the error. Requests time out after `timeout` (the
+/// election's campaign blocks until it wins, so its client has none).
+pub async fn connect(
+    endpoints: &[String],
+    timeout: Option<Duration>,
+) -> Result<Client, StoreError> {
+    let mut options = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    if let Some(t) = timeout {
+        options = options.with_timeout(t);
+    }
     Client::connect(endpoints, Some(options))
         .await
         .map_err(|e| {
@@ -296,7 +302,12 @@ mod tests {
     #[tokio::test]
     async fn passes_the_store_suite_against_a_real_etcd() {
         let etcd = test_etcd::start().await;
-        let client = connect(std::slice::from_ref(&etcd.endpoint)).await.unwrap();
+        let client = connect(
+            std::slice::from_ref(&etcd.endpoint),
+            Some(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
         let n = std::sync::atomic::AtomicUsize::new(0);
         // Each case gets its own prefix, so each starts empty.
         suite::run(|| {
@@ -309,7 +320,12 @@ mod tests {
     #[tokio::test]
     async fn a_write_without_the_leadership_it_was_fenced_with_is_rejected() {
         let etcd = test_etcd::start().await;
-        let mut client = connect(std::slice::from_ref(&etcd.endpoint)).await.unwrap();
+        let mut client = connect(
+            std::slice::from_ref(&etcd.endpoint),
+            Some(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
         let lease = client.lease_grant(30, None).await.unwrap().id();
         let won = client.campaign("/fence/leader", "me", lease).await.unwrap();
         let leader = won.leader().unwrap();
@@ -334,7 +350,12 @@ mod tests {
     #[tokio::test]
     async fn a_replayed_write_after_an_ambiguous_outcome_is_harmless() {
         let etcd = test_etcd::start().await;
-        let client = connect(std::slice::from_ref(&etcd.endpoint)).await.unwrap();
+        let client = connect(
+            std::slice::from_ref(&etcd.endpoint),
+            Some(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
         let store = EtcdStore::new(client.clone(), "/replay", None);
         let b = suite::build(1);
         store.save(&b).await.unwrap();

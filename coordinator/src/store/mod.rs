@@ -105,6 +105,7 @@ pub(crate) mod suite {
                 target: None,
                 labels: Default::default(),
                 arch_tags: true,
+                arch_tag_template: Some("{tag}-{goarch}".into()),
             },
             request: BuildRequest {
                 image: "127.0.0.1:5000/team/app:1.0".into(),

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -36,6 +37,14 @@ struct Args {
     /// Folder for cached build contexts and temporary files [default: <user cache dir>/manifold-worker].
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Longest wait between two attempts to reach the coordinator after the connection broke.
+    /// Short, so that after a coordinator failover workers find the new leader within seconds.
+    #[arg(long, default_value = "2s", value_parser = config::parse_duration)]
+    reconnect_max: Duration,
+    /// How often to check that the Docker daemon answers; while it does not, the worker reports
+    /// itself unhealthy and gets no job.
+    #[arg(long, default_value = "5s", value_parser = config::parse_duration)]
+    health_interval: Duration,
 }
 
 impl Args {
@@ -54,6 +63,9 @@ impl Args {
         if let Some(dir) = self.cache_dir {
             config.cache_dir = dir;
         }
+        config.reconnect_max = self.reconnect_max;
+        config.reconnect_initial = config.reconnect_initial.min(self.reconnect_max);
+        config.health_interval = self.health_interval;
         config
     }
 }

@@ -82,6 +82,13 @@ impl Workers for Fake {
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
         Err(Status::unimplemented("not in this fake"))
     }
+
+    async fn drain(
+        &self,
+        _: Request<v1::DrainWorkerRequest>,
+    ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
 }
 
 impl Fake {

@@ -1,0 +1,649 @@
+//! Talking to registries: one oci-client for the registries a task touches (plain HTTP where
+//! [`RegistryConfig::is_insecure`] says so), their credentials from the Docker config, retries of
+//! transient failures, and the translation of every failure into a [`RegistryError`] that names
+//! the registry, what was being done and, for a 401/403, which credentials were tried.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::{Client, Reference, RegistryOperation};
+
+use crate::auth::{AuthError, Credentials, DockerConfig};
+use crate::manifest::{
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, ManifestError, OCI_INDEX, OCI_MANIFEST,
+};
+use crate::tag_template::TagTemplateError;
+
+/// The manifest media types Manifold reads.
+pub const MANIFEST_TYPES: &[&str] = &[
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    OCI_MANIFEST,
+];
+
+/// Largest config blob read into memory (image configs are a few KiB).
+const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+
+/// Registry failures, named for what the user has to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The children cannot form one list.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A child manifest is not in the target repository.
+    #[error("{platform} image {digest} is not in {repository}: it was never pushed or was deleted")]
+    MissingChild {
+        /// Child platform.
+        platform: String,
+        /// Child digest.
+        digest: String,
+        /// Target repository.
+        repository: String,
+    },
+    /// The registry refused the credentials (401) or the access (403).
+    #[error(
+        "registry {registry} refused {action} ({}) with {tried}; {}",
+        status_text(*.status),
+        auth_hint(*.status, .registry)
+    )]
+    Unauthorized {
+        /// host[:port]
+        registry: String,
+        /// 401 or 403.
+        status: u16,
+        /// What was attempted, e.g. `reading app:1.0-x86_64`.
+        action: String,
+        /// The credentials sent, described without the secret.
+        tried: String,
+    },
+    /// Nothing answers at the registry's address.
+    #[error(
+        "cannot reach registry {registry} while {action}: {cause}; check the address and that the registry is running{hint}"
+    )]
+    Unreachable {
+        /// host[:port]
+        registry: String,
+        /// What was attempted.
+        action: String,
+        /// The transport's error, e.g. `connection refused`.
+        cause: String,
+        /// `; if it serves plain HTTP, ...` when HTTPS was used.
+        hint: String,
+    },
+    /// The Docker config or a credential helper cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] AuthError),
+    /// Per-arch tags cannot be named.
+    #[error(transparent)]
+    TagTemplate(#[from] TagTemplateError),
+    /// The registry could not be reached or refused a request.
+    #[error("registry {registry}: {action} failed: {cause}")]
+    Request {
+        /// host[:port]
+        registry: String,
+        /// What was attempted.
+        action: String,
+        /// The client's error.
+        cause: String,
+    },
+}
+
+fn status_text(status: u16) -> &'static str {
+    if status == 403 {
+        "403 forbidden"
+    } else {
+        "401 unauthorized"
+    }
+}
+
+fn auth_hint(status: u16, registry: &str) -> String {
+    if status == 403 {
+        format!(
+            "those credentials are valid but may not do this: ask for access to the repository, or `docker login {registry}` as another user"
+        )
+    } else {
+        format!("run `docker login {registry}`, or fix the credentials the docker config gives")
+    }
+}
+
+/// How Manifold talks to registries.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryConfig {
+    /// Registries (host:port) reached over plain HTTP besides loopback ones.
+    pub insecure: Vec<String>,
+}
+
+impl RegistryConfig {
+    /// Whether `registry` (host[:port]) is reached over plain HTTP: loopback registries are, as
+    /// Docker treats them, and so is every registry listed with --insecure-registry.
+    pub fn is_insecure(&self, registry: &str) -> bool {
+        let host = registry
+            .rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(registry, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+            || self.insecure.iter().any(|i| i == registry || i == host)
+    }
+
+    /// An oci-client for `registry`.
+    pub fn client(&self, registry: &str) -> Client {
+        self.client_for(&[registry])
+    }
+
+    /// One oci-client for all of `registries`, each over the protocol it needs.
+    pub fn client_for(&self, registries: &[&str]) -> Client {
+        let insecure: Vec<String> = registries
+            .iter()
+            .filter(|r| self.is_insecure(r))
+            .map(|r| r.to_string())
+            .collect();
+        let protocol = if insecure.is_empty() {
+            ClientProtocol::Https
+        } else {
+            ClientProtocol::HttpsExcept(insecure)
+        };
+        Client::new(ClientConfig {
+            protocol,
+            ..Default::default()
+        })
+    }
+}
+
+/// A manifest as a registry serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawManifest {
+    /// The exact bytes (their sha256 is the digest).
+    pub bytes: Vec<u8>,
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Its media type (from its `mediaType`, or inferred for OCI documents that omit it).
+    pub media_type: String,
+}
+
+/// A client with the credentials of the registries one task touches.
+pub struct Session {
+    config: RegistryConfig,
+    client: Client,
+    credentials: HashMap<String, Credentials>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("config", &self.config)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A session for `registries` (host[:port]) with credentials from the Docker config file.
+    pub async fn open(config: &RegistryConfig, registries: &[&str]) -> Result<Self, RegistryError> {
+        let docker = tokio::task::spawn_blocking(DockerConfig::load)
+            .await
+            .expect("reading the docker config does not panic")?;
+        Self::open_with(config, docker, registries).await
+    }
+
+    /// A session for `registries` with credentials from `docker` (credential helpers run here).
+    pub async fn open_with(
+        config: &RegistryConfig,
+        docker: DockerConfig,
+        registries: &[&str],
+    ) -> Result<Self, RegistryError> {
+        let mut keys: Vec<String> = registries.iter().map(|r| resolve(r).to_owned()).collect();
+        keys.sort();
+        keys.dedup();
+        let lookup = keys.clone();
+        let credentials = tokio::task::spawn_blocking(move || {
+            lookup
+                .into_iter()
+                .map(|r| docker.credentials(&r).map(|c| (r, c)))
+                .collect::<Result<HashMap<_, _>, _>>()
+        })
+        .await
+        .expect("credential lookup does not panic")?;
+        let client = config.client_for(&keys.iter().map(String::as_str).collect::<Vec<_>>());
+        for (registry, creds) in &credentials {
+            client.store_auth_if_needed(registry, &creds.auth).await;
+        }
+        Ok(Self {
+            config: config.clone(),
+            client,
+            credentials,
+        })
+    }
+
+    /// The credentials used for `reference`'s registry.
+    pub fn credentials(&self, reference: &Reference) -> Credentials {
+        self.credentials
+            .get(resolve(reference.registry()))
+            .cloned()
+            .unwrap_or_else(|| Credentials::anonymous(None))
+    }
+
+    /// Turns an oci-client failure on `reference` into a [`RegistryError`].
+    pub fn error(
+        &self,
+        reference: &Reference,
+        action: impl Into<String>,
+        e: OciDistributionError,
+    ) -> RegistryError {
+        let registry = reference.registry().to_owned();
+        let action = action.into();
+        if let Some(status) = auth_status(&e) {
+            return RegistryError::Unauthorized {
+                registry,
+                status,
+                action,
+                tried: self.credentials(reference).origin.to_string(),
+            };
+        }
+        if let Some(cause) = connection_failure(&e) {
+            let hint = if self.config.is_insecure(&registry) {
+                String::new()
+            } else {
+                format!("; if it serves plain HTTP, pass --insecure-registry {registry}")
+            };
+            return RegistryError::Unreachable {
+                registry,
+                action,
+                cause,
+                hint,
+            };
+        }
+        RegistryError::Request {
+            registry,
+            action,
+            cause: e.to_string(),
+        }
+    }
+
+    /// Authenticates for `operation` on `reference`'s repository (a token exchange where the
+    /// registry uses tokens), so that bad credentials fail here, before anything is written.
+    pub async fn authenticate(
+        &self,
+        reference: &Reference,
+        operation: RegistryOperation,
+        action: &str,
+    ) -> Result<(), RegistryError> {
+        let auth = self.credentials(reference).auth;
+        retry(|| self.client.auth(reference, &auth, operation))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(reference, action, e))
+    }
+
+    /// The manifest `reference` names, or `None` when the registry has no such manifest.
+    pub async fn pull_manifest(
+        &self,
+        reference: &Reference,
+        action: &str,
+    ) -> Result<Option<RawManifest>, RegistryError> {
+        let auth = self.credentials(reference).auth;
+        match retry(|| {
+            self.client
+                .pull_manifest_raw(reference, &auth, MANIFEST_TYPES)
+        })
+        .await
+        {
+            Ok((bytes, digest)) => {
+                let media_type = media_type_of(&bytes);
+                Ok(Some(RawManifest {
+                    bytes: bytes.to_vec(),
+                    digest,
+                    media_type,
+                }))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.error(reference, action, e)),
+        }
+    }
+
+    /// Whether the manifest `reference` names exists.
+    pub async fn manifest_exists(
+        &self,
+        reference: &Reference,
+        action: &str,
+    ) -> Result<bool, RegistryError> {
+        let auth = self.credentials(reference).auth;
+        match retry(|| self.client.fetch_manifest_digest(reference, &auth)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(self.error(reference, action, e)),
+        }
+    }
+
+    /// Pushes manifest `bytes` of `media_type` under `reference` (a tag or a digest).
+    pub async fn push_manifest(
+        &self,
+        reference: &Reference,
+        bytes: &[u8],
+        media_type: &str,
+        action: &str,
+    ) -> Result<(), RegistryError> {
+        let header =
+            http::HeaderValue::from_str(media_type).map_err(|_| RegistryError::Request {
+                registry: reference.registry().to_owned(),
+                action: action.to_owned(),
+                cause: format!("`{media_type}` is not a valid media type"),
+            })?;
+        let bytes = bytes::Bytes::copy_from_slice(bytes);
+        retry(|| {
+            self.client
+                .push_manifest_raw(reference, bytes.clone(), header.clone())
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| self.error(reference, action, e))
+    }
+
+    /// Whether blob `digest` is in `reference`'s repository.
+    pub async fn blob_exists(
+        &self,
+        reference: &Reference,
+        digest: &str,
+    ) -> Result<bool, RegistryError> {
+        retry(|| self.client.blob_exists(reference, digest))
+            .await
+            .map_err(|e| self.error(reference, format!("checking blob {digest}"), e))
+    }
+
+    /// Blob `digest` of `reference`'s repository, in memory (for configs: at most 4 MiB).
+    pub async fn pull_small_blob(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        action: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let bytes = retry(|| async {
+            let mut out: Vec<u8> = Vec::new();
+            self.client.pull_blob(reference, digest, &mut out).await?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| self.error(reference, action, e))?;
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(RegistryError::Request {
+                registry: reference.registry().to_owned(),
+                action: action.to_owned(),
+                cause: format!(
+                    "blob {digest} is {} bytes, too big for a config",
+                    bytes.len()
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Asks the registry to mount blob `digest` from `source`'s repository into `target`'s (same
+    /// registry). `Ok(false)` when it would not (it then opens an upload instead, or the blob is
+    /// not in the source): the caller copies the blob.
+    pub async fn mount_blob(
+        &self,
+        target: &Reference,
+        source: &Reference,
+        digest: &str,
+    ) -> Result<bool, RegistryError> {
+        match self.client.mount_blob(target, source, digest).await {
+            Ok(()) => Ok(true),
+            Err(e) if auth_status(&e).is_some() || connection_failure(&e).is_some() => {
+                Err(self.error(target, format!("mounting blob {digest} from {source}"), e))
+            }
+            Err(e) => {
+                tracing::debug!(%digest, error = %e, "the registry did not mount the blob; copying it");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Streams blob `digest` (of `size` bytes) from `source` to `target`, through this process.
+    pub async fn copy_blob(
+        &self,
+        target: &Reference,
+        source: &Reference,
+        digest: &str,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        retry(|| async {
+            let stream = self.client.pull_blob_stream(source, digest).await?;
+            let stream = stream.map(|chunk| chunk.map_err(OciDistributionError::from));
+            self.client
+                .push_blob_stream(target, stream, digest, Some(size))
+                .await
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| self.error(target, format!("copying blob {digest} from {source}"), e))
+    }
+
+    /// The tags of `reference`'s repository (empty when the repository does not exist).
+    pub async fn list_tags(&self, reference: &Reference) -> Result<Vec<String>, RegistryError> {
+        let auth = self.credentials(reference).auth;
+        match retry(|| self.client.list_tags(reference, &auth, None, None)).await {
+            Ok(r) => Ok(r.tags),
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
+            Err(e) => Err(self.error(
+                reference,
+                format!("listing the tags of {}", reference.repository()),
+                e,
+            )),
+        }
+    }
+}
+
+/// The registry key oci-client stores credentials under (`docker.io` → `index.docker.io`).
+fn resolve(registry: &str) -> &str {
+    if registry == "docker.io" {
+        "index.docker.io"
+    } else {
+        registry
+    }
+}
+
+/// The media type of a manifest document: its `mediaType`, else inferred (OCI documents may
+/// omit it): `manifests` → OCI index, otherwise an OCI image manifest.
+pub fn media_type_of(bytes: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Head>(bytes) {
+        Ok(Head {
+            media_type: Some(m),
+            ..
+        }) if !m.is_empty() => m,
+        Ok(Head {
+            manifests: Some(_), ..
+        }) => OCI_INDEX.to_owned(),
+        _ => OCI_MANIFEST.to_owned(),
+    }
+}
+
+/// 401 or 403 when `e` is the registry refusing credentials or access.
+pub fn auth_status(e: &OciDistributionError) -> Option<u16> {
+    match e {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => Some(401),
+        OciDistributionError::ServerError { code, .. } if *code == 401 || *code == 403 => {
+            Some(*code)
+        }
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().find_map(|err| match err.code {
+                OciErrorCode::Unauthorized => Some(401),
+                OciErrorCode::Denied => Some(403),
+                _ => None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Whether `e` says the manifest, blob or repository does not exist.
+pub fn is_not_found(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code: 404, .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|err| {
+            matches!(
+                err.code,
+                OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NotFound
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown
+            )
+        }),
+        _ => false,
+    }
+}
+
+/// The innermost cause of a failure to connect (refused, unresolvable, TLS), if `e` is one.
+fn connection_failure(e: &OciDistributionError) -> Option<String> {
+    let OciDistributionError::RequestError(inner) = e else {
+        return None;
+    };
+    if !(inner.is_connect() || inner.is_timeout()) {
+        return None;
+    }
+    let mut cause: &dyn std::error::Error = inner;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    let text = cause.to_string();
+    // "Connection refused (os error 111)" reads better without the errno.
+    let text = match text.find(" (os error") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    };
+    Some(text.to_lowercase())
+}
+
+/// Runs `op` up to four times with exponential backoff (0.5 s, 1 s, 2 s) while it fails with a
+/// transient error (connection failure, 5xx, 429).
+pub(crate) async fn retry<T, F, Fut>(mut op: F) -> Result<T, OciDistributionError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+{
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < 4 && is_transient(&e) => {
+                tracing::warn!(attempt, error = %e, "registry request failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_transient(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|err| err.code == OciErrorCode::Toomanyrequests),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_are_plain_http_as_docker_treats_them() {
+        let c = RegistryConfig {
+            insecure: vec!["build-cache.lan:5000".into()],
+        };
+        assert!(c.is_insecure("127.0.0.1:5000"));
+        assert!(c.is_insecure("localhost:5000"));
+        assert!(c.is_insecure("[::1]:5000"));
+        assert!(c.is_insecure("build-cache.lan:5000"));
+        assert!(!c.is_insecure("registry.example.com"));
+        assert!(!c.is_insecure("build-cache.lan:5001"));
+    }
+
+    #[test]
+    fn media_types_are_read_or_inferred() {
+        assert_eq!(
+            media_type_of(br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#),
+            DOCKER_MANIFEST
+        );
+        assert_eq!(
+            media_type_of(br#"{"schemaVersion":2,"manifests":[]}"#),
+            OCI_INDEX
+        );
+        assert_eq!(
+            media_type_of(br#"{"schemaVersion":2,"config":{},"layers":[]}"#),
+            OCI_MANIFEST
+        );
+    }
+
+    fn envelope(code: &str) -> OciDistributionError {
+        OciDistributionError::RegistryError {
+            envelope: serde_json::from_str(&format!(
+                r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#
+            ))
+            .unwrap(),
+            url: "u".into(),
+        }
+    }
+
+    #[test]
+    fn refusals_and_absences_are_recognised() {
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: "u".into(),
+            message: String::new(),
+        };
+        assert_eq!(
+            auth_status(&OciDistributionError::UnauthorizedError { url: "u".into() }),
+            Some(401)
+        );
+        assert_eq!(auth_status(&server(403)), Some(403));
+        assert_eq!(auth_status(&envelope("DENIED")), Some(403));
+        assert_eq!(auth_status(&envelope("UNAUTHORIZED")), Some(401));
+        assert_eq!(auth_status(&server(500)), None);
+        assert!(is_not_found(&envelope("MANIFEST_UNKNOWN")));
+        assert!(is_not_found(&envelope("NAME_UNKNOWN")));
+        assert!(is_not_found(&server(404)));
+        assert!(!is_not_found(&envelope("DENIED")));
+        assert!(is_transient(&server(503)));
+        assert!(is_transient(&envelope("TOOMANYREQUESTS")));
+        assert!(!is_transient(&server(401)));
+    }
+
+    #[test]
+    fn a_refusal_names_the_registry_and_what_was_tried() {
+        let e = RegistryError::Unauthorized {
+            registry: "127.0.0.1:5001".into(),
+            status: 401,
+            action: "reading app:1.0".into(),
+            tried: "user `bob` from /cfg/config.json".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "registry 127.0.0.1:5001 refused reading app:1.0 (401 unauthorized) with user `bob` \
+             from /cfg/config.json; run `docker login 127.0.0.1:5001`, or fix the credentials the \
+             docker config gives"
+        );
+    }
+}
