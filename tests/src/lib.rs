@@ -7,7 +7,7 @@
 //! # async fn f() -> anyhow::Result<()> {
 //! use manifold_tests::{Env, TestFarm};
 //! let env = Env::from_env();
-//! let farm = TestFarm::builder().start().await?;
+//! let mut farm = TestFarm::builder().start().await?;
 //! farm.worker("x86").docker(&env.amd64_docker).spawn().await?;
 //! farm.worker("arm").docker(&env.arm64_docker).platform("linux/arm64").spawn().await?;
 //! let out = farm.cli(["build", "-t", "...", "--platform", "linux/amd64,linux/arm64", "."]).await?;
