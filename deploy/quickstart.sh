@@ -14,8 +14,9 @@ if [ "${1:-}" = stop ]; then
 fi
 
 eval "$(bash deploy/dev-env.sh)"
-cargo build --release --bins -q
-BIN=target/release
+PROFILE=${MANIFOLD_PROFILE:-release}   # MANIFOLD_PROFILE=debug skips the optimised build
+if [ "$PROFILE" = release ]; then cargo build --release --bins -q; else cargo build --bins -q; fi
+BIN=target/$PROFILE
 export MANIFOLD_COORDINATOR=http://127.0.0.1:7700
 
 start() { # start NAME COMMAND...
