@@ -6,19 +6,37 @@
 //! and asks it for assignments; it never fails and never blocks.
 //!
 //! Policy:
-//! - jobs are served oldest first;
-//! - a job goes only to a worker that builds its platform, with a free slot, that is not draining
-//!   and whose Docker daemon answers (a worker reports itself unhealthy when it does not);
-//! - native workers are preferred over emulated ones, then the least loaded, then by name (so the
-//!   choice is deterministic);
+//! - a job goes only to a worker that builds its platform, with a free slot, that is not draining,
+//!   not held, and whose Docker daemon answers (a worker reports itself unhealthy when it does not);
+//! - owner first: a free slot of a worker owned by a team goes to that team's queued job when it has
+//!   one the worker can run (and the team is below its cap);
+//! - otherwise any team may borrow the slot; between teams with a runnable job the one with the
+//!   lowest `running / weight` goes next (ties: the team whose oldest queued job is older); a team at
+//!   its `max_running` cap is skipped;
+//! - within a team the highest priority goes first, then the oldest (first enqueued);
+//! - the job's worker: native before emulated, then the least loaded, then the job's cache affinity,
+//!   then one nobody else owns, then by name (so the choice is deterministic);
+//! - optionally (off by default), an owner whose job has waited at least the grace period while its
+//!   worker is full of borrowed jobs reclaims a slot: [`Scheduler::preemptions`] names the borrowed
+//!   job to cancel and [`Scheduler::preempt`] puts it back in the queue, in its old place;
 //! - a queued job whose platform no attached worker can build (none attached, or only draining or
 //!   unhealthy ones) for longer than the configured wait is reported as starved, so the farm can
 //!   fail it with a message naming the platform.
+//!
+//! With no team configured, no owner and no priority, every job is in the team [`DEFAULT_TEAM`] and
+//! the policy is the original one: oldest first, native before emulated, least loaded, by name.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use manifold_proto::{JobId, Platform};
+
+#[cfg(test)]
+mod fair_share_simulation;
+
+/// The team of a job that names none; weight 1 and no cap unless configured otherwise.
+pub const DEFAULT_TEAM: &str = "default";
 
 /// What the scheduler knows of an attached worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +51,70 @@ pub struct WorkerCaps {
     pub slots: u32,
 }
 
+/// A team sharing the farm: its weight in the fair share and an optional cap on its running jobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Team {
+    /// Unique team name, as jobs and worker owners name it.
+    pub name: String,
+    /// Relative share of contended slots (default 1; 0 counts as 1).
+    pub weight: u32,
+    /// Most jobs of the team running at once, on any worker (default: no cap).
+    pub max_running: Option<u32>,
+}
+
+impl Team {
+    /// A team of weight 1 without cap.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            weight: 1,
+            max_running: None,
+        }
+    }
+
+    /// Sets the weight.
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Sets the cap on running jobs.
+    pub fn max_running(mut self, cap: u32) -> Self {
+        self.max_running = Some(cap);
+        self
+    }
+}
+
+/// What a queued job carries for the team policy; the default is the plain job of [`Scheduler::enqueue`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobMeta {
+    /// Its team; `None` is [`DEFAULT_TEAM`].
+    pub team: Option<String>,
+    /// Higher first within its team (default 0); it does not reorder teams.
+    pub priority: i32,
+    /// Name of the worker with a warm cache for it (e.g. the one that last built this build's
+    /// context and platform): preferred among otherwise equal workers.
+    pub affinity: Option<String>,
+}
+
+impl JobMeta {
+    fn team(&self) -> &str {
+        self.team.as_deref().unwrap_or(DEFAULT_TEAM)
+    }
+}
+
+/// A decision: cancel the borrowed `job` on `worker` so that its owner `team` gets the slot back.
+/// The farm cancels it without spending an attempt and calls [`Scheduler::preempt`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preemption {
+    /// The borrowed job to cancel.
+    pub job: JobId,
+    /// The worker it runs on.
+    pub worker: String,
+    /// The owner team reclaiming the slot.
+    pub team: String,
+}
+
 #[derive(Debug)]
 struct WorkerState {
     caps: WorkerCaps,
@@ -43,6 +125,8 @@ struct WorkerState {
     unhealthy: Option<String>,
     /// It refused an assignment: no new one until it heartbeats again (see [`Scheduler::hold`]).
     held: bool,
+    /// The team whose jobs go first on it.
+    owner: Option<String>,
 }
 
 /// Whether a worker takes jobs, as `manifold workers` shows it.
@@ -66,11 +150,34 @@ struct Queued {
     job: JobId,
     platform: Platform,
     since: Instant,
+    /// Enqueue order: "oldest first" means lowest `seq` first, as the queue always was.
+    seq: u64,
+    meta: JobMeta,
+}
+
+impl Queued {
+    fn team(&self) -> &str {
+        self.meta.team()
+    }
+
+    /// Order within a team: highest priority, then oldest.
+    fn rank(&self) -> (Reverse<i32>, u64) {
+        (Reverse(self.meta.priority), self.seq)
+    }
 }
 
 impl WorkerState {
     fn takes_jobs(&self) -> bool {
         !self.draining && self.unhealthy.is_none()
+    }
+
+    fn has_free_slot(&self) -> bool {
+        self.takes_jobs() && !self.held && (self.running.len() as u32) < self.caps.slots
+    }
+
+    /// Running jobs relative to its size, compared without floats.
+    fn load(&self) -> u64 {
+        (self.running.len() as u64 * 1000) / u64::from(self.caps.slots.max(1))
     }
 }
 
@@ -87,7 +194,14 @@ pub struct Assignment {
 #[derive(Debug, Default)]
 pub struct Scheduler {
     workers: BTreeMap<String, WorkerState>,
-    queue: VecDeque<Queued>,
+    /// Waiting jobs by enqueue order.
+    queue: BTreeMap<u64, Queued>,
+    next_seq: u64,
+    /// What was queued of the running jobs (team, priority, place in the queue).
+    running: HashMap<JobId, Queued>,
+    teams: BTreeMap<String, Team>,
+    /// Preemption's grace period; `None` (the default) disables preemption.
+    preemption_grace: Option<Duration>,
 }
 
 impl Scheduler {
@@ -96,11 +210,32 @@ impl Scheduler {
         Self::default()
     }
 
+    /// Adds or replaces a team. Jobs of a team never set here count with weight 1 and no cap.
+    pub fn set_team(&mut self, team: Team) {
+        self.teams.insert(team.name.clone(), team);
+    }
+
+    /// Enables preemption with this grace period (`None`, the default, disables it).
+    pub fn set_preemption_grace(&mut self, grace: Option<Duration>) {
+        self.preemption_grace = grace;
+    }
+
+    /// Sets the team owning the worker (its jobs go first there); `None` makes it common capacity.
+    /// A worker attaches without owner.
+    pub fn set_worker_owner(&mut self, name: &str, owner: Option<String>) {
+        if let Some(w) = self.workers.get_mut(name) {
+            w.owner = owner;
+        }
+    }
+
     /// A worker attached. `running` are jobs it restated as already running (after a reconnect).
     pub fn add_worker(&mut self, caps: WorkerCaps, running: impl IntoIterator<Item = JobId>) {
         let running: BTreeSet<JobId> = running.into_iter().collect();
         for job in &running {
-            self.queue.retain(|q| q.job != *job);
+            let seq = self.queue.values().find(|q| q.job == *job).map(|q| q.seq);
+            if let Some(q) = seq.and_then(|seq| self.queue.remove(&seq)) {
+                self.running.insert(*job, q);
+            }
         }
         self.workers.insert(
             caps.name.clone(),
@@ -110,16 +245,22 @@ impl Scheduler {
                 draining: false,
                 unhealthy: None,
                 held: false,
+                owner: None,
             },
         );
     }
 
     /// A worker left; returns the jobs it was running, which the caller requeues or fails.
     pub fn remove_worker(&mut self, name: &str) -> Vec<JobId> {
-        self.workers
+        let jobs: Vec<JobId> = self
+            .workers
             .remove(name)
             .map(|w| w.running.into_iter().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for job in &jobs {
+            self.running.remove(job);
+        }
+        jobs
     }
 
     /// Stops giving `name` new jobs; its running jobs continue.
@@ -171,20 +312,42 @@ impl Scheduler {
         self.workers.get(name).map_or(0, |w| w.running.len() as u32)
     }
 
-    /// Queues a job; it waits until a worker of its platform has a free slot.
+    /// Running jobs of the team, on any worker (restated jobs never queued here count as
+    /// [`DEFAULT_TEAM`]'s).
+    pub fn running_of_team(&self, team: &str) -> u32 {
+        self.running_by_team().get(team).copied().unwrap_or(0)
+    }
+
+    /// Queues a job of [`DEFAULT_TEAM`] with priority 0; it waits until a worker of its platform
+    /// has a free slot.
     pub fn enqueue(&mut self, job: JobId, platform: Platform, now: Instant) {
-        if !self.queue.iter().any(|q| q.job == job) {
-            self.queue.push_back(Queued {
+        self.enqueue_job(job, platform, JobMeta::default(), now);
+    }
+
+    /// Queues a job with its team, priority and cache affinity. The scheduler forgets them when the
+    /// job finishes, so a requeue passes them again. A job already queued keeps its place.
+    pub fn enqueue_job(&mut self, job: JobId, platform: Platform, meta: JobMeta, now: Instant) {
+        if self.queue.values().any(|q| q.job == job) {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.insert(
+            seq,
+            Queued {
                 job,
                 platform,
                 since: now,
-            });
-        }
+                seq,
+                meta,
+            },
+        );
     }
 
     /// A job left the farm (finished, failed, cancelled): frees its slot or its queue place.
     pub fn finished(&mut self, job: JobId) {
-        self.queue.retain(|q| q.job != job);
+        self.queue.retain(|_, q| q.job != job);
+        self.running.remove(&job);
         for w in self.workers.values_mut() {
             w.running.remove(&job);
         }
@@ -195,35 +358,103 @@ impl Scheduler {
         self.queue.len()
     }
 
-    /// Assigns as many queued jobs as free slots allow, oldest first, and records them as running.
+    /// Assigns as many queued jobs as free slots allow, following the policy of the module docs,
+    /// and records them as running.
     pub fn assign(&mut self) -> Vec<Assignment> {
+        let mut by_team = self.running_by_team();
         let mut out = Vec::new();
-        let mut remaining = VecDeque::with_capacity(self.queue.len());
-        while let Some(q) = self.queue.pop_front() {
-            match self.best_worker(&q.platform) {
-                Some(name) => {
-                    self.workers
-                        .get_mut(&name)
-                        .expect("best_worker returns attached workers")
-                        .running
-                        .insert(q.job);
-                    out.push(Assignment {
-                        job: q.job,
-                        worker: name,
-                    });
+        while let Some((seq, worker)) = self
+            .owner_pick(&by_team)
+            .or_else(|| self.shared_pick(&by_team))
+        {
+            let q = self.queue.remove(&seq).expect("picks come from the queue");
+            *by_team.entry(q.team().to_owned()).or_default() += 1;
+            self.workers
+                .get_mut(&worker)
+                .expect("picks name attached workers")
+                .running
+                .insert(q.job);
+            out.push(Assignment { job: q.job, worker });
+            self.running.insert(q.job, q);
+        }
+        out
+    }
+
+    /// Borrowed jobs to cancel so that owners get their workers back: for each full worker with an
+    /// owner, one borrowed job per owner job that has waited at least the grace period for a
+    /// worker of that owner (lowest priority, then most recently queued, borrowed job first). Empty
+    /// when preemption is disabled. Pure: nothing changes until [`Scheduler::preempt`].
+    pub fn preemptions(&self, now: Instant) -> Vec<Preemption> {
+        let Some(grace) = self.preemption_grace else {
+            return Vec::new();
+        };
+        let mut by_team = self.running_by_team();
+        let mut reclaimed: BTreeSet<u64> = BTreeSet::new();
+        let mut out = Vec::new();
+        for w in self.workers.values() {
+            let Some(owner) = w.owner.as_deref() else {
+                continue;
+            };
+            // A worker with a free slot needs no preemption: `assign` gives it to the owner.
+            if !w.takes_jobs() || w.held || (w.running.len() as u32) < w.caps.slots {
+                continue;
+            }
+            let mut borrowed: Vec<(i32, u64, JobId)> = w
+                .running
+                .iter()
+                .map(|job| match self.running.get(job) {
+                    Some(q) => (q.team(), q.meta.priority, q.seq, *job),
+                    None => (DEFAULT_TEAM, 0, u64::MAX, *job),
+                })
+                .filter(|(team, ..)| *team != owner)
+                .map(|(_, priority, seq, job)| (priority, seq, job))
+                .collect();
+            borrowed.sort_by_key(|&(priority, seq, _)| (priority, Reverse(seq)));
+            for (_, _, job) in borrowed {
+                if self.at_cap(owner, &by_team) {
+                    break;
                 }
-                None => remaining.push_back(q),
+                let waiting = self
+                    .queue
+                    .values()
+                    .filter(|q| q.team() == owner && !reclaimed.contains(&q.seq))
+                    .filter(|q| w.caps.platforms.contains(&q.platform))
+                    .filter(|q| now.saturating_duration_since(q.since) >= grace)
+                    .min_by_key(|q| q.rank());
+                let Some(waiting) = waiting else {
+                    break;
+                };
+                reclaimed.insert(waiting.seq);
+                *by_team.entry(owner.to_owned()).or_default() += 1;
+                out.push(Preemption {
+                    job,
+                    worker: w.caps.name.clone(),
+                    team: owner.to_owned(),
+                });
             }
         }
-        self.queue = remaining;
         out
+    }
+
+    /// The farm cancelled this running job to honour a [`Preemption`]: it frees its slot and goes
+    /// back to the queue in its old place, with its team and priority. Returns false when the job
+    /// was not running.
+    pub fn preempt(&mut self, job: JobId) -> bool {
+        let Some(w) = self.workers.values_mut().find(|w| w.running.contains(&job)) else {
+            return false;
+        };
+        w.running.remove(&job);
+        if let Some(q) = self.running.remove(&job) {
+            self.queue.insert(q.seq, q);
+        }
+        true
     }
 
     /// Queued jobs that have waited at least `wait` while no attached worker can build their
     /// platform (draining and unhealthy workers cannot).
     pub fn starved(&self, now: Instant, wait: Duration) -> Vec<(JobId, Platform)> {
         self.queue
-            .iter()
+            .values()
             .filter(|q| now.saturating_duration_since(q.since) >= wait)
             .filter(|q| !self.any_worker_builds(&q.platform))
             .map(|q| (q.job, q.platform.clone()))
@@ -237,20 +468,107 @@ impl Scheduler {
             .any(|w| w.takes_jobs() && w.caps.platforms.contains(platform))
     }
 
-    fn best_worker(&self, platform: &Platform) -> Option<String> {
-        self.workers
+    fn running_by_team(&self) -> BTreeMap<String, u32> {
+        let mut by_team: BTreeMap<String, u32> = BTreeMap::new();
+        for job in self.workers.values().flat_map(|w| &w.running) {
+            let team = self.running.get(job).map_or(DEFAULT_TEAM, Queued::team);
+            *by_team.entry(team.to_owned()).or_default() += 1;
+        }
+        by_team
+    }
+
+    fn weight(&self, team: &str) -> u64 {
+        self.teams
+            .get(team)
+            .map_or(1, |t| u64::from(t.weight.max(1)))
+    }
+
+    fn at_cap(&self, team: &str, by_team: &BTreeMap<String, u32>) -> bool {
+        let running = by_team.get(team).copied().unwrap_or(0);
+        self.teams
+            .get(team)
+            .and_then(|t| t.max_running)
+            .is_some_and(|cap| running >= cap)
+    }
+
+    /// Owner first: a free slot of an owned worker and the owner's best job it can run.
+    fn owner_pick(&self, by_team: &BTreeMap<String, u32>) -> Option<(u64, String)> {
+        let mut owned: Vec<&WorkerState> = self
+            .workers
             .values()
-            .filter(|w| w.takes_jobs() && !w.held && w.caps.platforms.contains(platform))
-            .filter(|w| (w.running.len() as u32) < w.caps.slots)
+            .filter(|w| w.owner.is_some() && w.has_free_slot())
+            .collect();
+        owned.sort_by_key(|w| (w.caps.emulated, w.load()));
+        owned.into_iter().find_map(|w| {
+            let owner = w.owner.as_deref()?;
+            if self.at_cap(owner, by_team) {
+                return None;
+            }
+            self.queue
+                .values()
+                .filter(|q| q.team() == owner && w.caps.platforms.contains(&q.platform))
+                .min_by_key(|q| q.rank())
+                .map(|q| (q.seq, w.caps.name.clone()))
+        })
+    }
+
+    /// Fair share: the team with the lowest running/weight among those with a runnable job, its
+    /// best job, and the best free worker for it.
+    fn shared_pick(&self, by_team: &BTreeMap<String, u32>) -> Option<(u64, String)> {
+        let free: Vec<&WorkerState> = self
+            .workers
+            .values()
+            .filter(|w| w.has_free_slot())
+            .collect();
+        if free.is_empty() {
+            return None;
+        }
+        // Per team: its best runnable job and the (since, seq) of its oldest runnable job.
+        let mut candidates: BTreeMap<&str, (&Queued, (Instant, u64))> = BTreeMap::new();
+        for q in self.queue.values() {
+            if self.at_cap(q.team(), by_team)
+                || !free.iter().any(|w| w.caps.platforms.contains(&q.platform))
+            {
+                continue;
+            }
+            let age = (q.since, q.seq);
+            candidates
+                .entry(q.team())
+                .and_modify(|(best, oldest)| {
+                    if q.rank() < best.rank() {
+                        *best = q;
+                    }
+                    *oldest = (*oldest).min(age);
+                })
+                .or_insert((q, age));
+        }
+        let share = |team: &str| {
+            (
+                u64::from(by_team.get(team).copied().unwrap_or(0)),
+                self.weight(team),
+            )
+        };
+        let (_, (job, _)) = candidates
+            .into_iter()
+            .min_by(|(ta, (_, oa)), (tb, (_, ob))| {
+                let ((ra, wa), (rb, wb)) = (share(ta), share(tb));
+                // ra/wa against rb/wb, cross-multiplied to stay in integers.
+                (ra * wb).cmp(&(rb * wa)).then_with(|| oa.cmp(ob))
+            })?;
+        let team = job.team();
+        let worker = free
+            .into_iter()
+            .filter(|w| w.caps.platforms.contains(&job.platform))
             .min_by_key(|w| {
                 (
                     w.caps.emulated,
-                    // Least loaded relative to its size: compare running/slots without floats.
-                    (w.running.len() as u64 * 1000) / u64::from(w.caps.slots.max(1)),
+                    w.load(),
+                    job.meta.affinity.as_deref() != Some(w.caps.name.as_str()),
+                    w.owner.as_deref().is_some_and(|o| o != team),
                     w.caps.name.clone(),
                 )
-            })
-            .map(|w| w.caps.name.clone())
+            })?;
+        Some((job.seq, worker.caps.name.clone()))
     }
 }
 
@@ -492,5 +810,363 @@ mod tests {
         s.add_worker(worker("x86", "linux/amd64", false, 1), [a]);
         assert_eq!(s.queued(), 0);
         assert_eq!(s.slots_in_use("x86"), 1);
+    }
+
+    /// A worker of the team tables: caps, owner, and jobs of given teams already running on it.
+    #[derive(Clone)]
+    struct W {
+        caps: WorkerCaps,
+        owner: Option<&'static str>,
+        busy: Vec<&'static str>,
+    }
+
+    fn w(name: &str, platform: &str) -> W {
+        W {
+            caps: worker(name, platform, false, 1),
+            owner: None,
+            busy: Vec::new(),
+        }
+    }
+
+    impl W {
+        fn emulated(mut self) -> Self {
+            self.caps.emulated = true;
+            self
+        }
+        fn slots(mut self, slots: u32) -> Self {
+            self.caps.slots = slots;
+            self
+        }
+        fn owner(mut self, team: &'static str) -> Self {
+            self.owner = Some(team);
+            self
+        }
+        /// A job of `team` already runs on it.
+        fn busy(mut self, team: &'static str) -> Self {
+            self.busy.push(team);
+            self
+        }
+    }
+
+    /// A queued job of the team tables, named by `label` in the expectations.
+    struct J {
+        label: &'static str,
+        platform: &'static str,
+        meta: JobMeta,
+    }
+
+    /// A job of `team` (`-` for none) for linux/amd64.
+    fn j(label: &'static str, team: &str) -> J {
+        J {
+            label,
+            platform: "linux/amd64",
+            meta: JobMeta {
+                team: (team != "-").then(|| team.to_owned()),
+                ..JobMeta::default()
+            },
+        }
+    }
+
+    impl J {
+        fn platform(mut self, platform: &'static str) -> Self {
+            self.platform = platform;
+            self
+        }
+        fn priority(mut self, priority: i32) -> Self {
+            self.meta.priority = priority;
+            self
+        }
+        fn affinity(mut self, worker: &str) -> Self {
+            self.meta.affinity = Some(worker.to_owned());
+            self
+        }
+    }
+
+    /// Sets up teams and workers (with their busy jobs), queues `jobs` one millisecond apart in
+    /// order, runs one assignment round and compares "label->worker" in assignment order.
+    #[track_caller]
+    fn check_teams(teams: &[Team], workers: &[W], jobs: &[J], expected: &[&str]) {
+        let (s, labels, _) = setup(teams, workers, jobs);
+        let mut s = s;
+        let got: Vec<String> = s
+            .assign()
+            .into_iter()
+            .map(|a| format!("{}->{}", labels[&a.job], a.worker))
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    fn setup(
+        teams: &[Team],
+        workers: &[W],
+        jobs: &[J],
+    ) -> (Scheduler, HashMap<JobId, String>, Instant) {
+        let mut s = Scheduler::new();
+        let t0 = Instant::now();
+        let mut labels = HashMap::new();
+        for t in teams {
+            s.set_team(t.clone());
+        }
+        for wk in workers {
+            let busy: Vec<JobId> = wk
+                .busy
+                .iter()
+                .enumerate()
+                .map(|(i, team)| {
+                    let id = JobId::new();
+                    let meta = JobMeta {
+                        team: Some(team.to_string()),
+                        ..JobMeta::default()
+                    };
+                    s.enqueue_job(id, wk.caps.platforms[0].clone(), meta, t0);
+                    labels.insert(id, format!("{}#{i}", wk.caps.name));
+                    id
+                })
+                .collect();
+            s.add_worker(wk.caps.clone(), busy);
+            s.set_worker_owner(&wk.caps.name, wk.owner.map(str::to_owned));
+        }
+        for (i, job) in jobs.iter().enumerate() {
+            let id = JobId::new();
+            labels.insert(id, job.label.to_owned());
+            s.enqueue_job(
+                id,
+                job.platform.parse().unwrap(),
+                job.meta.clone(),
+                t0 + Duration::from_millis(i as u64),
+            );
+        }
+        (s, labels, t0)
+    }
+
+    #[test]
+    fn team_assignment_table() {
+        let a = || Team::new("a");
+        let b = || Team::new("b");
+
+        // Owner first: the owner's job takes its worker although another team's job is older.
+        check_teams(
+            &[a(), b()],
+            &[w("a-box", "linux/amd64").owner("a")],
+            &[j("b1", "b"), j("a1", "a")],
+            &["a1->a-box"],
+        );
+        // Borrowing when idle: with no job of the owner, any team uses the worker.
+        check_teams(
+            &[a(), b()],
+            &[w("a-box", "linux/amd64").owner("a")],
+            &[j("b1", "b")],
+            &["b1->a-box"],
+        );
+        // A borrower prefers common capacity when otherwise equal, keeping the owned worker free.
+        check_teams(
+            &[a(), b()],
+            &[
+                w("a-box", "linux/amd64").owner("a"),
+                w("pool", "linux/amd64"),
+            ],
+            &[j("b1", "b")],
+            &["b1->pool"],
+        );
+        // The owner's job only goes first for a platform its worker builds.
+        check_teams(
+            &[a(), b()],
+            &[w("a-box", "linux/amd64").owner("a")],
+            &[j("b1", "b"), j("a1", "a").platform("linux/arm64")],
+            &["b1->a-box"],
+        );
+        // Cap respected: team a may run one job; b gets the other slot, a2 waits.
+        check_teams(
+            &[a().max_running(1), b()],
+            &[w("x86", "linux/amd64").slots(3)],
+            &[j("a1", "a"), j("a2", "a"), j("b1", "b")],
+            &["a1->x86", "b1->x86"],
+        );
+        // The cap holds on the owner's own worker too: at its cap, the owner lends it.
+        check_teams(
+            &[a().max_running(1), b()],
+            &[w("a-box", "linux/amd64").owner("a").slots(2).busy("a")],
+            &[j("a1", "a"), j("b1", "b")],
+            &["b1->a-box"],
+        );
+        // Fair share: the team running least goes next, whatever the age of the other's jobs.
+        check_teams(
+            &[a(), b()],
+            &[w("x86", "linux/amd64").slots(3).busy("a").busy("a")],
+            &[j("a1", "a"), j("b1", "b")],
+            &["b1->x86"],
+        );
+        // Equal shares: the team whose oldest queued job is older goes next.
+        check_teams(
+            &[a(), b()],
+            &[w("x86", "linux/amd64").slots(3)],
+            &[j("b1", "b"), j("a1", "a"), j("a2", "a"), j("b2", "b")],
+            &["b1->x86", "a1->x86", "a2->x86"],
+        );
+        // Weights: b (weight 2) gets two slots for a's one.
+        check_teams(
+            &[a(), b().weight(2)],
+            &[w("x86", "linux/amd64").slots(3)],
+            &[
+                j("a1", "a"),
+                j("a2", "a"),
+                j("a3", "a"),
+                j("b1", "b"),
+                j("b2", "b"),
+            ],
+            &["a1->x86", "b1->x86", "b2->x86"],
+        );
+        // A job without team is in the team "default", which shares like any other.
+        check_teams(
+            &[a()],
+            &[w("x86", "linux/amd64").slots(2).busy("a")],
+            &[j("a1", "a"), j("d1", "-")],
+            &["d1->x86"],
+        );
+        // Priority within a team: the higher one goes first, then the oldest.
+        check_teams(
+            &[a()],
+            &[w("x86", "linux/amd64").slots(2)],
+            &[
+                j("a1", "a"),
+                j("a2", "a").priority(5),
+                j("a3", "a").priority(5),
+            ],
+            &["a2->x86", "a3->x86"],
+        );
+        // Priority does not cross teams: b's older job wins the tie against a's urgent one.
+        check_teams(
+            &[a(), b()],
+            &[w("x86", "linux/amd64")],
+            &[j("b1", "b"), j("a1", "a").priority(100)],
+            &["b1->x86"],
+        );
+        // Cache affinity breaks the tie between equal workers...
+        check_teams(
+            &[a()],
+            &[w("x1", "linux/amd64"), w("x2", "linux/amd64")],
+            &[j("a1", "a").affinity("x2")],
+            &["a1->x2"],
+        );
+        // ...but does not beat native over emulated...
+        check_teams(
+            &[a()],
+            &[
+                w("arm-emu", "linux/arm64").emulated(),
+                w("arm", "linux/arm64"),
+            ],
+            &[j("a1", "a").platform("linux/arm64").affinity("arm-emu")],
+            &["a1->arm"],
+        );
+        // ...nor the least loaded.
+        check_teams(
+            &[a()],
+            &[
+                w("x1", "linux/amd64").slots(2),
+                w("x2", "linux/amd64").slots(2).busy("a"),
+            ],
+            &[j("a1", "a").affinity("x2")],
+            &["a1->x1"],
+        );
+        // Native over emulated holds for teams, even when the emulated one is the owner's.
+        check_teams(
+            &[a(), b()],
+            &[
+                w("arm-emu", "linux/arm64").emulated().slots(4),
+                w("arm", "linux/arm64"),
+            ],
+            &[
+                j("b1", "b").platform("linux/arm64"),
+                j("b2", "b").platform("linux/arm64"),
+            ],
+            &["b1->arm", "b2->arm-emu"],
+        );
+    }
+
+    /// One worker owned by team a, full with a job of team b; a's job was queued at t0.
+    /// Returns "job@worker" preemptions at `t0 + waited` with the given grace.
+    #[track_caller]
+    fn check_preemption(
+        grace: Option<Duration>,
+        a_cap: Option<u32>,
+        waited: Duration,
+        expected: &[&str],
+    ) {
+        let mut a = Team::new("a");
+        a.max_running = a_cap;
+        let (mut s, labels, t0) = setup(
+            &[a, Team::new("b")],
+            &[w("a-box", "linux/amd64").owner("a").busy("b")],
+            &[j("a1", "a")],
+        );
+        s.set_preemption_grace(grace);
+        assert!(s.assign().is_empty(), "the owned worker is full");
+        let got: Vec<String> = s
+            .preemptions(t0 + waited)
+            .into_iter()
+            .map(|p| {
+                assert_eq!(p.team, "a");
+                format!("{}@{}", labels[&p.job], p.worker)
+            })
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn preemption_table() {
+        let grace = Duration::from_secs(300);
+        // Disabled (the default): never.
+        check_preemption(None, None, grace * 10, &[]);
+        // Before the grace period: not yet.
+        check_preemption(Some(grace), None, grace - Duration::from_secs(1), &[]);
+        // After it: the borrowed job is named.
+        check_preemption(Some(grace), None, grace, &["a-box#0@a-box"]);
+        // An owner at its cap would not get the slot: no preemption.
+        check_preemption(Some(grace), Some(0), grace, &[]);
+    }
+
+    #[test]
+    fn a_preempted_job_returns_to_its_place_and_the_owner_gets_the_worker() {
+        let (mut s, labels, t0) = setup(
+            &[Team::new("a"), Team::new("b")],
+            &[
+                w("a-box", "linux/amd64").owner("a").busy("b"),
+                w("pool", "linux/amd64").busy("b"),
+            ],
+            &[j("a1", "a")],
+        );
+        s.set_preemption_grace(Some(Duration::from_secs(60)));
+        let preemptions = s.preemptions(t0 + Duration::from_secs(60));
+        assert_eq!(preemptions.len(), 1);
+        let p = &preemptions[0];
+        assert_eq!(labels[&p.job], "a-box#0");
+        assert!(s.preempt(p.job));
+        assert!(!s.preempt(p.job), "no longer running");
+        assert_eq!(s.queued(), 2);
+        let got: Vec<String> = s
+            .assign()
+            .into_iter()
+            .map(|a| format!("{}->{}", labels[&a.job], a.worker))
+            .collect();
+        assert_eq!(got, ["a1->a-box"]);
+        // Nothing left to reclaim: the owner runs on its worker.
+        assert!(s.preemptions(t0 + Duration::from_secs(600)).is_empty());
+        assert_eq!(s.running_of_team("a"), 1);
+        assert_eq!(s.running_of_team("b"), 1);
+        // The preempted job kept its team: it takes the next free slot.
+        s.finished(
+            labels
+                .iter()
+                .find(|(_, l)| *l == "pool#0")
+                .map(|(id, _)| *id)
+                .unwrap(),
+        );
+        let got: Vec<String> = s
+            .assign()
+            .into_iter()
+            .map(|a| format!("{}->{}", labels[&a.job], a.worker))
+            .collect();
+        assert_eq!(got, ["a-box#0->pool"]);
+        assert_eq!(s.running_of_team("b"), 1);
     }
 }
