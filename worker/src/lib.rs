@@ -13,12 +13,10 @@
 //! - [`docker`]: the daemon through bollard (platform, BuildKit build, inspect, export, untag);
 //! - [`progress`]: BuildKit status messages turned into readable log lines;
 //! - [`push`]: the OCI push by digest with oci-client (gzip layers, OCI manifest, retries);
-//! - [`credentials`]: registry credentials from the Docker config file.
 
 pub mod config;
 pub mod connection;
 pub mod context_cache;
-pub mod credentials;
 pub mod docker;
 pub mod job;
 pub mod progress;

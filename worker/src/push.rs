@@ -28,9 +28,9 @@ use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::credentials::{self, CredentialsError};
 use crate::docker::DockerError;
 use crate::job::LogSink;
+use manifold_registry::auth::{AuthError, DockerConfig};
 
 /// Media type of the manifests the worker pushes.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -98,7 +98,7 @@ pub enum PushError {
     },
     /// Registry credentials could not be read.
     #[error(transparent)]
-    Credentials(#[from] CredentialsError),
+    Credentials(#[from] AuthError),
     /// The registry refused or failed a request (after retries, when it looked transient).
     #[error(
         "registry {registry}: {action} failed{}: {}",
@@ -167,8 +167,9 @@ pub async fn push_image(
 ) -> Result<PushedImage, PushError> {
     let reference = parse_repository(&target.repository)?;
     let registry = reference.registry().to_owned();
-    let auth = match credentials::lookup(target.docker_config.as_deref(), &registry)? {
-        Some(c) => RegistryAuth::Basic(c.username, c.password),
+    // Docker config `auths`, `credsStore` and `credHelpers`, as the docker CLI reads them.
+    let auth = match target.docker_config.as_deref() {
+        Some(path) => DockerConfig::load_from(path)?.credentials(&registry)?.auth,
         None => RegistryAuth::Anonymous,
     };
 
