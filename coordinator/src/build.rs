@@ -311,10 +311,11 @@ fn clean_dockerfile(path: &str) -> Result<String, InvalidRequest> {
 
 /// Paths of the regular files in a tar, normalised without a leading `./`.
 fn tar_entries(path: &std::path::Path) -> std::io::Result<Vec<String>> {
-    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    // Seeking past each file's data reads only the headers of a large context.
+    let file = std::fs::File::open(path)?;
     let mut archive = tar::Archive::new(file);
     let mut out = Vec::new();
-    for entry in archive.entries()? {
+    for entry in archive.entries_with_seek()? {
         let entry = entry?;
         if entry.header().entry_type().is_file() || entry.header().entry_type().is_symlink() {
             let p = entry.path()?.to_string_lossy().into_owned();
