@@ -66,6 +66,17 @@ pub struct Remote {
     pub registry: manifold_registry::RegistryConfig,
 }
 
+impl Remote {
+    /// An oci-client for the replica's registry and the Docker config credentials for it.
+    fn client(&self) -> (oci_client::Client, oci_client::secrets::RegistryAuth) {
+        let registry = self.repository.registry();
+        (
+            self.registry.client(registry),
+            manifold_registry::credentials_for(registry),
+        )
+    }
+}
+
 /// Artifact type of the manifests that keep replicated contexts alive in the registry.
 pub const CONTEXT_ARTIFACT_TYPE: &str = "application/vnd.manifold.context.v1";
 /// Media type of a replicated context blob.
@@ -112,8 +123,7 @@ impl ContextStore {
         let Some(remote) = &self.remote else {
             return Ok(false);
         };
-        let client = remote.registry.client(remote.repository.registry());
-        let auth = manifold_registry::credentials_for(remote.repository.registry());
+        let (client, auth) = remote.client();
         // Anonymous registries answer at once; others hand out a pull token.
         let _ = client
             .auth(
@@ -137,8 +147,7 @@ impl ContextStore {
         let Some(remote) = self.remote.clone() else {
             return Err(ContextError::Unknown(digest.to_owned()));
         };
-        let client = remote.registry.client(remote.repository.registry());
-        let auth = manifold_registry::credentials_for(remote.repository.registry());
+        let (client, auth) = remote.client();
         let tagged = oci_client::Reference::with_tag(
             remote.repository.registry().to_owned(),
             remote.repository.repository().to_owned(),
@@ -178,8 +187,7 @@ impl ContextStore {
         };
         let path = self.path(digest)?;
         let size = self.size(digest)?;
-        let client = remote.registry.client(remote.repository.registry());
-        let auth = manifold_registry::credentials_for(remote.repository.registry());
+        let (client, auth) = remote.client();
         let tagged = oci_client::Reference::with_tag(
             remote.repository.registry().to_owned(),
             remote.repository.repository().to_owned(),

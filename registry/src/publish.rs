@@ -26,19 +26,8 @@ pub struct Published {
     pub arch_tags: Vec<String>,
 }
 
-/// Pushes the list of `children` under `target` (a tagged reference); see the module invariant.
-/// With `arch_tags`, each child is also tagged `TAG-<uname -m>` ([`arch_tag`]).
-pub async fn publish(
-    config: &RegistryConfig,
-    target: &Reference,
-    children: &[ChildImage],
-    arch_tags: bool,
-) -> Result<Published, RegistryError> {
-    let template = arch_tags.then(TagTemplate::default);
-    publish_with(config, target, children, template.as_ref()).await
-}
-
-/// [`publish`] with per-arch tags named by `arch_tags` (e.g. `{tag}-{goarch}{variant}`), if any.
+/// Pushes the list of `children` under `target` (a tagged reference), the tag last; with
+/// `arch_tags`, each child is also tagged by that template (e.g. `{tag}-{arch}`).
 pub async fn publish_with(
     config: &RegistryConfig,
     target: &Reference,
