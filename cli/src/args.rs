@@ -608,6 +608,7 @@ impl BuildPlan {
             target: self.target.clone().unwrap_or_default(),
             labels: to_hash_map(&self.labels),
             arch_tags: self.arch_tags,
+            priority: 0,
             timeout_seconds: self.timeout.as_secs_f64().ceil() as u64,
             arch_tag_template: if self.arch_tag_template.is_default() {
                 String::new()

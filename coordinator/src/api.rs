@@ -131,6 +131,7 @@ fn request_from_wire(r: v1::SubmitBuildRequest) -> BuildRequest {
         arch_tags: r.arch_tags,
         timeout_seconds: r.timeout_seconds,
         arch_tag_template: r.arch_tag_template,
+        priority: r.priority,
     }
 }
 
@@ -147,6 +148,7 @@ fn request_to_wire(r: &BuildRequest, spec: &build::BuildSpec) -> v1::SubmitBuild
         arch_tags: r.arch_tags,
         timeout_seconds: r.timeout_seconds,
         arch_tag_template: r.arch_tag_template.clone(),
+        priority: r.priority,
     }
 }
 
@@ -199,6 +201,8 @@ fn build_to_wire(b: &build::Build) -> v1::Build {
         error: b.error.clone().unwrap_or_default(),
         created_at_ms: b.created_at_ms,
         finished_at_ms: b.finished_at_ms.unwrap_or_default(),
+        team: b.team.clone(),
+        submitted_by: b.submitted_by.clone(),
     }
 }
 
@@ -290,6 +294,7 @@ fn hello_from_wire(h: v1::WorkerHello) -> Result<WorkerHello, Status> {
         running,
         draining: h.draining,
         unhealthy: h.unhealthy.then(|| unhealthy_reason(h.unhealthy_reason)),
+        owner: None,
     })
 }
 
@@ -315,6 +320,7 @@ fn worker_to_wire(w: WorkerView) -> v1::WorkerInfo {
         draining: w.draining,
         unhealthy: w.unhealthy.is_some(),
         unhealthy_reason: w.unhealthy.unwrap_or_default(),
+        owner: w.owner.unwrap_or_default(),
     }
 }
 
@@ -403,6 +409,27 @@ impl builds_server::Builds for Api {
         Ok(Response::new(v1::CancelBuildResponse {
             build: Some(build_to_wire(&b)),
         }))
+    }
+
+    async fn logs(
+        &self,
+        _request: Request<v1::BuildLogsRequest>,
+    ) -> Result<Response<v1::BuildLogsResponse>, Status> {
+        Err(Status::unimplemented("logs"))
+    }
+
+    async fn teams(
+        &self,
+        _request: Request<v1::ListTeamsRequest>,
+    ) -> Result<Response<v1::ListTeamsResponse>, Status> {
+        Err(Status::unimplemented("teams"))
+    }
+
+    async fn queue(
+        &self,
+        _request: Request<v1::QueueRequest>,
+    ) -> Result<Response<v1::QueueResponse>, Status> {
+        Err(Status::unimplemented("queue"))
     }
 }
 

@@ -66,6 +66,9 @@ pub struct BuildRequest {
     /// Naming template of the per-arch tags (empty: the default `{tag}-{arch}`).
     #[serde(default)]
     pub arch_tag_template: String,
+    /// Order among the submitting team's queued jobs: higher first (default 0).
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// Why a request was refused; each message names the bad value and the fix.
@@ -418,6 +421,16 @@ pub struct Build {
     pub finished_at_ms: Option<i64>,
     /// Incremented by every state transition; the store refuses to go back to an older version.
     pub version: u64,
+    /// The team that submitted it; only its members (and admins) see it.
+    #[serde(default = "default_team")]
+    pub team: String,
+    /// The name of the token that submitted it (never the token).
+    #[serde(default)]
+    pub submitted_by: String,
+}
+
+fn default_team() -> String {
+    crate::scheduler::DEFAULT_TEAM.to_owned()
 }
 
 /// What watchers see, in order.

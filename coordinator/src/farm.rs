@@ -146,6 +146,8 @@ pub struct WorkerHello {
     pub draining: bool,
     /// Why its Docker daemon cannot build, when it cannot.
     pub unhealthy: Option<String>,
+    /// The team that owns it, from its client certificate (never from what the worker says).
+    pub owner: Option<String>,
 }
 
 /// What a heartbeat says besides "alive".
@@ -208,6 +210,8 @@ pub struct WorkerView {
     pub draining: bool,
     /// Why its Docker daemon cannot build, when it cannot.
     pub unhealthy: Option<String>,
+    /// The team that owns it (its jobs go first on it); `None` for shared capacity.
+    pub owner: Option<String>,
 }
 
 /// Errors of farm operations.
@@ -523,6 +527,8 @@ impl Farm {
                         created_at_ms: now_ms(),
                         finished_at_ms: None,
                         version: 0,
+                        team: crate::scheduler::DEFAULT_TEAM.to_owned(),
+                        submitted_by: String::new(),
                     },
                     events: Vec::new(),
                     notify,
@@ -772,6 +778,8 @@ impl Farm {
             },
             adopted,
         );
+        st.scheduler
+            .set_worker_owner(&hello.name, hello.owner.clone());
         if hello.draining {
             st.scheduler.drain_worker(&hello.name);
         }
@@ -1635,6 +1643,7 @@ fn worker_view(st: &State, w: &WorkerConn) -> WorkerView {
         labels: w.hello.labels.clone(),
         draining: status.as_ref().is_some_and(|s| s.draining),
         unhealthy: status.and_then(|s| s.unhealthy),
+        owner: w.hello.owner.clone(),
     }
 }
 

@@ -226,6 +226,27 @@ impl Builds for Service {
             build: Some(self.0.build.lock().unwrap().clone()),
         }))
     }
+
+    async fn logs(
+        &self,
+        _request: Request<v1::BuildLogsRequest>,
+    ) -> Result<Response<v1::BuildLogsResponse>, Status> {
+        Err(Status::unimplemented("the fake coordinator has no logs"))
+    }
+
+    async fn teams(
+        &self,
+        _request: Request<v1::ListTeamsRequest>,
+    ) -> Result<Response<v1::ListTeamsResponse>, Status> {
+        Err(Status::unimplemented("the fake coordinator has no teams"))
+    }
+
+    async fn queue(
+        &self,
+        _request: Request<v1::QueueRequest>,
+    ) -> Result<Response<v1::QueueResponse>, Status> {
+        Err(Status::unimplemented("the fake coordinator has no queue"))
+    }
 }
 
 /// A twin being served; dropping it stops the server.

@@ -128,6 +128,8 @@ pub(crate) mod suite {
             created_at_ms: 1,
             finished_at_ms: None,
             version,
+            team: "mobile".into(),
+            submitted_by: "alice".into(),
         }
     }
 
