@@ -2,6 +2,10 @@
 //!
 //! This is the only module that sees wire types; it converts them to domain types on the way in and
 //! back on the way out, and maps every error to a `tonic::Status` in one place ([`status`]).
+//!
+//! It is also where callers are identified: people by their bearer token ([`Access`]), workers by
+//! their TLS client certificate ([`WorkerAuth`]). A caller sees only its team's builds: another
+//! team's build is `PermissionDenied` for get, watch, logs and cancel, and missing from lists.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -14,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::{Access, Caller};
 use crate::build::{self, BuildRequest, BuildState, Event, EventKind, JobState};
 use crate::contexts::ContextError;
 use crate::farm::{
@@ -33,16 +38,97 @@ pub enum Role {
 
 use manifold_proto::discovery::LEADER_METADATA;
 
+/// How workers are identified.
+#[derive(Clone, Debug)]
+pub enum WorkerAuth {
+    /// By their TLS client certificate (verified against the client CA by the TLS layer): its
+    /// common name is the worker's name, its organization (optional) the team owning it, which
+    /// must be one of `teams`. A worker without certificate is refused.
+    Certificate {
+        /// The declared teams.
+        teams: std::collections::BTreeSet<String>,
+    },
+    /// By the name in their hello (plaintext loopback development); they own nothing.
+    Name,
+}
+
 /// Implements all three services; clone it into each server.
 #[derive(Clone)]
 pub struct Api {
     role: tokio::sync::watch::Receiver<Role>,
+    access: Access,
+    workers: WorkerAuth,
 }
 
 impl Api {
     /// The API of whatever role `role` holds at each call.
-    pub fn new(role: tokio::sync::watch::Receiver<Role>) -> Self {
-        Self { role }
+    pub fn new(
+        role: tokio::sync::watch::Receiver<Role>,
+        access: Access,
+        workers: WorkerAuth,
+    ) -> Self {
+        Self {
+            role,
+            access,
+            workers,
+        }
+    }
+
+    /// The caller of a request, from its bearer token.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let header = match request.metadata().get("authorization") {
+            Some(v) => Some(v.to_str().map_err(|_| {
+                Status::unauthenticated("the authorization header is not valid text")
+            })?),
+            None => None,
+        };
+        self.access
+            .authenticate(header)
+            .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    /// The build `id`, if `caller` may see it.
+    fn visible_build(
+        &self,
+        farm: &Farm,
+        id: BuildId,
+        caller: &Caller,
+    ) -> Result<build::Build, Status> {
+        let b = farm.get(id).map_err(status)?;
+        if !caller.sees(&b.team) {
+            return Err(Status::permission_denied(format!(
+                "build {id} belongs to another team; `{}` may only see builds of team `{}`",
+                caller.name, caller.team
+            )));
+        }
+        Ok(b)
+    }
+
+    /// The worker identity of an `Attach` or `DownloadContext` call: the certificate's name and
+    /// owner team, or (plaintext) the name the worker gives.
+    fn worker_identity<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<crate::pki::WorkerIdentity>, Status> {
+        let WorkerAuth::Certificate { teams } = &self.workers else {
+            return Ok(None);
+        };
+        let certs = request.peer_certs().filter(|c| !c.is_empty()).ok_or_else(|| {
+            Status::unauthenticated(
+                "this coordinator requires workers to present a TLS client certificate signed by the farm's CA, and none was presented: start manifold-worker with --cert and --key (e.g. from `manifold-coordinator dev-ca --worker NAME[=TEAM]`)",
+            )
+        })?;
+        let identity = crate::pki::worker_identity(certs[0].as_ref())
+            .map_err(|e| Status::unauthenticated(format!("unusable worker certificate: {e}")))?;
+        if let Some(team) = &identity.team
+            && !teams.contains(team)
+        {
+            return Err(Status::permission_denied(format!(
+                "the certificate of worker `{}` names owner team `{team}`, which the coordinator's config does not declare; add a [[team]] named `{team}` or issue a certificate without a team",
+                identity.name
+            )));
+        }
+        Ok(Some(identity))
     }
 
     /// The farm, when this coordinator leads; otherwise `Unavailable` naming the leader.
@@ -332,8 +418,9 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::SubmitBuildRequest>,
     ) -> Result<Response<v1::SubmitBuildResponse>, Status> {
+        let caller = self.caller(&request)?;
         let req = request_from_wire(request.into_inner());
-        let id = self.farm()?.submit(req).await.map_err(status)?;
+        let id = self.farm()?.submit(req, &caller).await.map_err(status)?;
         Ok(Response::new(v1::SubmitBuildResponse {
             build_id: id.to_string(),
         }))
@@ -345,10 +432,11 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::WatchBuildRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = self.caller(&request)?;
         let id = parse_build_id(&request.get_ref().build_id)?;
         let farm = self.farm()?;
-        // Fail fast on an unknown id, before the stream starts.
-        farm.events(id, 0).map_err(status)?;
+        // Fail fast on an unknown or hidden build, before the stream starts.
+        self.visible_build(&farm, id, &caller)?;
         let (tx, rx) = mpsc::channel(256);
         let stopped = farm.stopped();
         tokio::spawn(async move {
@@ -383,8 +471,9 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::GetBuildRequest>,
     ) -> Result<Response<v1::Build>, Status> {
+        let caller = self.caller(&request)?;
         let id = parse_build_id(&request.get_ref().build_id)?;
-        let b = self.farm()?.get(id).map_err(status)?;
+        let b = self.visible_build(&self.farm()?, id, &caller)?;
         Ok(Response::new(build_to_wire(&b)))
     }
 
@@ -392,11 +481,17 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::ListBuildsRequest>,
     ) -> Result<Response<v1::ListBuildsResponse>, Status> {
+        let caller = self.caller(&request)?;
         let limit = match request.get_ref().limit {
             0 => 100,
             n => n as usize,
         };
-        let builds = self.farm()?.list(limit).iter().map(build_to_wire).collect();
+        let builds = self
+            .farm()?
+            .list(limit, &caller)
+            .iter()
+            .map(build_to_wire)
+            .collect();
         Ok(Response::new(v1::ListBuildsResponse { builds }))
     }
 
@@ -404,8 +499,11 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::CancelBuildRequest>,
     ) -> Result<Response<v1::CancelBuildResponse>, Status> {
+        let caller = self.caller(&request)?;
         let id = parse_build_id(&request.get_ref().build_id)?;
-        let b = self.farm()?.cancel(id).await.map_err(status)?;
+        let farm = self.farm()?;
+        self.visible_build(&farm, id, &caller)?;
+        let b = farm.cancel(id).await.map_err(status)?;
         Ok(Response::new(v1::CancelBuildResponse {
             build: Some(build_to_wire(&b)),
         }))
@@ -413,23 +511,108 @@ impl builds_server::Builds for Api {
 
     async fn logs(
         &self,
-        _request: Request<v1::BuildLogsRequest>,
+        request: Request<v1::BuildLogsRequest>,
     ) -> Result<Response<v1::BuildLogsResponse>, Status> {
-        Err(Status::unimplemented("logs"))
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let id = parse_build_id(&request.build_id)?;
+        let only = request
+            .platform
+            .as_ref()
+            .map(Platform::try_from)
+            .transpose()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let farm = self.farm()?;
+        self.visible_build(&farm, id, &caller)?;
+        let (events, _, _) = farm.events(id, 0).map_err(status)?;
+        let lines = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Log { platform, line }
+                    if only.as_ref().is_none_or(|p| p == platform) =>
+                {
+                    Some(v1::LogLine {
+                        platform: Some(platform.into()),
+                        line: line.clone(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(Response::new(v1::BuildLogsResponse { lines }))
     }
 
     async fn teams(
         &self,
-        _request: Request<v1::ListTeamsRequest>,
+        request: Request<v1::ListTeamsRequest>,
     ) -> Result<Response<v1::ListTeamsResponse>, Status> {
-        Err(Status::unimplemented("teams"))
+        self.caller(&request)?;
+        let usage = self.farm()?.teams();
+        let running: u32 = usage.iter().map(|u| u.running).sum();
+        let active_weight: u32 = usage
+            .iter()
+            .filter(|u| u.running + u.queued > 0)
+            .map(|u| u.team.weight.max(1))
+            .sum();
+        let teams = usage
+            .into_iter()
+            .map(|u| v1::TeamInfo {
+                weight: u.team.weight.max(1),
+                max_concurrent_jobs: u.team.max_running.unwrap_or(0),
+                share: if running == 0 {
+                    0.0
+                } else {
+                    f64::from(u.running) / f64::from(running)
+                },
+                weight_share: if u.running + u.queued == 0 || active_weight == 0 {
+                    0.0
+                } else {
+                    f64::from(u.team.weight.max(1)) / f64::from(active_weight)
+                },
+                running: u.running,
+                queued: u.queued,
+                name: u.team.name,
+            })
+            .collect();
+        Ok(Response::new(v1::ListTeamsResponse { teams }))
     }
 
     async fn queue(
         &self,
-        _request: Request<v1::QueueRequest>,
+        request: Request<v1::QueueRequest>,
     ) -> Result<Response<v1::QueueResponse>, Status> {
-        Err(Status::unimplemented("queue"))
+        let caller = self.caller(&request)?;
+        let now = std::time::Instant::now();
+        let jobs = self
+            .farm()?
+            .queue()
+            .into_iter()
+            .map(|(q, b)| {
+                let visible = caller.sees(&b.team);
+                v1::QueuedJob {
+                    build_id: if visible {
+                        b.id.to_string()
+                    } else {
+                        String::new()
+                    },
+                    job_id: if visible {
+                        q.job.to_string()
+                    } else {
+                        String::new()
+                    },
+                    image: if visible {
+                        b.spec.image.whole()
+                    } else {
+                        String::new()
+                    },
+                    platform: Some((&q.platform).into()),
+                    team: q.team,
+                    priority: q.priority,
+                    waited_ms: now.saturating_duration_since(q.since).as_millis() as i64,
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::QueueResponse { jobs }))
     }
 }
 
@@ -441,6 +624,7 @@ impl contexts_server::Contexts for Api {
         &self,
         request: Request<v1::HasContextRequest>,
     ) -> Result<Response<v1::HasContextResponse>, Status> {
+        self.caller(&request)?;
         let present = self
             .farm()?
             .contexts()
@@ -454,6 +638,7 @@ impl contexts_server::Contexts for Api {
         &self,
         request: Request<Streaming<v1::UploadContextChunk>>,
     ) -> Result<Response<v1::UploadContextResponse>, Status> {
+        self.caller(&request)?;
         let mut stream = request.into_inner();
         let first = stream.message().await?.ok_or_else(|| {
             Status::invalid_argument("empty context upload: send at least one chunk")
@@ -490,8 +675,9 @@ impl workers_server::Workers for Api {
         request: Request<Streaming<v1::WorkerMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         use v1::worker_message::Msg;
+        let identity = self.worker_identity(&request)?;
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let mut hello = match inbound.message().await? {
             Some(v1::WorkerMessage {
                 msg: Some(Msg::Hello(h)),
             }) => hello_from_wire(h)?,
@@ -501,6 +687,15 @@ impl workers_server::Workers for Api {
                 ));
             }
         };
+        if let Some(identity) = identity {
+            if identity.name != hello.name {
+                return Err(Status::permission_denied(format!(
+                    "this worker introduced itself as `{}` but its certificate is for worker `{}`: start it with --name {} or use the certificate issued for `{}`",
+                    hello.name, identity.name, identity.name, hello.name
+                )));
+            }
+            hello.owner = identity.team;
+        }
         let farm = self.farm()?;
         let (session, mut to_worker) = farm.attach(hello).map_err(status)?;
         let (tx, rx) = mpsc::channel::<Result<v1::CoordinatorMessage, Status>>(64);
@@ -615,6 +810,7 @@ impl workers_server::Workers for Api {
         &self,
         request: Request<v1::DownloadContextRequest>,
     ) -> Result<Response<Self::DownloadContextStream>, Status> {
+        self.worker_identity(&request)?;
         let digest = request.into_inner().digest;
         let path = self
             .farm()?
@@ -655,8 +851,9 @@ impl workers_server::Workers for Api {
 
     async fn list(
         &self,
-        _request: Request<v1::ListWorkersRequest>,
+        request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        self.caller(&request)?;
         let workers = self
             .farm()?
             .workers()
@@ -670,13 +867,26 @@ impl workers_server::Workers for Api {
         &self,
         request: Request<v1::DrainWorkerRequest>,
     ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
+        let caller = self.caller(&request)?;
         let name = request.into_inner().name;
         if name.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "no worker name given: pass the NAME that `manifold workers` shows",
             ));
         }
-        let worker = self.farm()?.drain(&name).map_err(status)?;
+        let farm = self.farm()?;
+        let owner = farm
+            .workers()
+            .into_iter()
+            .find(|w| w.name == name)
+            .and_then(|w| w.owner);
+        if !caller.admin && owner.as_deref() != Some(caller.team.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "only an admin or the team owning worker `{name}` may drain it; `{}` is in team `{}`",
+                caller.name, caller.team
+            )));
+        }
+        let worker = farm.drain(&name).map_err(status)?;
         Ok(Response::new(v1::DrainWorkerResponse {
             worker: Some(worker_to_wire(worker)),
         }))

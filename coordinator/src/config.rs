@@ -18,8 +18,12 @@ pub struct Config {
     pub context_repository: Option<String>,
     /// How long an unreferenced build context is kept. Default: 24 h.
     pub context_ttl: std::time::Duration,
-    /// Scheduling and registry tunables.
+    /// Scheduling and registry tunables, teams included.
     pub farm: FarmConfig,
+    /// TLS, or plaintext on loopback.
+    pub transport: Transport,
+    /// The tokens the API accepts.
+    pub access: crate::access::Access,
 }
 
 /// Which state store the coordinator uses.
@@ -39,4 +43,313 @@ pub enum StoreConfig {
         /// Address other coordinators and clients should use to reach this one.
         advertise: String,
     },
+}
+
+/// TLS for the API: the coordinator's certificate, and the CA whose certificates identify workers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the coordinator.
+    pub cert: PathBuf,
+    /// PEM private key of the coordinator.
+    pub key: PathBuf,
+    /// PEM CA certificate(s) that sign worker client certificates.
+    pub client_ca: PathBuf,
+}
+
+/// How the API is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// TLS; workers must present a client certificate signed by the client CA.
+    Tls(TlsConfig),
+    /// Plain HTTP/2, explicitly chosen (`--plaintext`), on a loopback address only; workers are
+    /// identified by the name they give and own nothing.
+    Plaintext,
+}
+
+/// The coordinator's config file (`--config`, TOML): teams, tokens and scheduling policy.
+///
+/// ```toml
+/// [[team]]
+/// name = "mobile"
+/// weight = 2                  # share of contended slots (default 1)
+/// max_concurrent_jobs = 8     # optional cap
+///
+/// [[token]]
+/// name = "alice"
+/// team = "mobile"
+/// sha256 = "…"                # printed by `manifold-coordinator issue-token`
+///
+/// [[token]]
+/// name = "ops"
+/// admin = true
+/// sha256 = "…"
+///
+/// [scheduling]
+/// preemption_grace = "5m"     # off unless set
+/// ```
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Teams sharing the farm.
+    #[serde(default)]
+    pub team: Vec<TeamEntry>,
+    /// Bearer tokens, by digest.
+    #[serde(default)]
+    pub token: Vec<crate::access::TokenEntry>,
+    /// Scheduling policy.
+    #[serde(default)]
+    pub scheduling: Scheduling,
+}
+
+/// A `[[team]]` entry.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamEntry {
+    /// Unique name, as tokens and worker certificates name it.
+    pub name: String,
+    /// Share of contended slots (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Most jobs of the team running at once (default: no cap).
+    #[serde(default)]
+    pub max_concurrent_jobs: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The `[scheduling]` table.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scheduling {
+    /// How long an owner's job waits for its own full worker before a borrowed job there is
+    /// preempted (requeued without spending an attempt). Unset: no preemption.
+    #[serde(default)]
+    pub preemption_grace: Option<String>,
+}
+
+/// A config file that cannot be used; the message names the file and the bad value.
+#[derive(Debug, thiserror::Error)]
+#[error("config file {path}: {problem}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl FileConfig {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            problem: format!("cannot read it: {e}"),
+        })?;
+        Self::parse(&text).map_err(|problem| ConfigError {
+            path: path.display().to_string(),
+            problem,
+        })
+    }
+
+    /// Parses and checks the text of a config file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut names = std::collections::BTreeSet::new();
+        for t in &config.team {
+            check_name("team", &t.name)?;
+            if !names.insert(t.name.as_str()) {
+                return Err(format!("team `{}` is declared twice", t.name));
+            }
+            if t.weight == 0 {
+                return Err(format!(
+                    "team `{}` has weight 0; weights are 1 or more",
+                    t.name
+                ));
+            }
+            if t.max_concurrent_jobs == Some(0) {
+                return Err(format!(
+                    "team `{}` has max_concurrent_jobs = 0, so it could never build; remove the cap or set 1 or more",
+                    t.name
+                ));
+            }
+        }
+        let mut holders = std::collections::BTreeSet::new();
+        let mut digests = std::collections::BTreeSet::new();
+        for t in &config.token {
+            if t.name.trim().is_empty() {
+                return Err("a [[token]] has an empty name".into());
+            }
+            if !holders.insert(t.name.as_str()) {
+                return Err(format!("token name `{}` is used twice", t.name));
+            }
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "token `{}`: sha256 must be 64 hex digits (the digest `manifold-coordinator issue-token` prints, never the token itself)",
+                    t.name
+                ));
+            }
+            if !digests.insert(t.sha256.to_ascii_lowercase()) {
+                return Err(format!("token `{}` repeats another token's sha256", t.name));
+            }
+            match &t.team {
+                Some(team) if !names.contains(team.as_str()) => {
+                    return Err(format!(
+                        "token `{}` names team `{team}`, which no [[team]] declares",
+                        t.name
+                    ));
+                }
+                None if !t.admin => {
+                    return Err(format!(
+                        "token `{}` has no team; give it `team = \"...\"` (or `admin = true`)",
+                        t.name
+                    ));
+                }
+                _ => {}
+            }
+        }
+        config.preemption_grace()?;
+        Ok(config)
+    }
+
+    /// The teams, for the scheduler.
+    pub fn teams(&self) -> Vec<crate::scheduler::Team> {
+        self.team
+            .iter()
+            .map(|t| crate::scheduler::Team {
+                name: t.name.clone(),
+                weight: t.weight,
+                max_running: t.max_concurrent_jobs,
+            })
+            .collect()
+    }
+
+    /// The preemption grace period, if preemption is on.
+    pub fn preemption_grace(&self) -> Result<Option<std::time::Duration>, String> {
+        self.scheduling
+            .preemption_grace
+            .as_deref()
+            .map(|g| parse_duration(g).map_err(|e| format!("[scheduling] preemption_grace: {e}")))
+            .transpose()
+    }
+
+    /// The tokens the API accepts.
+    pub fn access(&self) -> crate::access::Access {
+        crate::access::Access::new(&self.token)
+    }
+}
+
+/// Team names (and worker names in certificates) are short identifiers.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "{what} name `{name}` is not valid: use letters, digits, `-`, `_` and `.`"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `30s`, `2m`, `500ms`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let err =
+        || format!("invalid duration `{s}`: expected a number with a unit, e.g. 30s, 2m, 500ms");
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| err())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(err()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn a_full_config_gives_teams_tokens_and_grace() {
+        let text = format!(
+            r#"
+            [[team]]
+            name = "mobile"
+            weight = 2
+            max_concurrent_jobs = 4
+            [[team]]
+            name = "platform"
+            [[token]]
+            name = "alice"
+            team = "mobile"
+            sha256 = "{DIGEST}"
+            [scheduling]
+            preemption_grace = "5m"
+            "#
+        );
+        let config = FileConfig::parse(&text).unwrap();
+        let teams = config.teams();
+        assert_eq!(teams[0].weight, 2);
+        assert_eq!(teams[0].max_running, Some(4));
+        assert_eq!(teams[1].weight, 1);
+        assert_eq!(teams[1].max_running, None);
+        assert_eq!(
+            config.preemption_grace().unwrap(),
+            Some(std::time::Duration::from_secs(300))
+        );
+        let caller = config.access().authenticate(Some("Bearer abc")).unwrap();
+        assert_eq!(
+            (caller.name.as_str(), caller.team.as_str()),
+            ("alice", "mobile")
+        );
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        let cases = [
+            ("[[team]]\nname = \"a b\"", "team name `a b` is not valid"),
+            (
+                "[[team]]\nname = \"a\"\n[[team]]\nname = \"a\"",
+                "declared twice",
+            ),
+            ("[[team]]\nname = \"a\"\nweight = 0", "weight 0"),
+            (
+                "[[token]]\nname = \"x\"\nteam = \"ghost\"\nsha256 = \"DIGEST\"",
+                "team `ghost`, which no [[team]] declares",
+            ),
+            (
+                "[[token]]\nname = \"x\"\nsha256 = \"DIGEST\"",
+                "token `x` has no team",
+            ),
+            (
+                "[[token]]\nname = \"x\"\nadmin = true\nsha256 = \"mft_secret\"",
+                "64 hex digits",
+            ),
+            (
+                "[scheduling]\npreemption_grace = \"soon\"",
+                "invalid duration `soon`",
+            ),
+            ("[[teams]]\nname = \"a\"", "unknown field `teams`"),
+        ];
+        for (text, expected) in cases {
+            let err = FileConfig::parse(&text.replace("DIGEST", DIGEST)).unwrap_err();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_file_is_an_open_farm_without_teams() {
+        let config = FileConfig::parse("").unwrap();
+        assert!(config.teams().is_empty());
+        assert!(config.access().is_open());
+        assert_eq!(config.preemption_grace().unwrap(), None);
+    }
 }

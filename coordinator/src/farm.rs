@@ -29,12 +29,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::Caller;
 use crate::build::{
     Build, BuildRequest, BuildSpec, BuildState, Event, EventKind, InvalidRequest, Job, JobState,
     LOG_TAIL_LINES, human_duration, now_ms,
 };
 use crate::contexts::ContextStore;
-use crate::scheduler::{Scheduler, WorkerCaps, WorkerStatus};
+use crate::scheduler::{JobMeta, QueuedJob, Scheduler, Team, WorkerCaps, WorkerStatus};
 use crate::store::{StateStore, StoreError};
 use manifold_registry::ChildImage;
 use manifold_registry::{self as registry, RegistryConfig};
@@ -59,6 +60,11 @@ pub struct FarmConfig {
     pub stuck_after: Duration,
     /// Registry access.
     pub registry: RegistryConfig,
+    /// Teams sharing the farm (weights, caps); jobs of undeclared teams count with weight 1.
+    pub teams: Vec<Team>,
+    /// How long an owner's job waits for its full worker before a borrowed job there is
+    /// preempted (requeued without spending an attempt); `None`: never.
+    pub preemption_grace: Option<Duration>,
 }
 
 impl FarmConfig {
@@ -78,6 +84,8 @@ impl Default for FarmConfig {
             assign_timeout: Duration::from_secs(30),
             stuck_after: Duration::from_secs(600),
             registry: RegistryConfig::default(),
+            teams: Vec::new(),
+            preemption_grace: None,
         }
     }
 }
@@ -214,6 +222,17 @@ pub struct WorkerView {
     pub owner: Option<String>,
 }
 
+/// A team's use of the farm, as `manifold teams` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TeamUsage {
+    /// The team (weight 1 and no cap when the config does not declare it).
+    pub team: Team,
+    /// Its running jobs.
+    pub running: u32,
+    /// Its queued jobs.
+    pub queued: u32,
+}
+
 /// Errors of farm operations.
 #[derive(Debug, thiserror::Error)]
 pub enum FarmError {
@@ -281,6 +300,9 @@ struct State {
     next_session: u64,
     /// Worker messages waiting for the current operation's writes.
     outbox: Vec<(mpsc::UnboundedSender<ToWorker>, ToWorker)>,
+    /// The worker that last built each (repository, platform): its layer cache is warm for the
+    /// next build of that image (in memory; a restart starts cold).
+    warm: HashMap<(String, Platform), String>,
 }
 
 struct BuildEntry {
@@ -358,6 +380,11 @@ impl Farm {
         }
         let now = now_instant();
         let mut st = farm.lock();
+        for team in &farm.inner.config.teams {
+            st.scheduler.set_team(team.clone());
+        }
+        st.scheduler
+            .set_preemption_grace(farm.inner.config.preemption_grace);
         let mut to_publish = Vec::new();
         let restored = builds.len();
         for build in builds {
@@ -373,7 +400,11 @@ impl Farm {
                 st.job_build.insert(j.id, id);
                 if !entry.build.state.is_final() {
                     match j.state {
-                        JobState::Queued => st.scheduler.enqueue(j.id, j.platform.clone(), now),
+                        JobState::Queued => {
+                            let meta = job_meta(&entry.build, &j.platform, &st.warm);
+                            st.scheduler
+                                .enqueue_job(j.id, j.platform.clone(), meta, now);
+                        }
                         JobState::Assigned | JobState::Running => {
                             st.orphans
                                 .insert(j.id, (j.attempt, now + farm.inner.config.worker_lease));
@@ -476,8 +507,8 @@ impl Farm {
         self.inner.state.lock().expect("farm state lock poisoned")
     }
 
-    /// Validates and queues a build; returns its id once the build is durable.
-    pub async fn submit(&self, request: BuildRequest) -> Result<BuildId, FarmError> {
+    /// Validates and queues a build of the caller's team; returns its id once the build is durable.
+    pub async fn submit(&self, request: BuildRequest, by: &Caller) -> Result<BuildId, FarmError> {
         let contexts = self.inner.contexts.clone();
         // A new leader may hold the context only in the registry replica.
         if let Ok(false) = contexts.has(&request.context_digest)
@@ -508,10 +539,6 @@ impl Farm {
             .collect();
         let written = {
             let mut st = self.lock();
-            for j in &jobs {
-                st.job_build.insert(j.id, id);
-                st.scheduler.enqueue(j.id, j.platform.clone(), now);
-            }
             let (notify, _) = watch::channel(0);
             st.builds.insert(
                 id,
@@ -527,8 +554,8 @@ impl Farm {
                         created_at_ms: now_ms(),
                         finished_at_ms: None,
                         version: 0,
-                        team: crate::scheduler::DEFAULT_TEAM.to_owned(),
-                        submitted_by: String::new(),
+                        team: by.team.clone(),
+                        submitted_by: by.name.clone(),
                     },
                     events: Vec::new(),
                     notify,
@@ -536,6 +563,12 @@ impl Farm {
                 },
             );
             st.order.push(id);
+            for j in &jobs {
+                st.job_build.insert(j.id, id);
+                let meta = job_meta(&st.builds[&id].build, &j.platform, &st.warm);
+                st.scheduler
+                    .enqueue_job(j.id, j.platform.clone(), meta, now);
+            }
             let deadline = deadline_ms(&st.builds[&id].build);
             st.deadlines.insert(id, deadline);
             for j in &jobs {
@@ -559,7 +592,7 @@ impl Farm {
                     },
                 );
             }
-            tracing::info!(build = %id, "build submitted");
+            tracing::info!(build = %id, team = %by.team, by = %by.name, "build submitted");
             self.dispatch(&mut st);
             self.flush_and_release(st)
         };
@@ -576,14 +609,59 @@ impl Farm {
             .ok_or(FarmError::UnknownBuild(id))
     }
 
-    /// The newest `limit` builds, newest first.
-    pub fn list(&self, limit: usize) -> Vec<Build> {
+    /// The newest `limit` builds that `by` may see, newest first.
+    pub fn list(&self, limit: usize, by: &Caller) -> Vec<Build> {
         let st = self.lock();
         st.order
             .iter()
             .rev()
+            .filter_map(|id| st.builds.get(id))
+            .filter(|e| by.sees(&e.build.team))
             .take(limit)
-            .filter_map(|id| st.builds.get(id).map(|e| e.build.clone()))
+            .map(|e| e.build.clone())
+            .collect()
+    }
+
+    /// Usage per team: the configured teams and any other team with running or queued jobs.
+    pub fn teams(&self) -> Vec<TeamUsage> {
+        let st = self.lock();
+        let queued = st.scheduler.queued_jobs();
+        let mut teams: BTreeMap<String, Team> = st
+            .scheduler
+            .teams()
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        for q in &queued {
+            teams
+                .entry(q.team.clone())
+                .or_insert_with(|| Team::new(q.team.clone()));
+        }
+        for e in st.builds.values().filter(|e| !e.build.state.is_final()) {
+            teams
+                .entry(e.build.team.clone())
+                .or_insert_with(|| Team::new(e.build.team.clone()));
+        }
+        teams
+            .into_values()
+            .map(|team| TeamUsage {
+                running: st.scheduler.running_of_team(&team.name),
+                queued: queued.iter().filter(|q| q.team == team.name).count() as u32,
+                team,
+            })
+            .collect()
+    }
+
+    /// The queued jobs, oldest first, with the build each belongs to.
+    pub fn queue(&self) -> Vec<(QueuedJob, Build)> {
+        let st = self.lock();
+        st.scheduler
+            .queued_jobs()
+            .into_iter()
+            .filter_map(|q| {
+                let build = st.job_build.get(&q.job).and_then(|b| st.builds.get(b))?;
+                Some((q, build.build.clone()))
+            })
             .collect()
     }
 
@@ -955,6 +1033,10 @@ impl Farm {
                     message: digest,
                 };
                 record(entry, ev);
+                let warm_key = (
+                    entry.build.spec.repository(),
+                    job_mut(&mut entry.build, job).platform.clone(),
+                );
                 if entry
                     .build
                     .jobs
@@ -963,6 +1045,7 @@ impl Farm {
                 {
                     self.spawn_publish(build_id, entry.build.clone());
                 }
+                st.warm.insert(warm_key, session.worker.clone());
                 self.attempt_over(&mut st, job);
                 st.refusals.remove(&job);
             }
@@ -1126,6 +1209,9 @@ impl Farm {
             tracing::warn!(build = %id, %error, "build timed out");
             self.end_build(&mut st, id, BuildState::Failed, Some(error), None);
         }
+        for p in st.scheduler.preemptions(now) {
+            self.preempt(&mut st, &p);
+        }
         let wait = config.wait_for_workers;
         for (job, platform) in st.scheduler.starved(now, wait) {
             let Some(build_id) = st.job_build.get(&job).copied() else {
@@ -1180,6 +1266,48 @@ impl Farm {
                 _ = interval.tick() => self.tick(now_instant()),
             }
         }
+    }
+
+    /// Takes a borrowed job off its owner's worker: the attempt is cancelled there and the job
+    /// goes back to the queue in its old place, without the attempt counting.
+    fn preempt(&self, st: &mut State, p: &crate::scheduler::Preemption) {
+        let Some(build_id) = st.job_build.get(&p.job).copied() else {
+            return;
+        };
+        let Some(attempt) = attempt_of(st, p.job) else {
+            return;
+        };
+        if !st.scheduler.preempt(p.job) {
+            return;
+        }
+        st.live.remove(&p.job);
+        st.orphans.remove(&p.job);
+        // Counted like a refusal: the job did not fail, the farm took its slot back.
+        *st.refusals.entry(p.job).or_default() += 1;
+        if let Some(tx) = st.workers.get(&p.worker).map(|w| w.tx.clone()) {
+            st.outbox.push((
+                tx,
+                ToWorker::Cancel {
+                    job: p.job,
+                    attempt,
+                },
+            ));
+        }
+        let entry = st.builds.get_mut(&build_id).expect("job's build exists");
+        let j = job_mut(&mut entry.build, p.job);
+        j.state = JobState::Queued;
+        let ev = EventKind::JobState {
+            platform: j.platform.clone(),
+            state: JobState::Queued,
+            worker: None,
+            attempt,
+            message: format!(
+                "preempted: worker {} belongs to team {}, whose job waited past the grace period; requeued without counting the attempt",
+                p.worker, p.team
+            ),
+        };
+        record(entry, ev);
+        tracing::info!(build = %build_id, job = %p.job, worker = %p.worker, owner = %p.team, "borrowed job preempted");
     }
 
     /// Forgets the timers and the slot of `job`'s attempt, which is over.
@@ -1265,7 +1393,8 @@ impl Farm {
         st.live.remove(&job);
         st.orphans.remove(&job);
         st.scheduler.finished(job);
-        st.scheduler.enqueue(job, platform, now_instant());
+        let meta = job_meta(&st.builds[&build_id].build, &platform, &st.warm);
+        st.scheduler.enqueue_job(job, platform, meta, now_instant());
     }
 
     /// Ends a build: stops every unfinished job (except `failed`, which is marked failed), records the
@@ -1572,6 +1701,22 @@ fn record(entry: &mut BuildEntry, kind: EventKind) {
         kind,
     });
     entry.notify.send_replace(entry.events.len());
+}
+
+/// What the scheduler needs of a job: its build's team and priority, and the worker whose cache is
+/// warm for its image and platform.
+fn job_meta(
+    build: &Build,
+    platform: &Platform,
+    warm: &HashMap<(String, Platform), String>,
+) -> JobMeta {
+    JobMeta {
+        team: Some(build.team.clone()),
+        priority: build.request.priority,
+        affinity: warm
+            .get(&(build.spec.repository(), platform.clone()))
+            .cloned(),
+    }
 }
 
 fn job_mut(build: &mut Build, job: JobId) -> &mut Job {

@@ -4,25 +4,29 @@
 //!
 //! Layout, in reading order:
 //! - [`build`]: a build's validated request, its jobs and their states, the events watchers see;
-//! - [`scheduler`]: pure decision logic: which queued job runs on which worker;
+//! - [`scheduler`]: pure decision logic: which queued job runs on which worker, fair between teams;
 //! - [`farm`]: the state of builds and workers and every transition, driving the scheduler, and
 //!   publishing finished builds with `manifold_registry`;
 //! - [`store`]: the state store seam: redb (default), etcd, in-memory;
 //! - [`leader`]: leader election on etcd, fencing, stepping down;
 //! - [`contexts`]: build contexts on disk, content-addressed;
+//! - [`access`]: bearer tokens, teams, who may see what;
+//! - [`pki`]: the development CA and the worker identity in client certificates;
 //! - [`api`]: the gRPC services, the only place wire types appear;
-//! - [`config`] and [`run`]: what the binary starts.
+//! - [`config`] and [`run`]: what the binary starts (flags and the config file).
 
+pub mod access;
 pub mod api;
 pub mod build;
 pub mod config;
 pub mod contexts;
 pub mod farm;
 pub mod leader;
+pub mod pki;
 pub mod scheduler;
 pub mod store;
 
-pub use config::{Config, StoreConfig};
+pub use config::{Config, FileConfig, StoreConfig, TlsConfig, Transport};
 
 use std::time::Duration;
 
@@ -102,12 +106,36 @@ pub async fn serve(
         config.context_ttl,
         term.clone(),
     ));
-    let api = api::Api::new(role_rx);
-    let max = manifold_proto::MAX_MESSAGE_BYTES;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, state_dir = %config.state_dir.display(), "coordinator listening");
+    let mut server = tonic::transport::Server::builder();
+    let workers = match &config.transport {
+        Transport::Tls(tls) => {
+            server = server
+                .tls_config(server_tls(tls)?)
+                .context("configuring TLS")?;
+            api::WorkerAuth::Certificate {
+                teams: config.farm.teams.iter().map(|t| t.name.clone()).collect(),
+            }
+        }
+        Transport::Plaintext => {
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "plaintext is only served on a loopback address, and {addr} is not one: give --tls-cert, --tls-key and --client-ca (`manifold-coordinator dev-ca` makes them), or listen on 127.0.0.1"
+            );
+            tracing::warn!(
+                "serving plaintext HTTP/2 on loopback (--plaintext): workers are not authenticated; for development only"
+            );
+            api::WorkerAuth::Name
+        }
+    };
+    if config.access.is_open() {
+        tracing::warn!("no [[token]] in the config: every caller is an admin");
+    }
+    let api = api::Api::new(role_rx, config.access.clone(), workers);
+    let max = manifold_proto::MAX_MESSAGE_BYTES;
+    tracing::info!(%addr, state_dir = %config.state_dir.display(), tls = matches!(config.transport, Transport::Tls(_)), "coordinator listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    server
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         // Contexts arrive in 1 MiB chunks: with HTTP/2's default 1 MiB windows and 16 KiB frames
         // the client waits for a window update after almost every chunk (measured: 49 MiB/s on
@@ -137,6 +165,21 @@ pub async fn serve(
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// The server side of TLS: the coordinator's identity, and the CA of worker certificates, which
+/// are optional at the TLS layer (people's clients present none) and required by `Attach`.
+fn server_tls(tls: &TlsConfig) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+    };
+    let cert = read(&tls.cert, "TLS certificate (--tls-cert)")?;
+    let key = read(&tls.key, "TLS key (--tls-key)")?;
+    let ca = read(&tls.client_ca, "worker CA certificate (--client-ca)")?;
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key))
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+        .client_auth_optional(true))
 }
 
 /// Removes unreferenced contexts older than `ttl`, checking every tenth of it (at most every 10 min),

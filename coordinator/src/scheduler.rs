@@ -181,6 +181,21 @@ impl WorkerState {
     }
 }
 
+/// A queued job as `manifold queue` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedJob {
+    /// The job.
+    pub job: JobId,
+    /// Its platform.
+    pub platform: Platform,
+    /// Its team.
+    pub team: String,
+    /// Its priority within the team.
+    pub priority: i32,
+    /// When it was queued (first queued, for a preempted job).
+    pub since: Instant,
+}
+
 /// A decision: run `job` on `worker`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {
@@ -356,6 +371,25 @@ impl Scheduler {
     /// Number of jobs waiting for a slot.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// The waiting jobs, oldest first.
+    pub fn queued_jobs(&self) -> Vec<QueuedJob> {
+        self.queue
+            .values()
+            .map(|q| QueuedJob {
+                job: q.job,
+                platform: q.platform.clone(),
+                team: q.team().to_owned(),
+                priority: q.meta.priority,
+                since: q.since,
+            })
+            .collect()
+    }
+
+    /// The configured teams.
+    pub fn teams(&self) -> Vec<Team> {
+        self.teams.values().cloned().collect()
     }
 
     /// Assigns as many queued jobs as free slots allow, following the policy of the module docs,

@@ -43,6 +43,8 @@ async fn start_in(farm: FarmConfig, state: std::sync::Arc<tempfile::TempDir>) ->
         context_repository: None,
         context_ttl: std::time::Duration::from_secs(86400),
         farm,
+        transport: manifold_coordinator::Transport::Plaintext,
+        access: manifold_coordinator::access::Access::open(),
     };
     let done = tokio::spawn(manifold_coordinator::serve(
         config,

@@ -53,9 +53,9 @@ impl TestFarm {
         Ok(self
             .builds()
             .await?
-            .get(v1::GetBuildRequest {
+            .get(self.as_admin(v1::GetBuildRequest {
                 build_id: id.to_owned(),
-            })
+            }))
             .await?
             .into_inner())
     }
@@ -81,9 +81,9 @@ impl TestFarm {
         let mut stream = self
             .builds()
             .await?
-            .watch(v1::WatchBuildRequest {
+            .watch(self.as_admin(v1::WatchBuildRequest {
                 build_id: id.to_owned(),
-            })
+            }))
             .await?
             .into_inner();
         let deadline = Instant::now() + timeout;

@@ -153,7 +153,7 @@ pub async fn start_coordinator(
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--state-dir")
         .arg(&state)
-        .args(["--etcd", &etcd.flag(), "--advertise", &url])
+        .args(["--etcd", &etcd.flag(), "--advertise", &url, "--plaintext"])
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

@@ -90,7 +90,7 @@ pub fn free_port() -> u16 {
 
 /// A running coordinator and the workers attached to it.
 pub struct TestFarm {
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://…` for a secured farm.
     pub url: String,
     /// Its state dir.
     pub state_dir: tempfile::TempDir,
@@ -100,12 +100,31 @@ pub struct TestFarm {
     port: u16,
     /// The environment's components.
     pub env: Env,
+    /// TLS, tokens and teams, when the farm is secured.
+    pub secure: Option<Secured>,
+}
+
+/// What a secured farm's clients need: made by `manifold-coordinator dev-ca` and `issue-token`.
+#[derive(Clone, Debug)]
+pub struct Secured {
+    /// Folder of ca.pem, coordinator.pem/.key and worker-NAME.pem/.key.
+    pub certs: PathBuf,
+    /// A token of the admin the harness adds to the config (for its own checks).
+    pub admin_token: String,
+}
+
+impl Secured {
+    /// The CA certificate clients trust.
+    pub fn ca(&self) -> PathBuf {
+        self.certs.join("ca.pem")
+    }
 }
 
 /// Options of a [`TestFarm`].
 #[derive(Default)]
 pub struct FarmBuilder {
     args: Vec<String>,
+    secure: Option<(String, Vec<String>)>,
 }
 
 impl FarmBuilder {
@@ -127,21 +146,85 @@ impl FarmBuilder {
         self
     }
 
+    /// Serves TLS with certificates from `manifold-coordinator dev-ca` (one per `workers` entry,
+    /// `NAME` or `NAME=TEAM`), and reads `config` (TOML: teams, tokens) plus an admin token the
+    /// harness issues for itself. Without this the farm is `--plaintext`.
+    pub fn secured(mut self, config: &str, workers: &[&str]) -> Self {
+        self.secure = Some((
+            config.to_owned(),
+            workers.iter().map(|w| (*w).to_owned()).collect(),
+        ));
+        self
+    }
+
     /// Starts the coordinator and waits until it answers.
-    pub async fn start(self) -> anyhow::Result<TestFarm> {
+    pub async fn start(mut self) -> anyhow::Result<TestFarm> {
         let port = free_port();
+        let state_dir = tempfile::tempdir()?;
+        let secure = match self.secure.take() {
+            None => {
+                self.args.push("--plaintext".into());
+                None
+            }
+            Some((config, workers)) => {
+                let certs = state_dir.path().join("certs");
+                let mut dev_ca = vec!["dev-ca".to_owned(), "--dir".into()];
+                dev_ca.push(certs.display().to_string());
+                for w in workers {
+                    dev_ca.extend(["--worker".into(), w]);
+                }
+                let args: Vec<&str> = dev_ca.iter().map(String::as_str).collect();
+                run(&bin("manifold-coordinator").display().to_string(), &args).await?;
+                let (admin_token, admin_entry) =
+                    issue_token(&["--name", "harness", "--admin"]).await?;
+                let file = state_dir.path().join("config.toml");
+                std::fs::write(&file, format!("{config}\n{admin_entry}"))?;
+                self.args.extend([
+                    "--config".into(),
+                    file.display().to_string(),
+                    "--tls-cert".into(),
+                    certs.join("coordinator.pem").display().to_string(),
+                    "--tls-key".into(),
+                    certs.join("coordinator.key").display().to_string(),
+                    "--client-ca".into(),
+                    certs.join("ca.pem").display().to_string(),
+                ]);
+                Some(Secured { certs, admin_token })
+            }
+        };
+        let scheme = if secure.is_some() { "https" } else { "http" };
         let mut farm = TestFarm {
-            url: format!("http://127.0.0.1:{port}"),
-            state_dir: tempfile::tempdir()?,
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            state_dir,
             coordinator: None,
             workers: Vec::new(),
             extra_args: self.args,
             port,
             env: Env::from_env(),
+            secure,
         };
         farm.start_coordinator().await?;
         Ok(farm)
     }
+}
+
+/// Runs `manifold-coordinator issue-token ARGS`: the token, and the `[[token]]` entry to add to a
+/// config file.
+pub async fn issue_token(args: &[&str]) -> anyhow::Result<(String, String)> {
+    let mut all = vec!["issue-token"];
+    all.extend_from_slice(args);
+    let out = run(&bin("manifold-coordinator").display().to_string(), &all).await?;
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .context("issue-token printed no `token: ` line")?
+        .to_owned();
+    let entry = out
+        .lines()
+        .skip_while(|l| *l != "[[token]]")
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok((token, entry))
 }
 
 impl TestFarm {
@@ -164,18 +247,57 @@ impl TestFarm {
             .spawn()
             .context("starting manifold-coordinator")?;
         self.coordinator = Some(child);
-        let url = self.url.clone();
-        wait_until(Duration::from_secs(20), "the coordinator to answer", || {
-            let url = url.clone();
-            async move {
-                let mut c = v1::builds_client::BuildsClient::connect(url).await.ok()?;
-                c.list(v1::ListBuildsRequest { limit: 1 })
+        wait_until(
+            Duration::from_secs(20),
+            "the coordinator to answer",
+            || async {
+                let mut c = v1::builds_client::BuildsClient::new(self.channel().await.ok()?);
+                c.list(self.as_admin(v1::ListBuildsRequest { limit: 1 }))
                     .await
                     .ok()
                     .map(|_| ())
-            }
-        })
+            },
+        )
         .await
+    }
+
+    /// A channel to the coordinator (TLS trusting the farm's CA when secured).
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        // The process may hold two rustls providers (ring via other crates): name ours.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())?;
+        if let Some(s) = &self.secure {
+            let ca = std::fs::read(s.ca())?;
+            endpoint = endpoint.tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )?;
+        }
+        Ok(endpoint.connect().await?)
+    }
+
+    /// `message` as a request carrying the harness's admin token (when secured).
+    pub fn as_admin<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(s) = &self.secure {
+            let value = format!("Bearer {}", s.admin_token)
+                .parse()
+                .expect("a token is valid header text");
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    /// Names of the attached workers, with their owner teams.
+    pub async fn attached_workers(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut c = v1::workers_client::WorkersClient::new(self.channel().await?);
+        let list = c.list(self.as_admin(v1::ListWorkersRequest {})).await?;
+        Ok(list
+            .into_inner()
+            .workers
+            .into_iter()
+            .map(|w| (w.name, w.owner))
+            .collect())
     }
 
     /// SIGKILLs the coordinator.
@@ -198,6 +320,7 @@ impl TestFarm {
             name: name.to_owned(),
             args: Vec::new(),
             docker: None,
+            without_certificate: false,
         }
     }
 
@@ -235,15 +358,25 @@ impl TestFarm {
         Ok(status)
     }
 
-    /// Runs the CLI against this farm and returns its output (whatever the exit code).
+    /// Runs the CLI against this farm and returns its output (whatever the exit code); on a
+    /// secured farm as the harness's admin.
     pub async fn cli<I, S>(&self, args: I) -> anyhow::Result<Output>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let out = Command::new(bin("manifold"))
-            .arg("--coordinator")
-            .arg(&self.url)
+        let token = self.secure.as_ref().map(|s| s.admin_token.clone());
+        self.cli_as(token.as_deref(), args).await
+    }
+
+    /// Runs the CLI with this token (`MANIFOLD_TOKEN`; none when `None`).
+    pub async fn cli_as<I, S>(&self, token: Option<&str>, args: I) -> anyhow::Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let out = self
+            .cli_command(token)
             .args(args)
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -253,15 +386,34 @@ impl TestFarm {
         Ok(out)
     }
 
+    /// `manifold --coordinator URL` with the CA and token of a secured farm in its environment,
+    /// and no user config file.
+    fn cli_command(&self, token: Option<&str>) -> Command {
+        let mut cmd = Command::new(bin("manifold"));
+        cmd.arg("--coordinator")
+            .arg(&self.url)
+            .env_remove("MANIFOLD_TOKEN")
+            .env(
+                "MANIFOLD_CONFIG",
+                self.state_dir.path().join("no-cli-config.toml"),
+            );
+        if let Some(s) = &self.secure {
+            cmd.env("MANIFOLD_CA_CERT", s.ca());
+        }
+        if let Some(t) = token {
+            cmd.env("MANIFOLD_TOKEN", t);
+        }
+        cmd
+    }
+
     /// The CLI as a child process (for tests that interrupt it).
     pub fn cli_child<I, S>(&self, args: I) -> anyhow::Result<Child>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        Command::new(bin("manifold"))
-            .arg("--coordinator")
-            .arg(&self.url)
+        let token = self.secure.as_ref().map(|s| s.admin_token.clone());
+        self.cli_command(token.as_deref())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -271,11 +423,12 @@ impl TestFarm {
             .context("running manifold")
     }
 
-    /// A gRPC client of the Builds service.
+    /// A gRPC client of the Builds service (wrap requests in [`TestFarm::as_admin`] on a
+    /// secured farm).
     pub async fn builds(
         &self,
     ) -> anyhow::Result<v1::builds_client::BuildsClient<tonic::transport::Channel>> {
-        Ok(v1::builds_client::BuildsClient::connect(self.url.clone()).await?)
+        Ok(v1::builds_client::BuildsClient::new(self.channel().await?))
     }
 
     /// The coordinator's log so far (for failure messages).
@@ -296,9 +449,10 @@ pub struct WorkerBuilder<'a> {
     name: String,
     args: Vec<String>,
     docker: Option<String>,
+    without_certificate: bool,
 }
 
-impl WorkerBuilder<'_> {
+impl<'a> WorkerBuilder<'a> {
     /// The Docker daemon it drives.
     pub fn docker(mut self, host: &str) -> Self {
         self.docker = Some(host.to_owned());
@@ -317,8 +471,29 @@ impl WorkerBuilder<'_> {
         self
     }
 
+    /// On a secured farm: trusts the CA but presents no client certificate.
+    pub fn without_certificate(mut self) -> Self {
+        self.without_certificate = true;
+        self
+    }
+
     /// Spawns it and waits until the coordinator lists it.
     pub async fn spawn(self) -> anyhow::Result<()> {
+        let name = self.name.clone();
+        let farm = self.start()?;
+        wait_until(
+            Duration::from_secs(30),
+            &format!("worker {name} to attach"),
+            || async {
+                let workers = farm.attached_workers().await.ok()?;
+                workers.iter().any(|(n, _)| *n == name).then_some(())
+            },
+        )
+        .await
+    }
+
+    /// Spawns it without waiting for it to attach.
+    pub fn start(self) -> anyhow::Result<&'a mut TestFarm> {
         let farm = self.farm;
         let cache = farm.state_dir.path().join(format!("cache-{}", self.name));
         let mut cmd = Command::new(bin("manifold-worker"));
@@ -336,23 +511,22 @@ impl WorkerBuilder<'_> {
         if let Some(d) = &self.docker {
             cmd.arg("--docker-host").arg(d);
         }
+        if let Some(s) = &farm.secure {
+            cmd.env("MANIFOLD_CA_CERT", s.ca());
+            if !self.without_certificate {
+                cmd.env(
+                    "MANIFOLD_WORKER_CERT",
+                    s.certs.join(format!("worker-{}.pem", self.name)),
+                )
+                .env(
+                    "MANIFOLD_WORKER_KEY",
+                    s.certs.join(format!("worker-{}.key", self.name)),
+                );
+            }
+        }
         let child = cmd.spawn().context("starting manifold-worker")?;
         farm.workers.push((self.name.clone(), child));
-        let url = farm.url.clone();
-        let name = self.name.clone();
-        wait_until(
-            Duration::from_secs(30),
-            &format!("worker {name} to attach"),
-            || {
-                let (url, name) = (url.clone(), name.clone());
-                async move {
-                    let mut c = v1::workers_client::WorkersClient::connect(url).await.ok()?;
-                    let list = c.list(v1::ListWorkersRequest {}).await.ok()?.into_inner();
-                    list.workers.iter().any(|w| w.name == name).then_some(())
-                }
-            },
-        )
-        .await
+        Ok(farm)
     }
 }
 

@@ -1,24 +1,62 @@
-//! `manifold-coordinator --listen ADDR --state-dir DIR`
+//! `manifold-coordinator --listen ADDR --state-dir DIR (--tls-cert … | --plaintext) [--config FILE]`,
+//! `manifold-coordinator dev-ca`, `manifold-coordinator issue-token`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
-use manifold_coordinator::{Config, StoreConfig, farm::FarmConfig};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use manifold_coordinator::config::parse_duration;
+use manifold_coordinator::{
+    Config, FileConfig, StoreConfig, TlsConfig, Transport, farm::FarmConfig,
+};
 use manifold_registry::RegistryConfig;
 use tokio_util::sync::CancellationToken;
 
 /// Schedules multi-platform container builds onto native workers and merges the results.
 #[derive(Parser, Debug)]
-#[command(name = "manifold-coordinator", version)]
+#[command(
+    name = "manifold-coordinator",
+    version,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to serve the gRPC API on.
     #[arg(long, default_value = "127.0.0.1:7700", env = "MANIFOLD_LISTEN")]
     listen: SocketAddr,
     /// Folder for durable state (build contexts).
-    #[arg(long, env = "MANIFOLD_STATE_DIR")]
-    state_dir: PathBuf,
+    #[arg(long, env = "MANIFOLD_STATE_DIR", required = true)]
+    state_dir: Option<PathBuf>,
+    /// Config file (TOML): teams, tokens, scheduling policy. See the README's "Teams and access".
+    /// Without one (or with no [[token]] in it) every caller is an admin.
+    #[arg(long, env = "MANIFOLD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This coordinator's TLS certificate (PEM). With --tls-key and --client-ca.
+    #[arg(long, env = "MANIFOLD_TLS_CERT", value_name = "PEM", requires_all = ["tls_key", "client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// This coordinator's TLS private key (PEM).
+    #[arg(
+        long,
+        env = "MANIFOLD_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) whose certificates identify workers; a worker without one is refused.
+    #[arg(
+        long,
+        env = "MANIFOLD_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    client_ca: Option<PathBuf>,
+    /// Serve plain HTTP/2 without TLS, for development on a loopback --listen address only.
+    #[arg(long, conflicts_with = "tls_cert")]
+    plaintext: bool,
     /// A registry (HOST:PORT) to reach over plain HTTP; loopback registries always are. Repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registries: Vec<String>,
@@ -66,39 +104,136 @@ struct Args {
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     context_ttl: Duration,
     /// Address clients and workers should dial to reach this coordinator (told to them by followers).
-    /// Default: http://LISTEN.
+    /// Default: https://LISTEN (http:// with --plaintext).
     #[arg(long, value_name = "URL")]
     advertise: Option<String>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err =
-        || format!("invalid duration `{s}`: expected a number with a unit, e.g. 30s, 2m, 500ms");
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num.parse().map_err(|_| err())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(err()),
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Make a development CA and certificates for a local farm: ca.pem, coordinator.pem/.key
+    /// (for localhost and any --host) and worker-NAME.pem/.key per --worker. An existing
+    /// ca.pem/ca.key in DIR is reused, so workers can be added later.
+    DevCa {
+        /// Where to write them.
+        #[arg(long, default_value = "manifold-certs", value_name = "DIR")]
+        dir: PathBuf,
+        /// Extra DNS name or IP address of the coordinator (localhost, 127.0.0.1 and ::1 are
+        /// always included). Repeatable.
+        #[arg(long = "host", value_name = "NAME|IP")]
+        hosts: Vec<String>,
+        /// A worker certificate: its name, and the team that owns the worker after `=`.
+        /// Repeatable, e.g. --worker x86-1 --worker mac-1=mobile.
+        #[arg(long = "worker", value_name = "NAME[=TEAM]")]
+        workers: Vec<String>,
+    },
+    /// Make a new bearer token. Prints the token once (give it to its holder; it is not stored)
+    /// and the [[token]] entry, holding only its SHA-256, to add to the config file.
+    IssueToken {
+        /// Who holds it (a person or a team), shown as the submitter of its builds.
+        #[arg(long)]
+        name: String,
+        /// The team its builds belong to.
+        #[arg(long, required_unless_present = "admin")]
+        team: Option<String>,
+        /// Sees every team's builds and manages workers.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    // One crypto provider for every TLS user in the process (tonic, the registry client).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let args = Args::parse();
+    match args.command {
+        Some(Command::DevCa {
+            dir,
+            hosts,
+            workers,
+        }) => dev_ca(&dir, &hosts, &workers),
+        Some(Command::IssueToken { name, team, admin }) => {
+            issue_token(&name, team.as_deref(), admin)
+        }
+        None => serve(args),
     }
 }
 
+fn dev_ca(dir: &std::path::Path, hosts: &[String], workers: &[String]) -> anyhow::Result<()> {
+    let workers: Vec<manifold_coordinator::pki::WorkerCert> = workers
+        .iter()
+        .map(|w| {
+            let (name, team) = match w.split_once('=') {
+                Some((n, t)) => (n, Some(t.to_owned())),
+                None => (w.as_str(), None),
+            };
+            manifold_coordinator::pki::WorkerCert {
+                name: name.to_owned(),
+                team,
+            }
+        })
+        .collect();
+    let written = manifold_coordinator::pki::write_dev_farm(dir, hosts, &workers)?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+fn issue_token(name: &str, team: Option<&str>, admin: bool) -> anyhow::Result<()> {
+    if name.trim().is_empty() || name.contains('"') {
+        anyhow::bail!("--name `{name}` is not usable: give a non-empty name without quotes");
+    }
+    if let Some(team) = team {
+        manifold_coordinator::config::check_name("team", team).map_err(anyhow::Error::msg)?;
+    }
+    let token = manifold_coordinator::access::new_token();
+    println!("token: {token}");
+    println!();
+    println!("# add to the coordinator's config file (it holds only the token's SHA-256):");
+    println!("[[token]]");
+    println!("name = \"{name}\"");
+    if let Some(team) = team {
+        println!("team = \"{team}\"");
+    }
+    if admin {
+        println!("admin = true");
+    }
+    println!(
+        "sha256 = \"{}\"",
+        manifold_coordinator::access::token_digest(&token)
+    );
+    Ok(())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn serve(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let transport = match (args.tls_cert, args.tls_key, args.client_ca) {
+        (Some(cert), Some(key), Some(client_ca)) => Transport::Tls(TlsConfig {
+            cert,
+            key,
+            client_ca,
+        }),
+        _ if args.plaintext => Transport::Plaintext,
+        _ => anyhow::bail!(
+            "choose how to serve: --tls-cert, --tls-key and --client-ca (`manifold-coordinator dev-ca` makes a development set), or --plaintext for development on a loopback address"
+        ),
+    };
     let config = Config {
         listen: args.listen,
-        state_dir: args.state_dir,
+        state_dir: args.state_dir.context("--state-dir is required")?,
+        transport,
+        access: file.access(),
         context_repository: args.context_repository,
         context_ttl: args.context_ttl,
         store: if args.etcd.is_empty() {
@@ -108,9 +243,10 @@ async fn main() -> anyhow::Result<()> {
                 endpoints: args.etcd,
                 prefix: args.etcd_prefix,
                 lease: args.leader_lease,
-                advertise: args
-                    .advertise
-                    .unwrap_or_else(|| format!("http://{}", args.listen)),
+                advertise: args.advertise.unwrap_or_else(|| {
+                    let scheme = if args.plaintext { "http" } else { "https" };
+                    format!("{scheme}://{}", args.listen)
+                }),
             }
         },
         farm: FarmConfig {
@@ -124,6 +260,8 @@ async fn main() -> anyhow::Result<()> {
             registry: RegistryConfig {
                 insecure: args.insecure_registries,
             },
+            teams: file.teams(),
+            preemption_grace: file.preemption_grace().map_err(anyhow::Error::msg)?,
         },
     };
     let shutdown = CancellationToken::new();

@@ -1,0 +1,286 @@
+//! Teams share one farm safely: workers prove who they are with a client certificate, people with a
+//! bearer token, and each team sees only its own builds. A team-owned worker serves its owner
+//! first and lends its slots when the owner has nothing queued.
+//!
+//! Every farm here serves TLS with certificates made by `manifold-coordinator dev-ca`, and its
+//! tokens come from `manifold-coordinator issue-token`; all traffic stays on 127.0.0.1.
+
+use std::time::Duration;
+
+use manifold_proto::v1;
+use manifold_tests::{Env, TestFarm, context_dir, issue_token, show, wait_until};
+
+/// Two teams, the mobile team's token for alice and the platform team's for bob.
+struct Teams {
+    config: String,
+    alice: String,
+    bob: String,
+}
+
+async fn teams() -> anyhow::Result<Teams> {
+    let (alice, alice_entry) = issue_token(&["--name", "alice", "--team", "mobile"]).await?;
+    let (bob, bob_entry) = issue_token(&["--name", "bob", "--team", "platform"]).await?;
+    let config = format!(
+        "[[team]]\nname = \"mobile\"\n\n[[team]]\nname = \"platform\"\nweight = 2\n\n{alice_entry}\n\n{bob_entry}\n"
+    );
+    assert!(
+        !config.contains(&alice) && !config.contains(&bob),
+        "the config holds digests, never tokens"
+    );
+    Ok(Teams { config, alice, bob })
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A one-platform build whose RUN prints `marker`, submitted with `--detach` under `token`.
+async fn submit(
+    farm: &TestFarm,
+    token: &str,
+    env: &Env,
+    marker: &str,
+    ctx: &tempfile::TempDir,
+) -> anyhow::Result<String> {
+    let tag = format!("{}:1", env.unique_repo(marker));
+    let out = farm
+        .cli_as(
+            Some(token),
+            [
+                "build",
+                "--detach",
+                "-t",
+                &tag,
+                "--platform",
+                "linux/amd64",
+                ctx.path().to_str().unwrap(),
+            ],
+        )
+        .await?;
+    assert!(out.status.success(), "{}", show(&out));
+    Ok(stdout(&out).trim().to_owned())
+}
+
+fn context(env: &Env, marker: &str) -> anyhow::Result<tempfile::TempDir> {
+    context_dir(&[(
+        "Dockerfile",
+        &format!(
+            "FROM {}\nRUN echo {marker}-on-$(uname -m) && sleep 2\n",
+            env.base_image
+        ),
+    )])
+}
+
+#[tokio::test]
+async fn a_worker_without_a_client_certificate_is_refused() -> anyhow::Result<()> {
+    let env = Env::from_env();
+    let t = teams().await?;
+    let mut farm = TestFarm::builder()
+        .secured(&t.config, &["x86", "mac=mobile"])
+        .start()
+        .await?;
+
+    farm.worker("x86")
+        .docker(&env.amd64_docker)
+        .without_certificate()
+        .start()?;
+    let status = farm
+        .wait_worker_exit("x86", Duration::from_secs(60))
+        .await?;
+    assert!(!status.success(), "a refused worker exits with an error");
+    let log = farm.worker_log("x86");
+    assert!(
+        log.contains("client certificate"),
+        "the worker says why it was refused:\n{log}"
+    );
+    assert!(farm.attached_workers().await?.is_empty());
+
+    // The same machine with the certificate made for it attaches; a team-owned one shows its owner.
+    farm.worker("x86").docker(&env.amd64_docker).spawn().await?;
+    farm.worker("mac").docker(&env.amd64_docker).spawn().await?;
+    let mut attached = farm.attached_workers().await?;
+    attached.sort();
+    assert_eq!(
+        attached,
+        [
+            ("mac".to_owned(), "mobile".to_owned()),
+            ("x86".to_owned(), String::new())
+        ]
+    );
+    let out = farm.cli_as(Some(&t.alice), ["workers"]).await?;
+    assert!(out.status.success(), "{}", show(&out));
+    let mac_line = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with("mac"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        mac_line.contains("mobile"),
+        "`manifold workers` shows the owner team:\n{}",
+        stdout(&out)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_unauthenticated_and_submits_nothing() -> anyhow::Result<()> {
+    let env = Env::from_env();
+    let t = teams().await?;
+    let farm = TestFarm::builder().secured(&t.config, &[]).start().await?;
+    let ctx = context(&env, "never")?;
+    let tag = format!("{}:1", env.unique_repo("wrong-token"));
+    let build = |token: Option<&'static str>| {
+        let (farm, tag, ctx) = (&farm, tag.clone(), ctx.path().to_owned());
+        async move {
+            farm.cli_as(
+                token,
+                [
+                    "build",
+                    "-t",
+                    &tag,
+                    "--platform",
+                    "linux/amd64",
+                    ctx.to_str().unwrap(),
+                ],
+            )
+            .await
+        }
+    };
+
+    let wrong = "mft_not-a-token-of-this-farm";
+    let out = build(Some(wrong)).await?;
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("not valid for this farm"),
+        "the error says the token was refused:\n{err}"
+    );
+    assert!(!err.contains(wrong), "the token is never echoed:\n{err}");
+
+    let out = build(None).await?;
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("requires a token"),
+        "no token: the error says how to give one:\n{}",
+        stderr(&out)
+    );
+
+    let builds = farm
+        .builds()
+        .await?
+        .list(farm.as_admin(v1::ListBuildsRequest { limit: 10 }))
+        .await?
+        .into_inner()
+        .builds;
+    assert!(builds.is_empty(), "nothing was submitted: {builds:?}");
+    let log = farm.coordinator_log();
+    assert!(!log.contains(wrong), "the coordinator never logs tokens");
+    assert!(!log.contains(&t.alice) && !log.contains(&t.bob));
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_team_cannot_see_or_touch_another_teams_build() -> anyhow::Result<()> {
+    let env = Env::from_env();
+    let t = teams().await?;
+    let mut farm = TestFarm::builder()
+        .secured(&t.config, &["x86"])
+        .start()
+        .await?;
+    farm.worker("x86").docker(&env.amd64_docker).spawn().await?;
+    let ctx = context(&env, "alices-secret")?;
+    let id = submit(&farm, &t.alice, &env, "alices-secret", &ctx).await?;
+
+    // Bob (team platform) does not see it in the list...
+    let out = farm.cli_as(Some(&t.bob), ["builds"]).await?;
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!stdout(&out).contains(&id), "{}", show(&out));
+    // ...and every direct use is PermissionDenied, naming the reason.
+    for command in ["build-status", "watch", "logs", "cancel"] {
+        let out = farm.cli_as(Some(&t.bob), [command, &id]).await?;
+        assert!(!out.status.success(), "bob's `{command}`: {}", show(&out));
+        assert!(
+            stderr(&out).contains("belongs to another team"),
+            "bob's `{command}` is refused as another team's build:\n{}",
+            show(&out)
+        );
+        assert!(!stdout(&out).contains("alices-secret"), "{}", show(&out));
+    }
+
+    // Bob's cancel changed nothing: the build succeeds, and alice reads its logs.
+    let build = farm.wait_build_end(&id, Duration::from_secs(180)).await?;
+    assert_eq!(build.state, v1::BuildState::Succeeded as i32, "{build:?}");
+    assert_eq!(build.team, "mobile");
+    assert_eq!(build.submitted_by, "alice");
+    let out = farm.cli_as(Some(&t.alice), ["logs", &id]).await?;
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        stdout(&out).contains("alices-secret-on-x86_64"),
+        "alice reads her build's output:\n{}",
+        show(&out)
+    );
+    let out = farm.cli_as(Some(&t.alice), ["builds"]).await?;
+    assert!(stdout(&out).contains(&id), "{}", show(&out));
+    // The admin sees every team's builds.
+    let out = farm.cli(["builds"]).await?;
+    assert!(stdout(&out).contains(&id), "{}", show(&out));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_owned_worker_runs_its_owners_job_before_a_borrowers_earlier_one() -> anyhow::Result<()>
+{
+    let env = Env::from_env();
+    let t = teams().await?;
+    let mut farm = TestFarm::builder()
+        .secured(&t.config, &["mac=mobile"])
+        .start()
+        .await?;
+    // Bob's build is queued first, then alice's; only then does the mobile team's worker (one
+    // slot) attach.
+    let bob_ctx = context(&env, "borrower")?;
+    let bob_build = submit(&farm, &t.bob, &env, "borrower", &bob_ctx).await?;
+    let alice_ctx = context(&env, "owner")?;
+    let alice_build = submit(&farm, &t.alice, &env, "owner", &alice_ctx).await?;
+    farm.worker("mac")
+        .docker(&env.amd64_docker)
+        .slots(1)
+        .spawn()
+        .await?;
+
+    let first = wait_until(Duration::from_secs(60), "a job to be assigned", || async {
+        let alice = farm.build(&alice_build).await.ok()?;
+        let bob = farm.build(&bob_build).await.ok()?;
+        let started = |b: &v1::Build| b.jobs[0].state != v1::JobState::Queued as i32;
+        (started(&alice) || started(&bob)).then_some((alice, bob))
+    })
+    .await?;
+    let (alice, bob) = first;
+    assert_ne!(
+        alice.jobs[0].state,
+        v1::JobState::Queued as i32,
+        "the owner's job goes first"
+    );
+    assert_eq!(
+        bob.jobs[0].state,
+        v1::JobState::Queued as i32,
+        "the borrower's earlier job waits while the owner has work"
+    );
+
+    // Once the owner has nothing queued, the borrower gets the worker.
+    let alice = farm
+        .wait_build_end(&alice_build, Duration::from_secs(180))
+        .await?;
+    assert_eq!(alice.state, v1::BuildState::Succeeded as i32, "{alice:?}");
+    let bob = farm
+        .wait_build_end(&bob_build, Duration::from_secs(180))
+        .await?;
+    assert_eq!(bob.state, v1::BuildState::Succeeded as i32, "{bob:?}");
+    assert_eq!(bob.jobs[0].worker, "mac", "borrowed the idle owned worker");
+    assert!(bob.jobs[0].attempt == 1 && alice.jobs[0].attempt == 1);
+    Ok(())
+}
