@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use manifold_proto::{BuildId, DEFAULT_COORDINATOR, Platform, PlatformError, v1};
+use manifold_proto::{BuildId, Platform, PlatformError, v1};
 use manifold_registry::tag_template::{DEFAULT_TAG_TEMPLATE, TagTemplate, TagTemplateError};
 
+use crate::client::{Token, parse_token};
+use crate::config::Flags;
 use crate::dockerignore::clean;
 
 /// Environment variable naming the coordinator (same as `--coordinator`).
@@ -29,20 +31,41 @@ pub const DEFAULT_DOCKERFILE: &str = "Dockerfile";
         builds every platform on a worker of that platform and pushes one manifest list under your tag."
 )]
 pub struct Cli {
-    /// Coordinator address
+    /// Coordinator address, or several comma-separated; https:// anywhere, http:// only to
+    /// loopback [default: `coordinator` in the config file, else http://127.0.0.1:7700]
     #[arg(
         long,
         global = true,
         value_name = "URL",
         env = COORDINATOR_ENV,
-        hide_env_values = true,
-        default_value = DEFAULT_COORDINATOR
+        hide_env_values = true
     )]
-    pub coordinator: String,
+    pub coordinator: Option<String>,
+
+    /// Bearer token for the coordinator [env: MANIFOLD_TOKEN; config: token]; prefer the
+    /// environment or the config file, other users can see command lines
+    #[arg(long, global = true, value_name = "TOKEN", value_parser = parse_token)]
+    pub token: Option<Token>,
+
+    /// PEM CA certificate to trust for an https:// coordinator instead of the system's roots
+    /// [env: MANIFOLD_CA_CERT; config: ca_cert]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
 
     /// What to do
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The flags about reaching the coordinator, for [`crate::config::resolve`].
+    pub fn connection_flags(&self) -> Flags {
+        Flags {
+            coordinator: self.coordinator.clone(),
+            token: self.token.clone(),
+            ca_cert: self.ca_cert.clone(),
+        }
+    }
 }
 
 /// The subcommands.
@@ -60,6 +83,12 @@ pub enum Command {
     Watch(WatchArgs),
     /// Cancel a build: every unfinished platform stops and no tag is written
     Cancel(IdArgs),
+    /// Print a build's recorded output, every platform's or one's
+    Logs(LogsArgs),
+    /// Show each team's weight, cap, running and queued jobs, and share of the running jobs
+    Teams(FormatArgs),
+    /// List the jobs waiting for a worker, per platform, in the order they are considered
+    Queue(FormatArgs),
     /// Inspect and merge manifest lists directly in registries (no coordinator, no Docker daemon)
     #[command(subcommand)]
     Manifest(ManifestCommand),
@@ -288,6 +317,15 @@ pub struct BuildArgs {
     #[arg(long)]
     pub detach: bool,
 
+    /// Higher runs first among your team's queued jobs; it never reorders teams
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub priority: i32,
+
     /// Fail the build (and stop its platforms) when it has not ended this long after submission,
     /// waiting for workers included, e.g. 30m, 2h, 1h30m
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
@@ -372,6 +410,18 @@ pub struct WatchArgs {
     /// Print only the manifest list digest (same as --progress quiet)
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// Flags of `manifold logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Build id
+    #[arg(value_name = "ID")]
+    pub id: BuildId,
+
+    /// Only this platform's output, e.g. linux/arm64
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<Platform>,
 }
 
 /// A build id alone.
@@ -510,6 +560,8 @@ pub struct BuildPlan {
     pub detach: bool,
     /// `--timeout`.
     pub timeout: Duration,
+    /// `--priority`: order among the team's queued jobs, higher first.
+    pub priority: i32,
 }
 
 impl BuildPlan {
@@ -578,6 +630,7 @@ impl BuildPlan {
             },
             detach: args.detach,
             timeout: args.timeout,
+            priority: args.priority,
         })
     }
 
@@ -608,7 +661,7 @@ impl BuildPlan {
             target: self.target.clone().unwrap_or_default(),
             labels: to_hash_map(&self.labels),
             arch_tags: self.arch_tags,
-            priority: 0,
+            priority: self.priority,
             timeout_seconds: self.timeout.as_secs_f64().ceil() as u64,
             arch_tag_template: if self.arch_tag_template.is_default() {
                 String::new()
@@ -1281,5 +1334,74 @@ mod tests {
             })
         ));
         assert!(Cli::try_parse_from(["manifold", "completion", "tcsh"]).is_err());
+    }
+
+    #[test]
+    fn the_token_flag_never_shows_in_debug_output() {
+        let c = cli(&[
+            "--token",
+            "s3cr3t-t0ken",
+            "--ca-cert",
+            "/pki/ca.pem",
+            "--coordinator",
+            "https://c:7700",
+            "teams",
+        ]);
+        assert!(!format!("{c:?}").contains("s3cr3t"), "{c:?}");
+        let flags = c.connection_flags();
+        assert!(!format!("{flags:?}").contains("s3cr3t"), "{flags:?}");
+        assert_eq!(flags.token, Some(Token::new("s3cr3t-t0ken")));
+        assert_eq!(flags.ca_cert, Some(PathBuf::from("/pki/ca.pem")));
+        assert_eq!(flags.coordinator.as_deref(), Some("https://c:7700"));
+        // Global: accepted after the subcommand too.
+        let c = cli(&["queue", "--token", "t", "--format", "json"]);
+        assert_eq!(c.connection_flags().token, Some(Token::new("t")));
+        assert!(matches!(
+            c.command,
+            Command::Queue(FormatArgs {
+                format: Format::Json
+            })
+        ));
+    }
+
+    #[test]
+    fn logs_takes_a_build_and_an_optional_platform() {
+        match cli(&[
+            "logs",
+            "3f2b8c1e-7d4a-4c61-9a57-0b6e2f1d9c3a",
+            "--platform",
+            "arm64",
+        ])
+        .command
+        {
+            Command::Logs(l) => assert_eq!(l.platform, Some(Platform::linux_arm64())),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            cli(&["teams"]).command,
+            Command::Teams(FormatArgs {
+                format: Format::Table
+            })
+        ));
+        assert!(Cli::try_parse_from(["manifold", "logs"]).is_err());
+    }
+
+    #[test]
+    fn build_priority_defaults_to_zero_and_may_be_negative() {
+        let ctx = context_with(&["Dockerfile"]);
+        let dir = ctx.path().to_str().unwrap();
+        let priority = |extra: &[&str]| {
+            let mut args = vec!["build", "-t", "app:1", "--platform", "amd64"];
+            args.extend_from_slice(extra);
+            args.push(dir);
+            BuildPlan::from_args(&build_args(&args))
+                .unwrap()
+                .request("sha256:x")
+                .priority
+        };
+        assert_eq!(priority(&[]), 0);
+        assert_eq!(priority(&["--priority", "5"]), 5);
+        assert_eq!(priority(&["--priority", "-2"]), -2);
+        assert_eq!(priority(&["--priority=-9"]), -9);
     }
 }

@@ -393,6 +393,43 @@ pub async fn build_status(
     Ok(())
 }
 
+/// `manifold logs ID [--platform P]`: the build's recorded output on stdout.
+pub async fn logs(
+    coordinator: &Coordinator,
+    id: BuildId,
+    platform: Option<&manifold_proto::Platform>,
+) -> Result<(), CommandError> {
+    let lines = coordinator.build_logs(id, platform).await?;
+    if lines.is_empty() {
+        match platform {
+            Some(p) => eprintln!("build {id} has no recorded output for {p}"),
+            None => eprintln!("build {id} has no recorded output"),
+        }
+    }
+    print!("{}", listing::logs_text(&lines));
+    Ok(())
+}
+
+/// `manifold teams`.
+pub async fn teams(coordinator: &Coordinator, format: Format) -> Result<(), CommandError> {
+    let teams = coordinator.list_teams().await?;
+    match format {
+        Format::Table => print!("{}", listing::teams_table(&teams)),
+        Format::Json => println!("{}", listing::teams_json(&teams)),
+    }
+    Ok(())
+}
+
+/// `manifold queue`.
+pub async fn queue(coordinator: &Coordinator, format: Format) -> Result<(), CommandError> {
+    let jobs = coordinator.queue().await?;
+    match format {
+        Format::Table => print!("{}", listing::queue_table(&jobs)),
+        Format::Json => println!("{}", listing::queue_json(&jobs)),
+    }
+    Ok(())
+}
+
 /// `manifold cancel ID`: asks for the cancellation and says what the coordinator answered.
 pub async fn cancel(coordinator: &Coordinator, id: BuildId) -> Result<(), CommandError> {
     let build = coordinator.cancel_build(id).await?;

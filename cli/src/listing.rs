@@ -1,24 +1,29 @@
-//! Listings of workers and builds: aligned tables for people, JSON documents for programs. Pure
-//! functions of the wire types and the current time.
+//! Listings of workers, builds, teams, the queue and a build's logs: aligned tables for people,
+//! JSON documents for programs. Pure functions of the wire types and the current time.
 
 use std::collections::BTreeMap;
 
 use manifold_proto::v1;
 use serde::Serialize;
 
-use crate::progress::{build_state_name, job_state_name, platform_name};
+use crate::progress::{build_state_name, format_log_line, job_state_name, platform_name};
 
 /// `3s ago`, `5m ago`, `2h ago`, `4d ago`; `never` for a zero time.
 pub fn ago(now_ms: i64, then_ms: i64) -> String {
     if then_ms <= 0 {
         return "never".to_owned();
     }
-    let secs = (now_ms - then_ms).max(0) / 1000;
+    format!("{} ago", short_duration(now_ms - then_ms))
+}
+
+/// A duration in its largest whole unit: `3s`, `5m`, `2h`, `4d` (negative counts as 0).
+pub fn short_duration(ms: i64) -> String {
+    let secs = ms.max(0) / 1000;
     match secs {
-        s if s < 60 => format!("{s}s ago"),
-        s if s < 3600 => format!("{}m ago", s / 60),
-        s if s < 86_400 => format!("{}h ago", s / 3600),
-        s => format!("{}d ago", s / 86_400),
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
     }
 }
 
@@ -87,6 +92,8 @@ pub struct WorkerView {
     pub draining: bool,
     /// Why its Docker daemon cannot build, when it cannot.
     pub unhealthy_reason: Option<String>,
+    /// The team that owns it; empty for shared capacity.
+    pub owner: String,
 }
 
 /// A worker's STATUS: `ready`, `draining`, `unhealthy: REASON` (or draining and unhealthy).
@@ -123,6 +130,7 @@ impl From<&v1::WorkerInfo> for WorkerView {
             status: worker_status(w),
             draining: w.draining,
             unhealthy_reason: w.unhealthy.then(|| w.unhealthy_reason.clone()),
+            owner: w.owner.clone(),
         }
     }
 }
@@ -157,6 +165,12 @@ pub struct BuildView {
     pub state: String,
     /// Image the manifest list is pushed to.
     pub image: String,
+    /// The team that submitted it.
+    pub team: String,
+    /// Who submitted it (the token's name).
+    pub submitted_by: String,
+    /// `--priority` among the team's queued jobs.
+    pub priority: i32,
     /// Normalised platforms.
     pub platforms: Vec<String>,
     /// Context digest.
@@ -201,6 +215,9 @@ impl From<&v1::Build> for BuildView {
             id: b.id.clone(),
             state: build_state_name(b.state).to_owned(),
             image: request.image,
+            team: b.team.clone(),
+            submitted_by: b.submitted_by.clone(),
+            priority: request.priority,
             platforms: platforms_of(&request.platforms),
             context_digest: request.context_digest,
             manifest_digest: b.manifest_digest.clone(),
@@ -213,7 +230,8 @@ impl From<&v1::Build> for BuildView {
     }
 }
 
-/// `manifold workers`: NAME, STATUS, PLATFORMS, NATIVE/EMULATED, SLOTS, LAST HEARTBEAT, DOCKER.
+/// `manifold workers`: NAME, STATUS, OWNER, PLATFORMS, NATIVE/EMULATED, SLOTS, LAST HEARTBEAT,
+/// DOCKER.
 pub fn workers_table(workers: &[v1::WorkerInfo], now_ms: i64) -> String {
     let rows: Vec<Vec<String>> = workers
         .iter()
@@ -221,6 +239,7 @@ pub fn workers_table(workers: &[v1::WorkerInfo], now_ms: i64) -> String {
             vec![
                 w.name.clone(),
                 worker_status(w),
+                or_dash(&w.owner),
                 or_dash(&platforms_of(&w.platforms).join(",")),
                 if w.emulated { "emulated" } else { "native" }.to_owned(),
                 format!("{}/{}", w.slots_in_use, w.slots),
@@ -233,6 +252,7 @@ pub fn workers_table(workers: &[v1::WorkerInfo], now_ms: i64) -> String {
         &[
             "NAME",
             "STATUS",
+            "OWNER",
             "PLATFORMS",
             "NATIVE/EMULATED",
             "SLOTS",
@@ -254,7 +274,7 @@ pub fn workers_json(workers: &[v1::WorkerInfo]) -> String {
     })
 }
 
-/// `manifold builds`: ID, STATE, IMAGE, PLATFORMS, CREATED.
+/// `manifold builds`: ID, STATE, TEAM, IMAGE, PLATFORMS, CREATED.
 pub fn builds_table(builds: &[v1::Build], now_ms: i64) -> String {
     let rows: Vec<Vec<String>> = builds
         .iter()
@@ -263,13 +283,17 @@ pub fn builds_table(builds: &[v1::Build], now_ms: i64) -> String {
             vec![
                 view.id,
                 view.state,
+                or_dash(&view.team),
                 or_dash(&view.image),
                 or_dash(&view.platforms.join(",")),
                 ago(now_ms, view.created_at_ms),
             ]
         })
         .collect();
-    render_table(&["ID", "STATE", "IMAGE", "PLATFORMS", "CREATED"], &rows)
+    render_table(
+        &["ID", "STATE", "TEAM", "IMAGE", "PLATFORMS", "CREATED"],
+        &rows,
+    )
 }
 
 /// `manifold builds --format json`.
@@ -293,6 +317,15 @@ pub fn build_status_text(build: &v1::Build, now_ms: i64) -> String {
         ("platforms", or_dash(&view.platforms.join(","))),
         ("created", ago(now_ms, view.created_at_ms)),
     ];
+    if !view.team.is_empty() {
+        fields.push(("team", view.team.clone()));
+    }
+    if !view.submitted_by.is_empty() {
+        fields.push(("submitter", view.submitted_by.clone()));
+    }
+    if view.priority != 0 {
+        fields.push(("priority", view.priority.to_string()));
+    }
     if view.finished_at_ms > 0 {
         fields.push(("finished", ago(now_ms, view.finished_at_ms)));
     }
@@ -335,6 +368,183 @@ pub fn build_status_text(build: &v1::Build, now_ms: i64) -> String {
 /// `manifold build-status --format json`.
 pub fn build_json(build: &v1::Build) -> String {
     to_json(&BuildView::from(build))
+}
+
+/// A team as `manifold teams --format json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TeamView {
+    /// Team name.
+    pub name: String,
+    /// Its weight in the fair share.
+    pub weight: u32,
+    /// Most jobs it may run at once; 0: no cap.
+    pub max_concurrent_jobs: u32,
+    /// Jobs running now.
+    pub running: u32,
+    /// Jobs waiting.
+    pub queued: u32,
+    /// Its running jobs over all running jobs, 0 to 1.
+    pub share: f64,
+    /// Its weight over the weights of all teams with work, 0 to 1: what it is entitled to.
+    pub weight_share: f64,
+}
+
+impl From<&v1::TeamInfo> for TeamView {
+    fn from(t: &v1::TeamInfo) -> Self {
+        Self {
+            name: t.name.clone(),
+            weight: t.weight,
+            max_concurrent_jobs: t.max_concurrent_jobs,
+            running: t.running,
+            queued: t.queued,
+            share: t.share,
+            weight_share: t.weight_share,
+        }
+    }
+}
+
+/// A fraction as a whole percentage: `0.333` → `33%`.
+fn percent(fraction: f64) -> String {
+    let value = if fraction.is_finite() {
+        (fraction * 100.0).round().clamp(0.0, 100.0)
+    } else {
+        0.0
+    };
+    format!("{value:.0}%")
+}
+
+/// `manifold teams`: TEAM, WEIGHT, CAP (`-`: none), RUNNING, QUEUED, SHARE (`33% (of 25%)`: the
+/// share of running jobs it has, then the share its weight entitles it to).
+pub fn teams_table(teams: &[v1::TeamInfo]) -> String {
+    let rows: Vec<Vec<String>> = teams
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.weight.to_string(),
+                if t.max_concurrent_jobs == 0 {
+                    "-".to_owned()
+                } else {
+                    t.max_concurrent_jobs.to_string()
+                },
+                t.running.to_string(),
+                t.queued.to_string(),
+                format!("{} (of {})", percent(t.share), percent(t.weight_share)),
+            ]
+        })
+        .collect();
+    render_table(
+        &["TEAM", "WEIGHT", "CAP", "RUNNING", "QUEUED", "SHARE"],
+        &rows,
+    )
+}
+
+/// `manifold teams --format json`.
+pub fn teams_json(teams: &[v1::TeamInfo]) -> String {
+    #[derive(Serialize)]
+    struct Doc {
+        teams: Vec<TeamView>,
+    }
+    to_json(&Doc {
+        teams: teams.iter().map(TeamView::from).collect(),
+    })
+}
+
+/// A queued job as `manifold queue --format json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueuedJobView {
+    /// Normalised platform.
+    pub platform: String,
+    /// The team that submitted it.
+    pub team: String,
+    /// Its build's `--priority`.
+    pub priority: i32,
+    /// How long it has waited, ms.
+    pub waited_ms: i64,
+    /// Its build; empty for another team's job unless the caller is an admin.
+    pub build_id: String,
+    /// Its job.
+    pub job_id: String,
+    /// Its build's image; empty for another team's job unless the caller is an admin.
+    pub image: String,
+}
+
+impl From<&v1::QueuedJob> for QueuedJobView {
+    fn from(j: &v1::QueuedJob) -> Self {
+        Self {
+            platform: platform_name(j.platform.as_ref()),
+            team: j.team.clone(),
+            priority: j.priority,
+            waited_ms: j.waited_ms,
+            build_id: j.build_id.clone(),
+            job_id: j.job_id.clone(),
+            image: j.image.clone(),
+        }
+    }
+}
+
+/// The queue grouped by platform (sorted by name), each platform's jobs in the order received
+/// (the order the scheduler considers them).
+fn queue_by_platform(jobs: &[v1::QueuedJob]) -> Vec<QueuedJobView> {
+    let mut views: Vec<QueuedJobView> = jobs.iter().map(QueuedJobView::from).collect();
+    // A stable sort keeps the coordinator's order within a platform.
+    views.sort_by(|a, b| a.platform.cmp(&b.platform));
+    views
+}
+
+/// `manifold queue`: PLATFORM, TEAM, PRIORITY, WAITED, BUILD, IMAGE (`-` where hidden), or
+/// `nothing is queued`.
+pub fn queue_table(jobs: &[v1::QueuedJob]) -> String {
+    if jobs.is_empty() {
+        return "nothing is queued\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = queue_by_platform(jobs)
+        .into_iter()
+        .map(|j| {
+            vec![
+                j.platform,
+                or_dash(&j.team),
+                j.priority.to_string(),
+                short_duration(j.waited_ms),
+                or_dash(&j.build_id),
+                or_dash(&j.image),
+            ]
+        })
+        .collect();
+    render_table(
+        &["PLATFORM", "TEAM", "PRIORITY", "WAITED", "BUILD", "IMAGE"],
+        &rows,
+    )
+}
+
+/// `manifold queue --format json`: the jobs in the table's order.
+pub fn queue_json(jobs: &[v1::QueuedJob]) -> String {
+    #[derive(Serialize)]
+    struct Doc {
+        jobs: Vec<QueuedJobView>,
+    }
+    to_json(&Doc {
+        jobs: queue_by_platform(jobs),
+    })
+}
+
+/// `manifold logs`: one line per output line, prefixed with `[platform]` (as `manifold build`
+/// shows them) when the lines come from several platforms.
+pub fn logs_text(lines: &[v1::LogLine]) -> String {
+    let first = lines.first().map(|l| platform_name(l.platform.as_ref()));
+    let several = lines
+        .iter()
+        .any(|l| Some(platform_name(l.platform.as_ref())) != first);
+    let mut out = String::new();
+    for line in lines {
+        if several {
+            out.push_str(&format_log_line(line));
+        } else {
+            out.push_str(line.line.trim_end());
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn to_json<T: Serialize>(value: &T) -> String {
@@ -418,14 +628,158 @@ mod tests {
         }];
         assert_eq!(
             workers_table(&workers, 100_000),
-            "NAME        STATUS  PLATFORMS              NATIVE/EMULATED  SLOTS  LAST HEARTBEAT  DOCKER\n\
-             worker-x86  ready   linux/amd64,linux/386  native           1/4    3s ago          27.1.0\n"
+            "NAME        STATUS  OWNER  PLATFORMS              NATIVE/EMULATED  SLOTS  LAST HEARTBEAT  DOCKER\n\
+             worker-x86  ready   -      linux/amd64,linux/386  native           1/4    3s ago          27.1.0\n"
         );
         let json: serde_json::Value = serde_json::from_str(&workers_json(&workers)).unwrap();
         assert_eq!(json["workers"][0]["name"], "worker-x86");
         assert_eq!(json["workers"][0]["platforms"][1], "linux/386");
         assert_eq!(json["workers"][0]["slots_in_use"], 1);
         assert_eq!(json["workers"][0]["status"], "ready");
+        assert_eq!(json["workers"][0]["owner"], "");
+    }
+
+    #[test]
+    fn a_worker_s_owner_is_its_team() {
+        let workers = [
+            v1::WorkerInfo {
+                name: "gpu-1".into(),
+                owner: "ml".into(),
+                slots: 1,
+                ..Default::default()
+            },
+            v1::WorkerInfo {
+                name: "shared-1".into(),
+                slots: 2,
+                ..Default::default()
+            },
+        ];
+        let table = workers_table(&workers, 0);
+        let owners: Vec<&str> = table
+            .lines()
+            .map(|l| l.split_whitespace().nth(2).unwrap())
+            .collect();
+        assert_eq!(owners, ["OWNER", "ml", "-"]);
+        let json: serde_json::Value = serde_json::from_str(&workers_json(&workers)).unwrap();
+        assert_eq!(json["workers"][0]["owner"], "ml");
+    }
+
+    #[test]
+    fn durations_use_their_largest_unit() {
+        assert_eq!(short_duration(999), "0s");
+        assert_eq!(short_duration(61_000), "1m");
+        assert_eq!(short_duration(3 * 3_600_000 + 59_000), "3h");
+        assert_eq!(short_duration(-5), "0s");
+    }
+
+    #[test]
+    fn teams_show_their_share_beside_what_their_weight_entitles_them_to() {
+        let teams = [
+            v1::TeamInfo {
+                name: "web".into(),
+                weight: 1,
+                max_concurrent_jobs: 0,
+                running: 1,
+                queued: 4,
+                share: 1.0 / 3.0,
+                weight_share: 0.25,
+            },
+            v1::TeamInfo {
+                name: "data".into(),
+                weight: 3,
+                max_concurrent_jobs: 8,
+                running: 2,
+                queued: 0,
+                share: 2.0 / 3.0,
+                weight_share: 0.75,
+            },
+            v1::TeamInfo {
+                name: "idle".into(),
+                weight: 2,
+                ..Default::default()
+            },
+        ];
+        assert_eq!(
+            teams_table(&teams),
+            "TEAM  WEIGHT  CAP  RUNNING  QUEUED  SHARE\n\
+             web   1       -    1        4       33% (of 25%)\n\
+             data  3       8    2        0       67% (of 75%)\n\
+             idle  2       -    0        0       0% (of 0%)\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&teams_json(&teams)).unwrap();
+        assert_eq!(json["teams"][1]["name"], "data");
+        assert_eq!(json["teams"][1]["max_concurrent_jobs"], 8);
+        assert_eq!(json["teams"][0]["weight_share"], 0.25);
+        assert_eq!(
+            teams_table(&[]),
+            "TEAM  WEIGHT  CAP  RUNNING  QUEUED  SHARE\n"
+        );
+    }
+
+    fn queued(
+        platform: &str,
+        team: &str,
+        build: &str,
+        image: &str,
+        waited_ms: i64,
+    ) -> v1::QueuedJob {
+        v1::QueuedJob {
+            build_id: build.into(),
+            job_id: format!("job-{team}-{platform}"),
+            image: image.into(),
+            platform: Some(wire(platform)),
+            team: team.into(),
+            priority: if team == "web" { 5 } else { 0 },
+            waited_ms,
+        }
+    }
+
+    #[test]
+    fn the_queue_is_grouped_by_platform_in_the_order_received() {
+        let jobs = [
+            queued("linux/arm64", "web", "b1", "reg/web:1", 65_000),
+            queued("linux/amd64", "data", "", "", 3_000),
+            queued("linux/arm64", "data", "", "", 2_000),
+            queued("linux/amd64", "web", "b1", "reg/web:1", 64_000),
+        ];
+        assert_eq!(
+            queue_table(&jobs),
+            "PLATFORM     TEAM  PRIORITY  WAITED  BUILD  IMAGE\n\
+             linux/amd64  data  0         3s      -      -\n\
+             linux/amd64  web   5         1m      b1     reg/web:1\n\
+             linux/arm64  web   5         1m      b1     reg/web:1\n\
+             linux/arm64  data  0         2s      -      -\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&queue_json(&jobs)).unwrap();
+        assert_eq!(json["jobs"][0]["team"], "data");
+        assert_eq!(json["jobs"][0]["build_id"], "");
+        assert_eq!(json["jobs"][1]["image"], "reg/web:1");
+        assert_eq!(json["jobs"][3]["waited_ms"], 2_000);
+        assert_eq!(queue_table(&[]), "nothing is queued\n");
+        assert_eq!(queue_json(&[]), "{\n  \"jobs\": []\n}");
+    }
+
+    #[test]
+    fn logs_are_prefixed_only_when_several_platforms_speak() {
+        let line = |p: &str, text: &str| v1::LogLine {
+            platform: Some(wire(p)),
+            line: text.into(),
+        };
+        let one = [
+            line("linux/arm64", "#5 RUN uname -m\n"),
+            line("linux/arm64", "aarch64"),
+        ];
+        assert_eq!(logs_text(&one), "#5 RUN uname -m\naarch64\n");
+        let two = [
+            line("linux/arm64", "#5 RUN uname -m"),
+            line("linux/amd64", "#5 RUN uname -m"),
+            line("linux/arm64", "aarch64"),
+        ];
+        assert_eq!(
+            logs_text(&two),
+            "[linux/arm64] #5 RUN uname -m\n[linux/amd64] #5 RUN uname -m\n[linux/arm64] aarch64\n"
+        );
+        assert_eq!(logs_text(&[]), "");
     }
 
     #[test]
@@ -455,9 +809,32 @@ mod tests {
         let b = build();
         assert_eq!(
             builds_table(std::slice::from_ref(&b), 1_000_000),
-            "ID                                    STATE   IMAGE      PLATFORMS                CREATED\n\
-             3f2b8c1e-7d4a-4c61-9a57-0b6e2f1d9c3a  failed  reg/app:1  linux/amd64,linux/arm64  2m ago\n"
+            "ID                                    STATE   TEAM  IMAGE      PLATFORMS                CREATED\n\
+             3f2b8c1e-7d4a-4c61-9a57-0b6e2f1d9c3a  failed  -     reg/app:1  linux/amd64,linux/arm64  2m ago\n"
         );
+        let with_team = v1::Build {
+            team: "web".into(),
+            submitted_by: "ci-bot".into(),
+            ..b.clone()
+        };
+        let table = builds_table(std::slice::from_ref(&with_team), 1_000_000);
+        assert!(
+            table
+                .lines()
+                .nth(1)
+                .unwrap()
+                .contains("  failed  web   reg/app:1  "),
+            "{table}"
+        );
+        let text = build_status_text(&with_team, 1_000_000);
+        assert!(
+            text.contains("\nteam      web\nsubmitter ci-bot\n"),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&builds_json(std::slice::from_ref(&with_team))).unwrap();
+        assert_eq!(json["builds"][0]["team"], "web");
+        assert_eq!(json["builds"][0]["submitted_by"], "ci-bot");
         let json: serde_json::Value =
             serde_json::from_str(&builds_json(std::slice::from_ref(&b))).unwrap();
         assert_eq!(json["builds"][0]["state"], "failed");

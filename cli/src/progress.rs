@@ -74,15 +74,20 @@ fn describe_state(change: &v1::JobStateChanged) -> String {
     text
 }
 
+/// An output line prefixed with its platform: `[linux/arm64] #5 RUN uname -m`.
+pub fn format_log_line(log: &v1::LogLine) -> String {
+    format!(
+        "[{}] {}",
+        platform_name(log.platform.as_ref()),
+        log.line.trim_end()
+    )
+}
+
 /// One event as a plain line, e.g. `[linux/arm64] #5 RUN uname -m` or
 /// `[linux/amd64] state: running on worker-x86 (attempt 1)`. None for an empty event.
 pub fn format_event(event: &v1::BuildEvent) -> Option<String> {
     match event.event.as_ref()? {
-        Event::Log(log) => Some(format!(
-            "[{}] {}",
-            platform_name(log.platform.as_ref()),
-            log.line.trim_end()
-        )),
+        Event::Log(log) => Some(format_log_line(log)),
         Event::JobState(change) => {
             let mut line = format!(
                 "[{}] state: {}",

@@ -18,6 +18,10 @@ fn manifold(address: &str, args: &[&str]) -> Command {
         .arg(address)
         .args(args)
         .env_remove("MANIFOLD_COORDINATOR")
+        // Nothing from the caller's shell or config file: no token, no CA.
+        .env_remove("MANIFOLD_TOKEN")
+        .env_remove("MANIFOLD_CA_CERT")
+        .env("MANIFOLD_CONFIG", "/dev/null")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -9,7 +9,12 @@ const UNREACHABLE: &str = "http://127.0.0.1:1";
 
 fn manifold(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_manifold"));
-    cmd.args(args).env_remove("MANIFOLD_COORDINATOR");
+    // Nothing from the caller's shell or config file: no token, no CA.
+    cmd.args(args)
+        .env_remove("MANIFOLD_COORDINATOR")
+        .env_remove("MANIFOLD_TOKEN")
+        .env_remove("MANIFOLD_CA_CERT")
+        .env("MANIFOLD_CONFIG", "/dev/null");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -1,5 +1,6 @@
-//! `manifold`: parses the command line, installs tracing on stderr, turns Ctrl-C into a counter
-//! for the library, runs one subcommand and maps its outcome to an exit code.
+//! `manifold`: installs the TLS crypto provider, parses the command line, installs tracing on
+//! stderr, turns Ctrl-C into a counter for the library, runs one subcommand and maps its outcome
+//! to an exit code.
 
 use std::process::ExitCode;
 
@@ -8,11 +9,14 @@ use clap::Parser;
 use manifold_cli::args::{BuildPlan, Cli, Command, LOG_ENV, ManifestCommand, WorkersAction};
 use manifold_cli::client::Coordinator;
 use manifold_cli::commands::{self, CommandError, Interrupts};
-use manifold_cli::manifest;
+use manifold_cli::{config, manifest};
 use tokio::signal::unix::SignalKind;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // One rustls provider for the coordinator's TLS and the registries, chosen here rather than
+    // guessed by rustls (which panics when it finds two). An error only means it is installed.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -54,12 +58,19 @@ fn report(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
+/// Connects to the coordinator the flags, the environment and the config file name.
+async fn connect(flags: &config::Flags) -> anyhow::Result<Coordinator> {
+    let resolved = config::resolve(flags, |name| std::env::var(name).ok())?;
+    Ok(Coordinator::connect_with(&resolved.coordinator, &resolved.options).await?)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let flags = cli.connection_flags();
     match cli.command {
         Command::Build(args) => {
             // Everything local is checked before the coordinator is dialled.
             let plan = BuildPlan::from_args(&args)?;
-            let coordinator = Coordinator::connect(&cli.coordinator).await?;
+            let coordinator = connect(&flags).await?;
             // Only `build` handles Ctrl-C itself (to cancel the build); elsewhere the default
             // of ending the process is right. The handler is registered here, synchronously, so
             // no press is lost between now and the first await.
@@ -76,7 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             result?;
         }
         Command::Workers(args) => {
-            let coordinator = Coordinator::connect(&cli.coordinator).await?;
+            let coordinator = connect(&flags).await?;
             match args.action {
                 None => commands::workers(&coordinator, args.format).await?,
                 Some(WorkersAction::Drain(drain)) => {
@@ -85,15 +96,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Builds(args) => {
-            let coordinator = Coordinator::connect(&cli.coordinator).await?;
+            let coordinator = connect(&flags).await?;
             commands::builds(&coordinator, args.format, args.limit).await?;
         }
         Command::BuildStatus(args) => {
-            let coordinator = Coordinator::connect(&cli.coordinator).await?;
+            let coordinator = connect(&flags).await?;
             commands::build_status(&coordinator, args.id, args.format).await?;
         }
         Command::Watch(args) => {
-            let coordinator = Coordinator::connect(&cli.coordinator).await?;
+            let coordinator = connect(&flags).await?;
             let mode = if args.quiet {
                 manifold_cli::args::ProgressMode::Quiet
             } else {
@@ -102,8 +113,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::watch(&coordinator, args.id, mode).await?;
         }
         Command::Cancel(args) => {
-            let coordinator = Coordinator::connect(&cli.coordinator).await?;
+            let coordinator = connect(&flags).await?;
             commands::cancel(&coordinator, args.id).await?;
+        }
+        Command::Logs(args) => {
+            let coordinator = connect(&flags).await?;
+            commands::logs(&coordinator, args.id, args.platform.as_ref()).await?;
+        }
+        Command::Teams(args) => {
+            let coordinator = connect(&flags).await?;
+            commands::teams(&coordinator, args.format).await?;
+        }
+        Command::Queue(args) => {
+            let coordinator = connect(&flags).await?;
+            commands::queue(&coordinator, args.format).await?;
         }
         Command::Manifest(ManifestCommand::Inspect(args)) => manifest::inspect(&args).await?,
         Command::Manifest(ManifestCommand::Create(args)) => manifest::create(&args, false).await?,

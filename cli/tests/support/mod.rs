@@ -1,5 +1,7 @@
-//! An in-memory twin of the coordinator's `Contexts` and `Builds` services, served by tonic on
-//! 127.0.0.1:0, for the crate tests. It records what the CLI sent and plays a scripted build.
+//! An in-memory twin of the coordinator's `Contexts`, `Builds` and `Workers` services, served by
+//! tonic on 127.0.0.1:0 (plain, or TLS with a test CA), for the crate tests. It records what the
+//! CLI sent (the `authorization` metadata of every call included), can require a token, and plays
+//! a scripted build.
 
 #![allow(dead_code)]
 
@@ -11,10 +13,13 @@ use std::time::{Duration, Instant};
 
 use manifold_proto::v1::builds_server::{Builds, BuildsServer};
 use manifold_proto::v1::contexts_server::{Contexts, ContextsServer};
+use manifold_proto::v1::workers_server::{Workers, WorkersServer};
 use manifold_proto::v1::{self, build_event::Event};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::service::Interceptor;
+use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 /// The build id the twin hands out.
@@ -49,6 +54,22 @@ pub struct Twin {
     pub cancels: AtomicUsize,
     /// Whether `Cancel` ends the build with a CANCELLED event.
     pub cancel_finishes: std::sync::atomic::AtomicBool,
+    /// The `authorization` metadata of every call received, in order (None: absent).
+    pub authorizations: Mutex<Vec<Option<String>>>,
+    /// When set, calls without `authorization: Bearer <this>` are refused as Unauthenticated.
+    pub required_token: Mutex<Option<String>>,
+    /// What `Workers.List` answers.
+    pub workers: Mutex<Vec<v1::WorkerInfo>>,
+    /// What `Builds.Teams` answers.
+    pub teams: Mutex<Vec<v1::TeamInfo>>,
+    /// What `Builds.Queue` answers.
+    pub queue: Mutex<Vec<v1::QueuedJob>>,
+    /// The lines `Builds.Logs` has for [`BUILD_ID`], filtered by the request's platform.
+    pub logs: Mutex<Vec<v1::LogLine>>,
+    /// `Builds.Logs` requests.
+    pub logs_requests: Mutex<Vec<v1::BuildLogsRequest>>,
+    /// When set, `Teams`, `Queue` and `Logs` answer this status instead (e.g. PermissionDenied).
+    pub refuse_listings: Mutex<Option<Status>>,
 }
 
 impl Twin {
@@ -82,6 +103,43 @@ impl Twin {
 
 #[derive(Clone)]
 struct Service(Arc<Twin>);
+
+/// Records every call's `authorization` metadata and enforces [`Twin::required_token`].
+#[derive(Clone)]
+struct Gate(Arc<Twin>);
+
+impl Interceptor for Gate {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or("<not ascii>").to_owned());
+        self.0
+            .authorizations
+            .lock()
+            .unwrap()
+            .push(authorization.clone());
+        if let Some(token) = self.0.required_token.lock().unwrap().as_ref()
+            && authorization.as_deref() != Some(&format!("Bearer {token}"))
+        {
+            return Err(Status::unauthenticated(if authorization.is_none() {
+                "this coordinator requires a token"
+            } else {
+                "unknown or revoked token"
+            }));
+        }
+        Ok(request)
+    }
+}
+
+impl Service {
+    fn refused(&self) -> Result<(), Status> {
+        match self.0.refuse_listings.lock().unwrap().clone() {
+            Some(status) => Err(status),
+            None => Ok(()),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Contexts for Service {
@@ -229,50 +287,197 @@ impl Builds for Service {
 
     async fn logs(
         &self,
-        _request: Request<v1::BuildLogsRequest>,
+        request: Request<v1::BuildLogsRequest>,
     ) -> Result<Response<v1::BuildLogsResponse>, Status> {
-        Err(Status::unimplemented("the fake coordinator has no logs"))
+        self.refused()?;
+        let request = request.into_inner();
+        self.0.logs_requests.lock().unwrap().push(request.clone());
+        if request.build_id != BUILD_ID {
+            return Err(Status::not_found(format!(
+                "no build `{}`",
+                request.build_id
+            )));
+        }
+        let lines = self
+            .0
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| request.platform.is_none() || l.platform == request.platform)
+            .cloned()
+            .collect();
+        Ok(Response::new(v1::BuildLogsResponse { lines }))
     }
 
     async fn teams(
         &self,
         _request: Request<v1::ListTeamsRequest>,
     ) -> Result<Response<v1::ListTeamsResponse>, Status> {
-        Err(Status::unimplemented("the fake coordinator has no teams"))
+        self.refused()?;
+        Ok(Response::new(v1::ListTeamsResponse {
+            teams: self.0.teams.lock().unwrap().clone(),
+        }))
     }
 
     async fn queue(
         &self,
         _request: Request<v1::QueueRequest>,
     ) -> Result<Response<v1::QueueResponse>, Status> {
-        Err(Status::unimplemented("the fake coordinator has no queue"))
+        self.refused()?;
+        Ok(Response::new(v1::QueueResponse {
+            jobs: self.0.queue.lock().unwrap().clone(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Workers for Service {
+    type AttachStream = ReceiverStream<Result<v1::CoordinatorMessage, Status>>;
+
+    async fn attach(
+        &self,
+        _request: Request<Streaming<v1::WorkerMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        Err(Status::unimplemented(
+            "the fake coordinator takes no workers",
+        ))
+    }
+
+    type DownloadContextStream = ReceiverStream<Result<v1::ContextChunk, Status>>;
+
+    async fn download_context(
+        &self,
+        _request: Request<v1::DownloadContextRequest>,
+    ) -> Result<Response<Self::DownloadContextStream>, Status> {
+        Err(Status::unimplemented(
+            "the fake coordinator takes no workers",
+        ))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        Ok(Response::new(v1::ListWorkersResponse {
+            workers: self.0.workers.lock().unwrap().clone(),
+        }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<v1::DrainWorkerRequest>,
+    ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
+        let name = request.into_inner().name;
+        let mut workers = self.0.workers.lock().unwrap();
+        let worker = workers
+            .iter_mut()
+            .find(|w| w.name == name)
+            .ok_or_else(|| Status::not_found(format!("no worker `{name}`")))?;
+        worker.draining = true;
+        Ok(Response::new(v1::DrainWorkerResponse {
+            worker: Some(worker.clone()),
+        }))
     }
 }
 
 /// A twin being served; dropping it stops the server.
 pub struct Served {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://...` when served with TLS.
     pub address: String,
     _stop: oneshot::Sender<()>,
 }
 
 /// Serves `twin` on a free loopback port.
 pub async fn serve(twin: Arc<Twin>) -> Served {
+    serve_with(twin, None).await
+}
+
+/// Serves `twin` on a free loopback port over TLS with `pki`'s server certificate.
+pub async fn serve_tls(twin: Arc<Twin>, pki: &Pki) -> Served {
+    serve_with(twin, Some(pki)).await
+}
+
+async fn serve_with(twin: Arc<Twin>, pki: Option<&Pki>) -> Served {
+    // The test process, like the binary, picks its rustls provider explicitly.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
+    let gate = Gate(Arc::clone(&twin));
     let service = Service(twin);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(pki) = pki {
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(
+                &pki.server_cert_pem,
+                &pki.server_key_pem,
+            )))
+            .unwrap();
+    }
     tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ContextsServer::new(service.clone()))
-            .add_service(BuildsServer::new(service))
+        builder
+            .add_service(ContextsServer::with_interceptor(
+                service.clone(),
+                gate.clone(),
+            ))
+            .add_service(BuildsServer::with_interceptor(
+                service.clone(),
+                gate.clone(),
+            ))
+            .add_service(WorkersServer::with_interceptor(service, gate))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = stopped.await;
             }),
     );
+    let scheme = if pki.is_some() { "https" } else { "http" };
     Served {
-        address: format!("http://{addr}"),
+        address: format!("{scheme}://{addr}"),
         _stop: stop,
+    }
+}
+
+/// A test CA and a server certificate it signed for `localhost` and `127.0.0.1`.
+pub struct Pki {
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    /// The server's certificate, PEM.
+    pub server_cert_pem: String,
+    /// The server's key, PEM.
+    pub server_key_pem: String,
+}
+
+impl Pki {
+    /// A fresh CA (named `manifold test CA`) and server certificate.
+    pub fn new() -> Self {
+        Self::named("manifold test CA")
+    }
+
+    /// A fresh CA with the common name `ca_name`, and a server certificate.
+    pub fn named(ca_name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, ca_name);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            server_cert_pem: server.pem(),
+            server_key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Writes the CA certificate to `dir/name` and returns its path.
+    pub fn write_ca(&self, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, &self.ca_pem).unwrap();
+        path
     }
 }
 
