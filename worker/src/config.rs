@@ -12,6 +12,14 @@ pub const ENV_COORDINATOR: &str = "MANIFOLD_COORDINATOR";
 pub const ENV_DOCKER_HOST: &str = "DOCKER_HOST";
 /// Environment variable naming the folder of the Docker config file (registry credentials).
 pub const ENV_DOCKER_CONFIG: &str = "DOCKER_CONFIG";
+/// Environment variable naming the CA certificate (PEM) trusted for an https:// coordinator's server
+/// certificate (the `--ca-cert` flag wins over it).
+pub const ENV_CA_CERT: &str = "MANIFOLD_CA_CERT";
+/// Environment variable naming the worker's client certificate (PEM) (the `--cert` flag wins over it).
+pub const ENV_WORKER_CERT: &str = "MANIFOLD_WORKER_CERT";
+/// Environment variable naming the private key (PEM) of the worker's client certificate (the `--key`
+/// flag wins over it).
+pub const ENV_WORKER_KEY: &str = "MANIFOLD_WORKER_KEY";
 /// The Docker daemon used when neither `--docker-host` nor `DOCKER_HOST` is set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 
@@ -46,6 +54,54 @@ pub struct Config {
     /// How often the worker checks that its Docker daemon answers; while it does not, the worker
     /// reports itself unhealthy and gets no job. A failed job checks at once. Default: 5 s.
     pub health_interval: Duration,
+    /// CA certificate (PEM) trusted for an https:// coordinator's server certificate. Default:
+    /// `MANIFOLD_CA_CERT`, else `None`: the system's root certificates.
+    pub ca_cert: Option<PathBuf>,
+    /// The client certificate presented to an https:// coordinator, which checks that it names this
+    /// worker. Default: `MANIFOLD_WORKER_CERT` and `MANIFOLD_WORKER_KEY` when both are set, else `None`.
+    pub identity: Option<ClientIdentity>,
+}
+
+/// A worker's client certificate and its private key, as PEM files; the certificate's subject CN
+/// must be the worker's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The certificate (`--cert`), e.g. `worker-arm64-1.pem`.
+    pub cert: PathBuf,
+    /// Its private key (`--key`), e.g. `worker-arm64-1.key`.
+    pub key: PathBuf,
+}
+
+/// Only one half of a client identity was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// `--cert` without `--key`.
+    #[error(
+        "--cert {} given without --key: pass the private key issued with that certificate, e.g. --key worker-NAME.key (or set MANIFOLD_WORKER_KEY)", .0.display()
+    )]
+    MissingKey(PathBuf),
+    /// `--key` without `--cert`.
+    #[error(
+        "--key {} given without --cert: pass the certificate issued with that key, e.g. --cert worker-NAME.pem (or set MANIFOLD_WORKER_CERT)", .0.display()
+    )]
+    MissingCert(PathBuf),
+}
+
+impl ClientIdentity {
+    /// Pairs `--cert` and `--key`: both make an identity, neither makes none, one alone is an error
+    /// naming the missing flag. Empty paths count as not given.
+    pub fn from_flags(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> Result<Option<Self>, IdentityError> {
+        let given = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        match (given(cert), given(key)) {
+            (Some(cert), Some(key)) => Ok(Some(Self { cert, key })),
+            (None, None) => Ok(None),
+            (Some(cert), None) => Err(IdentityError::MissingKey(cert)),
+            (None, Some(key)) => Err(IdentityError::MissingCert(key)),
+        }
+    }
 }
 
 impl Config {
@@ -66,8 +122,22 @@ impl Config {
             reconnect_initial: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(2),
             health_interval: Duration::from_secs(5),
+            ca_cert: env_path(ENV_CA_CERT),
+            identity: ClientIdentity::from_flags(
+                env_path(ENV_WORKER_CERT),
+                env_path(ENV_WORKER_KEY),
+            )
+            .ok()
+            .flatten(),
         }
     }
+}
+
+/// A path from the environment, unless unset or empty.
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
 }
 
 /// `DOCKER_HOST` when set, else [`DEFAULT_DOCKER_HOST`].
@@ -153,6 +223,31 @@ mod tests {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.contains(&format!("`{bad}`")), "{err}");
         }
+    }
+
+    #[test]
+    fn a_client_certificate_comes_with_its_key() {
+        let path = |p: &str| Some(PathBuf::from(p));
+        assert_eq!(
+            ClientIdentity::from_flags(path("w.pem"), path("w.key")).unwrap(),
+            Some(ClientIdentity {
+                cert: "w.pem".into(),
+                key: "w.key".into()
+            })
+        );
+        assert_eq!(ClientIdentity::from_flags(None, None).unwrap(), None);
+        assert_eq!(
+            ClientIdentity::from_flags(path(""), path("")).unwrap(),
+            None
+        );
+        let err = ClientIdentity::from_flags(path("w.pem"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--cert w.pem given without --key"), "{err}");
+        let err = ClientIdentity::from_flags(path(""), path("w.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--key w.key given without --cert"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! the dispatch of assignments and cancellations to job tasks; the drain on shutdown or when the
 //! coordinator asks; the periodic check that the Docker daemon answers, reported in heartbeats.
 //!
+//! A coordinator that refuses the worker's identity (`Unauthenticated`, `PermissionDenied`: no
+//! client certificate, one for another name, an unknown team) ends the loop with
+//! [`RunError::Refused`]: reconnecting cannot change its answer. Every other failure, TLS handshake
+//! failures included, is retried, since that is how a worker waits for its coordinator.
+//!
 //! An assignment the worker cannot start (draining, no free slot, daemon unhealthy) is refused:
 //! the coordinator requeues it without counting an attempt.
 //!
@@ -55,7 +60,7 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the daemon has to answer `info` when the worker says hello.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A worker configuration that cannot run.
+/// Why the worker cannot run, or stopped without being asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The coordinator URL does not parse.
@@ -65,6 +70,25 @@ pub enum RunError {
         url: String,
         /// What the parser said.
         reason: String,
+    },
+    /// The coordinator cannot be dialled as configured: plaintext beyond loopback, or TLS files
+    /// missing or malformed.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
+    /// The coordinator refused this worker (`Unauthenticated` or `PermissionDenied`): no client
+    /// certificate, one for another name, or a team it does not know. Retrying cannot help.
+    #[error(
+        "the coordinator at {coordinator} refused worker `{name}` ({code:?}): {message}; start the worker with --cert/--key issued for this --name (and a team the coordinator knows), e.g. by `manifold-coordinator dev-ca --worker {name}[=TEAM]`"
+    )]
+    Refused {
+        /// The coordinator URL.
+        coordinator: String,
+        /// The worker's name.
+        name: String,
+        /// The gRPC code.
+        code: tonic::Code,
+        /// What the coordinator said.
+        message: String,
     },
     /// Zero slots.
     #[error("bad slot count 0: a worker needs at least one slot, e.g. --slots 2")]
@@ -91,11 +115,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .first()
         .cloned()
         .unwrap_or_else(|| config.coordinator.clone());
-    let endpoint =
-        manifold_proto::discovery::endpoint(&first).map_err(|e| RunError::InvalidCoordinator {
-            url: config.coordinator.clone(),
-            reason: e.to_string(),
-        })?;
+    // Every address is checked now: a plaintext one beyond loopback is refused before any dial.
+    let tls = crate::tls::client_tls(&config, &addresses)?;
+    let endpoint_of = |address: &str| {
+        crate::tls::endpoint(address, tls.as_ref()).map_err(|e| match e {
+            crate::tls::TlsSetupError::InvalidAddress { address, reason } => {
+                RunError::InvalidCoordinator {
+                    url: config.coordinator.clone(),
+                    reason: if addresses.len() > 1 {
+                        format!("`{address}`: {reason}")
+                    } else {
+                        reason
+                    },
+                }
+            }
+            other => RunError::Tls(other),
+        })
+    };
+    for address in &addresses {
+        endpoint_of(address)?;
+    }
+    let endpoint = endpoint_of(&first)?;
     std::fs::create_dir_all(&config.cache_dir).map_err(|source| RunError::CacheDir {
         path: config.cache_dir.clone(),
         source,
@@ -134,6 +174,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         cache,
         channel: Mutex::new(endpoint.connect_lazy()),
         addresses,
+        tls,
         engine,
         config,
         jobs: Mutex::default(),
@@ -149,9 +190,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         outbox_rx,
         shutdown,
     };
-    worker.serve(backoff).await;
+    let served = worker.serve(backoff).await;
     checker.abort();
-    Ok(())
+    served
 }
 
 /// Checks that the daemon answers every `health_interval`, and at once when a job failed on the
@@ -187,6 +228,8 @@ struct Shared {
     channel: Mutex<Channel>,
     /// Every coordinator address given; the leader among them is looked up at each session.
     addresses: Vec<String>,
+    /// TLS settings for https:// addresses.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     options: ExecuteOptions,
     jobs: Mutex<HashMap<(JobId, u32), CancellationToken>>,
     tracker: TaskTracker,
@@ -268,10 +311,28 @@ enum SessionEnd {
     Goodbye,
     /// The stream broke or could not be opened; reconnect.
     Lost(String),
+    /// The coordinator refused this worker's identity; reconnecting cannot help.
+    Refused(tonic::Status),
+}
+
+impl SessionEnd {
+    /// How a call that failed with `status` ends the session: refused for an identity the
+    /// coordinator does not accept, lost otherwise (with the TLS problem spelled out, if any).
+    fn from_status(status: tonic::Status, coordinator: &str) -> SessionEnd {
+        match status.code() {
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                SessionEnd::Refused(status)
+            }
+            _ => match crate::tls::tls_failure(&status) {
+                Some(failure) => SessionEnd::Lost(failure.explain(coordinator)),
+                None => SessionEnd::Lost(describe_status(&status)),
+            },
+        }
+    }
 }
 
 impl Worker {
-    async fn serve(&mut self, mut backoff: Backoff) {
+    async fn serve(&mut self, mut backoff: Backoff) -> Result<(), RunError> {
         let mut farewell_attempts = 0;
         loop {
             if self.shutdown.is_cancelled() {
@@ -282,14 +343,14 @@ impl Worker {
                     // from the broken stream.
                     let undelivered = self.outbox_rx.len();
                     if undelivered == 0 {
-                        return;
+                        return Ok(());
                     }
                     if farewell_attempts == FAREWELL_ATTEMPTS {
                         tracing::warn!(
                             undelivered,
                             "exiting without reaching the coordinator: job results and logs are lost"
                         );
-                        return;
+                        return Ok(());
                     }
                     farewell_attempts += 1;
                 }
@@ -297,7 +358,18 @@ impl Worker {
             match self.session(&mut backoff).await {
                 SessionEnd::Goodbye => {
                     tracing::info!("drained; said goodbye to the coordinator");
-                    return;
+                    return Ok(());
+                }
+                SessionEnd::Refused(status) => {
+                    let error = RunError::Refused {
+                        coordinator: self.shared.config.coordinator.clone(),
+                        name: self.shared.config.name.clone(),
+                        code: status.code(),
+                        message: status.message().to_owned(),
+                    };
+                    tracing::error!("{error}");
+                    self.stop_jobs().await;
+                    return Err(error);
                 }
                 SessionEnd::Lost(reason) => {
                     let wait = backoff.next();
@@ -350,7 +422,7 @@ impl Worker {
             .await
             .expect("the receiver is still here");
         if shared.addresses.len() > 1 {
-            match manifold_proto::discovery::connect_leader(&shared.addresses).await {
+            match crate::tls::connect_leader(&shared.addresses, shared.tls.as_ref()).await {
                 Ok((leader, channel)) => {
                     tracing::info!(%leader, "found the leading coordinator");
                     *shared.channel.lock().expect("channel lock") = channel;
@@ -358,13 +430,14 @@ impl Worker {
                 Err(e) => return SessionEnd::Lost(e.to_string()),
             }
         }
+        let coordinator = config.coordinator.as_str();
         let channel = shared.channel.lock().expect("channel lock").clone();
         let mut client = WorkersClient::new(channel)
             .max_decoding_message_size(manifold_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(manifold_proto::MAX_MESSAGE_BYTES);
         let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
             Ok(response) => response.into_inner(),
-            Err(status) => return SessionEnd::Lost(describe_status(&status)),
+            Err(status) => return SessionEnd::from_status(status, coordinator),
         };
         let heartbeat_every = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
             Err(_) => {
@@ -372,7 +445,7 @@ impl Worker {
                     "no Welcome within {WELCOME_TIMEOUT:?} of the hello"
                 ));
             }
-            Ok(Err(status)) => return SessionEnd::Lost(describe_status(&status)),
+            Ok(Err(status)) => return SessionEnd::from_status(status, coordinator),
             Ok(Ok(None)) => return SessionEnd::Lost("the coordinator closed the stream".into()),
             Ok(Ok(Some(v1::CoordinatorMessage {
                 msg: Some(FromCoordinator::Welcome(welcome)),
@@ -407,7 +480,7 @@ impl Worker {
                 message = inbound.message() => match message {
                     Ok(Some(message)) => self.dispatch(message, &platform, &tx).await,
                     Ok(None) => return SessionEnd::Lost("the coordinator closed the stream".into()),
-                    Err(status) => return SessionEnd::Lost(describe_status(&status)),
+                    Err(status) => return SessionEnd::from_status(status, coordinator),
                 },
                 _ = heartbeat.tick() => tx.send(self.heartbeat()).await,
                 // A change of health is news for the scheduler: say it now.
@@ -427,6 +500,16 @@ impl Worker {
                 return SessionEnd::Lost("the stream to the coordinator is closed".into());
             }
         }
+    }
+
+    /// Cancels every running job and waits a little for them to wind down, before the worker
+    /// exits on a refusal (their results could not be delivered anyway).
+    async fn stop_jobs(&self) {
+        for token in self.shared.jobs.lock().expect("jobs lock").values() {
+            token.cancel();
+        }
+        self.shared.tracker.close();
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.shared.tracker.wait()).await;
     }
 
     /// A heartbeat saying how the worker is: slots in use, draining, daemon health.
@@ -722,12 +805,22 @@ fn source_error(status: &tonic::Status) -> SourceError {
     }
 }
 
+/// The code, the message, and the causes of a transport failure ("transport error" alone says
+/// nothing).
 fn describe_status(status: &tonic::Status) -> String {
-    if status.message().is_empty() {
+    let mut text = if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {
         format!("{:?}: {}", status.code(), status.message())
+    };
+    if let Some(source) = std::error::Error::source(status) {
+        let causes = crate::error_chain(source);
+        if !text.contains(&causes) {
+            text.push_str(": ");
+            text.push_str(&causes);
+        }
     }
+    text
 }
 
 /// Batches a job's lines into `JobLog` messages, flushed every [`LOG_FLUSH`] or when full, until

@@ -7,7 +7,9 @@
 //! Layout, in reading order:
 //! - [`config`]: the one typed [`Config`] and its defaults from the environment;
 //! - [`connection`]: [`run`], the stream to the coordinator (hello, heartbeats, reconnect, dispatch,
-//!   drain);
+//!   drain, stopping when the coordinator refuses the worker's identity);
+//! - [`tls`]: how the coordinator is dialled: https:// with the worker's client certificate, or
+//!   plaintext to loopback only;
 //! - [`job`]: one job end to end once its context is on disk ([`job::execute`]);
 //! - [`context_cache`]: build contexts on disk, verified by sha256 while downloading;
 //! - [`docker`]: the daemon through bollard (platform, BuildKit build, inspect, export, untag);
@@ -21,6 +23,7 @@ pub mod docker;
 pub mod job;
 pub mod progress;
 pub mod push;
+pub mod tls;
 
 pub use config::Config;
 pub use connection::{RunError, run};

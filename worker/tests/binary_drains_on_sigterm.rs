@@ -1,5 +1,6 @@
 //! The real `manifold-worker` binary: its flags reach the hello, bad flags are refused naming the
-//! value, and SIGTERM drains (running job finishes, new ones are refused, Goodbye, exit 0).
+//! value, SIGTERM drains (running job finishes, new ones are refused, Goodbye, exit 0), and a
+//! coordinator refusing the worker's identity makes it exit non-zero with a hint.
 
 mod support;
 
@@ -137,6 +138,46 @@ async fn sigterm_drains_the_running_job_then_the_worker_says_goodbye_and_exits_0
     assert!(status.success(), "{status:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_the_coordinator_refuses_exits_non_zero_saying_what_to_do() {
+    let (fake, address, _sessions) = Fake::start().await;
+    fake.refuse_next_attach(tonic::Status::unauthenticated(
+        "no client certificate was presented",
+    ));
+    let cache = tempfile::tempdir().unwrap();
+    let child = tokio::process::Command::new(BINARY)
+        .args([
+            "--coordinator",
+            &format!("http://{address}"),
+            "--docker-host",
+            &amd64_docker(),
+            "--name",
+            "refused-1",
+            "--reconnect-max",
+            "200ms",
+            "--cache-dir",
+        ])
+        .arg(cache.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the refused worker kept running")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no client certificate was presented")
+            && stderr.contains("--cert/--key")
+            && stderr.contains("dev-ca --worker refused-1"),
+        "{stderr}"
+    );
+    assert_eq!(fake.attaches(), 1);
+}
+
 #[test]
 fn bad_flags_are_refused_naming_the_value() {
     for (args, needle) in [
@@ -144,6 +185,21 @@ fn bad_flags_are_refused_naming_the_value() {
         (&["--label", "novalue"][..], "`novalue`"),
         (&["--platform", "linux/amd46"][..], "`linux/amd46`"),
         (&["--coordinator", "not a url"][..], "`not a url`"),
+        (&["--cert", "w.pem"][..], "--cert w.pem given without --key"),
+        (&["--key", "w.key"][..], "--key w.key given without --cert"),
+        (
+            &["--coordinator", "http://192.0.2.1:7700"][..],
+            "refusing plaintext `http://192.0.2.1:7700`",
+        ),
+        (
+            &[
+                "--coordinator",
+                "https://127.0.0.1:1",
+                "--ca-cert",
+                "/nonexistent/ca.pem",
+            ][..],
+            "cannot read the CA certificate (--ca-cert) /nonexistent/ca.pem",
+        ),
     ] {
         let (ok, _, err) = command(BINARY, args);
         assert!(!ok, "{args:?} was accepted");

@@ -6,19 +6,33 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use manifold_proto::Platform;
 use manifold_worker::Config;
-use manifold_worker::config::{self, ENV_COORDINATOR, ENV_DOCKER_HOST};
+use manifold_worker::config::{
+    self, ClientIdentity, ENV_CA_CERT, ENV_COORDINATOR, ENV_DOCKER_HOST, ENV_WORKER_CERT,
+    ENV_WORKER_KEY,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Builds container images for a Manifold farm on one Docker daemon.
 #[derive(Debug, Parser)]
 #[command(name = "manifold-worker", version)]
 struct Args {
-    /// Coordinator URL.
+    /// Coordinator URL: https://HOST:PORT (mutual TLS), or http:// to a loopback address only.
+    /// Several, comma-separated, when coordinators elect a leader.
     #[arg(long, env = ENV_COORDINATOR, default_value = manifold_proto::DEFAULT_COORDINATOR)]
     coordinator: String,
+    /// CA certificate (PEM) to trust for the coordinator's server certificate over https://
+    /// [default: the system's root certificates].
+    #[arg(long, env = ENV_CA_CERT)]
+    ca_cert: Option<PathBuf>,
+    /// This worker's client certificate (PEM), issued for its --name; needs --key.
+    #[arg(long, env = ENV_WORKER_CERT)]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, env = ENV_WORKER_KEY)]
+    key: Option<PathBuf>,
     /// Docker daemon to drive [default: DOCKER_HOST, else unix:///var/run/docker.sock].
     #[arg(long, env = ENV_DOCKER_HOST)]
     docker_host: Option<String>,
@@ -48,9 +62,11 @@ struct Args {
 }
 
 impl Args {
-    fn into_config(self) -> Config {
+    fn into_config(self) -> Result<Config, config::IdentityError> {
         let mut config = Config::from_env();
         config.coordinator = self.coordinator;
+        config.ca_cert = self.ca_cert.filter(|p| !p.as_os_str().is_empty());
+        config.identity = ClientIdentity::from_flags(self.cert, self.key)?;
         if let Some(host) = self.docker_host.filter(|h| !h.is_empty()) {
             config.docker_host = host;
         }
@@ -66,13 +82,21 @@ impl Args {
         config.reconnect_max = self.reconnect_max;
         config.reconnect_initial = config.reconnect_initial.min(self.reconnect_max);
         config.health_interval = self.health_interval;
-        config
+        Ok(config)
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Args::parse().into_config();
+    // One crypto provider for every TLS client in the process (tonic, oci-client), chosen before
+    // any is built.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = match Args::parse().into_config() {
+        Ok(config) => config,
+        Err(e) => Args::command()
+            .error(clap::error::ErrorKind::MissingRequiredArgument, e)
+            .exit(),
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -84,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         name = %config.name,
         coordinator = %config.coordinator,
+        client_cert = %config.identity.as_ref().map_or("none".into(), |i| i.cert.display().to_string()),
         docker_host = %config.docker_host,
         slots = config.slots,
         "starting manifold-worker"

@@ -1,10 +1,14 @@
-//! A scripted coordinator: a real tonic `Workers` server on 127.0.0.1:0 that hands each Attach
-//! stream to the test, and serves build contexts from memory.
+//! A scripted coordinator: a real tonic `Workers` server on 127.0.0.1:0 (plaintext, or TLS with
+//! the client certificates it was given) that hands each Attach stream to the test, or refuses it
+//! with the statuses queued, and serves build contexts from memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::StreamExt as _;
 
 use manifold_proto::v1::coordinator_message::Msg as FromCoordinator;
 use manifold_proto::v1::worker_message::Msg as FromWorker;
@@ -23,12 +27,20 @@ pub const PATIENCE: Duration = Duration::from_secs(90);
 pub struct Session {
     pub inbound: Streaming<v1::WorkerMessage>,
     pub outbound: mpsc::Sender<Result<v1::CoordinatorMessage, Status>>,
+    /// The client certificate chain (DER) the worker presented over TLS, leaf first.
+    pub peer_certs: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Default)]
 pub struct Fake {
     pub contexts: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     sessions: Arc<Mutex<Option<mpsc::UnboundedSender<Session>>>>,
+    /// Answers to the next Attach calls, in order, instead of opening a stream.
+    refusals: Arc<Mutex<VecDeque<Status>>>,
+    /// Attach calls received, refused ones included.
+    attaches: Arc<AtomicUsize>,
+    /// TCP connections accepted, whether or not TLS then succeeded.
+    connections: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -40,10 +52,19 @@ impl Workers for Fake {
         &self,
         request: Request<Streaming<v1::WorkerMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        self.attaches.fetch_add(1, Ordering::SeqCst);
+        if let Some(status) = self.refusals.lock().unwrap().pop_front() {
+            return Err(status);
+        }
+        let peer_certs = request
+            .peer_certs()
+            .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
+            .unwrap_or_default();
         let (outbound, rx) = mpsc::channel(64);
         let session = Session {
             inbound: request.into_inner(),
             outbound,
+            peer_certs,
         };
         let sessions = self.sessions.lock().unwrap();
         sessions.as_ref().unwrap().send(session).unwrap();
@@ -94,17 +115,53 @@ impl Workers for Fake {
 impl Fake {
     /// Starts the server; returns it, its address and the receiver of the worker's streams.
     pub async fn start() -> (Fake, SocketAddr, mpsc::UnboundedReceiver<Session>) {
+        Self::start_with(None).await
+    }
+
+    /// Starts the server over TLS with these settings (identity, client CA, client auth).
+    pub async fn start_tls(
+        tls: tonic::transport::ServerTlsConfig,
+    ) -> (Fake, SocketAddr, mpsc::UnboundedReceiver<Session>) {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> (Fake, SocketAddr, mpsc::UnboundedReceiver<Session>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let fake = Fake::default();
         let (tx, sessions) = mpsc::unbounded_channel();
         *fake.sessions.lock().unwrap() = Some(tx);
+        let connections = fake.connections.clone();
+        let incoming = TcpListenerStream::new(listener).inspect(move |_| {
+            connections.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).unwrap();
+        }
         tokio::spawn(
-            tonic::transport::Server::builder()
+            server
                 .add_service(WorkersServer::new(fake.clone()))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
+                .serve_with_incoming(incoming),
         );
         (fake, address, sessions)
+    }
+
+    /// Queues an answer for the next Attach call instead of a stream.
+    pub fn refuse_next_attach(&self, status: Status) {
+        self.refusals.lock().unwrap().push_back(status);
+    }
+
+    /// How many Attach calls arrived so far.
+    pub fn attaches(&self) -> usize {
+        self.attaches.load(Ordering::SeqCst)
+    }
+
+    /// How many TCP connections were accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Makes a context available for download; returns its digest.
