@@ -393,10 +393,7 @@ impl TestFarm {
         cmd.arg("--coordinator")
             .arg(&self.url)
             .env_remove("MANIFOLD_TOKEN")
-            .env(
-                "MANIFOLD_CONFIG",
-                self.state_dir.path().join("no-cli-config.toml"),
-            );
+            .env("MANIFOLD_CONFIG", "/dev/null");
         if let Some(s) = &self.secure {
             cmd.env("MANIFOLD_CA_CERT", s.ca());
         }
@@ -490,6 +487,7 @@ impl<'a> WorkerBuilder<'a> {
             },
         )
         .await
+        .with_context(|| format!("--- worker {name} ---\n{}", farm.worker_log(&name)))
     }
 
     /// Spawns it without waiting for it to attach.
