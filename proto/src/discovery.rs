@@ -76,6 +76,21 @@ pub fn endpoint(address: &str) -> Result<Endpoint, DiscoveryError> {
 
 /// Connects to the leader among `addresses` (see the module docs). Returns its address and a channel.
 pub async fn connect_leader(addresses: &[String]) -> Result<(String, Channel), DiscoveryError> {
+    connect_leader_with(
+        addresses,
+        |address| endpoint(address).map_err(|e| e.to_string()),
+        |address, e| format!("{address}: {}", transport_reason(e)),
+    )
+    .await
+}
+
+/// [`connect_leader`] over endpoints made by `endpoint` (e.g. with TLS settings), describing a
+/// connection failure with `explain` (e.g. which TLS flag to fix).
+pub async fn connect_leader_with(
+    addresses: &[String],
+    mut endpoint: impl FnMut(&str) -> Result<Endpoint, String>,
+    explain: impl Fn(&str, &tonic::transport::Error) -> String,
+) -> Result<(String, Channel), DiscoveryError> {
     let mut queue: Vec<String> = addresses.to_vec();
     let mut tried: Vec<String> = Vec::new();
     let mut last = "no address given".to_owned();
@@ -86,10 +101,17 @@ pub async fn connect_leader(addresses: &[String]) -> Result<(String, Channel), D
             continue;
         }
         tried.push(address.clone());
-        let channel = match endpoint(&address)?.connect().await {
+        let endpoint = match endpoint(&address) {
+            Ok(e) => e,
+            Err(reason) => {
+                last = reason;
+                continue;
+            }
+        };
+        let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
-                last = format!("{address}: {}", transport_reason(&e));
+                last = explain(&address, &e);
                 continue;
             }
         };

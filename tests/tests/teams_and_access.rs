@@ -228,6 +228,14 @@ async fn one_team_cannot_see_or_touch_another_teams_build() -> anyhow::Result<()
     // The admin sees every team's builds.
     let out = farm.cli(["builds"]).await?;
     assert!(stdout(&out).contains(&id), "{}", show(&out));
+
+    // The state store knows who submitted the build, never with which token.
+    let store = std::fs::read(farm.state_dir.path().join("state.redb"))?;
+    let holds = |needle: &str| store.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(holds(&id) || holds("alice"), "the store holds the build");
+    assert!(!holds(&t.alice) && !holds(&t.bob), "no token in the store");
+    let log = farm.coordinator_log();
+    assert!(!log.contains(&t.alice) && !log.contains(&t.bob));
     Ok(())
 }
 

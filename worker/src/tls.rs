@@ -9,8 +9,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use manifold_proto::discovery::{DiscoveryError, LEADER_METADATA};
-use manifold_proto::v1;
+use manifold_proto::discovery::DiscoveryError;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{AlertDescription, CertificateError};
@@ -164,60 +163,21 @@ pub fn is_loopback(host: &str) -> bool {
 }
 
 /// [`manifold_proto::discovery::connect_leader`] over [`endpoint`]s: tries `addresses` in order,
-/// follows a follower's hint to the leader, and returns the first coordinator that serves.
+/// follows a follower's hint to the leader, and returns the first coordinator that serves; a TLS
+/// failure is told with the flag to fix.
 pub async fn connect_leader(
     addresses: &[String],
     tls: Option<&ClientTlsConfig>,
 ) -> Result<(String, Channel), DiscoveryError> {
-    let mut queue: Vec<String> = addresses.to_vec();
-    let mut tried: Vec<String> = Vec::new();
-    let mut last = "no address given".to_owned();
-    // Each address is probed at most once, hints included, so this always ends.
-    while let Some(address) = queue.first().cloned() {
-        queue.remove(0);
-        if tried.contains(&address) {
-            continue;
-        }
-        tried.push(address.clone());
-        let channel = match endpoint(&address, tls) {
-            Ok(endpoint) => match endpoint.connect().await {
-                Ok(channel) => channel,
-                Err(e) => {
-                    last = match tls_failure(&e) {
-                        Some(failure) => failure.explain(&address),
-                        None => format!("{address}: {}", crate::error_chain(&e)),
-                    };
-                    continue;
-                }
-            },
-            Err(e) => {
-                last = e.to_string();
-                continue;
-            }
-        };
-        let mut client = v1::builds_client::BuildsClient::new(channel.clone());
-        match client.list(v1::ListBuildsRequest { limit: 1 }).await {
-            Ok(_) => return Ok((address, channel)),
-            Err(status) => {
-                last = format!("{address}: {}", status.message());
-                if status.code() == tonic::Code::Unavailable
-                    && let Some(leader) = status
-                        .metadata()
-                        .get(LEADER_METADATA)
-                        .and_then(|v| v.to_str().ok())
-                {
-                    queue.insert(0, leader.to_owned());
-                } else if status.code() != tonic::Code::Unavailable {
-                    // Any other answer (e.g. Unauthenticated) comes from a serving leader.
-                    return Ok((address, channel));
-                }
-            }
-        }
-    }
-    Err(DiscoveryError::NoLeader {
-        tried: tried.join(", "),
-        last,
-    })
+    manifold_proto::discovery::connect_leader_with(
+        addresses,
+        |address| endpoint(address, tls).map_err(|e| e.to_string()),
+        |address, e| match tls_failure(e) {
+            Some(failure) => failure.explain(address),
+            None => format!("{address}: {}", crate::error_chain(e)),
+        },
+    )
+    .await
 }
 
 /// A connection that failed in the TLS handshake, and on which side.
