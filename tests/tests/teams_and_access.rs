@@ -65,11 +65,14 @@ async fn submit(
     Ok(stdout(&out).trim().to_owned())
 }
 
+/// A context whose RUN step prints `marker`; a fresh nonce keeps Docker from answering it from
+/// its cache (a cached step prints nothing).
 fn context(env: &Env, marker: &str) -> anyhow::Result<tempfile::TempDir> {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
     context_dir(&[(
         "Dockerfile",
         &format!(
-            "FROM {}\nRUN echo {marker}-on-$(uname -m) && sleep 2\n",
+            "FROM {}\nRUN echo {marker}-on-$(uname -m) run-{nonce} && sleep 2\n",
             env.base_image
         ),
     )])
