@@ -35,8 +35,18 @@ impl TestFarm {
 
     /// Submits a build with `manifold build --detach ARGS...` and returns its id.
     pub async fn submit_detached(&self, args: &[&str]) -> anyhow::Result<String> {
+        let admin = self.secure.as_ref().map(|s| s.admin_token.clone());
+        self.submit_detached_as(admin.as_deref(), args).await
+    }
+
+    /// [`TestFarm::submit_detached`] with this token.
+    pub async fn submit_detached_as(
+        &self,
+        token: Option<&str>,
+        args: &[&str],
+    ) -> anyhow::Result<String> {
         let out = self
-            .cli(["build", "--detach"].iter().chain(args.iter()))
+            .cli_as(token, ["build", "--detach"].iter().chain(args.iter()))
             .await?;
         if !out.status.success() {
             bail!("submitting failed:\n{}", crate::show(&out));

@@ -38,7 +38,7 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A one-platform build whose RUN prints `marker`, submitted with `--detach` under `token`.
+/// A one-platform build of `ctx` to a fresh repository, submitted with `--detach` under `token`.
 async fn submit(
     farm: &TestFarm,
     token: &str,
@@ -47,22 +47,14 @@ async fn submit(
     ctx: &tempfile::TempDir,
 ) -> anyhow::Result<String> {
     let tag = format!("{}:1", env.unique_repo(marker));
-    let out = farm
-        .cli_as(
-            Some(token),
-            [
-                "build",
-                "--detach",
-                "-t",
-                &tag,
-                "--platform",
-                "linux/amd64",
-                ctx.path().to_str().unwrap(),
-            ],
-        )
-        .await?;
-    assert!(out.status.success(), "{}", show(&out));
-    Ok(stdout(&out).trim().to_owned())
+    let args = [
+        "-t",
+        &tag,
+        "--platform",
+        "linux/amd64",
+        ctx.path().to_str().unwrap(),
+    ];
+    farm.submit_detached_as(Some(token), &args).await
 }
 
 /// A context whose RUN step prints `marker`; a fresh nonce keeps Docker from answering it from
