@@ -416,6 +416,9 @@ fn percent(fraction: f64) -> String {
 /// `manifold teams`: TEAM, WEIGHT, CAP (`-`: none), RUNNING, QUEUED, SHARE (`33% (of 25%)`: the
 /// share of running jobs it has, then the share its weight entitles it to).
 pub fn teams_table(teams: &[v1::TeamInfo]) -> String {
+    if teams.is_empty() {
+        return "no team is declared and nothing runs or waits\n".to_owned();
+    }
     let rows: Vec<Vec<String>> = teams
         .iter()
         .map(|t| {
@@ -712,7 +715,7 @@ mod tests {
         assert_eq!(json["teams"][0]["weight_share"], 0.25);
         assert_eq!(
             teams_table(&[]),
-            "TEAM  WEIGHT  CAP  RUNNING  QUEUED  SHARE\n"
+            "no team is declared and nothing runs or waits\n"
         );
     }
 
