@@ -7,7 +7,8 @@
 //!
 //! Invariants:
 //! - a job has at most one live attempt; messages about any other attempt are ignored;
-//! - a build's tag is written only after every job succeeded (see `manifold_registry::publish`);
+//! - a build's tag is written only after every job succeeded (see `manifold_registry::publish`),
+//!   and ending the build while its list is pushed (a cancel) stops that push;
 //! - a build's last event is `Finished`, and nothing is recorded after it;
 //! - a worker that disconnects keeps its jobs for `worker_lease`: a reconnect that restates them adopts
 //!   them; otherwise they are requeued, the attempt counted; a worker silent for `worker_lease` is
@@ -303,6 +304,8 @@ struct State {
     /// The worker that last built each (repository, platform): its layer cache is warm for the
     /// next build of that image (in memory; a restart starts cold).
     warm: HashMap<(String, Platform), String>,
+    /// Builds whose manifest list is being pushed; cancelling one stops its push.
+    publishing: HashMap<BuildId, CancellationToken>,
 }
 
 struct BuildEntry {
@@ -446,7 +449,7 @@ impl Farm {
             st.order.push(id);
         }
         for build in to_publish {
-            farm.spawn_publish(build.id, build);
+            farm.spawn_publish(&mut st, build.id, build);
         }
         if restored > 0 {
             tracing::info!(builds = restored, "state restored");
@@ -1043,7 +1046,8 @@ impl Farm {
                     .iter()
                     .all(|j| j.state == JobState::Succeeded)
                 {
-                    self.spawn_publish(build_id, entry.build.clone());
+                    let build = entry.build.clone();
+                    self.spawn_publish(&mut st, build_id, build);
                 }
                 st.warm.insert(warm_key, session.worker.clone());
                 self.attempt_over(&mut st, job);
@@ -1466,6 +1470,9 @@ impl Farm {
             tracing::info!(build = %build_id, ?state, "build ended");
         }
         st.deadlines.remove(&build_id);
+        if let Some(publishing) = st.publishing.remove(&build_id) {
+            publishing.cancel();
+        }
         let jobs: Vec<JobId> = st.builds[&build_id]
             .build
             .jobs
@@ -1548,8 +1555,12 @@ impl Farm {
         }
     }
 
-    fn spawn_publish(&self, build_id: BuildId, build: Build) {
+    /// Pushes the list of a build whose platforms all succeeded, in its own task. Ending the build
+    /// meanwhile (a cancel) stops the push where it is, so no tag is written after the cancel.
+    fn spawn_publish(&self, st: &mut State, build_id: BuildId, build: Build) {
         let farm = self.clone();
+        let stop = self.inner.term.child_token();
+        st.publishing.insert(build_id, stop.clone());
         let span = tracing::info_span!("publish", build = %build_id);
         self.inner.tasks.spawn(tracing::Instrument::instrument(
             async move {
@@ -1563,14 +1574,18 @@ impl Farm {
                         .and_then(|t| registry::tag_template::TagTemplate::parse(t).ok())
                         .unwrap_or_default()
                 });
-                let result = registry::publish_with(
+                let publish = registry::publish_with(
                     &farm.inner.config.registry,
                     &build.spec.image,
                     &children,
                     template.as_ref(),
-                )
-                .await;
-                farm.published(build_id, result);
+                );
+                tokio::select! {
+                    result = publish => farm.published(build_id, result),
+                    _ = stop.cancelled() => {
+                        tracing::info!("manifest list push stopped: the build ended (or this coordinator stepped down)");
+                    }
+                }
             },
             span,
         ));
@@ -1583,6 +1598,7 @@ impl Farm {
     ) {
         let mut st = self.lock();
         st.deadlines.remove(&build_id);
+        st.publishing.remove(&build_id);
         let Some(entry) = st.builds.get_mut(&build_id) else {
             return;
         };

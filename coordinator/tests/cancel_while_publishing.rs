@@ -1,0 +1,184 @@
+//! A build cancelled while its manifest list is being pushed writes no tag: the push stops where
+//! it is. The registry here is a scripted one on 127.0.0.1 that answers the child-manifest checks
+//! slowly, so the cancel lands between the checks and the tag write; it records every request.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use manifold_coordinator::access::Caller;
+use manifold_coordinator::build::{BuildRequest, BuildState};
+use manifold_coordinator::contexts::ContextStore;
+use manifold_coordinator::farm::{Farm, FarmConfig, JobOutcome, ToWorker, WorkerHello};
+use manifold_coordinator::store::memory::MemoryStore;
+use manifold_proto::Platform;
+use sha2::Digest as _;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long the scripted registry takes to answer a manifest check.
+const SLOW: Duration = Duration::from_millis(1500);
+
+/// Request lines (`METHOD PATH`) the scripted registry received.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// A registry that says every manifest exists (after [`SLOW`] for HEAD) and accepts every push.
+async fn scripted_registry() -> (String, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let seen: Seen = Arc::default();
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                loop {
+                    let mut line = String::new();
+                    if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let request = line
+                        .split_whitespace()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let mut length = 0usize;
+                    loop {
+                        let mut header = String::new();
+                        if stream.read_line(&mut header).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = header.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if stream.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    log.lock().unwrap().push(request.clone());
+                    let response = if request.starts_with("HEAD") {
+                        tokio::time::sleep(SLOW).await;
+                        let digest = request.rsplit('/').next().unwrap_or_default().to_owned();
+                        format!(
+                            "HTTP/1.1 200 OK\r\nDocker-Content-Digest: {digest}\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 2\r\n\r\n"
+                        )
+                    } else if request.starts_with("PUT") {
+                        "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n".to_owned()
+                    } else {
+                        "HTTP/1.1 200 OK\r\nDocker-Distribution-API-Version: registry/2.0\r\nContent-Length: 0\r\n\r\n".to_owned()
+                    };
+                    if stream
+                        .get_mut()
+                        .write_all(response.as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, seen)
+}
+
+#[tokio::test]
+async fn a_build_cancelled_while_its_list_is_pushed_writes_no_tag() {
+    let (registry, seen) = scripted_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let contexts = ContextStore::open(dir.path()).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(10);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "Dockerfile", &b"FROM x\nRUN"[..])
+        .unwrap();
+    let bytes = tar.into_inner().unwrap();
+    let context = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+    let mut upload = contexts.begin(&context).await.unwrap();
+    upload.write(&bytes).await.unwrap();
+    upload.finish().await.unwrap();
+    let term = CancellationToken::new();
+    let _stop = term.clone().drop_guard();
+    let farm = Farm::recover(
+        FarmConfig::default(),
+        contexts,
+        Arc::new(MemoryStore::new()),
+        TaskTracker::new(),
+        term,
+    )
+    .await
+    .unwrap();
+
+    let request = BuildRequest {
+        image: format!("{registry}/team/app:1.0"),
+        platforms: vec!["linux/amd64".into()],
+        context_digest: context,
+        ..Default::default()
+    };
+    let id = farm.submit(request, &Caller::anonymous()).await.unwrap();
+    let (session, mut rx) = farm
+        .attach(WorkerHello {
+            name: "x86".into(),
+            platforms: vec![Platform::linux_amd64()],
+            emulated: false,
+            slots: 1,
+            labels: BTreeMap::new(),
+            docker_version: "test".into(),
+            running: Vec::new(),
+            draining: false,
+            unhealthy: None,
+            owner: None,
+        })
+        .unwrap();
+    let job = match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+        Ok(Some(ToWorker::Assign(spec))) => spec,
+        other => panic!("expected an assignment, got {other:?}"),
+    };
+    farm.accepted(&session, job.job, job.attempt);
+    let child = format!("sha256:{}", "c".repeat(64));
+    farm.result(
+        &session,
+        job.job,
+        job.attempt,
+        JobOutcome::Pushed {
+            digest: child,
+            size: 2,
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        },
+    );
+
+    // The list push is checking the child: cancel now.
+    let checking = async {
+        while !seen.lock().unwrap().iter().any(|r| r.starts_with("HEAD")) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), checking)
+        .await
+        .expect("the list push checks the child manifest");
+    let build = farm.cancel(id).await.unwrap();
+    assert_eq!(build.state, BuildState::Cancelled);
+
+    // Long past the slow answer, nothing was written under the tag.
+    tokio::time::sleep(SLOW * 3).await;
+    let requests = seen.lock().unwrap().clone();
+    assert!(
+        !requests.iter().any(|r| r.starts_with("PUT")),
+        "a cancelled build pushed: {requests:?}"
+    );
+    assert_eq!(farm.get(id).unwrap().state, BuildState::Cancelled);
+}
