@@ -7,9 +7,12 @@
 //! - otherwise every API call except the workers' own carries `authorization: Bearer TOKEN`; a
 //!   missing or unknown token is refused as unauthenticated;
 //! - a caller sees, watches, cancels and reads the logs of its own team's builds only; an admin
-//!   sees every team's and may drain any worker.
+//!   sees every team's and may drain any worker;
+//! - the tokens can be replaced while the coordinator runs (SIGHUP reloads the config file), so a
+//!   token is revoked by deleting its entry.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 
@@ -76,10 +79,11 @@ pub enum AccessError {
     Unknown,
 }
 
-/// The tokens a coordinator accepts.
+/// The tokens a coordinator accepts. Clones share them: [`Access::replace_with`] on one changes
+/// what every clone accepts.
 #[derive(Clone, Debug, Default)]
 pub struct Access {
-    by_digest: HashMap<String, Caller>,
+    by_digest: Arc<RwLock<HashMap<String, Caller>>>,
 }
 
 impl Access {
@@ -104,12 +108,24 @@ impl Access {
                 )
             })
             .collect();
-        Self { by_digest }
+        Self {
+            by_digest: Arc::new(RwLock::new(by_digest)),
+        }
+    }
+
+    /// Accepts `other`'s tokens from now on, in this handle and all its clones (a config reload).
+    pub fn replace_with(&self, other: &Access) {
+        let tokens = other.tokens().clone();
+        *self.by_digest.write().expect("token table lock poisoned") = tokens;
+    }
+
+    fn tokens(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Caller>> {
+        self.by_digest.read().expect("token table lock poisoned")
     }
 
     /// Whether every caller is accepted (no token configured).
     pub fn is_open(&self) -> bool {
-        self.by_digest.is_empty()
+        self.tokens().is_empty()
     }
 
     /// The caller presenting this `authorization` header value.
@@ -124,7 +140,7 @@ impl Access {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AccessError::Malformed)?;
-        self.by_digest
+        self.tokens()
             .get(&token_digest(token))
             .cloned()
             .ok_or(AccessError::Unknown)
@@ -203,6 +219,32 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, AccessError::Unknown);
         assert!(!err.to_string().contains(&wrong));
+    }
+
+    #[test]
+    fn a_reload_revokes_and_adds_tokens_for_every_clone() {
+        let (access, alice, root) = access();
+        let api_side = access.clone();
+        let carol = new_token();
+        access.replace_with(&Access::new(&[TokenEntry {
+            name: "carol".into(),
+            team: Some("mobile".into()),
+            admin: false,
+            sha256: token_digest(&carol),
+        }]));
+        let bearer = |t: &str| format!("Bearer {t}");
+        assert_eq!(
+            api_side.authenticate(Some(&bearer(&alice))),
+            Err(AccessError::Unknown)
+        );
+        assert_eq!(
+            api_side.authenticate(Some(&bearer(&root))),
+            Err(AccessError::Unknown)
+        );
+        assert_eq!(
+            api_side.authenticate(Some(&bearer(&carol))).unwrap().name,
+            "carol"
+        );
     }
 
     #[test]

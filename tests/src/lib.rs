@@ -300,6 +300,16 @@ impl TestFarm {
             .collect())
     }
 
+    /// The coordinator's process id, e.g. to signal it.
+    pub fn coordinator_pid(&self) -> Option<u32> {
+        self.coordinator.as_ref().and_then(Child::id)
+    }
+
+    /// The config file of a secured farm (teams and tokens).
+    pub fn config_file(&self) -> PathBuf {
+        self.state_dir.path().join("config.toml")
+    }
+
     /// SIGKILLs the coordinator.
     pub async fn kill_coordinator(&mut self) {
         if let Some(mut c) = self.coordinator.take() {

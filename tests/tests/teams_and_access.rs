@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use manifold_proto::v1;
+use manifold_tests::faults::signal_pid;
 use manifold_tests::{Env, TestFarm, context_dir, issue_token, show, wait_until};
 
 /// Two teams, the mobile team's token for alice and the platform team's for bob.
@@ -285,5 +286,81 @@ async fn an_owned_worker_runs_its_owners_job_before_a_borrowers_earlier_one() ->
     assert_eq!(bob.state, v1::BuildState::Succeeded as i32, "{bob:?}");
     assert_eq!(bob.jobs[0].worker, "mac", "borrowed the idle owned worker");
     assert!(bob.jobs[0].attempt == 1 && alice.jobs[0].attempt == 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sighup_reloads_tokens_so_a_deleted_entry_is_revoked_at_once() -> anyhow::Result<()> {
+    let t = teams().await?;
+    let farm = TestFarm::builder().secured(&t.config, &[]).start().await?;
+    let pid = farm.coordinator_pid().expect("the coordinator runs");
+    let accepted = |token: String| {
+        let farm = &farm;
+        async move {
+            farm.cli_as(Some(&token), ["builds"])
+                .await
+                .ok()?
+                .status
+                .success()
+                .then_some(())
+        }
+    };
+    assert!(
+        accepted(t.bob.clone()).await.is_some(),
+        "bob's token works at first"
+    );
+
+    // A new token for carol, and bob's entry deleted: one SIGHUP applies both.
+    let (carol, carol_entry) = issue_token(&["--name", "carol", "--team", "platform"]).await?;
+    let config = std::fs::read_to_string(farm.config_file())?;
+    let without_bob: String = config
+        .split("[[token]]")
+        .filter(|entry| !entry.contains("name = \"bob\""))
+        .collect::<Vec<_>>()
+        .join("[[token]]");
+    assert_ne!(without_bob, config, "bob's entry was found");
+    std::fs::write(
+        farm.config_file(),
+        format!("{without_bob}\n{carol_entry}\n"),
+    )?;
+    signal_pid(pid, "HUP").await?;
+
+    wait_until(Duration::from_secs(10), "carol's new token to work", || {
+        accepted(carol.clone())
+    })
+    .await?;
+    let out = farm.cli_as(Some(&t.bob), ["builds"]).await?;
+    assert!(
+        !out.status.success(),
+        "bob's token is revoked: {}",
+        show(&out)
+    );
+    assert!(
+        stderr(&out).contains("not valid for this farm"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        accepted(t.alice.clone()).await.is_some(),
+        "other tokens stay"
+    );
+
+    // A broken file keeps the tokens in use.
+    std::fs::write(farm.config_file(), "[[token]\n")?;
+    signal_pid(pid, "HUP").await?;
+    wait_until(
+        Duration::from_secs(10),
+        "the coordinator to log the failed reload",
+        || async {
+            farm.coordinator_log()
+                .contains("config reload failed")
+                .then_some(())
+        },
+    )
+    .await?;
+    assert!(
+        accepted(carol.clone()).await.is_some(),
+        "carol's token still works"
+    );
     Ok(())
 }

@@ -264,6 +264,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             preemption_grace: file.preemption_grace().map_err(anyhow::Error::msg)?,
         },
     };
+    if let Some(path) = args.config.clone() {
+        tokio::spawn(reload_tokens_on_sighup(path, config.access.clone()));
+    }
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -277,4 +280,27 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         signals.cancel();
     });
     manifold_coordinator::run(config, shutdown).await
+}
+
+/// SIGHUP re-reads the config file and replaces the accepted tokens (so a deleted entry is revoked
+/// at once). Team and scheduling changes take effect at the next start. A file that does not load
+/// leaves the tokens in use, and says why.
+async fn reload_tokens_on_sighup(path: PathBuf, access: manifold_coordinator::access::Access) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP; token changes need a restart");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match FileConfig::load(&path) {
+            Ok(file) => {
+                access.replace_with(&file.access());
+                tracing::info!(
+                    tokens = file.token.len(),
+                    "config reloaded: tokens replaced (team and scheduling changes apply at the next start)"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "config reload failed; the tokens in use stay"),
+        }
+    }
 }
