@@ -2,21 +2,18 @@
 //! it is. The registry here is a scripted one on 127.0.0.1 that answers the child-manifest checks
 //! slowly, so the cancel lands between the checks and the tag write; it records every request.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use manifold_coordinator::access::Caller;
 use manifold_coordinator::build::{BuildRequest, BuildState};
-use manifold_coordinator::contexts::ContextStore;
-use manifold_coordinator::farm::{Farm, FarmConfig, JobOutcome, ToWorker, WorkerHello};
-use manifold_coordinator::store::memory::MemoryStore;
-use manifold_proto::Platform;
-use sha2::Digest as _;
+use manifold_coordinator::farm::{FarmConfig, JobOutcome, ToWorker};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+mod support;
+
+use support::{FarmFixture, amd64_hello};
 
 /// How long the scripted registry takes to answer a manifest check.
 const SLOW: Duration = Duration::from_millis(1500);
@@ -97,53 +94,16 @@ async fn scripted_registry() -> (String, Seen) {
 #[tokio::test]
 async fn a_build_cancelled_while_its_list_is_pushed_writes_no_tag() {
     let (registry, seen) = scripted_registry().await;
-    let dir = tempfile::tempdir().unwrap();
-    let contexts = ContextStore::open(dir.path()).unwrap();
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(10);
-    h.set_mode(0o644);
-    h.set_cksum();
-    tar.append_data(&mut h, "Dockerfile", &b"FROM x\nRUN"[..])
-        .unwrap();
-    let bytes = tar.into_inner().unwrap();
-    let context = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
-    let mut upload = contexts.begin(&context).await.unwrap();
-    upload.write(&bytes).await.unwrap();
-    upload.finish().await.unwrap();
-    let term = CancellationToken::new();
-    let _stop = term.clone().drop_guard();
-    let farm = Farm::recover(
-        FarmConfig::default(),
-        contexts,
-        Arc::new(MemoryStore::new()),
-        TaskTracker::new(),
-        term,
-    )
-    .await
-    .unwrap();
+    let FarmFixture { farm, context, .. } = &FarmFixture::start(FarmConfig::default()).await;
 
     let request = BuildRequest {
         image: format!("{registry}/team/app:1.0"),
         platforms: vec!["linux/amd64".into()],
-        context_digest: context,
+        context_digest: context.clone(),
         ..Default::default()
     };
     let id = farm.submit(request, &Caller::anonymous()).await.unwrap();
-    let (session, mut rx) = farm
-        .attach(WorkerHello {
-            name: "x86".into(),
-            platforms: vec![Platform::linux_amd64()],
-            emulated: false,
-            slots: 1,
-            labels: BTreeMap::new(),
-            docker_version: "test".into(),
-            running: Vec::new(),
-            draining: false,
-            unhealthy: None,
-            owner: None,
-        })
-        .unwrap();
+    let (session, mut rx) = farm.attach(amd64_hello("x86", None)).unwrap();
     let job = match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
         Ok(Some(ToWorker::Assign(spec))) => spec,
         other => panic!("expected an assignment, got {other:?}"),

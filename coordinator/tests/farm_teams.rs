@@ -3,53 +3,23 @@
 //! whose job waited past the grace period gets its worker back: the borrowed job is cancelled on
 //! the worker and requeued without spending an attempt. Time is passed to `Farm::tick`.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use manifold_coordinator::access::Caller;
 use manifold_coordinator::build::{BuildRequest, JobState};
-use manifold_coordinator::contexts::ContextStore;
-use manifold_coordinator::farm::{Farm, FarmConfig, JobOutcome, ToWorker, WorkerHello};
+use manifold_coordinator::farm::{FarmConfig, JobOutcome, ToWorker};
 use manifold_coordinator::scheduler::Team;
-use manifold_coordinator::store::memory::MemoryStore;
-use manifold_proto::{BuildId, Platform};
-use sha2::Digest as _;
+use manifold_proto::BuildId;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+mod support;
+
+use support::{FarmFixture, amd64_hello as hello};
 
 const GRACE: Duration = Duration::from_secs(60);
 
-struct Fixture {
-    farm: Farm,
-    context: String,
-    _dir: tempfile::TempDir,
-    term: CancellationToken,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.term.cancel();
-    }
-}
-
-async fn farm(preemption: Option<Duration>) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let contexts = ContextStore::open(dir.path()).unwrap();
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(10);
-    h.set_mode(0o644);
-    h.set_cksum();
-    tar.append_data(&mut h, "Dockerfile", &b"FROM x\nRUN"[..])
-        .unwrap();
-    let bytes = tar.into_inner().unwrap();
-    let context = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
-    let mut upload = contexts.begin(&context).await.unwrap();
-    upload.write(&bytes).await.unwrap();
-    upload.finish().await.unwrap();
-    let config = FarmConfig {
+async fn farm(preemption: Option<Duration>) -> FarmFixture {
+    FarmFixture::start(FarmConfig {
         teams: vec![Team::new("mobile"), Team::new("platform")],
         preemption_grace: preemption,
         // The test moves time far ahead: keep the other timers out of the way.
@@ -58,23 +28,8 @@ async fn farm(preemption: Option<Duration>) -> Fixture {
         assign_timeout: Duration::from_secs(3600),
         wait_for_workers: Duration::from_secs(3600),
         ..FarmConfig::default()
-    };
-    let term = CancellationToken::new();
-    let farm = Farm::recover(
-        config,
-        contexts,
-        Arc::new(MemoryStore::new()),
-        TaskTracker::new(),
-        term.clone(),
-    )
+    })
     .await
-    .unwrap();
-    Fixture {
-        farm,
-        context,
-        _dir: dir,
-        term,
-    }
 }
 
 fn member(team: &str) -> Caller {
@@ -85,36 +40,21 @@ fn member(team: &str) -> Caller {
     }
 }
 
-impl Fixture {
-    async fn submit(&self, team: &str) -> BuildId {
-        let request = BuildRequest {
-            image: format!("127.0.0.1:1/{team}/app:1"),
-            platforms: vec!["linux/amd64".into()],
-            context_digest: self.context.clone(),
-            ..Default::default()
-        };
-        self.farm.submit(request, &member(team)).await.unwrap()
-    }
-
-    fn job_state(&self, build: BuildId) -> (JobState, u32) {
-        let b = self.farm.get(build).unwrap();
-        (b.jobs[0].state, b.jobs[0].attempt)
-    }
+/// Submits a linux/amd64 build as a member of `team`.
+async fn submit(f: &FarmFixture, team: &str) -> BuildId {
+    let request = BuildRequest {
+        image: format!("127.0.0.1:1/{team}/app:1"),
+        platforms: vec!["linux/amd64".into()],
+        context_digest: f.context.clone(),
+        ..Default::default()
+    };
+    f.farm.submit(request, &member(team)).await.unwrap()
 }
 
-fn hello(name: &str, owner: Option<&str>) -> WorkerHello {
-    WorkerHello {
-        name: name.into(),
-        platforms: vec![Platform::linux_amd64()],
-        emulated: false,
-        slots: 1,
-        labels: BTreeMap::new(),
-        docker_version: "test".into(),
-        running: Vec::new(),
-        draining: false,
-        unhealthy: None,
-        owner: owner.map(str::to_owned),
-    }
+/// The state and attempt of the build's (only) job.
+fn job_state(f: &FarmFixture, build: BuildId) -> (JobState, u32) {
+    let b = f.farm.get(build).unwrap();
+    (b.jobs[0].state, b.jobs[0].attempt)
 }
 
 /// The next message for the worker, once it is sent (writes are durable first).
@@ -135,8 +75,8 @@ fn assigned_build(m: ToWorker) -> BuildId {
 #[tokio::test]
 async fn builds_belong_to_the_submitters_team_and_lists_show_only_the_callers_team() {
     let f = farm(None).await;
-    let mobile = f.submit("mobile").await;
-    let platform = f.submit("platform").await;
+    let mobile = submit(&f, "mobile").await;
+    let platform = submit(&f, "platform").await;
     assert_eq!(f.farm.get(mobile).unwrap().team, "mobile");
     assert_eq!(
         f.farm.get(mobile).unwrap().submitted_by,
@@ -170,11 +110,11 @@ async fn builds_belong_to_the_submitters_team_and_lists_show_only_the_callers_te
 #[tokio::test]
 async fn an_owned_worker_takes_its_owners_later_job_first() {
     let f = farm(None).await;
-    let borrower = f.submit("platform").await;
-    let owner = f.submit("mobile").await;
+    let borrower = submit(&f, "platform").await;
+    let owner = submit(&f, "mobile").await;
     let (_, mut rx) = f.farm.attach(hello("mac", Some("mobile"))).unwrap();
     assert_eq!(assigned_build(next(&mut rx).await), owner);
-    assert_eq!(f.job_state(borrower).0, JobState::Queued);
+    assert_eq!(job_state(&f, borrower).0, JobState::Queued);
     assert_eq!(f.farm.workers()[0].owner.as_deref(), Some("mobile"));
 }
 
@@ -182,7 +122,7 @@ async fn an_owned_worker_takes_its_owners_later_job_first() {
 async fn an_owner_past_the_grace_period_preempts_a_borrowed_job_without_spending_its_attempt() {
     let f = farm(Some(GRACE)).await;
     // The platform team borrows the mobile team's idle worker.
-    let borrowed = f.submit("platform").await;
+    let borrowed = submit(&f, "platform").await;
     let (session, mut rx) = f.farm.attach(hello("mac", Some("mobile"))).unwrap();
     let job = match next(&mut rx).await {
         ToWorker::Assign(spec) => spec,
@@ -192,10 +132,10 @@ async fn an_owner_past_the_grace_period_preempts_a_borrowed_job_without_spending
     f.farm.accepted(&session, job.job, job.attempt);
 
     // The owner's job waits; before the grace period nothing happens.
-    let owners = f.submit("mobile").await;
+    let owners = submit(&f, "mobile").await;
     f.farm.tick(Instant::now() + GRACE / 2);
-    assert_eq!(f.job_state(borrowed), (JobState::Running, 1));
-    assert_eq!(f.job_state(owners).0, JobState::Queued);
+    assert_eq!(job_state(&f, borrowed), (JobState::Running, 1));
+    assert_eq!(job_state(&f, owners).0, JobState::Queued);
 
     // Past it, the borrowed attempt is cancelled on the worker and the owner's job takes the slot.
     f.farm.tick(Instant::now() + GRACE + Duration::from_secs(1));
@@ -204,7 +144,7 @@ async fn an_owner_past_the_grace_period_preempts_a_borrowed_job_without_spending
         other => panic!("expected the borrowed job's cancel, got {other:?}"),
     }
     assert_eq!(assigned_build(next(&mut rx).await), owners);
-    assert_eq!(f.job_state(borrowed), (JobState::Queued, 1));
+    assert_eq!(job_state(&f, borrowed), (JobState::Queued, 1));
     let events = f.farm.events(borrowed, 0).unwrap().0;
     assert!(
         events
@@ -224,21 +164,21 @@ async fn an_owner_past_the_grace_period_preempts_a_borrowed_job_without_spending
             refused: false,
         },
     );
-    assert_eq!(f.job_state(borrowed), (JobState::Queued, 1));
+    assert_eq!(job_state(&f, borrowed), (JobState::Queued, 1));
 }
 
 #[tokio::test]
 async fn without_preemption_a_borrowed_job_keeps_the_worker() {
     let f = farm(None).await;
-    let borrowed = f.submit("platform").await;
+    let borrowed = submit(&f, "platform").await;
     let (session, mut rx) = f.farm.attach(hello("mac", Some("mobile"))).unwrap();
     let job = match next(&mut rx).await {
         ToWorker::Assign(spec) => spec,
         other => panic!("expected an assignment, got {other:?}"),
     };
     f.farm.accepted(&session, job.job, job.attempt);
-    let owners = f.submit("mobile").await;
+    let owners = submit(&f, "mobile").await;
     f.farm.tick(Instant::now() + GRACE * 10);
-    assert_eq!(f.job_state(borrowed).0, JobState::Running);
-    assert_eq!(f.job_state(owners).0, JobState::Queued);
+    assert_eq!(job_state(&f, borrowed).0, JobState::Running);
+    assert_eq!(job_state(&f, owners).0, JobState::Queued);
 }

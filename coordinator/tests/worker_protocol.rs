@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use manifold_coordinator::{Config, farm::FarmConfig};
 use manifold_proto::v1::{self, coordinator_message::Msg as In, worker_message::Msg as Out};
-use sha2::Digest as _;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+
+mod support;
 
 struct Coordinator {
     url: String,
@@ -67,15 +68,7 @@ async fn builds(c: &Coordinator) -> v1::builds_client::BuildsClient<Channel> {
 
 /// Uploads a context holding a Dockerfile; returns its digest.
 async fn upload_context(c: &Coordinator) -> String {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(10);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append_data(&mut h, "Dockerfile", &b"FROM x\nRUN"[..])
-        .unwrap();
-    let bytes = b.into_inner().unwrap();
-    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+    let (bytes, digest) = support::context_tar();
     let mut client = v1::contexts_client::ContextsClient::connect(c.url.clone())
         .await
         .unwrap();
