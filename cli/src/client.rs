@@ -3,7 +3,6 @@
 //! statuses into messages a person can act on.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -304,7 +303,7 @@ fn target(address: &str) -> Result<Target, ClientError> {
         .host()
         .filter(|h| !h.is_empty())
         .ok_or_else(|| invalid("it names no host".to_owned()))?;
-    if !tls && !is_loopback(host) {
+    if !tls && !manifold_proto::discovery::is_loopback(host) {
         return Err(ClientError::Plaintext {
             address: address.to_owned(),
             host: host.to_owned(),
@@ -312,13 +311,6 @@ fn target(address: &str) -> Result<Target, ClientError> {
         });
     }
     Ok(Target { url, tls })
-}
-
-/// Whether `host` (as a URI spells it: IPv6 in brackets) is this machine.
-fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A connection to the coordinator. Cheap to clone; the underlying channel reconnects by itself.
@@ -759,16 +751,11 @@ const NOT_TLS: &str = "the server did not answer with TLS";
 
 /// Why a TLS handshake failed, in words, if `e` is a TLS failure.
 fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(r) = manifold_proto::discovery::rustls_error_in(e) {
+        return Some(describe_rustls(r));
+    }
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = current {
-        let rustls_error = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(r) = rustls_error {
-            return Some(describe_rustls(r));
-        }
         let text = err.to_string().to_lowercase();
         if text.contains("tls handshake timeout") {
             return Some("the TLS handshake timed out".to_owned());

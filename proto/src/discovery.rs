@@ -140,6 +140,39 @@ pub async fn connect_leader_with(
     })
 }
 
+/// Whether `host` (as a URL spells it, IPv6 in brackets) is this machine: the only place plain
+/// HTTP to a coordinator is allowed.
+pub fn is_loopback(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The rustls error among `error`'s causes, if a TLS handshake failed. An `io::Error` wrapping one
+/// hides it from `source()`, so this looks inside those too.
+pub fn rustls_error_in<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e rustls::Error> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        let found = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if found.is_some() {
+            return found;
+        }
+        cause = e.source();
+    }
+    None
+}
+
 fn transport_reason(e: &tonic::transport::Error) -> String {
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -153,6 +186,38 @@ fn transport_reason(e: &tonic::transport::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_this_machine_is_loopback() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.3.2.1",
+            "[::1]",
+            "::1",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "10.0.0.5",
+            "coordinator",
+            "localhost.example.com",
+            "[fd00::1]",
+            "",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_rustls_error_is_found_inside_an_io_error() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::other(tls.clone());
+        assert_eq!(rustls_error_in(&io), Some(&tls));
+        let plain = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(rustls_error_in(&plain), None);
+    }
 
     #[test]
     fn address_lists_are_split_and_given_a_scheme() {

@@ -6,10 +6,9 @@
 //! failure (an untrusted coordinator, a refused client certificate) from other connection errors,
 //! so that the log says which flag to fix.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use manifold_proto::discovery::DiscoveryError;
+use manifold_proto::discovery::{DiscoveryError, is_loopback, rustls_error_in};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{AlertDescription, CertificateError};
@@ -152,16 +151,6 @@ pub fn endpoint(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint
         })
 }
 
-/// Whether `host` (as in a URL, IPv6 in brackets) is this machine.
-pub fn is_loopback(host: &str) -> bool {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    bare.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// [`manifold_proto::discovery::connect_leader`] over [`endpoint`]s: tries `addresses` in order,
 /// follows a follower's hint to the leader, and returns the first coordinator that serves; a TLS
 /// failure is told with the flag to fix.
@@ -223,18 +212,8 @@ const REFUSAL_ALERTS: [AlertDescription; 8] = [
 
 /// Finds a rustls handshake error among `error`'s causes.
 pub fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        // An io::Error wrapping a rustls error hides it from `source()`: look inside.
-        let rustls_error = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(failure) = rustls_error.and_then(classify) {
-            return Some(failure);
-        }
-        cause = e.source();
+    if let Some(failure) = rustls_error_in(error).and_then(classify) {
+        return Some(failure);
     }
     // An alert received after the handshake (TLS 1.3 servers check the client's certificate
     // then) reaches here inside h2's io error, whose `source()` skips it: only its text remains.
@@ -285,29 +264,6 @@ fn check_certificates(pem: &[u8], path: &Path, what: &'static str) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_this_machine_is_loopback() {
-        for host in [
-            "localhost",
-            "LOCALHOST",
-            "127.0.0.1",
-            "127.3.2.1",
-            "[::1]",
-            "::1",
-        ] {
-            assert!(is_loopback(host), "{host}");
-        }
-        for host in [
-            "10.0.0.5",
-            "coordinator",
-            "localhost.example.com",
-            "[fd00::1]",
-            "",
-        ] {
-            assert!(!is_loopback(host), "{host}");
-        }
-    }
 
     #[test]
     fn plaintext_is_refused_beyond_loopback() {
