@@ -79,6 +79,27 @@ impl TestFarm {
         .await
     }
 
+    /// Waits until the build printed a line containing `needle` (of `platform`, when given), for
+    /// `timeout` at most; fails when the build ends first.
+    pub async fn wait_log_line(
+        &self,
+        id: &str,
+        platform: Option<&str>,
+        needle: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let what = format!(
+            "`{needle}` in the output of {}",
+            platform.unwrap_or("the build")
+        );
+        self.wait_event(id, timeout, &what, |e| {
+            matches!(e, v1::build_event::Event::Log(l) if l.line.contains(needle)
+                && platform.is_none_or(|p| platform_text(l.platform.as_ref()) == p))
+            .then_some(())
+        })
+        .await
+    }
+
     /// Follows the build's events (history first) until one satisfies `pick`, for `timeout` at
     /// most; fails when the build ends first.
     pub async fn wait_event<T>(

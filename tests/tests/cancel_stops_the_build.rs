@@ -258,10 +258,8 @@ async fn a_build_whose_cli_went_away_keeps_running_and_watch_re_attaches() -> an
     )
     .await?;
     let needle = format!("sleeping-{nonce}");
-    farm.wait_event(&id, Duration::from_secs(120), "the RUN step", |e| {
-        matches!(e, Event::Log(l) if l.line.contains(&needle)).then_some(())
-    })
-    .await?;
+    farm.wait_log_line(&id, None, &needle, Duration::from_secs(120))
+        .await?;
     // The CLI dies without a word: no cancel.
     cli.kill().await?;
 

@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use manifold_proto::v1;
-use manifold_proto::v1::build_event::Event;
 use manifold_tests::{Env, TestFarm, context_dir, show};
 
 /// How the drain is asked for.
@@ -38,10 +37,8 @@ async fn drain_finishes_the_running_job_and_takes_no_new_one(ask: Ask) -> anyhow
         ])
         .await?;
     let marker = format!("draining-{nonce}");
-    farm.wait_event(&running, Duration::from_secs(90), "the RUN step", |e| {
-        matches!(e, Event::Log(l) if l.line.contains(&marker)).then_some(())
-    })
-    .await?;
+    farm.wait_log_line(&running, None, &marker, Duration::from_secs(90))
+        .await?;
 
     match ask {
         Ask::Sigterm => farm.signal_worker("x86", "TERM").await?,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use manifold_proto::v1;
 use manifold_proto::v1::build_event::Event;
-use manifold_tests::faults::{TcpProxy, job_of, list_children, platform_text};
+use manifold_tests::faults::{TcpProxy, job_of, list_children};
 use manifold_tests::{Env, TestFarm, context_dir, wait_until};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -49,12 +49,8 @@ async fn a_cut_off_worker_s_job_is_requeued_and_its_late_result_ignored() -> any
         ])
         .await?;
     let marker = format!("cut-{nonce}");
-    farm.wait_event(&id, Duration::from_secs(90), "the RUN step on x86-a", |e| {
-        matches!(e, Event::Log(l) if l.line.contains(&marker)
-            && platform_text(l.platform.as_ref()) == "linux/amd64")
-        .then_some(())
-    })
-    .await?;
+    farm.wait_log_line(&id, Some("linux/amd64"), &marker, Duration::from_secs(90))
+        .await?;
     assert_eq!(
         job_of(&farm.build(&id).await?, "linux/amd64")?.worker,
         "x86-a"

@@ -38,10 +38,8 @@ async fn a_push_outlives_a_registry_restart() -> anyhow::Result<()> {
 
     // The base image is pulled; the RUN step starts: the registry goes down before the push.
     let marker = format!("outage-{nonce}");
-    farm.wait_event(&id, Duration::from_secs(90), "the RUN step", |e| {
-        matches!(e, Event::Log(l) if l.line.contains(&marker)).then_some(())
-    })
-    .await?;
+    farm.wait_log_line(&id, None, &marker, Duration::from_secs(90))
+        .await?;
     registry.stop().await;
     let down = Instant::now();
     let retry = farm

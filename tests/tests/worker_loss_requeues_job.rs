@@ -6,8 +6,7 @@
 use std::time::{Duration, Instant};
 
 use manifold_proto::v1;
-use manifold_proto::v1::build_event::Event;
-use manifold_tests::faults::{job_of, list_children, list_platforms, platform_text};
+use manifold_tests::faults::{job_of, list_children, list_platforms};
 use manifold_tests::{Env, TestFarm, context_dir, show};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -54,12 +53,8 @@ async fn a_killed_worker_s_job_finishes_on_another_worker_of_its_platform() -> a
 
     // Once the amd64 RUN step prints, its worker dies.
     let marker = format!("step-{nonce}");
-    farm.wait_event(&id, Duration::from_secs(90), "the amd64 RUN step", |e| {
-        matches!(e, Event::Log(l) if l.line.contains(&marker)
-            && platform_text(l.platform.as_ref()) == "linux/amd64")
-        .then_some(())
-    })
-    .await?;
+    farm.wait_log_line(&id, Some("linux/amd64"), &marker, Duration::from_secs(90))
+        .await?;
     let first = farm.build(&id).await?;
     let victim = job_of(&first, "linux/amd64")?.worker.clone();
     let survivor = if victim == "x86-a" { "x86-b" } else { "x86-a" };
