@@ -1021,25 +1021,24 @@ impl Farm {
                 media_type,
             } => {
                 let j = job_mut(&mut entry.build, job);
+                let platform = j.platform.clone();
                 j.state = JobState::Succeeded;
                 j.image = Some(ChildImage {
-                    platform: j.platform.clone(),
+                    platform: platform.clone(),
                     digest: digest.clone(),
                     size,
                     media_type,
                 });
                 let ev = EventKind::JobState {
-                    platform: j.platform.clone(),
+                    platform: platform.clone(),
                     state: JobState::Succeeded,
                     worker: j.worker.clone(),
                     attempt,
                     message: digest,
                 };
                 record(entry, ev);
-                let warm_key = (
-                    entry.build.spec.repository(),
-                    job_mut(&mut entry.build, job).platform.clone(),
-                );
+                // This worker's layer cache is now warm for the image's next build there.
+                let warm_key = (entry.build.spec.repository(), platform);
                 if entry
                     .build
                     .jobs
