@@ -178,6 +178,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         engine,
         config,
         jobs: Mutex::default(),
+        unreported: Mutex::default(),
         tracker: TaskTracker::new(),
         outbox,
         health,
@@ -232,6 +233,10 @@ struct Shared {
     tls: Option<tonic::transport::ClientTlsConfig>,
     options: ExecuteOptions,
     jobs: Mutex<HashMap<(JobId, u32), CancellationToken>>,
+    /// Attempts that ended here but whose result is still in the outbox: a hello restates them
+    /// as running, so that a coordinator that was away waits for their result instead of
+    /// requeueing them as forgotten.
+    unreported: Mutex<std::collections::HashSet<(String, u32)>>,
     tracker: TaskTracker,
     outbox: mpsc::Sender<v1::WorkerMessage>,
     /// Why the daemon does not answer, while it does not.
@@ -243,19 +248,30 @@ struct Shared {
 }
 
 impl Shared {
+    /// The attempts to restate in a hello: those running, and those whose result is not sent yet.
     fn running(&self) -> Vec<v1::RunningJob> {
+        let unreported = self.unreported.lock().expect("unreported lock").clone();
         let mut running: Vec<v1::RunningJob> = self
             .jobs
             .lock()
             .expect("jobs lock")
             .keys()
-            .map(|(id, attempt)| v1::RunningJob {
-                job_id: id.to_string(),
-                attempt: *attempt,
-            })
+            .map(|(id, attempt)| (id.to_string(), *attempt))
+            .chain(unreported)
+            .map(|(job_id, attempt)| v1::RunningJob { job_id, attempt })
             .collect();
         running.sort_by(|a, b| (&a.job_id, a.attempt).cmp(&(&b.job_id, b.attempt)));
         running
+    }
+
+    /// `message` leaves the outbox: if it is a result, its attempt is no longer unreported.
+    fn reported(&self, message: &v1::WorkerMessage) {
+        if let Some(v1::worker_message::Msg::Result(r)) = &message.msg {
+            self.unreported
+                .lock()
+                .expect("unreported lock")
+                .remove(&(r.job_id.clone(), r.attempt));
+        }
     }
 
     fn slots_in_use(&self) -> u32 {
@@ -485,7 +501,10 @@ impl Worker {
                 _ = heartbeat.tick() => tx.send(self.heartbeat()).await,
                 // A change of health is news for the scheduler: say it now.
                 Ok(()) = health.changed() => tx.send(self.heartbeat()).await,
-                Some(queued) = self.outbox_rx.recv() => tx.send(queued).await,
+                Some(queued) = self.outbox_rx.recv() => {
+                    shared.reported(&queued);
+                    tx.send(queued).await
+                }
                 () = self.shutdown.cancelled(), if !draining => {
                     draining = true;
                     shared.tracker.close();
@@ -530,6 +549,7 @@ impl Worker {
         mut inbound: tonic::Streaming<v1::CoordinatorMessage>,
     ) -> SessionEnd {
         while let Ok(queued) = self.outbox_rx.try_recv() {
+            self.shared.reported(&queued);
             if tx.send(queued).await.is_err() {
                 return SessionEnd::Lost("the stream closed while draining".into());
             }
@@ -727,6 +747,12 @@ impl Worker {
                     spec.attempt,
                 );
                 let (result, ()) = tokio::join!(work, forward);
+                // Unreported before it stops running, so that no hello misses it.
+                job_shared
+                    .unreported
+                    .lock()
+                    .expect("unreported lock")
+                    .insert((spec.job_id.to_string(), spec.attempt));
                 job_shared
                     .jobs
                     .lock()

@@ -327,6 +327,69 @@ async fn after_a_reconnect_the_hello_restates_the_running_job_and_its_result_arr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_ends_while_the_coordinator_is_away_is_restated_until_its_result_is_sent() {
+    let mut farm = Farm::start(&amd64_docker(), None, 1).await;
+    let (first, _) = farm.attach().await;
+    send(&first, welcome(1000)).await;
+    let ctx = context(&[(
+        "Dockerfile",
+        format!(
+            "FROM {}\nRUN echo away-{} && sleep 1\n",
+            base_image(),
+            uuid::Uuid::new_v4()
+        ),
+    )]);
+    let digest = farm.serve_context(&ctx);
+    let job = new_job_id();
+    send(
+        &first,
+        assign(&job, "linux/amd64", &digest, &unique_repository("away")),
+    )
+    .await;
+    let mut first = first;
+    let mut lines = Vec::new();
+    until(&mut first, &mut lines, accepted(&job)).await;
+
+    // The coordinator goes away, and turns the worker back for longer than the job takes.
+    drop(first);
+    let turned_away = std::time::Instant::now() + Duration::from_secs(12);
+    let mut refused = farm.fake.attaches() + 1;
+    farm.fake
+        .refuse_next_attach(tonic::Status::unavailable("restarting"));
+    while std::time::Instant::now() < turned_away {
+        if farm.fake.attaches() >= refused {
+            refused += 1;
+            farm.fake
+                .refuse_next_attach(tonic::Status::unavailable("restarting"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut second, hello) = farm.attach().await;
+    // Its result waits in the outbox: the hello still names the attempt, so that the
+    // coordinator does not take it for forgotten.
+    assert_eq!(
+        hello.running,
+        vec![v1::RunningJob {
+            job_id: job.clone(),
+            attempt: 1
+        }]
+    );
+    send(&second, welcome(1000)).await;
+    let outcome = until(&mut second, &mut lines, result_of(&job)).await;
+    assert!(
+        matches!(outcome, v1::job_result::Outcome::Pushed(_)),
+        "{outcome:?}"
+    );
+    farm.shutdown.cancel();
+    until(&mut second, &mut lines, |m| {
+        matches!(m, FromWorker::Goodbye(_)).then_some(())
+    })
+    .await;
+    drop(second);
+    farm.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_worker_refuses_new_jobs_finishes_running_ones_then_says_goodbye() {
     let mut farm = Farm::start(&amd64_docker(), None, 2).await;
     let (mut session, _) = farm.attach().await;
