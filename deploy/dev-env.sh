@@ -4,6 +4,8 @@
 #   * Docker daemon #1 (the default /var/run/docker.sock; started if none answers): the native amd64 "machine";
 #   * Docker daemon #2 at $MANIFOLD_ARM_DOCKER (unix socket), with its own bridge: the arm64 "machine",
 #     whose RUN steps execute under qemu-user-static (our stand-in for an ARM server or Mac in tests);
+#   * Docker daemons #3 and #4: the same amd64 and arm64 machines with the containerd image store
+#     (Docker Desktop's and Docker Engine 29's default), so the build path is tested in both modes;
 #   * QEMU binfmt for aarch64;
 #   * the CNCF distribution registry (Debian's docker-registry) on 127.0.0.1:$MANIFOLD_REGISTRY_PORT;
 #   * a multi-arch base image $REGISTRY/base/busybox:1 (linux/amd64 + linux/arm64), built from Debian's
@@ -16,6 +18,8 @@ REGISTRY_PORT=${MANIFOLD_REGISTRY_PORT:-5000}
 REGISTRY=127.0.0.1:$REGISTRY_PORT
 ARM_DIR=${MANIFOLD_ARM_DIR:-/var/tmp/md2}
 ARM_SOCK=$ARM_DIR/docker.sock
+CD_AMD64_DIR=${MANIFOLD_CD_AMD64_DIR:-/var/tmp/md3}
+CD_ARM64_DIR=${MANIFOLD_CD_ARM64_DIR:-/var/tmp/md4}
 mkdir -p "$STATE" "$ARM_DIR"
 
 log() { echo "dev-env: $*" >&2; }
@@ -29,14 +33,35 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   log "timed out after ${secs}s waiting for $what"; return 1
 }
 
-# --- Docker daemon #1 ------------------------------------------------------------------------------
+# --- Docker daemons ---------------------------------------------------------------------------------
+# start_daemon NAME SOCKET_DIR BRIDGE CIDR STORE: a daemon of its own (data, exec root, bridge), with
+# STORE = graphdriver (overlay2) or containerd (the containerd image store, Docker Desktop's default).
+start_daemon() {
+  local name=$1 dir=$2 bridge=$3 cidr=$4 store=$5
+  local sock=$dir/docker.sock
+  if docker -H "unix://$sock" info >/dev/null 2>&1; then return 0; fi
+  log "starting dockerd $name ($store image store) at $sock"
+  mkdir -p "$dir"
+  if ! ip link show "$bridge" >/dev/null 2>&1; then
+    ip link add "$bridge" type bridge && ip addr add "$cidr" dev "$bridge" && ip link set "$bridge" up
+  fi
+  local snapshotter=false
+  [ "$store" = containerd ] && snapshotter=true
+  printf '{"features": {"containerd-snapshotter": %s}}\n' "$snapshotter" >"$dir/daemon.json"
+  nohup dockerd --config-file "$dir/daemon.json" --data-root "$dir/data" --exec-root "$dir/x" \
+    --pidfile "$dir/pid" -H "unix://$sock" --bridge="$bridge" --iptables=false --ip-masq=false \
+    >"$STATE/dockerd-$name.log" 2>&1 &
+  wait_for 90 "dockerd $name" docker -H "unix://$sock" info
+}
+
+# #1, the default socket: the native amd64 "machine", graphdriver. Started only where none answers.
 if ! docker -H unix:///var/run/docker.sock info >/dev/null 2>&1; then
-  log "starting dockerd (default socket)"
+  log "starting dockerd (default socket, graphdriver image store)"
   if ! ip link show docker0 >/dev/null 2>&1; then
     ip link add docker0 type bridge && ip addr add 172.17.0.1/16 dev docker0 && ip link set docker0 up
   fi
   nohup dockerd >"$STATE/dockerd.log" 2>&1 &
-  wait_for 60 "dockerd" docker -H unix:///var/run/docker.sock info
+  wait_for 90 "dockerd" docker -H unix:///var/run/docker.sock info
 fi
 
 # --- QEMU binfmt for arm64 -------------------------------------------------------------------------
@@ -47,17 +72,11 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
   update-binfmts --enable qemu-aarch64 || update-binfmts --import qemu-aarch64
 fi
 
-# --- Docker daemon #2 (arm64 under QEMU) -----------------------------------------------------------
-if ! docker -H "unix://$ARM_SOCK" info >/dev/null 2>&1; then
-  log "starting second dockerd at $ARM_SOCK"
-  if ! ip link show br-m1 >/dev/null 2>&1; then
-    ip link add br-m1 type bridge && ip addr add 172.31.0.1/16 dev br-m1 && ip link set br-m1 up
-  fi
-  nohup dockerd --data-root "$ARM_DIR/data" --exec-root "$ARM_DIR/x" --pidfile "$ARM_DIR/pid" \
-    -H "unix://$ARM_SOCK" --bridge=br-m1 --iptables=false --ip-masq=false \
-    >"$STATE/dockerd2.log" 2>&1 &
-  wait_for 60 "second dockerd" docker -H "unix://$ARM_SOCK" info
-fi
+# #2: the arm64 "machine" (RUN steps under QEMU), graphdriver.
+start_daemon arm64 "$ARM_DIR" br-m1 172.31.0.1/16 graphdriver
+# #3 and #4: the same two machines with the containerd image store.
+start_daemon cd-amd64 "$CD_AMD64_DIR" br-m3 172.30.0.1/16 containerd
+start_daemon cd-arm64 "$CD_ARM64_DIR" br-m4 172.29.0.1/16 containerd
 
 # --- Registry --------------------------------------------------------------------------------------
 if ! curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1; then
@@ -119,4 +138,6 @@ export MANIFOLD_TEST_REGISTRY=$REGISTRY
 export MANIFOLD_TEST_BASE_IMAGE=$BASE
 export MANIFOLD_TEST_AMD64_DOCKER=unix:///var/run/docker.sock
 export MANIFOLD_TEST_ARM64_DOCKER=unix://$ARM_SOCK
+export MANIFOLD_TEST_CD_AMD64_DOCKER=unix://$CD_AMD64_DIR/docker.sock
+export MANIFOLD_TEST_CD_ARM64_DOCKER=unix://$CD_ARM64_DIR/docker.sock
 EOF
