@@ -16,6 +16,20 @@ if [ "${1:-}" = stop ]; then
   exit 0
 fi
 
+# What a fresh clone lacks is installed first (Debian's packages, via .ci/install; needs root).
+missing=()
+for c in dockerd docker-registry skopeo protoc etcd curl qemu-aarch64-static; do
+  command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "quickstart: ${missing[*]} missing: installing Debian's packages (bash .ci/install)" >&2
+  if [ "$(id -u)" = 0 ]; then bash .ci/install
+  elif command -v sudo >/dev/null 2>&1; then sudo bash .ci/install
+  else echo "quickstart: run \`bash .ci/install\` as root first" >&2; exit 1
+  fi
+fi
+command -v cargo >/dev/null 2>&1 || { echo "quickstart: cargo is missing: install Rust (https://rustup.rs) first" >&2; exit 1; }
+
 eval "$(bash deploy/dev-env.sh)"
 PROFILE=${MANIFOLD_PROFILE:-release}   # MANIFOLD_PROFILE=debug skips the optimised build
 if [ "$PROFILE" = release ]; then cargo build --release --bins -q; else cargo build --bins -q; fi
