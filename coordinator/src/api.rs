@@ -58,6 +58,9 @@ pub struct Api {
     role: tokio::sync::watch::Receiver<Role>,
     access: Access,
     workers: WorkerAuth,
+    /// Workers that reported an image failing [`crate::verify`], and why: they get no job until
+    /// this coordinator restarts, reconnecting included.
+    distrusted: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
 }
 
 impl Api {
@@ -71,7 +74,17 @@ impl Api {
             role,
             access,
             workers,
+            distrusted: Default::default(),
         }
+    }
+
+    /// Why worker `name` gets no job, when it reported an image that failed verification.
+    fn distrust_of(&self, name: &str) -> Option<String> {
+        let distrusted = self
+            .distrusted
+            .lock()
+            .expect("distrust table lock poisoned");
+        distrusted.get(name).cloned()
     }
 
     /// The caller of a request, from its bearer token.
@@ -190,6 +203,58 @@ fn parse_build_id(s: &str) -> Result<BuildId, Status> {
 
 fn parse_job_id(s: &str) -> Result<JobId, Status> {
     s.parse().map_err(Status::invalid_argument)
+}
+
+fn pushed(r: crate::verify::Reported) -> JobOutcome {
+    JobOutcome::Pushed {
+        digest: r.digest,
+        size: r.size,
+        media_type: r.media_type,
+    }
+}
+
+impl Api {
+    /// A reported image was checked: the attempt succeeds, or fails (counted and retried) naming
+    /// the worker; a worker that reported a false image gets no more jobs.
+    fn checked(
+        &self,
+        farm: &Farm,
+        session: &crate::farm::Session,
+        job: JobId,
+        attempt: u32,
+        checked: Result<crate::verify::Reported, crate::verify::VerifyError>,
+    ) {
+        let worker = &session.worker;
+        let e = match checked {
+            Ok(reported) => return farm.result(session, job, attempt, pushed(reported)),
+            Err(e) => e,
+        };
+        tracing::warn!(%worker, %job, attempt, error = %e, "a reported image failed verification");
+        if e.is_mismatch() {
+            let reason = format!(
+                "it reported an image that failed verification ({e}); restart the coordinator to trust it again"
+            );
+            self.distrusted
+                .lock()
+                .expect("distrust table lock poisoned")
+                .insert(worker.clone(), reason.clone());
+            // Before the retry is scheduled, so that it goes elsewhere.
+            farm.health(
+                session,
+                WorkerHealth {
+                    draining: false,
+                    unhealthy: Some(reason),
+                },
+            );
+        }
+        let outcome = JobOutcome::Failed {
+            message: format!("worker {worker} reported an image that failed verification: {e}"),
+            retryable: true,
+            cancelled: false,
+            refused: false,
+        };
+        farm.result(session, job, attempt, outcome);
+    }
 }
 
 // ----- conversions --------------------------------------------------------------------------------
@@ -420,7 +485,17 @@ impl builds_server::Builds for Api {
     ) -> Result<Response<v1::SubmitBuildResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request_from_wire(request.into_inner());
-        let id = self.farm()?.submit(req, &caller).await.map_err(status)?;
+        let farm = self.farm()?;
+        // A context of another team is unknown to this one, with the same words.
+        if !farm
+            .contexts()
+            .held_by(&caller.team, &req.context_digest)
+            .await
+            .map_err(status)?
+        {
+            return Err(status(ContextError::Unknown(req.context_digest)));
+        }
+        let id = farm.submit(req, &caller).await.map_err(status)?;
         Ok(Response::new(v1::SubmitBuildResponse {
             build_id: id.to_string(),
         }))
@@ -624,11 +699,12 @@ impl contexts_server::Contexts for Api {
         &self,
         request: Request<v1::HasContextRequest>,
     ) -> Result<Response<v1::HasContextResponse>, Status> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
+        // Another team's context answers exactly like one nobody uploaded.
         let present = self
             .farm()?
             .contexts()
-            .has_anywhere(&request.get_ref().digest)
+            .held_by(&caller.team, &request.get_ref().digest)
             .await
             .map_err(status)?;
         Ok(Response::new(v1::HasContextResponse { present }))
@@ -638,7 +714,7 @@ impl contexts_server::Contexts for Api {
         &self,
         request: Request<Streaming<v1::UploadContextChunk>>,
     ) -> Result<Response<v1::UploadContextResponse>, Status> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let mut stream = request.into_inner();
         let first = stream.message().await?.ok_or_else(|| {
             Status::invalid_argument("empty context upload: send at least one chunk")
@@ -646,20 +722,20 @@ impl contexts_server::Contexts for Api {
         let digest = first.digest.clone();
         let farm = self.farm()?;
         let store = farm.contexts();
-        if store.has(&digest).map_err(status)? {
-            // Someone uploaded it meanwhile; drain and keep the stored copy.
-            while stream.message().await?.is_some() {}
-            let size = store.size(&digest).map_err(status)?;
-            return Ok(Response::new(v1::UploadContextResponse { digest, size }));
-        }
+        // The bytes are verified even when another team stored the same context: possession is
+        // proven by sending what hashes to the digest, never by knowing the digest.
         let mut upload = store.begin(&digest).await.map_err(status)?;
         upload.write(&first.data).await.map_err(status)?;
         while let Some(chunk) = stream.message().await? {
             upload.write(&chunk.data).await.map_err(status)?;
         }
         let size = upload.finish().await.map_err(status)?;
-        store.replicate(&digest).await.map_err(status)?;
-        tracing::info!(%digest, size, "context stored");
+        store.grant(&caller.team, &digest).map_err(status)?;
+        store
+            .replicate(&caller.team, &digest)
+            .await
+            .map_err(status)?;
+        tracing::info!(%digest, size, team = %caller.team, "context stored");
         Ok(Response::new(v1::UploadContextResponse { digest, size }))
     }
 }
@@ -696,6 +772,9 @@ impl workers_server::Workers for Api {
             }
             hello.owner = identity.team;
         }
+        if let Some(reason) = self.distrust_of(&hello.name) {
+            hello.unhealthy = Some(reason);
+        }
         let farm = self.farm()?;
         let (session, mut to_worker) = farm.attach(hello).map_err(status)?;
         let (tx, rx) = mpsc::channel::<Result<v1::CoordinatorMessage, Status>>(64);
@@ -726,11 +805,18 @@ impl workers_server::Workers for Api {
         // Inbound: worker → farm, until the stream ends or this coordinator steps down.
         let span = tracing::info_span!("worker", name = %session.worker);
         let stopped = farm.stopped();
+        let api = self.clone();
         tokio::spawn(tracing::Instrument::instrument(
             async move {
+                // Reported images being checked; they end with the stream.
+                let mut checks = tokio::task::JoinSet::new();
                 loop {
                     let next = tokio::select! {
                         m = inbound.message() => m,
+                        Some(Ok((job, attempt, checked))) = checks.join_next() => {
+                            api.checked(&farm, &session, job, attempt, checked);
+                            continue;
+                        }
                         _ = stopped.cancelled() => {
                             let _ = tx.send(Err(Status::unavailable("this coordinator stepped down; reconnect to the leader"))).await;
                             break;
@@ -749,9 +835,9 @@ impl workers_server::Workers for Api {
                             &session,
                             WorkerHealth {
                                 draining: h.draining,
-                                unhealthy: h
-                                    .unhealthy
-                                    .then(|| unhealthy_reason(h.unhealthy_reason)),
+                                unhealthy: api.distrust_of(&session.worker).or_else(|| {
+                                    h.unhealthy.then(|| unhealthy_reason(h.unhealthy_reason))
+                                }),
                             },
                         ),
                         Some(Msg::Accepted(a)) => {
@@ -769,11 +855,34 @@ impl workers_server::Workers for Api {
                                 continue;
                             };
                             let outcome = match r.outcome {
-                                Some(v1::job_result::Outcome::Pushed(d)) => JobOutcome::Pushed {
-                                    digest: d.digest,
-                                    size: d.size.max(0) as u64,
-                                    media_type: d.media_type,
-                                },
+                                Some(v1::job_result::Outcome::Pushed(d)) => {
+                                    // Believed only once the registry shows it (see `verify`).
+                                    let reported = crate::verify::Reported {
+                                        digest: d.digest,
+                                        size: d.size.max(0) as u64,
+                                        media_type: d.media_type,
+                                    };
+                                    let Some((platform, repository)) =
+                                        farm.attempt_target(job, r.attempt)
+                                    else {
+                                        // Not current: the farm ignores it, unchecked.
+                                        farm.result(&session, job, r.attempt, pushed(reported));
+                                        continue;
+                                    };
+                                    let registry = farm.config().registry.clone();
+                                    let attempt = r.attempt;
+                                    checks.spawn(async move {
+                                        let verdict = crate::verify::verify(
+                                            &registry,
+                                            &repository,
+                                            &platform,
+                                            &reported,
+                                        )
+                                        .await;
+                                        (job, attempt, verdict.map(|()| reported))
+                                    });
+                                    continue;
+                                }
                                 Some(v1::job_result::Outcome::Failure(f)) => JobOutcome::Failed {
                                     message: f.message,
                                     retryable: f.retryable,
@@ -810,10 +919,22 @@ impl workers_server::Workers for Api {
         &self,
         request: Request<v1::DownloadContextRequest>,
     ) -> Result<Response<Self::DownloadContextStream>, Status> {
-        self.worker_identity(&request)?;
+        let identity = self.worker_identity(&request)?;
         let digest = request.into_inner().digest;
-        let path = self
-            .farm()?
+        crate::contexts::parse_digest(&digest).map_err(status)?;
+        let farm = self.farm()?;
+        // A worker gets the context of a job it holds, nothing else. Plaintext (development)
+        // workers are not authenticated, so there is nobody to check.
+        if let Some(worker) = identity
+            && !farm.worker_needs_context(&worker.name, &digest)
+        {
+            tracing::warn!(worker = %worker.name, context = %digest, "refused a context download: no job of this worker uses it");
+            return Err(Status::permission_denied(format!(
+                "worker `{}` holds no current job using context {digest}; a worker may download only the contexts of the jobs assigned to it",
+                worker.name
+            )));
+        }
+        let path = farm
             .contexts()
             .ensure_local(&digest)
             .await

@@ -429,6 +429,47 @@ pub struct Build {
     pub submitted_by: String,
 }
 
+impl Build {
+    /// When the build times out, in Unix ms.
+    pub fn deadline_ms(&self) -> i64 {
+        let timeout = i64::try_from(self.request.timeout().as_millis()).unwrap_or(i64::MAX);
+        self.created_at_ms.saturating_add(timeout)
+    }
+
+    /// Why the build timed out, naming each platform that had not finished.
+    pub fn timeout_error(&self) -> String {
+        let unfinished: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|j| !j.state.is_final())
+            .map(|j| match (&j.state, &j.worker) {
+                (JobState::Assigned | JobState::Running, Some(w)) => {
+                    format!("{} (running on {w}, attempt {})", j.platform, j.attempt)
+                }
+                _ => format!("{} (waiting for a worker)", j.platform),
+            })
+            .collect();
+        format!(
+            "timed out after {}: {} had not finished; pass a longer --timeout to `manifold build` if the build needs more time",
+            human_duration(self.request.timeout()),
+            unfinished.join(", ")
+        )
+    }
+}
+
+impl Job {
+    /// The error of a job that used up its `n` attempts: each attempt's worker and cause.
+    pub fn give_up_error(&self, n: u32) -> String {
+        let history: Vec<&str> = self.error.as_deref().unwrap_or_default().lines().collect();
+        format!(
+            "{} failed after {n} attempt{}: {}",
+            self.platform,
+            if n == 1 { "" } else { "s" },
+            history.join("; ")
+        )
+    }
+}
+
 fn default_team() -> String {
     crate::scheduler::DEFAULT_TEAM.to_owned()
 }

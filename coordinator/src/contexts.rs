@@ -10,8 +10,16 @@
 //! by a small OCI artifact manifest tagged `sha256-<hex>` so that registry garbage collection keeps
 //! it. A coordinator missing a context locally (a new leader) fetches it from there, verifying it.
 //!
+//! Contexts belong to teams. The bytes are stored once, but a team may use a context (ask whether
+//! it is there, submit a build of it) only after a caller of that team uploaded bytes hashing to its
+//! digest; to every other team it does not exist. Possession is a marker file
+//! `<state-dir>/contexts/teams/team-<name>/<hex>` holding the context's size, so it survives restarts;
+//! with a context repository it is also a second tag of the context's artifact manifest,
+//! `sha256-<hex>.<16 hex of sha256(team)>`, so that a new leader knows it too.
+//!
 //! Unreferenced contexts are removed from the local store once older than the retention
-//! (`--context-ttl`); a context is "used" again whenever a client asks for it, which renews it.
+//! (`--context-ttl`), and so are the teams' markers; a context is "used" again whenever a team asks
+//! for it, which renews both its file and that team's marker.
 
 use std::path::{Path, PathBuf};
 
@@ -35,7 +43,9 @@ pub enum ContextError {
         actual: String,
     },
     /// Not stored here.
-    #[error("unknown context {0}: upload it first")]
+    #[error(
+        "unknown context {0}: upload it with the Contexts service first (the manifold CLI does this)"
+    )]
     Unknown(String),
     /// The registry replica failed.
     #[error("context replica: {0}; check --context-repository and that the registry is up")]
@@ -54,6 +64,8 @@ pub enum ContextError {
 #[derive(Clone, Debug)]
 pub struct ContextStore {
     dir: PathBuf,
+    /// `<state-dir>/contexts/teams`: one folder of possession markers per team.
+    teams: PathBuf,
     remote: Option<Remote>,
 }
 
@@ -100,11 +112,18 @@ impl ContextStore {
     /// Opens (creating) the store under `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Self, ContextError> {
         let dir = state_dir.join("contexts").join("sha256");
-        std::fs::create_dir_all(&dir).map_err(|source| ContextError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        Ok(Self { dir, remote: None })
+        let teams = state_dir.join("contexts").join("teams");
+        for d in [&dir, &teams] {
+            std::fs::create_dir_all(d).map_err(|source| ContextError::Io {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        Ok(Self {
+            dir,
+            teams,
+            remote: None,
+        })
     }
 
     /// Replicates contexts to `remote` from now on.
@@ -113,29 +132,67 @@ impl ContextStore {
         self
     }
 
-    /// Whether the context is here or in the registry replica; a hit renews its retention.
-    pub async fn has_anywhere(&self, digest: &str) -> Result<bool, ContextError> {
-        let path = self.path(digest)?;
-        if path.is_file() {
-            touch(&path);
+    /// Whether `team` holds the context: one of its callers uploaded it, here or (with a replica)
+    /// to another coordinator of the set. A hit renews the retention of the context and the marker.
+    pub async fn held_by(&self, team: &str, digest: &str) -> Result<bool, ContextError> {
+        let marker = self.marker(team, digest)?;
+        if marker.is_file() && self.has(digest)? {
+            touch(&marker);
+            touch(&self.path(digest)?);
             return Ok(true);
         }
         let Some(remote) = &self.remote else {
             return Ok(false);
         };
         let (client, auth) = remote.client();
+        let tagged = oci_client::Reference::with_tag(
+            remote.repository.registry().to_owned(),
+            remote.repository.repository().to_owned(),
+            team_tag(digest, team),
+        );
         // Anonymous registries answer at once; others hand out a pull token.
         let _ = client
-            .auth(
-                &remote.repository,
-                &auth,
-                oci_client::RegistryOperation::Pull,
-            )
+            .auth(&tagged, &auth, oci_client::RegistryOperation::Pull)
             .await;
-        client
-            .blob_exists(&remote.repository, digest)
-            .await
-            .map_err(|e| self.remote_error(remote, "checking", digest, &e))
+        match client.fetch_manifest_digest(&tagged, &auth).await {
+            Ok(_) => {}
+            Err(e) if manifold_registry::session::is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(self.remote_error(remote, "checking", digest, &e)),
+        }
+        let size = match client.blob_exists(&remote.repository, digest).await {
+            Ok(true) => self.size(digest).unwrap_or(0),
+            Ok(false) => return Ok(false),
+            Err(e) => return Err(self.remote_error(remote, "checking", digest, &e)),
+        };
+        self.write_marker(team, digest, size)?;
+        Ok(true)
+    }
+
+    /// Records that `team` holds the context, after one of its callers uploaded bytes matching
+    /// its digest.
+    pub fn grant(&self, team: &str, digest: &str) -> Result<(), ContextError> {
+        let size = self.size(digest)?;
+        self.write_marker(team, digest, size)
+    }
+
+    fn write_marker(&self, team: &str, digest: &str, size: u64) -> Result<(), ContextError> {
+        let marker = self.marker(team, digest)?;
+        let folder = marker.parent().expect("a marker is in a team folder");
+        std::fs::create_dir_all(folder)
+            .and_then(|()| std::fs::write(&marker, size.to_string()))
+            .map_err(|source| ContextError::Io {
+                path: marker.clone(),
+                source,
+            })
+    }
+
+    /// The possession marker of `team` for a context (whether or not it exists). The folder is
+    /// `team-<name>`, so that no team name (`.`, `..`) can name another folder.
+    fn marker(&self, team: &str, digest: &str) -> Result<PathBuf, ContextError> {
+        Ok(self
+            .teams
+            .join(format!("team-{team}"))
+            .join(parse_digest(digest)?))
     }
 
     /// The local file of a context, fetched from the registry replica first if needed.
@@ -180,8 +237,9 @@ impl ContextStore {
         Ok(path)
     }
 
-    /// Pushes a stored context to the registry replica (a no-op without one).
-    pub async fn replicate(&self, digest: &str) -> Result<(), ContextError> {
+    /// Pushes a stored context to the registry replica, and tags it as held by `team` there (a
+    /// no-op without a replica).
+    pub async fn replicate(&self, team: &str, digest: &str) -> Result<(), ContextError> {
         let Some(remote) = &self.remote else {
             return Ok(());
         };
@@ -241,42 +299,42 @@ impl ContextStore {
                 "size": size
             }]
         });
-        client
-            .push_manifest_raw(
-                &tagged,
-                serde_json::to_vec(&manifest).expect("json"),
-                http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
-            )
-            .await
-            .map_err(fail)?;
-        tracing::info!(%digest, repository = %remote.repository, "context replicated");
+        let manifest = serde_json::to_vec(&manifest).expect("json");
+        let team_tagged = oci_client::Reference::with_tag(
+            remote.repository.registry().to_owned(),
+            remote.repository.repository().to_owned(),
+            team_tag(digest, team),
+        );
+        for reference in [&tagged, &team_tagged] {
+            client
+                .push_manifest_raw(
+                    reference,
+                    manifest.clone(),
+                    http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+                )
+                .await
+                .map_err(fail)?;
+        }
+        tracing::info!(%digest, %team, repository = %remote.repository, "context replicated");
         Ok(())
     }
 
-    /// Removes local contexts older than `ttl` that `keep` does not name; returns how many.
+    /// Removes local contexts older than `ttl` that `keep` does not name, and the teams' markers
+    /// that are as old and unreferenced or whose context is gone; returns how many contexts went.
     pub fn collect_garbage(
         &self,
         ttl: std::time::Duration,
         keep: &std::collections::HashSet<String>,
     ) -> usize {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return 0;
-        };
-        let mut removed = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let digest = format!("sha256:{name}");
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age >= ttl);
-            // Partial uploads (`.upload-*`) are old only if abandoned; they go too.
-            if old && !keep.contains(&digest) && std::fs::remove_file(entry.path()).is_ok() {
-                tracing::info!(context = %digest, "removed an unreferenced context");
-                removed += 1;
-            }
+        let removed = remove_old(&self.dir, ttl, keep, |_| false);
+        for team in std::fs::read_dir(&self.teams)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            remove_old(&team.path(), ttl, keep, |digest| {
+                !self.has(digest).unwrap_or(false)
+            });
         }
         removed
     }
@@ -341,6 +399,44 @@ impl ContextStore {
 /// The tag that keeps a replicated context alive: `sha256-<hex>`.
 fn tag_of(digest: &str) -> String {
     digest.replace(':', "-")
+}
+
+/// The tag saying that `team` holds a replicated context: `sha256-<hex>.<16 hex>`, the hex being
+/// the start of the team name's sha256 (team names may be longer than a tag allows).
+fn team_tag(digest: &str, team: &str) -> String {
+    let team = hex::encode(Sha256::digest(team.as_bytes()));
+    format!("{}.{}", tag_of(digest), &team[..16])
+}
+
+/// Removes the files of `dir` (named by digest hex) older than `ttl` that `keep` does not name, and
+/// those for which `gone` holds whatever their age; returns how many went.
+fn remove_old(
+    dir: &Path,
+    ttl: std::time::Duration,
+    keep: &std::collections::HashSet<String>,
+    gone: impl Fn(&str) -> bool,
+) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let digest = format!("sha256:{name}");
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= ttl);
+        // Partial uploads (`.upload-*`) are old only if abandoned; they go too.
+        let remove = (old && !keep.contains(&digest)) || (!name.starts_with('.') && gone(&digest));
+        if remove && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(context = %digest, folder = %dir.display(), "removed an unreferenced context");
+            removed += 1;
+        }
+    }
+    removed
 }
 
 fn touch(path: &Path) {
@@ -431,6 +527,36 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(left.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_context_is_held_only_by_the_teams_that_uploaded_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContextStore::open(dir.path()).unwrap();
+        let data = b"alice's sources";
+        let digest = digest_of(data);
+        let mut up = store.begin(&digest).await.unwrap();
+        up.write(data).await.unwrap();
+        up.finish().await.unwrap();
+        store.grant("mobile", &digest).unwrap();
+        assert!(store.held_by("mobile", &digest).await.unwrap());
+        assert!(!store.held_by("platform", &digest).await.unwrap());
+        // A team name cannot reach another team's folder.
+        assert!(!store.held_by("..", &digest).await.unwrap());
+        assert!(!store.held_by(".", &digest).await.unwrap());
+
+        // Possession is on disk: a store opened again (a restart) knows it.
+        let reopened = ContextStore::open(dir.path()).unwrap();
+        assert!(reopened.held_by("mobile", &digest).await.unwrap());
+        assert!(!reopened.held_by("platform", &digest).await.unwrap());
+
+        // Once the bytes are gone, nobody holds the context, and the marker goes at the next
+        // collection whatever its age.
+        std::fs::remove_file(store.path(&digest).unwrap()).unwrap();
+        assert!(!store.held_by("mobile", &digest).await.unwrap());
+        store.collect_garbage(std::time::Duration::from_secs(3600), &Default::default());
+        let marker = store.marker("mobile", &digest).unwrap();
+        assert!(!marker.exists(), "{marker:?} is removed with its context");
     }
 
     #[test]

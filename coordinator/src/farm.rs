@@ -427,7 +427,7 @@ impl Farm {
                 );
             }
             if !entry.build.state.is_final() {
-                st.deadlines.insert(id, deadline_ms(&entry.build));
+                st.deadlines.insert(id, entry.build.deadline_ms());
             }
             if entry.build.state.is_final() {
                 let finished = EventKind::Finished {
@@ -572,7 +572,7 @@ impl Farm {
                 st.scheduler
                     .enqueue_job(j.id, j.platform.clone(), meta, now);
             }
-            let deadline = deadline_ms(&st.builds[&id].build);
+            let deadline = st.builds[&id].build.deadline_ms();
             st.deadlines.insert(id, deadline);
             for j in &jobs {
                 let message = if st.scheduler.any_worker_builds(&j.platform) {
@@ -713,6 +713,35 @@ impl Farm {
         };
         durable(written).await?;
         Ok(build)
+    }
+
+    /// Whether worker `name` holds a current attempt (assigned or running) of a job whose build
+    /// uses context `digest`: the only contexts a worker may download.
+    pub fn worker_needs_context(&self, name: &str, digest: &str) -> bool {
+        let st = self.lock();
+        st.builds.values().any(|e| {
+            !e.build.state.is_final()
+                && e.build.spec.context_digest == digest
+                && e.build.jobs.iter().any(|j| {
+                    matches!(j.state, JobState::Assigned | JobState::Running)
+                        && j.worker.as_deref() == Some(name)
+                })
+        })
+    }
+
+    /// The platform and `registry/repository` of `job` while `attempt` is its current attempt:
+    /// what a worker's reported image is checked against ([`crate::verify`]).
+    pub fn attempt_target(&self, job: JobId, attempt: u32) -> Option<(Platform, String)> {
+        let mut st = self.lock();
+        let entry = current_job(&mut st, job, attempt)?;
+        let platform = entry
+            .build
+            .jobs
+            .iter()
+            .find(|j| j.id == job)?
+            .platform
+            .clone();
+        Some((platform, entry.build.spec.repository()))
     }
 
     /// Contexts that unfinished builds still need (garbage collection keeps them).
@@ -1208,7 +1237,7 @@ impl Farm {
             if build.state.is_final() || build.jobs.iter().all(|j| j.state == JobState::Succeeded) {
                 continue;
             }
-            let error = timeout_error(build);
+            let error = build.timeout_error();
             tracing::warn!(build = %id, %error, "build timed out");
             self.end_build(&mut st, id, BuildState::Failed, Some(error), None);
         }
@@ -1369,7 +1398,7 @@ impl Farm {
             self.requeue(st, build_id, job, &line);
         } else {
             let platform = j.platform.clone();
-            let error = give_up_error(j, counted);
+            let error = j.give_up_error(counted);
             self.end_build(
                 st,
                 build_id,
@@ -1740,43 +1769,6 @@ fn job_mut(build: &mut Build, job: JobId) -> &mut Job {
         .iter_mut()
         .find(|j| j.id == job)
         .expect("job belongs to its build")
-}
-
-/// When `build` times out, in Unix ms.
-fn deadline_ms(build: &Build) -> i64 {
-    let timeout = i64::try_from(build.request.timeout().as_millis()).unwrap_or(i64::MAX);
-    build.created_at_ms.saturating_add(timeout)
-}
-
-/// Why a build timed out, naming each platform that had not finished.
-fn timeout_error(build: &Build) -> String {
-    let unfinished: Vec<String> = build
-        .jobs
-        .iter()
-        .filter(|j| !j.state.is_final())
-        .map(|j| match (&j.state, &j.worker) {
-            (JobState::Assigned | JobState::Running, Some(w)) => {
-                format!("{} (running on {w}, attempt {})", j.platform, j.attempt)
-            }
-            _ => format!("{} (waiting for a worker)", j.platform),
-        })
-        .collect();
-    format!(
-        "timed out after {}: {} had not finished; pass a longer --timeout to `manifold build` if the build needs more time",
-        human_duration(build.request.timeout()),
-        unfinished.join(", ")
-    )
-}
-
-/// The error of a job that used up its attempts: each attempt's worker and cause.
-fn give_up_error(j: &Job, n: u32) -> String {
-    let history: Vec<&str> = j.error.as_deref().unwrap_or_default().lines().collect();
-    format!(
-        "{} failed after {n} attempt{}: {}",
-        j.platform,
-        if n == 1 { "" } else { "s" },
-        history.join("; ")
-    )
 }
 
 /// `ready`, `draining`, `unhealthy: REASON`, or both of the last two.

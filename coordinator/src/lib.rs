@@ -9,7 +9,8 @@
 //!   publishing finished builds with `manifold_registry`;
 //! - [`store`]: the state store seam: redb (default), etcd, in-memory;
 //! - [`leader`]: leader election on etcd, fencing, stepping down;
-//! - [`contexts`]: build contexts on disk, content-addressed;
+//! - [`contexts`]: build contexts on disk, content-addressed, held per team;
+//! - [`verify`]: what a worker says it pushed, checked in the registry before the farm believes it;
 //! - [`access`]: bearer tokens, teams, who may see what;
 //! - [`pki`]: the development CA and the worker identity in client certificates;
 //! - [`api`]: the gRPC services, the only place wire types appear;
@@ -25,6 +26,7 @@ pub mod leader;
 pub mod pki;
 pub mod scheduler;
 pub mod store;
+pub mod verify;
 
 pub use config::{Config, FileConfig, StoreConfig, TlsConfig, Transport};
 

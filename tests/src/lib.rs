@@ -276,6 +276,29 @@ impl TestFarm {
         Ok(endpoint.connect().await?)
     }
 
+    /// A channel to a secured farm presenting the client certificate `dev-ca` made for worker
+    /// `name`: what a program holding that worker's key can do, whatever it runs.
+    pub async fn worker_channel(&self, name: &str) -> anyhow::Result<tonic::transport::Channel> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let s = self
+            .secure
+            .as_ref()
+            .context("worker certificates exist only on a secured farm")?;
+        let read = |file: String| std::fs::read(s.certs.join(&file)).context(file);
+        let identity = tonic::transport::Identity::from_pem(
+            read(format!("worker-{name}.pem"))?,
+            read(format!("worker-{name}.key"))?,
+        );
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                "ca.pem".into(),
+            )?))
+            .identity(identity);
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(self.url.clone())?.tls_config(tls)?;
+        Ok(endpoint.connect().await?)
+    }
+
     /// `message` as a request carrying the harness's admin token (when secured).
     pub fn as_admin<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
@@ -544,6 +567,16 @@ fn log_file(dir: &tempfile::TempDir, name: &str) -> anyhow::Result<Stdio> {
         .append(true)
         .open(dir.path().join(format!("{name}.log")))?;
     Ok(Stdio::from(f))
+}
+
+/// `message` as a request carrying `token` as its bearer token.
+pub fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}")
+        .parse()
+        .expect("a token is valid header text");
+    request.metadata_mut().insert("authorization", value);
+    request
 }
 
 /// Polls `probe` until it yields `Some`, or fails after `timeout` naming `what`.
