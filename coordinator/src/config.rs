@@ -24,6 +24,8 @@ pub struct Config {
     pub transport: Transport,
     /// The tokens the API accepts.
     pub access: crate::access::Access,
+    /// Address to serve Prometheus metrics on (`GET /metrics`). Default: none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Which state store the coordinator uses.

@@ -357,6 +357,20 @@ impl ContextStore {
         Ok(self.dir.join(parse_digest(digest)?))
     }
 
+    /// Bytes of every file in the store (contexts and partial uploads), for the metrics.
+    pub fn bytes(&self) -> u64 {
+        std::fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     /// Whether the context is stored.
     pub fn has(&self, digest: &str) -> Result<bool, ContextError> {
         Ok(self.path(digest)?.is_file())

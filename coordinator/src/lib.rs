@@ -14,6 +14,7 @@
 //! - [`access`]: bearer tokens, teams, who may see what;
 //! - [`pki`]: the development CA and the worker identity in client certificates;
 //! - [`api`]: the gRPC services, the only place wire types appear;
+//! - [`metrics`]: Prometheus metrics read from the farm's snapshots and build histories;
 //! - [`config`] and [`run`]: what the binary starts (flags and the config file).
 
 pub mod access;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod contexts;
 pub mod farm;
 pub mod leader;
+pub mod metrics;
 pub mod pki;
 pub mod scheduler;
 pub mod store;
@@ -108,6 +110,17 @@ pub async fn serve(
         config.context_ttl,
         term.clone(),
     ));
+    if let Some(addr) = config.metrics_listen {
+        let metrics_listener = metrics::bind(addr).await?;
+        tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        let metrics = metrics::Metrics::new(role_rx.clone());
+        let stop = term.clone();
+        tasks.spawn(async move {
+            if let Err(e) = metrics::serve(metrics, metrics_listener, stop).await {
+                tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
     let addr = listener.local_addr()?;
     let mut server = tonic::transport::Server::builder();
     let workers = match &config.transport {

@@ -46,6 +46,7 @@ async fn start_in(farm: FarmConfig, state: std::sync::Arc<tempfile::TempDir>) ->
         farm,
         transport: manifold_coordinator::Transport::Plaintext,
         access: manifold_coordinator::access::Access::open(),
+        metrics_listen: None,
     };
     let done = tokio::spawn(manifold_coordinator::serve(
         config,

@@ -13,6 +13,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/manifold-coordinator /usr/local/bin/manifold-coordinator
 USER manifold
 VOLUME /var/lib/manifold
-EXPOSE 7700
+EXPOSE 7700 9700
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/manifold-coordinator"]

@@ -103,6 +103,10 @@ struct Args {
     /// Remove a build context no unfinished build needs once it is this old.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     context_ttl: Duration,
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics, e.g. 127.0.0.1:9700.
+    /// No token is asked: bind it where only your monitoring reaches (README "Metrics").
+    #[arg(long, value_name = "ADDR", env = "MANIFOLD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Address clients and workers should dial to reach this coordinator (told to them by followers).
     /// Default: https://LISTEN (http:// with --plaintext).
     #[arg(long, value_name = "URL")]
@@ -236,6 +240,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         access: file.access(),
         context_repository: args.context_repository,
         context_ttl: args.context_ttl,
+        metrics_listen: args.metrics_listen,
         store: if args.etcd.is_empty() {
             StoreConfig::Embedded
         } else {
