@@ -54,6 +54,9 @@ pub struct Config {
     /// How often the worker checks that its Docker daemon answers; while it does not, the worker
     /// reports itself unhealthy and gets no job. A failed job checks at once. Default: 5 s.
     pub health_interval: Duration,
+    /// Free bytes the cache dir's file system must keep; below them the worker reports itself
+    /// unhealthy and takes no job. Default 0 (off).
+    pub min_free_disk: u64,
     /// CA certificate (PEM) trusted for an https:// coordinator's server certificate. Default:
     /// `MANIFOLD_CA_CERT`, else `None`: the system's root certificates.
     pub ca_cert: Option<PathBuf>,
@@ -122,6 +125,7 @@ impl Config {
             reconnect_initial: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(2),
             health_interval: Duration::from_secs(5),
+            min_free_disk: 0,
             ca_cert: env_path(ENV_CA_CERT),
             identity: ClientIdentity::from_flags(
                 env_path(ENV_WORKER_CERT),

@@ -36,6 +36,7 @@ use tracing::Instrument as _;
 use crate::config::Config;
 use crate::context_cache::{CacheError, ContextCache, ContextDigest, SourceError};
 use crate::docker::{DaemonInfo, DescribeError, DockerEngine};
+use crate::health;
 use crate::job::{self, ExecuteOptions, JobFailure, JobSpec, LogSink};
 use crate::push::{PushedImage, jittered};
 
@@ -196,23 +197,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     served
 }
 
-/// Checks that the daemon answers every `health_interval`, and at once when a job failed on the
-/// infrastructure; publishes the reason while it does not. The session reports every change to
-/// the coordinator at once.
+/// Checks the daemon and the disk ([`health`]) every `health_interval`, and at once when a job
+/// failed on the infrastructure; the session reports every change to the coordinator at once.
 async fn watch_health(shared: Arc<Shared>) {
     loop {
-        let reason = shared.engine.ping(HEALTH_TIMEOUT).await.err();
-        shared.health.send_if_modified(|current| {
-            if *current == reason {
-                return false;
-            }
-            match &reason {
-                Some(reason) => tracing::warn!(%reason, "unhealthy: the docker daemon does not answer; taking no job until it does"),
-                None => tracing::info!("healthy: the docker daemon answers"),
-            }
-            *current = reason;
-            true
-        });
+        let reason = match shared.engine.ping(HEALTH_TIMEOUT).await {
+            Err(reason) => Some(reason),
+            Ok(()) => health::check_disk(&shared.config.cache_dir, shared.config.min_free_disk),
+        };
+        health::publish(&shared.health, reason);
         tokio::select! {
             () = tokio::time::sleep(shared.config.health_interval) => {}
             () = shared.check_health.notified() => {}

@@ -8,6 +8,7 @@
 //! - [`config`]: the one typed [`Config`] and its defaults from the environment;
 //! - [`connection`]: [`run`], the stream to the coordinator (hello, heartbeats, reconnect, dispatch,
 //!   drain, stopping when the coordinator refuses the worker's identity);
+//! - [`health`]: whether the worker can take a job: the daemon answers, the disk has room;
 //! - [`tls`]: how the coordinator is dialled: https:// with the worker's client certificate, or
 //!   plaintext to loopback only;
 //! - [`job`]: one job end to end once its context is on disk ([`job::execute`]);
@@ -20,6 +21,7 @@ pub mod config;
 pub mod connection;
 pub mod context_cache;
 pub mod docker;
+pub mod health;
 pub mod job;
 pub mod progress;
 pub mod push;

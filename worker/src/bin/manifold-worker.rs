@@ -59,6 +59,10 @@ struct Args {
     /// itself unhealthy and gets no job.
     #[arg(long, default_value = "5s", value_parser = config::parse_duration)]
     health_interval: Duration,
+    /// Free disk the cache dir's file system must keep (e.g. 10GiB, 500MB); below it the worker
+    /// reports itself unhealthy, takes no job, and `manifold workers` shows why. 0: no check.
+    #[arg(long, default_value = "0", value_parser = manifold_worker::health::parse_size)]
+    min_free_disk: u64,
 }
 
 impl Args {
@@ -82,6 +86,7 @@ impl Args {
         config.reconnect_max = self.reconnect_max;
         config.reconnect_initial = config.reconnect_initial.min(self.reconnect_max);
         config.health_interval = self.health_interval;
+        config.min_free_disk = self.min_free_disk;
         Ok(config)
     }
 }

@@ -1,0 +1,110 @@
+//! A worker whose cache dir's file system has less free space than `--min-free-disk` (here an
+//! 8 MiB tmpfs under a 64 MiB threshold) reports itself unhealthy, naming the free space and the
+//! threshold: `manifold workers` shows why, a build submitted while it is the only worker waits,
+//! and once another worker attaches the build runs there. The small worker never gets the job.
+
+use std::process::Command;
+use std::time::Duration;
+
+use manifold_proto::v1;
+use manifold_tests::{Env, TestFarm, context_dir, show};
+
+/// A tmpfs mounted on a folder for the test's lifetime.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs on {} (the tests run as root): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: the worker may still hold files there while it is being killed.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_short_of_disk_gets_no_job_while_another_takes_it() -> anyhow::Result<()> {
+    let env = Env::from_env();
+    let mut farm = TestFarm::builder().start().await?;
+    // The harness gives each worker the cache dir STATE/cache-NAME.
+    let _small_disk = Tmpfs::mount(&farm.state_dir.path().join("cache-small"), "8m");
+    farm.worker("small")
+        .docker(&env.amd64_docker)
+        .arg("--min-free-disk")
+        .arg("64MiB")
+        .arg("--health-interval")
+        .arg("500ms")
+        .spawn()
+        .await?;
+    let w = farm
+        .wait_worker("small", Duration::from_secs(20), |w| w.unhealthy)
+        .await?;
+    assert!(
+        w.unhealthy_reason
+            .contains("is below --min-free-disk 64.0 MiB")
+            && w.unhealthy_reason.contains("cache-small"),
+        "names the disk and the threshold: {w:?}"
+    );
+    let listing = farm.cli(["workers"]).await?;
+    let row = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .find(|l| l.starts_with("small "))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        row.contains("unhealthy: free disk"),
+        "manifold workers shows why:\n{}",
+        show(&listing)
+    );
+
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let ctx = context_dir(&[(
+        "Dockerfile",
+        &format!("FROM {}\nRUN echo disk-{nonce}\n", env.base_image),
+    )])?;
+    let tag = format!("{}:1", env.unique_repo("low-disk"));
+    let id = farm
+        .submit_detached(&[
+            "-t",
+            &tag,
+            "--platform",
+            "linux/amd64",
+            ctx.path().to_str().unwrap(),
+        ])
+        .await?;
+    // While the small worker is the only one, the job stays queued: the build is not started.
+    let build = farm.build(&id).await?;
+    assert_eq!(build.state, v1::BuildState::Queued as i32, "{build:?}");
+
+    farm.worker("big").docker(&env.amd64_docker).spawn().await?;
+    let done = farm.wait_build_end(&id, Duration::from_secs(120)).await?;
+    assert_eq!(done.state, v1::BuildState::Succeeded as i32, "{done:?}");
+    let job = &done.jobs[0];
+    assert_eq!(job.worker, "big", "{done:?}");
+    assert_eq!(
+        job.attempt, 1,
+        "no attempt went to the small worker: {done:?}"
+    );
+    let log = farm.cli(["logs", &id]).await?;
+    assert!(
+        !String::from_utf8_lossy(&log.stdout).contains("small"),
+        "the small worker never appears in the build's history:\n{}",
+        show(&log)
+    );
+    Ok(())
+}
