@@ -2,12 +2,13 @@
 //! 8 MiB tmpfs under a 64 MiB threshold) reports itself unhealthy, naming the free space and the
 //! threshold: `manifold workers` shows why, a build submitted while it is the only worker waits,
 //! and once another worker attaches the build runs there. The small worker never gets the job.
+//! Each worker's `--metrics-listen` shows its free disk (as `df` reports it) and its cache.
 
 use std::process::Command;
 use std::time::Duration;
 
 use manifold_proto::v1;
-use manifold_tests::{Env, TestFarm, context_dir, show};
+use manifold_tests::{Env, TestFarm, context_dir, free_port, run, show};
 
 /// A tmpfs mounted on a folder for the test's lifetime.
 struct Tmpfs(std::path::PathBuf);
@@ -37,14 +38,31 @@ impl Drop for Tmpfs {
     }
 }
 
+/// The value of the sample `series` in the worker's metrics at `addr`.
+async fn metric(addr: &str, series: &str) -> anyhow::Result<f64> {
+    let text = run(
+        "curl",
+        &["-fsS", "--max-time", "5", &format!("http://{addr}/metrics")],
+    )
+    .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {series} in\n{text}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_short_of_disk_gets_no_job_while_another_takes_it() -> anyhow::Result<()> {
     let env = Env::from_env();
     let mut farm = TestFarm::builder().start().await?;
     // The harness gives each worker the cache dir STATE/cache-NAME.
-    let _small_disk = Tmpfs::mount(&farm.state_dir.path().join("cache-small"), "8m");
+    let small_cache = farm.state_dir.path().join("cache-small");
+    let _small_disk = Tmpfs::mount(&small_cache, "8m");
+    let small_metrics = format!("127.0.0.1:{}", free_port());
+    let big_metrics = format!("127.0.0.1:{}", free_port());
     farm.worker("small")
         .docker(&env.amd64_docker)
+        .arg("--metrics-listen")
+        .arg(&small_metrics)
         .arg("--min-free-disk")
         .arg("64MiB")
         .arg("--health-interval")
@@ -72,6 +90,22 @@ async fn a_worker_short_of_disk_gets_no_job_while_another_takes_it() -> anyhow::
         show(&listing)
     );
 
+    // Its metrics say the same as df, and the threshold.
+    let df = run(
+        "df",
+        &["-B1", "--output=avail", small_cache.to_str().unwrap()],
+    )
+    .await?;
+    let df: f64 = df.lines().nth(1).unwrap().trim().parse()?;
+    assert_eq!(
+        metric(&small_metrics, "manifold_worker_disk_free_bytes").await?,
+        df
+    );
+    assert_eq!(
+        metric(&small_metrics, "manifold_worker_disk_min_free_bytes").await?,
+        (64u64 << 20) as f64
+    );
+
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     let ctx = context_dir(&[(
         "Dockerfile",
@@ -91,7 +125,12 @@ async fn a_worker_short_of_disk_gets_no_job_while_another_takes_it() -> anyhow::
     let build = farm.build(&id).await?;
     assert_eq!(build.state, v1::BuildState::Queued as i32, "{build:?}");
 
-    farm.worker("big").docker(&env.amd64_docker).spawn().await?;
+    farm.worker("big")
+        .docker(&env.amd64_docker)
+        .arg("--metrics-listen")
+        .arg(&big_metrics)
+        .spawn()
+        .await?;
     let done = farm.wait_build_end(&id, Duration::from_secs(120)).await?;
     assert_eq!(done.state, v1::BuildState::Succeeded as i32, "{done:?}");
     let job = &done.jobs[0];
@@ -100,6 +139,13 @@ async fn a_worker_short_of_disk_gets_no_job_while_another_takes_it() -> anyhow::
         job.attempt, 1,
         "no attempt went to the small worker: {done:?}"
     );
+    // The big worker keeps the build's context in its cache.
+    let contexts = metric(
+        &big_metrics,
+        r#"manifold_worker_cache_bytes{kind="contexts"}"#,
+    )
+    .await?;
+    assert!(contexts > 0.0, "contexts cached: {contexts}");
     let log = farm.cli(["logs", &id]).await?;
     assert!(
         !String::from_utf8_lossy(&log.stdout).contains("small"),

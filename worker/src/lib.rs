@@ -9,6 +9,7 @@
 //! - [`connection`]: [`run`], the stream to the coordinator (hello, heartbeats, reconnect, dispatch,
 //!   drain, stopping when the coordinator refuses the worker's identity);
 //! - [`health`]: whether the worker can take a job: the daemon answers, the disk has room;
+//! - [`metrics`]: Prometheus metrics of the worker's disk and cache (`--metrics-listen`);
 //! - [`tls`]: how the coordinator is dialled: https:// with the worker's client certificate, or
 //!   plaintext to loopback only;
 //! - [`job`]: one job end to end once its context is on disk ([`job::execute`]);
@@ -23,6 +24,7 @@ pub mod context_cache;
 pub mod docker;
 pub mod health;
 pub mod job;
+pub mod metrics;
 pub mod progress;
 pub mod push;
 pub mod tls;

@@ -63,6 +63,10 @@ struct Args {
     /// reports itself unhealthy, takes no job, and `manifold workers` shows why. 0: no check.
     #[arg(long, default_value = "0", value_parser = manifold_worker::health::parse_size)]
     min_free_disk: u64,
+    /// Serve Prometheus metrics (free disk, cache size) on http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9701. No token is asked: bind it where only your monitoring reaches.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -96,7 +100,9 @@ async fn main() -> anyhow::Result<()> {
     // One crypto provider for every TLS client in the process (tonic, oci-client), chosen before
     // any is built.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let config = match Args::parse().into_config() {
+    let args = Args::parse();
+    let metrics_listen = args.metrics_listen;
+    let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => Args::command()
             .error(clap::error::ErrorKind::MissingRequiredArgument, e)
@@ -121,9 +127,24 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    manifold_worker::run(config, shutdown)
+    // The metrics stay up while the worker drains; they stop when it has.
+    let metrics_stop = CancellationToken::new();
+    if let Some(addr) = metrics_listen {
+        let listener = manifold_worker::metrics::bind(addr).await?;
+        tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        let (dir, min) = (config.cache_dir.clone(), config.min_free_disk);
+        tokio::spawn(manifold_worker::metrics::serve(
+            listener,
+            dir,
+            min,
+            metrics_stop.clone(),
+        ));
+    }
+    let result = manifold_worker::run(config, shutdown)
         .await
-        .context("manifold-worker stopped")
+        .context("manifold-worker stopped");
+    metrics_stop.cancel();
+    result
 }
 
 /// The first SIGTERM or Ctrl-C starts the drain; the second exits immediately.
