@@ -25,6 +25,9 @@ use crate::farm::{
     Farm, FarmError, JobOutcome, JobSpec, ToWorker, WorkerHealth, WorkerHello, WorkerView,
 };
 
+/// Most builds one `Builds.List` answers (a larger `limit` is cut to this).
+pub const MAX_LIST_BUILDS: usize = 1000;
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// What this coordinator is right now.
@@ -61,6 +64,7 @@ pub struct Api {
     /// Workers that reported an image failing [`crate::verify`], and why: they get no job until
     /// this coordinator restarts, reconnecting included.
     distrusted: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    limits: std::sync::Arc<crate::limits::Limits>,
 }
 
 impl Api {
@@ -69,12 +73,14 @@ impl Api {
         role: tokio::sync::watch::Receiver<Role>,
         access: Access,
         workers: WorkerAuth,
+        limits: crate::limits::Limits,
     ) -> Self {
         Self {
             role,
             access,
             workers,
             distrusted: Default::default(),
+            limits: std::sync::Arc::new(limits),
         }
     }
 
@@ -485,6 +491,9 @@ impl builds_server::Builds for Api {
     ) -> Result<Response<v1::SubmitBuildResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request_from_wire(request.into_inner());
+        self.limits
+            .check_request(&req)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let farm = self.farm()?;
         // A context of another team is unknown to this one, with the same words.
         if !farm
@@ -559,13 +568,25 @@ impl builds_server::Builds for Api {
         let caller = self.caller(&request)?;
         let limit = match request.get_ref().limit {
             0 => 100,
-            n => n as usize,
+            n => (n as usize).min(MAX_LIST_BUILDS),
         };
+        // A listing carries summaries: no build args, labels or output tails (`Builds.Get` has
+        // them), so that its size is bounded by the number of builds.
         let builds = self
             .farm()?
             .list(limit, &caller)
             .iter()
-            .map(build_to_wire)
+            .map(|b| {
+                let mut b = build_to_wire(b);
+                if let Some(r) = b.request.as_mut() {
+                    r.build_args.clear();
+                    r.labels.clear();
+                }
+                for j in &mut b.jobs {
+                    j.log_tail.clear();
+                }
+                b
+            })
             .collect();
         Ok(Response::new(v1::ListBuildsResponse { builds }))
     }
@@ -725,9 +746,21 @@ impl contexts_server::Contexts for Api {
         // The bytes are verified even when another team stored the same context: possession is
         // proven by sending what hashes to the digest, never by knowing the digest.
         let mut upload = store.begin(&digest).await.map_err(status)?;
-        upload.write(&first.data).await.map_err(status)?;
-        while let Some(chunk) = stream.message().await? {
-            upload.write(&chunk.data).await.map_err(status)?;
+        let stored = store.team_bytes(&caller.team, &digest);
+        let mut size = 0u64;
+        let mut chunk = first.data;
+        loop {
+            // Refused as soon as it is over a bound; the partial file goes with `upload`.
+            size += chunk.len() as u64;
+            self.limits
+                .check_upload(&digest, size)
+                .and_then(|()| self.limits.check_team_total(&caller.team, stored, size))
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            upload.write(&chunk).await.map_err(status)?;
+            match stream.message().await? {
+                Some(next) => chunk = next.data,
+                None => break,
+            }
         }
         let size = upload.finish().await.map_err(status)?;
         store.grant(&caller.team, &digest).map_err(status)?;

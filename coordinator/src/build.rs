@@ -76,7 +76,7 @@ pub struct BuildRequest {
 pub enum InvalidRequest {
     /// Bad reference.
     #[error(
-        "invalid image reference `{image}`: {reason}; expected REGISTRY/REPOSITORY:TAG, e.g. 127.0.0.1:5000/team/app:1.0"
+        "invalid image reference {image}: {reason}; expected REGISTRY/REPOSITORY:TAG, e.g. 127.0.0.1:5000/team/app:1.0"
     )]
     Image {
         /// What was sent.
@@ -104,7 +104,7 @@ pub enum InvalidRequest {
         requested: String,
     },
     /// Bad Dockerfile path.
-    #[error("dockerfile path `{0}` must be relative to the context and stay inside it")]
+    #[error("dockerfile path {0} must be relative to the context and stay inside it")]
     DockerfilePath(String),
     /// The Dockerfile is not in the context.
     #[error(
@@ -112,6 +112,14 @@ pub enum InvalidRequest {
     )]
     MissingDockerfile {
         /// The path looked for.
+        dockerfile: String,
+    },
+    /// The Dockerfile is a symbolic link.
+    #[error(
+        "dockerfile `{dockerfile}` is a symbolic link in the build context; the Dockerfile must be a regular file: pass -f with the path of the file itself"
+    )]
+    DockerfileNotRegular {
+        /// The path.
         dockerfile: String,
     },
     /// Context problems.
@@ -126,7 +134,7 @@ pub enum InvalidRequest {
         reason: String,
     },
     /// An empty or malformed key.
-    #[error("invalid {what} `{key}`: keys must be non-empty and contain no `=` or whitespace")]
+    #[error("invalid {what} {key}: keys must be non-empty and contain no `=` or whitespace")]
     Key {
         /// build arg or label
         what: &'static str,
@@ -184,14 +192,23 @@ impl BuildSpec {
             }
             dockerfiles.insert(p, clean_dockerfile(path)?);
         }
-        let present = tar_entries(&context_path).map_err(|e| {
-            InvalidRequest::Context(format!(
+        let present = check_tar(&context_path).map_err(|e| match e {
+            TarProblem::Unreadable(e) => InvalidRequest::Context(format!(
                 "context {} is not a readable tar archive: {e}",
                 req.context_digest
-            ))
+            )),
+            TarProblem::Escapes { entry, why } => InvalidRequest::Context(format!(
+                "context {} has the entry {entry}, which leaves the context: {why}; pack the context with the manifold CLI",
+                req.context_digest
+            )),
         })?;
         for d in dockerfiles.values() {
-            if !present.iter().any(|e| e == d) {
+            if present.links.iter().any(|e| e == d) {
+                return Err(InvalidRequest::DockerfileNotRegular {
+                    dockerfile: d.clone(),
+                });
+            }
+            if !present.files.iter().any(|e| e == d) {
                 return Err(InvalidRequest::MissingDockerfile {
                     dockerfile: d.clone(),
                 });
@@ -204,7 +221,7 @@ impl BuildSpec {
             {
                 return Err(InvalidRequest::Key {
                     what,
-                    key: key.clone(),
+                    key: crate::limits::quote(key),
                 });
             }
         }
@@ -281,7 +298,7 @@ mod reference_text {
 
 fn parse_image(image: &str) -> Result<Reference, InvalidRequest> {
     let err = |reason: String| InvalidRequest::Image {
-        image: image.to_owned(),
+        image: crate::limits::quote(image),
         reason,
     };
     if image.trim().is_empty() {
@@ -307,25 +324,115 @@ fn clean_dockerfile(path: &str) -> Result<String, InvalidRequest> {
         || trimmed.starts_with('/')
         || trimmed.split('/').any(|c| c == ".." || c.is_empty());
     if bad {
-        return Err(InvalidRequest::DockerfilePath(path.to_owned()));
+        return Err(InvalidRequest::DockerfilePath(crate::limits::quote(path)));
     }
     Ok(trimmed.to_owned())
 }
 
-/// Paths of the regular files in a tar, normalised without a leading `./`.
-fn tar_entries(path: &std::path::Path) -> std::io::Result<Vec<String>> {
-    // Seeking past each file's data reads only the headers of a large context.
-    let file = std::fs::File::open(path)?;
-    let mut archive = tar::Archive::new(file);
+/// What a context tar holds, once checked to stay inside its root.
+struct TarListing {
+    /// Paths of its regular files, normalised without a leading `./`.
+    files: Vec<String>,
+    /// Paths of its symbolic links.
+    links: Vec<String>,
+}
+
+/// Why a context tar is refused.
+enum TarProblem {
+    /// Not a readable tar.
+    Unreadable(std::io::Error),
+    /// An entry that leaves the context's root.
+    Escapes {
+        /// The entry's path.
+        entry: String,
+        /// How.
+        why: String,
+    },
+}
+
+/// `path`'s components with `.` dropped and `..` applied; `None` when it is absolute or climbs
+/// above the root.
+fn inside(path: &str) -> Option<Vec<&str>> {
+    if path.starts_with('/') {
+        return None;
+    }
     let mut out = Vec::new();
-    for entry in archive.entries_with_seek()? {
-        let entry = entry?;
-        if entry.header().entry_type().is_file() || entry.header().entry_type().is_symlink() {
-            let p = entry.path()?.to_string_lossy().into_owned();
-            out.push(p.trim_start_matches("./").to_owned());
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            c => out.push(c),
         }
     }
-    Ok(out)
+    Some(out)
+}
+
+/// Reads a context tar's headers (seeking past the data) and checks every entry: no absolute
+/// path, no `..` component, no hard link to outside, no symbolic link resolving outside.
+fn check_tar(path: &std::path::Path) -> Result<TarListing, TarProblem> {
+    use crate::limits::quote;
+    let file = std::fs::File::open(path).map_err(TarProblem::Unreadable)?;
+    let mut archive = tar::Archive::new(file);
+    let mut listing = TarListing {
+        files: Vec::new(),
+        links: Vec::new(),
+    };
+    for entry in archive
+        .entries_with_seek()
+        .map_err(TarProblem::Unreadable)?
+    {
+        let entry = entry.map_err(TarProblem::Unreadable)?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let escapes = |why: String| TarProblem::Escapes {
+            entry: quote(&name),
+            why,
+        };
+        if name.starts_with('/') {
+            return Err(escapes("it is an absolute path".into()));
+        }
+        if name.split('/').any(|c| c == "..") {
+            return Err(escapes("it has a `..` component".into()));
+        }
+        let kind = entry.header().entry_type();
+        let target = entry
+            .link_name_bytes()
+            .map(|t| String::from_utf8_lossy(&t).into_owned())
+            .unwrap_or_default();
+        if kind.is_hard_link()
+            && (target.split('/').any(|c| c == "..") || inside(&target).is_none())
+        {
+            return Err(escapes(format!(
+                "it is a hard link to {}, outside the context",
+                quote(&target)
+            )));
+        }
+        if kind.is_symlink() {
+            let dir = name
+                .trim_end_matches('/')
+                .rsplit_once('/')
+                .map_or("", |(d, _)| d);
+            let resolved = if dir.is_empty() || target.starts_with('/') {
+                target.clone()
+            } else {
+                format!("{dir}/{target}")
+            };
+            if inside(&resolved).is_none() {
+                return Err(escapes(format!(
+                    "it is a symbolic link to {}, which leaves the context",
+                    quote(&target)
+                )));
+            }
+        }
+        let clean = name.trim_start_matches("./").to_owned();
+        if kind.is_file() || kind == tar::EntryType::Continuous {
+            listing.files.push(clean);
+        } else if kind.is_symlink() {
+            listing.links.push(clean);
+        }
+    }
+    Ok(listing)
 }
 
 /// Where a build is in its life.
@@ -578,6 +685,93 @@ mod tests {
         assert!(
             err.contains(expected),
             "`{err}` should contain `{expected}`"
+        );
+    }
+
+    /// A store holding one context of raw entries (path, type, link target), written byte by
+    /// byte so that paths the tar crate would refuse to write can be tested.
+    fn raw_context(entries: &[(&str, tar::EntryType, &str)]) -> Ctx {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContextStore::open(dir.path()).unwrap();
+        let mut bytes = Vec::new();
+        for (path, kind, target) in entries {
+            let mut h = tar::Header::new_old();
+            let data: &[u8] = if kind.is_file() { b"FROM" } else { b"" };
+            h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            bytes.extend_from_slice(h.as_bytes());
+            bytes.extend_from_slice(data);
+            bytes.resize(bytes.len().next_multiple_of(512), 0);
+        }
+        bytes.resize(bytes.len() + 1024, 0);
+        use sha2::Digest as _;
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+        std::fs::write(store.path(&digest).unwrap(), &bytes).unwrap();
+        Ctx {
+            _dir: dir,
+            store,
+            digest,
+        }
+    }
+
+    #[test]
+    fn a_context_tar_must_stay_inside_its_root() {
+        use tar::EntryType::{Link, Regular, Symlink};
+        let check = |extra: (&str, tar::EntryType, &str), expected: Option<&str>| {
+            let ctx = raw_context(&[("Dockerfile", Regular, ""), extra]);
+            let mut req = request(&ctx);
+            req.platforms = vec!["linux/amd64".into()];
+            match (BuildSpec::validate(req, &ctx.store), expected) {
+                (Ok(_), None) => {}
+                (Err(e), Some(needle)) => {
+                    let text = e.to_string();
+                    assert!(text.contains(needle), "`{text}` should contain `{needle}`");
+                }
+                (got, want) => panic!("{extra:?}: got {got:?}, expected {want:?}"),
+            }
+        };
+        check(("src/a.txt", Regular, ""), None);
+        check(("src/link", Symlink, "../Dockerfile"), None);
+        check(("src/hard", Link, "Dockerfile"), None);
+        check(
+            ("/etc/passwd", Regular, ""),
+            Some("entry `/etc/passwd`, which leaves the context: it is an absolute path"),
+        );
+        check(
+            ("../x", Regular, ""),
+            Some("entry `../x`, which leaves the context: it has a `..` component"),
+        );
+        check(("a/../../x", Regular, ""), Some("`..` component"));
+        check(
+            ("src/up", Symlink, "../../etc"),
+            Some("symbolic link to `../../etc`, which leaves the context"),
+        );
+        check(
+            ("abs", Symlink, "/etc/shadow"),
+            Some("symbolic link to `/etc/shadow`"),
+        );
+        check(
+            ("hard", Link, "/etc/shadow"),
+            Some("hard link to `/etc/shadow`, outside the context"),
+        );
+        check(
+            ("hard", Link, "../secret"),
+            Some("hard link to `../secret`"),
+        );
+        // The Dockerfile itself must be a regular file.
+        let ctx = raw_context(&[("real", Regular, ""), ("Dockerfile", Symlink, "real")]);
+        let mut req = request(&ctx);
+        req.platforms = vec!["linux/amd64".into()];
+        let err = BuildSpec::validate(req, &ctx.store)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dockerfile `Dockerfile` is a symbolic link"),
+            "{err}"
         );
     }
 

@@ -26,6 +26,8 @@ pub struct Config {
     pub access: crate::access::Access,
     /// Address to serve Prometheus metrics on (`GET /metrics`). Default: none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Bounds on requests and uploads (the config file's `[limits]`).
+    pub limits: crate::limits::Limits,
 }
 
 /// Which state store the coordinator uses.
@@ -88,6 +90,10 @@ pub enum Transport {
 ///
 /// [scheduling]
 /// preemption_grace = "5m"     # off unless set
+///
+/// [limits]                    # each key optional; see `limits::Limits` for all and their defaults
+/// max_build_args = 100
+/// max_context_bytes = 4294967296
 /// ```
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +107,9 @@ pub struct FileConfig {
     /// Scheduling policy.
     #[serde(default)]
     pub scheduling: Scheduling,
+    /// Bounds on requests and uploads; each key defaults (see [`crate::limits::Limits`]).
+    #[serde(default)]
+    pub limits: crate::limits::Limits,
 }
 
 /// A `[[team]]` entry.

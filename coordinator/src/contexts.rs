@@ -30,7 +30,7 @@ use tokio::io::AsyncWriteExt;
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
     /// Not of the form `sha256:<64 hex>`.
-    #[error("invalid context digest `{0}`: expected sha256:<64 lowercase hex digits>")]
+    #[error("invalid context digest {0}: expected sha256:<64 lowercase hex digits>")]
     BadDigest(String),
     /// The bytes received hash to something else.
     #[error(
@@ -105,7 +105,7 @@ pub fn parse_digest(digest: &str) -> Result<&str, ContextError> {
                 && h.bytes()
                     .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         })
-        .ok_or_else(|| ContextError::BadDigest(digest.to_owned()))
+        .ok_or_else(|| ContextError::BadDigest(crate::limits::quote(digest)))
 }
 
 impl ContextStore {
@@ -173,6 +173,27 @@ impl ContextStore {
     pub fn grant(&self, team: &str, digest: &str) -> Result<(), ContextError> {
         let size = self.size(digest)?;
         self.write_marker(team, digest, size)
+    }
+
+    /// The context bytes `team` holds, `except` one context (the one being uploaded again).
+    pub fn team_bytes(&self, team: &str, except: &str) -> u64 {
+        let Ok(marker) = self.marker(team, except) else {
+            return 0;
+        };
+        let folder = marker.parent().expect("a marker is in a team folder");
+        std::fs::read_dir(folder)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path() != marker)
+            .filter_map(|e| {
+                std::fs::read_to_string(e.path())
+                    .ok()?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
     }
 
     fn write_marker(&self, team: &str, digest: &str, size: u64) -> Result<(), ContextError> {

@@ -12,6 +12,7 @@
 //! - [`contexts`]: build contexts on disk, content-addressed, held per team;
 //! - [`verify`]: what a worker says it pushed, checked in the registry before the farm believes it;
 //! - [`access`]: bearer tokens, teams, who may see what;
+//! - [`limits`]: the bounds on every request and upload, and quoting callers' values in errors;
 //! - [`pki`]: the development CA and the worker identity in client certificates;
 //! - [`api`]: the gRPC services, the only place wire types appear;
 //! - [`metrics`]: Prometheus metrics read from the farm's snapshots and build histories;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod contexts;
 pub mod farm;
 pub mod leader;
+pub mod limits;
 pub mod metrics;
 pub mod pki;
 pub mod scheduler;
@@ -146,7 +148,12 @@ pub async fn serve(
     if config.access.is_open() {
         tracing::warn!("no [[token]] in the config: every caller is an admin");
     }
-    let api = api::Api::new(role_rx, config.access.clone(), workers);
+    let api = api::Api::new(
+        role_rx,
+        config.access.clone(),
+        workers,
+        config.limits.clone(),
+    );
     let max = manifold_proto::MAX_MESSAGE_BYTES;
     tracing::info!(%addr, state_dir = %config.state_dir.display(), tls = matches!(config.transport, Transport::Tls(_)), "coordinator listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

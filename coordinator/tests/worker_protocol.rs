@@ -43,6 +43,7 @@ async fn start_in(farm: FarmConfig, state: std::sync::Arc<tempfile::TempDir>) ->
         store: Default::default(),
         context_repository: None,
         context_ttl: std::time::Duration::from_secs(86400),
+        limits: Default::default(),
         farm,
         transport: manifold_coordinator::Transport::Plaintext,
         access: manifold_coordinator::access::Access::open(),

@@ -238,6 +238,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         state_dir: args.state_dir.context("--state-dir is required")?,
         transport,
         access: file.access(),
+        limits: file.limits.clone(),
         context_repository: args.context_repository,
         context_ttl: args.context_ttl,
         metrics_listen: args.metrics_listen,
