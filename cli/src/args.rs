@@ -982,11 +982,12 @@ mod tests {
 
     #[test]
     fn a_bad_platform_is_named_with_the_expected_form() {
-        let err = parse_platforms(&strings(&["linux/amd64,linux/amd46"])).unwrap_err();
+        let err = parse_platforms(&strings(&["linux/amd64,linux/&arm"])).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "--platform: unknown platform `linux/amd46`: `amd46` is not a known architecture; \
-             expected os/arch[/variant], e.g. linux/amd64, linux/arm64, linux/arm/v7"
+            "--platform: invalid platform `linux/&arm`: `&arm` is not a valid architecture: use \
+             letters, digits, `_`, `.` and `-`; expected os/arch[/variant], e.g. linux/amd64, \
+             linux/arm64, linux/arm/v7"
         );
     }
 
@@ -1029,9 +1030,10 @@ mod tests {
             assert_eq!(err.to_string(), expected, "{flags:?}");
         };
         check(
-            &["linux/amd46=Dockerfile"],
-            "-f `linux/amd46=Dockerfile`: unknown platform `linux/amd46`: `amd46` is not a known \
-             architecture; expected os/arch[/variant], e.g. linux/amd64, linux/arm64, linux/arm/v7",
+            &["linux/&arm=Dockerfile"],
+            "-f `linux/&arm=Dockerfile`: invalid platform `linux/&arm`: `&arm` is not a valid \
+             architecture: use letters, digits, `_`, `.` and `-`; expected os/arch[/variant], e.g. \
+             linux/amd64, linux/arm64, linux/arm/v7",
         );
         check(
             &["linux/s390x=Dockerfile.s390x"],

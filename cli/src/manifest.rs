@@ -665,7 +665,7 @@ mod tests {
             err("reg/app:1.0"),
             "--annotate `reg/app:1.0`: it has no `=`; expected SOURCE=os/arch[/variant], e.g. app:1.0-arm=linux/arm/v7"
         );
-        assert!(err("reg/app:1.0=linux/amd46").contains("unknown platform `linux/amd46`"));
+        assert!(err("reg/app:1.0=linux/&arm").contains("invalid platform `linux/&arm`"));
         assert!(err("=linux/amd64").contains("the source is empty"));
     }
 

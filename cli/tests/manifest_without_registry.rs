@@ -37,9 +37,9 @@ fn bad_flags_fail_before_any_registry_is_dialled() {
                 "inspect",
                 "127.0.0.1:1/app:1.0",
                 "--platform",
-                "linux/amd46",
+                "linux/&arm",
             ],
-            "error: --platform: unknown platform `linux/amd46`",
+            "error: --platform: invalid platform `linux/&arm`",
         ),
         (
             &[

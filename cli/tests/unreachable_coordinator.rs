@@ -86,7 +86,7 @@ fn a_bad_platform_fails_before_the_coordinator_is_contacted() {
             "-t",
             "reg/app:1",
             "--platform",
-            "linux/amd64,linux/amd46",
+            "linux/amd64,linux/&arm",
             ctx,
         ],
         &[],
@@ -94,8 +94,9 @@ fn a_bad_platform_fails_before_the_coordinator_is_contacted() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out),
-        "error: --platform: unknown platform `linux/amd46`: `amd46` is not a known architecture; \
-         expected os/arch[/variant], e.g. linux/amd64, linux/arm64, linux/arm/v7\n"
+        "error: --platform: invalid platform `linux/&arm`: `&arm` is not a valid architecture: use \
+         letters, digits, `_`, `.` and `-`; expected os/arch[/variant], e.g. linux/amd64, \
+         linux/arm64, linux/arm/v7\n"
     );
 }
 

@@ -826,8 +826,8 @@ mod tests {
         check_err(&ctx, |r| r.platforms.clear(), "no platform requested");
         check_err(
             &ctx,
-            |r| r.platforms.push("linux/amd46".into()),
-            "`linux/amd46`",
+            |r| r.platforms.push("linux/&arm".into()),
+            "`linux/&arm`",
         );
         check_err(
             &ctx,

@@ -956,6 +956,8 @@ mod tests {
                 os: parts[0].into(),
                 architecture: parts[1].into(),
                 variant: parts.get(2).map(|v| v.to_string()),
+                os_version: None,
+                os_features: Vec::new(),
             }),
         }
     }
@@ -969,7 +971,11 @@ mod tests {
             os: Some(parts[0].into()),
             architecture: Some(parts[1].into()),
             variant: parts.get(2).map(|v| v.to_string()),
+            os_version: None,
+            os_features: Vec::new(),
+            artifact_type: None,
             annotations: BTreeMap::new(),
+            descriptor: serde_json::Map::new(),
         }
     }
 
@@ -1237,13 +1243,13 @@ mod tests {
             err.to_string(),
             format!("--annotate names `nope`, which is not among the sources ({A}, {B})")
         );
-        let unknown = image(A, "unknown/unknown", 'a', DOCKER_MANIFEST);
+        let unknown = image(A, "li nux/amd64", 'a', DOCKER_MANIFEST);
         assert_eq!(
             gather(std::slice::from_ref(&unknown), None, &[], false)
                 .unwrap_err()
                 .to_string(),
             format!(
-                "source `{A}` says its platform is `unknown/unknown`, which is not a platform; \
+                "source `{A}` says its platform is `li nux/amd64`, which is not a platform; \
                  give it one with --annotate {A}=os/arch[/variant]"
             )
         );

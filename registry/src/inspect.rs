@@ -2,10 +2,13 @@
 //! its entries), and choosing the child a client of a given platform would pull.
 //!
 //! The choice is Docker's (containerd's `platforms.Only`, which the Docker daemon uses for `docker
-//! pull --platform`): same OS; platforms are normalised first, so `linux/arm64/v8` and
-//! `linux/arm64` are one platform; the exact platform is preferred, then the ones it can run in
-//! order (`arm/v7` → `arm/v6` → `arm/v5`; `arm64` → `arm/v7`...; `amd64` → `386`); among equals
-//! the first in the index wins. Attestation entries (`unknown/unknown`) are never chosen.
+//! pull --platform`; the rules are in `manifold_proto::platform`): platforms are normalised first,
+//! so `linux/arm64/v8` and `linux/arm64` are one platform; the exact platform is preferred, then
+//! the ones it can run in order (`arm/v7` → `arm/v6` → `arm/v5`; `arm64` → `arm/v8` → `arm/v7`...;
+//! `amd64` → `386`); among equals the first in the index wins. Entries without a platform come
+//! last and are judged by their config's platform, as containerd does. An entry is an attestation
+//! only when it says so (the `vnd.docker.reference.type: attestation-manifest` annotation or the
+//! in-toto artifact type); attestations are never chosen (their `unknown/unknown` matches nothing).
 
 use std::collections::BTreeMap;
 
@@ -19,6 +22,10 @@ use crate::session::{RawManifest, RegistryError, Session};
 pub const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
 /// The annotation naming the image an attestation entry is about.
 pub const REFERENCE_DIGEST_ANNOTATION: &str = "vnd.docker.reference.digest";
+/// The value of [`REFERENCE_TYPE_ANNOTATION`] on an attestation manifest.
+pub const ATTESTATION_MANIFEST: &str = "attestation-manifest";
+/// The artifact type of in-toto attestations.
+pub const IN_TOTO_ARTIFACT_TYPE: &str = "application/vnd.in-toto+json";
 
 /// Why a reference cannot be inspected.
 #[derive(Debug, thiserror::Error)]
@@ -103,41 +110,78 @@ pub struct IndexEntry {
     pub architecture: Option<String>,
     /// `platform.variant`, if any.
     pub variant: Option<String>,
+    /// `platform.os.version`, if any.
+    pub os_version: Option<String>,
+    /// `platform.os.features`, as written.
+    pub os_features: Vec<String>,
+    /// `artifactType`, if any.
+    pub artifact_type: Option<String>,
     /// Its annotations.
     pub annotations: BTreeMap<String, String>,
+    /// The descriptor exactly as the index holds it (field order and unknown fields included),
+    /// which `manifest create` copies unchanged.
+    #[serde(skip)]
+    pub descriptor: serde_json::Map<String, serde_json::Value>,
 }
 
 impl IndexEntry {
-    /// The normalised platform, or `None` for an entry without one or with one that is not a
-    /// platform (`unknown/unknown`).
+    /// The normalised platform, or `None` for an entry without one (or with one too malformed to
+    /// be a platform, such as an empty architecture). `unknown/unknown` is a platform, which no
+    /// machine runs.
     pub fn platform(&self) -> Option<Platform> {
-        Platform::from_parts(
+        Platform::from_descriptor(
             self.os.as_deref()?,
             self.architecture.as_deref()?,
             self.variant.as_deref(),
+            self.os_version.as_deref(),
+            &self.os_features,
         )
         .ok()
     }
 
-    /// The platform as written in the index (`linux/arm64/v8`, `unknown/unknown`, `-`).
+    /// The platform as written in the index (`linux/arm64/v8`, `unknown/unknown`,
+    /// `windows(10.0.17763.5830)/amd64`), or `(no platform)`.
     pub fn platform_text(&self) -> String {
-        match (&self.os, &self.architecture, &self.variant) {
-            (Some(o), Some(a), Some(v)) if !v.is_empty() => format!("{o}/{a}/{v}"),
-            (Some(o), Some(a), _) => format!("{o}/{a}"),
-            _ => "-".to_owned(),
+        let (Some(os), Some(arch)) = (&self.os, &self.architecture) else {
+            return "(no platform)".to_owned();
+        };
+        let mut text = os.clone();
+        if self.os_version.is_some() || !self.os_features.is_empty() {
+            text.push('(');
+            text.push_str(self.os_version.as_deref().unwrap_or(""));
+            for f in &self.os_features {
+                text.push('+');
+                text.push_str(f);
+            }
+            text.push(')');
         }
+        text.push('/');
+        text.push_str(arch);
+        if let Some(v) = &self.variant {
+            text.push('/');
+            text.push_str(v);
+        }
+        text
     }
 
-    /// Whether this is an attestation or another entry that is not a runnable image: annotated
-    /// as a reference (BuildKit), or without a real platform.
+    /// Whether this is an attestation: annotated `vnd.docker.reference.type:
+    /// attestation-manifest` (BuildKit) or of the in-toto artifact type. Nothing else is.
     pub fn is_attestation(&self) -> bool {
-        self.annotations.contains_key(REFERENCE_TYPE_ANNOTATION) || self.platform().is_none()
+        self.annotations
+            .get(REFERENCE_TYPE_ANNOTATION)
+            .is_some_and(|t| t == ATTESTATION_MANIFEST)
+            || self.artifact_type.as_deref() == Some(IN_TOTO_ARTIFACT_TYPE)
     }
 
-    /// Whether a client may pull this entry as the image of its platform.
-    pub fn is_platform_image(&self) -> bool {
+    /// Whether this is an image manifest (not a nested list) that is not an attestation.
+    pub fn is_image(&self) -> bool {
         !self.is_attestation()
             && (self.media_type == DOCKER_MANIFEST || self.media_type == OCI_MANIFEST)
+    }
+
+    /// Whether a client may pull this entry as the image of the platform it names.
+    pub fn is_platform_image(&self) -> bool {
+        self.is_image() && self.platform().is_some()
     }
 }
 
@@ -182,12 +226,23 @@ pub struct ConfigPlatform {
     pub architecture: String,
     /// `variant`, if any.
     pub variant: Option<String>,
+    /// `os.version`, if any (Windows images).
+    pub os_version: Option<String>,
+    /// `os.features`, as written.
+    pub os_features: Vec<String>,
 }
 
 impl ConfigPlatform {
     /// The normalised platform, when it is one.
     pub fn platform(&self) -> Option<Platform> {
-        Platform::from_parts(&self.os, &self.architecture, self.variant.as_deref()).ok()
+        Platform::from_descriptor(
+            &self.os,
+            &self.architecture,
+            self.variant.as_deref(),
+            self.os_version.as_deref(),
+            &self.os_features,
+        )
+        .ok()
     }
 }
 
@@ -212,6 +267,8 @@ struct RawDescriptor {
     annotations: Option<BTreeMap<String, String>>,
     #[serde(default)]
     urls: Option<Vec<String>>,
+    #[serde(rename = "artifactType", default)]
+    artifact_type: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -222,12 +279,16 @@ struct RawPlatform {
     architecture: String,
     #[serde(default)]
     variant: Option<String>,
+    #[serde(rename = "os.version", default)]
+    os_version: Option<String>,
+    #[serde(rename = "os.features", default)]
+    os_features: Option<Vec<String>>,
 }
 
 #[derive(serde::Deserialize)]
 struct RawDocument {
     #[serde(default)]
-    manifests: Option<Vec<RawDescriptor>>,
+    manifests: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
     #[serde(default)]
     config: Option<RawDescriptor>,
     #[serde(default)]
@@ -246,15 +307,27 @@ pub fn parse_manifest(bytes: &[u8], media_type: &str) -> Result<Content, String>
             let entries = doc.manifests.unwrap_or_default();
             entries
                 .into_iter()
-                .map(|d| {
+                .enumerate()
+                .map(|(i, raw)| {
+                    let d: RawDescriptor = serde_json::from_value(serde_json::Value::Object(
+                        raw.clone(),
+                    ))
+                    .map_err(|e| format!("entry {} of the list is malformed: {e}", i + 1))?;
+                    let p = d.platform.as_ref();
                     Ok(IndexEntry {
                         size: size(&d)?,
                         media_type: d.media_type,
                         digest: d.digest,
-                        os: d.platform.as_ref().map(|p| p.os.clone()),
-                        architecture: d.platform.as_ref().map(|p| p.architecture.clone()),
-                        variant: d.platform.and_then(|p| p.variant).filter(|v| !v.is_empty()),
+                        os: p.map(|p| p.os.clone()),
+                        architecture: p.map(|p| p.architecture.clone()),
+                        variant: p.and_then(|p| p.variant.clone()).filter(|v| !v.is_empty()),
+                        os_version: p
+                            .and_then(|p| p.os_version.clone())
+                            .filter(|v| !v.is_empty()),
+                        os_features: p.and_then(|p| p.os_features.clone()).unwrap_or_default(),
+                        artifact_type: d.artifact_type,
                         annotations: d.annotations.unwrap_or_default(),
+                        descriptor: raw,
                     })
                 })
                 .collect::<Result<_, String>>()
@@ -299,56 +372,38 @@ pub fn parse_config_platform(bytes: &[u8]) -> Result<ConfigPlatform, String> {
         os: p.os,
         architecture: p.architecture,
         variant: p.variant.filter(|v| !v.is_empty()),
+        os_version: p.os_version.filter(|v| !v.is_empty()),
+        os_features: p.os_features.unwrap_or_default(),
     })
 }
 
-/// The platforms a client of `wanted` accepts, best first (see the module docs).
-pub fn compatible_platforms(wanted: &Platform) -> Vec<Platform> {
-    let os = wanted.os();
-    let p = |arch: &str, variant: Option<&str>| {
-        Platform::from_parts(os, arch, variant).expect("known architectures and variants")
-    };
-    let arm_from = |top: u32| (5..=top).rev().map(move |v| format!("v{v}"));
-    let mut out = vec![wanted.clone()];
-    match (wanted.architecture(), wanted.variant()) {
-        ("amd64", variant) => {
-            if let Some(n) = variant.and_then(|v| v.strip_prefix('v')?.parse::<u32>().ok()) {
-                out.extend((2..n).rev().map(|v| p("amd64", Some(&format!("v{v}")))));
-                out.push(p("amd64", None));
-            }
-            out.push(p("386", None));
-        }
-        ("arm64", variant) => {
-            if variant.is_some() {
-                out.push(p("arm64", None));
-            }
-            out.extend(arm_from(7).map(|v| p("arm", Some(&v))));
-        }
-        ("arm", Some(v)) => {
-            if let Some(n) = v.strip_prefix('v').and_then(|n| n.parse::<u32>().ok()) {
-                out.extend(arm_from(n).skip(1).map(|v| p("arm", Some(&v))));
-            }
-        }
-        _ => {}
-    }
+/// The entries a client of `wanted` would try, best first: the platform images it runs in
+/// containerd's order, then the image entries without a platform (to be judged by their config).
+pub fn selection_order<'a>(entries: &'a [IndexEntry], wanted: &Platform) -> Vec<&'a IndexEntry> {
+    let with_platform: Vec<(&IndexEntry, Platform)> = entries
+        .iter()
+        .filter(|e| e.is_image())
+        .filter_map(|e| Some((e, e.platform()?)))
+        .collect();
+    let platforms: Vec<Platform> = with_platform.iter().map(|(_, p)| p.clone()).collect();
+    let mut out: Vec<&IndexEntry> = wanted
+        .preference(&platforms)
+        .into_iter()
+        .map(|i| with_platform[i].0)
+        .collect();
+    out.extend(entries.iter().filter(|e| e.is_image() && e.os.is_none()));
     out
 }
 
-/// The entry a client of `wanted` pulls from `entries`, and whether it is of exactly `wanted`.
+/// The entry with a platform that a client of `wanted` pulls from `entries`, and whether it is of
+/// exactly `wanted`. (Entries without a platform need their config: see [`select`].)
 pub fn select_entry<'a>(
     entries: &'a [IndexEntry],
     wanted: &Platform,
 ) -> Option<(&'a IndexEntry, bool)> {
-    compatible_platforms(wanted)
-        .iter()
-        .enumerate()
-        .find_map(|(rank, candidate)| {
-            entries
-                .iter()
-                .filter(|e| e.is_platform_image())
-                .find(|e| e.platform().as_ref() == Some(candidate))
-                .map(|e| (e, rank == 0))
-        })
+    selection_order(entries, wanted)
+        .into_iter()
+        .find_map(|e| Some((e, wanted.matches(&e.platform()?))))
 }
 
 /// Fetches and parses what `reference` names.
@@ -414,31 +469,45 @@ pub async fn select(
     let reference = inspected.reference.to_string();
     match &inspected.content {
         Content::Index(entries) => {
-            let (entry, exact) =
-                select_entry(entries, wanted).ok_or_else(|| InspectError::NoMatch {
-                    reference: reference.clone(),
-                    wanted: wanted.to_string(),
-                    available: describe_platforms(entries),
-                })?;
-            let child_ref = inspected.reference.clone_with_digest(entry.digest.clone());
-            let child = fetch(session, &child_ref).await?;
-            Ok(Selected {
-                child,
-                platform: entry.platform_text(),
-                exact,
-                list_digest: Some(inspected.manifest.digest.clone()),
+            for entry in selection_order(entries, wanted) {
+                let child_ref = inspected.reference.clone_with_digest(entry.digest.clone());
+                let (platform, exact) = match entry.platform() {
+                    Some(p) => (entry.platform_text(), wanted.matches(&p)),
+                    None => {
+                        // No platform in the index: containerd reads the child's config.
+                        let child = fetch(session, &child_ref).await?;
+                        let Content::Image(image) = &child.content else {
+                            continue;
+                        };
+                        let declared = config_platform(session, &child_ref, image).await?;
+                        match declared.platform().filter(|p| wanted.runs(p)) {
+                            Some(p) => {
+                                (format!("{declared} (from its config)"), wanted.matches(&p))
+                            }
+                            None => continue,
+                        }
+                    }
+                };
+                let child = fetch(session, &child_ref).await?;
+                return Ok(Selected {
+                    child,
+                    platform,
+                    exact,
+                    list_digest: Some(inspected.manifest.digest.clone()),
+                });
+            }
+            Err(InspectError::NoMatch {
+                reference: reference.clone(),
+                wanted: wanted.to_string(),
+                available: describe_platforms(entries),
             })
         }
         Content::Image(image) => {
             let declared = config_platform(session, &inspected.reference, image).await?;
             let ok = declared
                 .platform()
-                .and_then(|actual| {
-                    compatible_platforms(wanted)
-                        .iter()
-                        .position(|c| *c == actual)
-                })
-                .map(|rank| rank == 0);
+                .filter(|actual| wanted.runs(actual))
+                .map(|actual| wanted.matches(&actual));
             match ok {
                 Some(exact) => Ok(Selected {
                     platform: declared.to_string(),
@@ -456,24 +525,29 @@ pub async fn select(
     }
 }
 
-/// `linux/amd64, linux/arm64 (and 2 attestations)`, or `no platform image`.
+/// `linux/amd64, linux/arm64, (no platform) (and 2 attestations)`, or `no platform image`.
 fn describe_platforms(entries: &[IndexEntry]) -> String {
     let platforms: Vec<String> = entries
         .iter()
-        .filter(|e| e.is_platform_image())
+        .filter(|e| e.is_image())
         .map(IndexEntry::platform_text)
         .collect();
-    let others = entries.len() - platforms.len();
+    let attestations = entries.iter().filter(|e| e.is_attestation()).count();
+    let lists = entries.len() - platforms.len() - attestations;
     let mut text = if platforms.is_empty() {
         "no platform image".to_owned()
     } else {
         platforms.join(", ")
     };
-    if others > 0 {
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    if attestations > 0 {
         text.push_str(&format!(
-            " (and {others} attestation{})",
-            if others == 1 { "" } else { "s" }
+            " (and {attestations} attestation{})",
+            plural(attestations)
         ));
+    }
+    if lists > 0 {
+        text.push_str(&format!(" (and {lists} nested list{})", plural(lists)));
     }
     text
 }
@@ -491,7 +565,11 @@ mod tests {
             os: Some(parts[0].into()),
             architecture: Some(parts[1].into()),
             variant: parts.get(2).map(|v| v.to_string()),
+            os_version: None,
+            os_features: Vec::new(),
+            artifact_type: None,
             annotations: BTreeMap::new(),
+            descriptor: serde_json::Map::new(),
         }
     }
 
@@ -568,6 +646,39 @@ mod tests {
         );
         check(&multi, "windows/amd64", None);
         check(&multi, "linux/s390x", None);
+        // Platforms Manifold once refused are chosen as containerd chooses them.
+        check(
+            &[("linux/arm/v7", 'c'), ("linux/arm/v8", 'h')],
+            "linux/arm64",
+            Some(('h', false)),
+        );
+        check(&[("linux/arm/v8", 'h')], "linux/arm/v8", Some(('h', true)));
+        check(
+            &[("linux/mips64le", 'm')],
+            "linux/mips64le",
+            Some(('m', true)),
+        );
+        check(
+            &[("linux/arm64", 'b'), ("linux/arm64/v8.2", 'j')],
+            "linux/arm64/v9",
+            Some(('j', false)),
+        );
+    }
+
+    #[test]
+    fn entries_without_a_platform_come_last() {
+        let mut bare = entry("linux/amd64", 'n');
+        bare.os = None;
+        bare.architecture = None;
+        let entries = vec![bare, entry("linux/386", 'i')];
+        let order: Vec<char> = selection_order(&entries, &Platform::linux_amd64())
+            .iter()
+            .map(|e| e.digest.chars().last().unwrap())
+            .collect();
+        assert_eq!(order, ['i', 'n']);
+        assert_eq!(entries[0].platform_text(), "(no platform)");
+        assert!(entries[0].is_image() && !entries[0].is_attestation());
+        assert!(!entries[0].is_platform_image());
     }
 
     #[test]
@@ -577,15 +688,30 @@ mod tests {
         assert!(e.digest.ends_with('a'));
         assert!(entries[0].is_attestation());
         assert!(!entries[0].is_platform_image());
-        // An entry without the annotation but with a platform that is not one is kept out too.
+        // Without the annotation, unknown/unknown is a platform no machine runs, not an
+        // attestation; an in-toto artifact is one.
         let unknown = IndexEntry {
             media_type: OCI_MANIFEST.into(),
             ..entry("unknown/unknown", 'y')
         };
-        assert!(unknown.is_attestation());
+        assert!(!unknown.is_attestation());
+        assert_eq!(
+            select_entry(std::slice::from_ref(&unknown), &Platform::linux_amd64()),
+            None
+        );
+        let in_toto = IndexEntry {
+            artifact_type: Some(IN_TOTO_ARTIFACT_TYPE.into()),
+            ..entry("linux/amd64", 'x')
+        };
+        assert!(in_toto.is_attestation());
+        let other_reference = IndexEntry {
+            annotations: BTreeMap::from([(REFERENCE_TYPE_ANNOTATION.into(), "sbom".into())]),
+            ..entry("linux/amd64", 'w')
+        };
+        assert!(!other_reference.is_attestation());
         assert_eq!(
             describe_platforms(&[unknown, entry("linux/amd64", 'a'), attestation('a', 'z')]),
-            "linux/amd64 (and 2 attestations)"
+            "unknown/unknown, linux/amd64 (and 1 attestation)"
         );
     }
 
@@ -593,12 +719,23 @@ mod tests {
     fn manifests_and_configs_parse() {
         let list = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json",
             "manifests":[{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":528,
-            "digest":"sha256:050a","platform":{"architecture":"arm64","os":"linux","variant":"v8"}}]}"#;
+            "digest":"sha256:050a","platform":{"architecture":"arm64","os":"linux","variant":"v8"}},
+            {"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":9,"digest":"sha256:0b",
+            "platform":{"architecture":"amd64","os":"windows","os.version":"10.0.17763.5830","os.features":["win32k"]},"x-extra":1}]}"#;
         let Content::Index(entries) = parse_manifest(list, DOCKER_MANIFEST_LIST).unwrap() else {
             panic!("an index");
         };
         assert_eq!(entries[0].platform(), Some(Platform::linux_arm64()));
         assert_eq!(entries[0].platform_text(), "linux/arm64/v8");
+        assert_eq!(
+            entries[1].platform_text(),
+            "windows(10.0.17763.5830+win32k)/amd64"
+        );
+        assert_eq!(
+            entries[1].platform().unwrap().to_string(),
+            "windows(10.0.17763.5830+win32k)/amd64"
+        );
+        assert_eq!(entries[1].descriptor["x-extra"], 1, "kept verbatim");
         let image = br#"{"schemaVersion":2,"config":{"mediaType":"c","digest":"sha256:c","size":3},
             "layers":[{"mediaType":"l","digest":"sha256:l","size":9,"urls":["https://x"]}]}"#;
         let Content::Image(m) = parse_manifest(image, OCI_MANIFEST).unwrap() else {

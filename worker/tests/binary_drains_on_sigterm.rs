@@ -183,7 +183,7 @@ fn bad_flags_are_refused_naming_the_value() {
     for (args, needle) in [
         (&["--slots", "0"][..], "0"),
         (&["--label", "novalue"][..], "`novalue`"),
-        (&["--platform", "linux/amd46"][..], "`linux/amd46`"),
+        (&["--platform", "linux/&arm"][..], "`linux/&arm`"),
         (&["--coordinator", "not a url"][..], "`not a url`"),
         (&["--cert", "w.pem"][..], "--cert w.pem given without --key"),
         (&["--key", "w.key"][..], "--key w.key given without --cert"),
