@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 
-use manifold_proto::{Platform, PlatformError};
+use manifold_proto::{Platform, PlatformError, PlatformSpec};
 use manifold_registry::create::{self, CreateError, CreateRequest, Plan, Transfer};
 use manifold_registry::inspect::{self, BlobRef, Content, IndexEntry, InspectError, Inspected};
 use manifold_registry::session::{RegistryConfig, RegistryError, Session};
@@ -120,7 +120,7 @@ pub struct EntryView {
     pub size: u64,
     /// Its media type.
     pub media_type: String,
-    /// An attestation (or another entry that is no platform's image).
+    /// An attestation (by its annotation or in-toto artifact type).
     pub attestation: bool,
     /// Its annotations.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -134,7 +134,7 @@ impl From<&IndexEntry> for EntryView {
             digest: e.digest.clone(),
             size: e.size,
             media_type: e.media_type.clone(),
-            attestation: !e.is_platform_image(),
+            attestation: e.is_attestation(),
             annotations: e.annotations.clone(),
         }
     }
@@ -316,10 +316,11 @@ pub async fn inspect(args: &InspectArgs) -> Result<(), ManifestCommandError> {
     Ok(())
 }
 
-/// Parses `--annotate SOURCE=os/arch[/variant]` values.
+/// Parses `--annotate SOURCE=os/arch[/variant]` values; the platform is kept as written
+/// (`linux/arm64/v8` writes its `v8`), any platform the parser takes is accepted.
 pub fn parse_annotations(
     values: &[String],
-) -> Result<Vec<(String, Platform)>, ManifestCommandError> {
+) -> Result<Vec<(String, PlatformSpec)>, ManifestCommandError> {
     values
         .iter()
         .map(|value| {
@@ -333,7 +334,8 @@ pub fn parse_annotations(
             if source.trim().is_empty() {
                 return Err(bad("the source is empty".to_owned()));
             }
-            let platform = Platform::parse(platform).map_err(|e| bad(e.to_string()))?;
+            let platform = Platform::parse_spec(platform)
+                .map_err(|e| bad(format!("invalid platform `{}`: {}", e.input, e.reason)))?;
             Ok((source.trim().to_owned(), platform))
         })
         .collect()
@@ -435,28 +437,15 @@ pub async fn create(args: &CreateArgs, push_forced: bool) -> Result<(), Manifest
     Ok(())
 }
 
-/// What `create` decided, for stderr: one row per entry, then what was left out and notes.
+/// What `create` decided, for stderr: one row per entry in list order, then what was left out
+/// and notes.
 pub fn plan_summary(plan: &Plan) -> String {
     let g = &plan.gathered;
-    let mut rows: Vec<Vec<String>> = g
-        .children
+    let rows: Vec<Vec<String>> = g
+        .entries
         .iter()
-        .map(|c| {
-            vec![
-                c.image.platform.to_string(),
-                c.image.digest.clone(),
-                c.from.clone(),
-            ]
-        })
+        .map(|e| vec![e.shown(), e.digest.clone(), e.from.clone()])
         .collect();
-    rows.sort();
-    rows.extend(g.extras.iter().map(|e| {
-        vec![
-            format!("{}/{} (attestation)", e.entry.os, e.entry.architecture),
-            e.entry.digest.clone(),
-            e.from.clone(),
-        ]
-    }));
     let mut out = format!(
         "{} {} for {}\n",
         plan.list.media_type,
@@ -652,15 +641,32 @@ mod tests {
 
     #[test]
     fn annotations_are_source_equals_platform() {
-        let parsed = parse_annotations(&["reg/app:1.0-arm=linux/arm/v7".to_owned()]).unwrap();
+        let parsed = parse_annotations(&[
+            "reg/app:1.0-arm=linux/arm/v7".to_owned(),
+            "reg/app:1.0-v8=linux/arm64/v8".to_owned(),
+            "reg/app:1.0-arm8=linux/arm/v8".to_owned(),
+        ])
+        .unwrap();
+        let shown: Vec<(String, String, Option<String>)> = parsed
+            .into_iter()
+            .map(|(s, p)| (s, p.architecture, p.variant))
+            .collect();
         assert_eq!(
-            parsed,
-            [(
-                "reg/app:1.0-arm".to_owned(),
-                Platform::parse("arm/v7").unwrap()
-            )]
+            shown,
+            [
+                ("reg/app:1.0-arm".into(), "arm".into(), Some("v7".into())),
+                ("reg/app:1.0-v8".into(), "arm64".into(), Some("v8".into())),
+                ("reg/app:1.0-arm8".into(), "arm".into(), Some("v8".into())),
+            ]
         );
         let err = |v: &str| parse_annotations(&[v.to_owned()]).unwrap_err().to_string();
+        assert_eq!(
+            err("reg/app:1.0=linux/&arm"),
+            "--annotate `reg/app:1.0=linux/&arm`: invalid platform `linux/&arm`: `&arm` is not a \
+             valid architecture: use letters, digits, `_`, `.` and `-`; expected \
+             SOURCE=os/arch[/variant], e.g. app:1.0-arm=linux/arm/v7",
+            "says what is expected once"
+        );
         assert_eq!(
             err("reg/app:1.0"),
             "--annotate `reg/app:1.0`: it has no `=`; expected SOURCE=os/arch[/variant], e.g. app:1.0-arm=linux/arm/v7"

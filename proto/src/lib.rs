@@ -14,7 +14,7 @@ pub mod ids;
 pub mod platform;
 
 pub use ids::{BuildId, JobId};
-pub use platform::{Platform, PlatformError};
+pub use platform::{Platform, PlatformError, PlatformSpec};
 
 /// The generated `manifold.v1` protobuf types and gRPC stubs.
 #[allow(clippy::all, missing_docs)]

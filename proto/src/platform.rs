@@ -55,11 +55,17 @@ use crate::v1;
 /// (`linux/arm/v7`, `windows(10.0.17763)/amd64`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Platform {
-    os: String,
-    architecture: String,
+    os: Box<str>,
+    architecture: Box<str>,
     variant: Option<String>,
-    os_version: Option<String>,
-    os_features: Vec<String>,
+    /// `os.version` and `os.features`, boxed: rare, and errors holding a platform stay small.
+    options: Option<Box<OsOptions>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct OsOptions {
+    version: Option<String>,
+    features: Vec<String>,
 }
 
 /// A platform string (or descriptor) that is malformed.
@@ -183,17 +189,30 @@ impl Platform {
     fn normalised(os: &str, arch: &str, variant: Option<&str>) -> Self {
         let (architecture, variant) = normalize_arch(arch, variant.unwrap_or(""));
         Self {
-            os: normalize_os(os),
-            architecture,
+            os: normalize_os(os).into(),
+            architecture: architecture.into(),
             variant,
-            os_version: None,
-            os_features: Vec::new(),
+            options: None,
         }
+    }
+
+    /// Sets `os.version` (empty is none) and `os.features` (sorted, deduplicated).
+    fn set_options(&mut self, version: Option<String>, features: Vec<String>) {
+        let version = version.filter(|v| !v.is_empty());
+        let features = normalize_features(features);
+        self.options = (version.is_some() || !features.is_empty())
+            .then(|| Box::new(OsOptions { version, features }));
     }
 
     /// Parses and normalises a platform specifier as containerd does (see the module docs for
     /// the rules and for what Manifold accepts beyond them).
     pub fn parse(input: &str) -> Result<Self, PlatformError> {
+        Ok(Self::parse_spec(input)?.normalize())
+    }
+
+    /// Parses a platform specifier without normalising it (containerd's `Parse`): what
+    /// `docker manifest annotate` writes into a descriptor, e.g. `linux/arm64/v8` keeps its `v8`.
+    pub fn parse_spec(input: &str) -> Result<PlatformSpec, PlatformError> {
         let err = |reason: String| PlatformError {
             input: input.to_owned(),
             reason,
@@ -217,40 +236,62 @@ impl Platform {
             let what = if i == 1 { "architecture" } else { "variant" };
             check_component(part, what).map_err(&err)?;
         }
-        let mut p = match parts.as_slice() {
+        // As containerd's Parse: two parts drop arm's implied v7, three give arm64 its v8.
+        let two = |arch: &str| {
+            let (arch, variant) = normalize_arch(arch, "");
+            let variant = variant.filter(|v| !(arch == "arm" && v == "v7"));
+            (arch, variant)
+        };
+        let three = |arch: &str, variant: &str| {
+            let (arch, variant) = normalize_arch(arch, variant);
+            let variant = match (arch.as_str(), variant) {
+                ("arm64", None) => Some("v8".to_owned()),
+                (_, v) => v,
+            };
+            (arch, variant)
+        };
+        let (os, (architecture, variant)) = match parts.as_slice() {
             [word] => {
                 if is_known_os(&os_part.name) {
                     let (arch, variant) = host_architecture();
-                    Self::normalised(&os_part.name, arch, variant)
+                    let variant = variant.filter(|v| *v != "v7").map(str::to_owned);
+                    (os_part.name.clone(), (arch.to_owned(), variant))
+                } else if is_known_arch(&normalize_arch(word, "").0) && os_part.version.is_none() {
+                    ("linux".to_owned(), two(word))
+                } else if let Some((_, arch, variant)) = MANIFOLD_ALIASES
+                    .iter()
+                    .find(|(w, ..)| w.eq_ignore_ascii_case(word))
+                {
+                    (
+                        "linux".to_owned(),
+                        ((*arch).to_owned(), variant.map(str::to_owned)),
+                    )
                 } else {
-                    let (arch, variant) = normalize_arch(word, "");
-                    if is_known_arch(&arch) && os_part.version.is_none() {
-                        Self::normalised("linux", &arch, variant.as_deref())
-                    } else if let Some((_, arch, variant)) = MANIFOLD_ALIASES
-                        .iter()
-                        .find(|(w, ..)| w.eq_ignore_ascii_case(word))
-                    {
-                        Self::normalised("linux", arch, *variant)
-                    } else {
-                        return Err(err(format!(
-                            "`{word}` is neither a known operating system nor a known architecture; give both, e.g. linux/{word}"
-                        )));
-                    }
+                    return Err(err(format!(
+                        "`{word}` is neither a known operating system nor a known architecture; give both, e.g. linux/{word}"
+                    )));
                 }
             }
             [first, second] if is_arch_shorthand(first) && os_part.version.is_none() => {
                 let (arch, _) = one_word_arch(first).expect("shorthand is an architecture");
-                Self::normalised("linux", &arch, Some(second))
+                ("linux".to_owned(), three(&arch, second))
             }
-            [_, arch] => Self::normalised(&os_part.name, arch, None),
-            [_, arch, variant] => Self::normalised(&os_part.name, arch, Some(variant)),
+            [_, arch] => (os_part.name.clone(), two(arch)),
+            [_, arch, variant] => (os_part.name.clone(), three(arch, variant)),
             _ => unreachable!("one to three parts"),
         };
-        if parts.len() > 1 || is_known_os(&os_part.name) {
-            p.os_version = os_part.version.filter(|v| !v.is_empty());
-            p.os_features = normalize_features(os_part.features);
-        }
-        Ok(p)
+        let with_options = parts.len() > 1 || is_known_os(&os_part.name);
+        Ok(PlatformSpec {
+            os,
+            architecture,
+            variant,
+            os_version: os_part.version.filter(|v| with_options && !v.is_empty()),
+            os_features: if with_options {
+                os_part.features
+            } else {
+                Vec::new()
+            },
+        })
     }
 
     /// Builds a platform from what an index entry, an image config or a Docker daemon says
@@ -288,8 +329,7 @@ impl Platform {
             check_component(v, "variant").map_err(&err)?;
         }
         let mut p = Self::normalised(os, architecture, variant);
-        p.os_version = os_version.filter(|v| !v.is_empty()).map(str::to_owned);
-        p.os_features = normalize_features(os_features.to_vec());
+        p.set_options(os_version.map(str::to_owned), os_features.to_vec());
         Ok(p)
     }
 
@@ -315,19 +355,18 @@ impl Platform {
 
     /// `os.version`, e.g. `10.0.17763.5830` for a Windows image.
     pub fn os_version(&self) -> Option<&str> {
-        self.os_version.as_deref()
+        self.options.as_ref()?.version.as_deref()
     }
 
     /// `os.features`, sorted and deduplicated (e.g. `win32k`).
     pub fn os_features(&self) -> &[String] {
-        &self.os_features
+        self.options.as_ref().map_or(&[], |o| &o.features)
     }
 
     /// This platform without `os.version` and `os.features`: what a worker builds.
     pub fn without_os_options(&self) -> Self {
         Self {
-            os_version: None,
-            os_features: Vec::new(),
+            options: None,
             ..self.clone()
         }
     }
@@ -335,7 +374,7 @@ impl Platform {
     /// The name `uname -m` prints on this platform, used for per-arch tags (`app:1.0-aarch64`), the
     /// naming teams already use.
     pub fn uname_arch(&self) -> String {
-        match (self.architecture.as_str(), self.variant()) {
+        match (&*self.architecture, self.variant()) {
             ("amd64", None) => "x86_64".into(),
             ("arm64", None) => "aarch64".into(),
             ("arm", Some("v7")) => "armv7l".into(),
@@ -358,8 +397,8 @@ impl Platform {
         {
             return false;
         }
-        let mut features: Vec<&str> = image.os_features.iter().map(String::as_str).collect();
-        if self.os == "windows" {
+        let mut features: Vec<&str> = image.os_features().iter().map(String::as_str).collect();
+        if &*self.os == "windows" {
             if !windows_versions_match(self.os_version(), image.os_version()) {
                 return false;
             }
@@ -367,7 +406,7 @@ impl Platform {
         }
         features
             .iter()
-            .all(|f| self.os_features.iter().any(|mine| mine == f))
+            .all(|f| self.os_features().iter().any(|mine| mine == f))
     }
 
     /// The platforms a machine of this platform runs, best first (containerd's `Only`): see the
@@ -398,6 +437,31 @@ impl Platform {
         order_among(std::slice::from_ref(self), candidates)
             .first()
             .copied()
+    }
+}
+
+/// A platform as a descriptor writes it (`platform` of an index entry, or containerd's `Parse`
+/// before `Normalize`): `linux/arm64/v8` keeps its `v8` here, [`PlatformSpec::normalize`] drops it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformSpec {
+    /// `os`.
+    pub os: String,
+    /// `architecture`.
+    pub architecture: String,
+    /// `variant`.
+    pub variant: Option<String>,
+    /// `os.version`.
+    pub os_version: Option<String>,
+    /// `os.features`, in the order given.
+    pub os_features: Vec<String>,
+}
+
+impl PlatformSpec {
+    /// The normalised platform (containerd's `Normalize`).
+    pub fn normalize(&self) -> Platform {
+        let mut p = Platform::normalised(&self.os, &self.architecture, self.variant.as_deref());
+        p.set_options(self.os_version.clone(), self.os_features.clone());
+        p
     }
 }
 
@@ -655,13 +719,12 @@ fn windows_versions_match(host: Option<&str>, image: Option<&str>) -> bool {
 fn platform_vector(p: &Platform) -> Vec<Platform> {
     let like = |arch: &str, variant: Option<String>| {
         let mut q = Platform::normalised(&p.os, arch, variant.as_deref());
-        q.os_version = p.os_version.clone();
-        q.os_features = p.os_features.clone();
+        q.options = p.options.clone();
         q
     };
     let version = |v: Option<&str>| v?.strip_prefix('v').unwrap_or(v?).parse::<i64>().ok();
     let mut out = vec![p.clone()];
-    match p.architecture.as_str() {
+    match &*p.architecture {
         "amd64" => {
             if let Some(n) = version(p.variant()).filter(|n| *n > 1) {
                 out.extend((1..n).rev().map(|v| like("amd64", Some(format!("v{v}")))));
@@ -708,24 +771,19 @@ fn less(matchers: &[Platform], a: &Platform, b: &Platform) -> bool {
             return true;
         }
         if am || bm {
-            if am && bm && a.os_features.len() != b.os_features.len() {
-                return a.os_features.len() > b.os_features.len();
+            if am && bm && a.os_features().len() != b.os_features().len() {
+                return a.os_features().len() > b.os_features().len();
             }
             return false;
         }
     }
-    if !a.os_features.is_empty() || !b.os_features.is_empty() {
-        return less(
-            matchers,
-            &Platform {
-                os_features: Vec::new(),
-                ..a.clone()
-            },
-            &Platform {
-                os_features: Vec::new(),
-                ..b.clone()
-            },
-        );
+    if !a.os_features().is_empty() || !b.os_features().is_empty() {
+        let strip = |p: &Platform| {
+            let mut q = p.clone();
+            q.set_options(p.os_version().map(str::to_owned), Vec::new());
+            q
+        };
+        return less(matchers, &strip(a), &strip(b));
     }
     false
 }
@@ -751,14 +809,14 @@ impl fmt::Display for Platform {
     /// containerd's `FormatAll`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.os)?;
-        if self.os_version.is_some() || !self.os_features.is_empty() {
+        if let Some(options) = &self.options {
             f.write_str("(")?;
-            if let Some(v) = &self.os_version {
+            if let Some(v) = &options.version {
                 f.write_str(&percent_encode(v))?;
             }
-            if !self.os_features.is_empty() {
+            if !options.features.is_empty() {
                 let features: Vec<String> =
-                    self.os_features.iter().map(|s| percent_encode(s)).collect();
+                    options.features.iter().map(|s| percent_encode(s)).collect();
                 write!(f, "+{}", features.join("+"))?;
             }
             f.write_str(")")?;
@@ -796,8 +854,8 @@ impl FromStr for Platform {
 impl From<&Platform> for v1::Platform {
     fn from(p: &Platform) -> Self {
         v1::Platform {
-            os: p.os.clone(),
-            architecture: p.architecture.clone(),
+            os: p.os.to_string(),
+            architecture: p.architecture.to_string(),
             variant: p.variant.clone().unwrap_or_default(),
         }
     }
@@ -829,6 +887,48 @@ mod conformance;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn specs_keep_what_containerd_parse_keeps() {
+        let spec = |s: &str| {
+            let p = Platform::parse_spec(s).unwrap();
+            (p.os, p.architecture, p.variant)
+        };
+        let some = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            spec("linux/arm64/v8"),
+            ("linux".into(), "arm64".into(), some("v8"))
+        );
+        assert_eq!(
+            spec("linux/arm64/8"),
+            ("linux".into(), "arm64".into(), some("v8"))
+        );
+        assert_eq!(
+            spec("linux/aarch64"),
+            ("linux".into(), "arm64".into(), None)
+        );
+        assert_eq!(spec("linux/arm"), ("linux".into(), "arm".into(), None));
+        assert_eq!(
+            spec("linux/arm/v8"),
+            ("linux".into(), "arm".into(), some("v8"))
+        );
+        assert_eq!(
+            spec("linux/arm/7"),
+            ("linux".into(), "arm".into(), some("v7"))
+        );
+        assert_eq!(spec("armhf"), ("linux".into(), "arm".into(), None));
+        assert_eq!(
+            spec("arm64/v8"),
+            ("linux".into(), "arm64".into(), some("v8"))
+        );
+        let w = Platform::parse_spec("windows(10.0.17763.5830+win32k)/amd64").unwrap();
+        assert_eq!(w.os_version.as_deref(), Some("10.0.17763.5830"));
+        assert_eq!(w.os_features, ["win32k"]);
+        assert_eq!(
+            w.normalize().to_string(),
+            "windows(10.0.17763.5830+win32k)/amd64"
+        );
+    }
 
     #[test]
     fn uname_names_are_the_per_arch_tag_suffixes_teams_use() {

@@ -2,11 +2,16 @@
 //! registries (no Docker daemon, no local staging copy to clean up).
 //!
 //! Three steps, the first two writing nothing:
-//! 1. [`resolve`]: each source is read; an image's platform comes from its config (or from an
-//!    override), a source that is itself a list is flattened into its platform images;
-//! 2. [`gather`] (pure): one child per platform (a duplicate names both sources), attestation
-//!    entries (`unknown/unknown`) kept out unless asked for, one media type; the list is built by
-//!    [`crate::manifest::assemble_list`], the same builder the coordinator uses;
+//! 1. [`resolve`]: each source is read; an image's platform comes from its config (os,
+//!    architecture, variant, os.version, os.features as written, as `docker manifest create`
+//!    takes them) or from `--annotate` (as given);
+//! 2. [`gather`] (pure): the entries in order. A list source's entries are copied one by one with
+//!    their descriptors unchanged (platform fields, annotations, unknown fields, order), whatever
+//!    their platform, with or without one; only attestations (by annotation or in-toto type: see
+//!    [`IndexEntry::is_attestation`]) are left out unless asked for, and then only carried with
+//!    the image they are about; nested lists are left out, named. A digest listed twice is listed
+//!    once; two images of one platform name both sources. One image media type;
+//!    [`build_list`] writes the list ([`crate::manifest::assemble_descriptors`]);
 //! 3. [`push`]: every child not yet in the target repository is put there by digest (blobs mounted
 //!    from another repository of the same registry, else copied), then
 //!    [`crate::publish::publish_assembled`] checks them all and writes the tag, last. A failure
@@ -14,7 +19,7 @@
 
 use std::collections::BTreeSet;
 
-use manifold_proto::Platform;
+use manifold_proto::{Platform, PlatformSpec};
 use oci_client::Reference;
 use sha2::{Digest as _, Sha256};
 
@@ -22,8 +27,8 @@ use crate::inspect::{
     self, ConfigPlatform, Content, IndexEntry, InspectError, REFERENCE_DIGEST_ANNOTATION,
 };
 use crate::manifest::{
-    self, ChildImage, DOCKER_MANIFEST, ExtraEntry, ListKind, ManifestError, ManifestList,
-    OCI_MANIFEST,
+    self, ChildImage, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, ExtraEntry, ListKind, ManifestError,
+    ManifestList, OCI_INDEX, OCI_MANIFEST,
 };
 use crate::publish::{self, Published};
 use crate::session::{RegistryConfig, RegistryError, Session};
@@ -204,8 +209,8 @@ pub struct CreateRequest {
     /// The images and lists to merge, as given.
     pub sources: Vec<String>,
     /// `--annotate SOURCE=PLATFORM`: the platform to list a single-image source under, instead
-    /// of the one its config declares.
-    pub platform_overrides: Vec<(String, Platform)>,
+    /// of the one its config declares, written as given (containerd's `Parse`).
+    pub platform_overrides: Vec<(String, PlatformSpec)>,
     /// Start from the list already under the target: sources replace its entries of their
     /// platforms, its other entries stay.
     pub amend: bool,
@@ -241,26 +246,52 @@ pub enum SourceKind {
     Index(Vec<IndexEntry>),
 }
 
-/// A child of the list to be, and where it comes from.
+/// An entry of the list to be, and where it comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlannedChild {
-    /// The list entry.
-    pub image: ChildImage,
+pub struct PlannedEntry {
+    /// The descriptor written into the list: a list source's entry exactly as found, or for a
+    /// single image its media type, digest, size and the platform its config (or `--annotate`)
+    /// gives, field for field.
+    pub descriptor: serde_json::Map<String, serde_json::Value>,
+    /// `sha256:<hex>` of the manifest.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type.
+    pub media_type: String,
+    /// Its normalised platform; `None` for an entry without one.
+    pub platform: Option<Platform>,
+    /// The platform as written (`linux/arm64/v8`, `(no platform)`).
+    pub platform_text: String,
+    /// Whether it is an attestation (see [`IndexEntry::is_attestation`]).
+    pub attestation: bool,
+    /// For an attestation, the digest of the image it is about.
+    pub about: Option<String>,
     /// Where it comes from, for messages (`` `app:1.0-x86_64` ``, `` list `base:1` ``).
     pub from: String,
     /// Its manifest in the source's repository (`registry/repository@digest`).
     pub origin: Reference,
 }
 
-/// A carried non-platform entry (attestation) and where it comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlannedExtra {
-    /// The entry.
-    pub entry: ExtraEntry,
-    /// Where it comes from, for messages.
-    pub from: String,
-    /// Its manifest in the source's repository.
-    pub origin: Reference,
+impl PlannedEntry {
+    /// The platform as shown: as written, `(attestation)` added for attestations.
+    pub fn shown(&self) -> String {
+        if self.attestation {
+            format!("{} (attestation)", self.platform_text)
+        } else {
+            self.platform_text.clone()
+        }
+    }
+
+    /// Whether two entries claim one platform (attestations and `unknown` platforms claim none).
+    fn same_platform(&self, other: &PlannedEntry) -> bool {
+        fn claims(e: &PlannedEntry) -> Option<&Platform> {
+            e.platform
+                .as_ref()
+                .filter(|p| !e.attestation && p.os() != "unknown" && p.architecture() != "unknown")
+        }
+        matches!((claims(self), claims(other)), (Some(a), Some(b)) if a == b)
+    }
 }
 
 /// An entry of a list source left out, and why.
@@ -279,10 +310,8 @@ pub struct Skipped {
 /// What [`gather`] decided.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Gathered {
-    /// One per platform.
-    pub children: Vec<PlannedChild>,
-    /// Attestations carried.
-    pub extras: Vec<PlannedExtra>,
+    /// The list's entries, in the order they are written.
+    pub entries: Vec<PlannedEntry>,
     /// Entries left out.
     pub skipped: Vec<Skipped>,
     /// Things the user should know (overridden platforms, replaced entries, duplicates dropped).
@@ -456,7 +485,7 @@ pub async fn resolve(session: &Session, given: &str) -> Result<ResolvedSource, C
 pub fn gather(
     sources: &[ResolvedSource],
     base: Option<&ResolvedSource>,
-    overrides: &[(String, Platform)],
+    overrides: &[(String, PlatformSpec)],
     include_attestations: bool,
 ) -> Result<Gathered, CreateError> {
     for (name, _) in overrides {
@@ -484,7 +513,6 @@ pub fn gather(
     }
 
     let mut out = Gathered::default();
-    let mut extras_found: Vec<PlannedExtra> = Vec::new();
     for source in sources {
         let origin = |digest: &str| source.reference.clone_with_digest(digest.to_owned());
         match &source.kind {
@@ -495,16 +523,24 @@ pub fn gather(
                     .rev()
                     .find(|(name, _)| *name == source.given)
                     .map(|(_, p)| p.clone());
-                let platform = match (overridden, declared.platform()) {
-                    (Some(p), actual) => {
+                let (written, platform) = match (overridden, declared.platform()) {
+                    (Some(spec), actual) => {
+                        let p = spec.normalize();
                         if actual.as_ref() != Some(&p) {
                             out.notes.push(format!(
                                 "{from} declares {declared} in its config; listed as {p} as --annotate asks"
                             ));
                         }
-                        p
+                        let written = ConfigPlatform {
+                            os: spec.os,
+                            architecture: spec.architecture,
+                            variant: spec.variant,
+                            os_version: spec.os_version,
+                            os_features: spec.os_features,
+                        };
+                        (written, p)
                     }
-                    (None, Some(p)) => p,
+                    (None, Some(p)) => (declared.clone(), p),
                     (None, None) => {
                         return Err(CreateError::UnknownPlatform {
                             image: source.given.clone(),
@@ -512,15 +548,22 @@ pub fn gather(
                         });
                     }
                 };
-                add_child(
+                let mut descriptor = serde_json::Map::new();
+                descriptor.insert("mediaType".into(), source.media_type.clone().into());
+                descriptor.insert("digest".into(), source.digest.clone().into());
+                descriptor.insert("size".into(), source.size.into());
+                descriptor.insert("platform".into(), platform_json(&written));
+                add_entry(
                     &mut out,
-                    PlannedChild {
-                        image: ChildImage {
-                            platform,
-                            digest: source.digest.clone(),
-                            size: source.size,
-                            media_type: source.media_type.clone(),
-                        },
+                    PlannedEntry {
+                        descriptor,
+                        digest: source.digest.clone(),
+                        size: source.size,
+                        media_type: source.media_type.clone(),
+                        platform: Some(platform),
+                        platform_text: written.to_string(),
+                        attestation: false,
+                        about: None,
                         from,
                         origin: origin(&source.digest),
                     },
@@ -528,14 +571,7 @@ pub fn gather(
             }
             SourceKind::Index(entries) => {
                 let from = format!("list `{}`", source.given);
-                flatten(
-                    &mut out,
-                    &mut extras_found,
-                    entries,
-                    &from,
-                    &origin,
-                    include_attestations,
-                )?;
+                flatten(&mut out, entries, &from, &origin, include_attestations)?;
             }
         }
     }
@@ -546,87 +582,110 @@ pub fn gather(
         };
         let from = format!("the list now under `{}`", base.given);
         let mut kept = Gathered::default();
-        let mut base_extras = Vec::new();
         flatten(
             &mut kept,
-            &mut base_extras,
             entries,
             &from,
             &|d: &str| base.reference.clone_with_digest(d.to_owned()),
             include_attestations,
         )?;
-        for child in kept.children {
-            match out
-                .children
+        // The existing list's order stays; a source's entry takes the place of the entry of its
+        // platform (or digest), the sources' other entries follow.
+        let mut new = std::mem::take(&mut out.entries);
+        for old in kept.entries {
+            match new
                 .iter()
-                .find(|c| c.image.platform == child.image.platform)
+                .position(|n| n.digest == old.digest || n.same_platform(&old))
             {
-                Some(new) if new.image.digest != child.image.digest => out.notes.push(format!(
-                    "{} replaces {} {} of {from}",
-                    new.from, child.image.platform, child.image.digest
-                )),
-                Some(_) => {}
-                None => out.children.push(child),
+                Some(i) => {
+                    let replacement = new.remove(i);
+                    if replacement.digest != old.digest {
+                        out.notes.push(format!(
+                            "{} replaces {} {} of {from}",
+                            replacement.from, old.platform_text, old.digest
+                        ));
+                    }
+                    out.entries.push(replacement);
+                }
+                None => out.entries.push(old),
             }
         }
+        out.entries.extend(new);
         out.skipped.extend(kept.skipped);
-        extras_found.extend(base_extras);
     }
 
-    if out.children.is_empty() {
+    if !out.entries.iter().any(|e| !e.attestation) {
         let mut reason = sources
             .iter()
             .map(|s| format!("`{}`", s.given))
             .collect::<Vec<_>>()
             .join(", ");
-        if !out.skipped.is_empty() {
-            reason.push_str(&format!(
-                " hold only entries that are not platform images ({})",
-                out.skipped
+        let left_out: Vec<String> = out
+            .skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.platform, s.reason))
+            .chain(
+                out.entries
                     .iter()
-                    .map(|s| format!("{}: {}", s.platform, s.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                    .map(|e| format!("{}: an attestation", e.platform_text)),
+            )
+            .collect();
+        if !left_out.is_empty() {
+            reason.push_str(&format!(
+                " hold only entries that are not images ({})",
+                left_out.join("; ")
             ));
         }
         return Err(CreateError::NoImages(reason));
     }
 
     // An attestation is carried only with the image it is about.
-    let digests: BTreeSet<&str> = out
-        .children
+    let digests: BTreeSet<String> = out
+        .entries
         .iter()
-        .map(|c| c.image.digest.as_str())
+        .filter(|e| !e.attestation)
+        .map(|e| e.digest.clone())
         .collect();
-    for extra in extras_found {
-        let about = extra.entry.annotations.get(REFERENCE_DIGEST_ANNOTATION);
-        if about.is_none_or(|d| digests.contains(d.as_str())) {
-            if !out
-                .extras
-                .iter()
-                .any(|e| e.entry.digest == extra.entry.digest)
-            {
-                out.extras.push(extra);
-            }
-        } else {
-            out.skipped.push(Skipped {
-                from: extra.from,
-                digest: extra.entry.digest,
-                platform: format!("{}/{}", extra.entry.os, extra.entry.architecture),
+    let mut skipped = Vec::new();
+    out.entries.retain(|e| {
+        let keep = !e.attestation || e.about.as_ref().is_none_or(|d| digests.contains(d));
+        if !keep {
+            skipped.push(Skipped {
+                from: e.from.clone(),
+                digest: e.digest.clone(),
+                platform: e.platform_text.clone(),
                 reason: "attestation of an image not in the list".to_owned(),
             });
         }
-    }
+        keep
+    });
+    out.skipped.extend(skipped);
 
-    check_media_types(&out.children)?;
+    check_media_types(&out.entries)?;
     Ok(out)
 }
 
-/// Adds the platform images of a list's `entries` to `out`, attestations to `extras` when
-/// `include_attestations`, and records what is left out.
+/// A descriptor's `platform` object for `p`, with the fields it has.
+fn platform_json(p: &ConfigPlatform) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("architecture".into(), p.architecture.clone().into());
+    m.insert("os".into(), p.os.clone().into());
+    if let Some(v) = &p.os_version {
+        m.insert("os.version".into(), v.clone().into());
+    }
+    if !p.os_features.is_empty() {
+        m.insert("os.features".into(), p.os_features.clone().into());
+    }
+    if let Some(v) = &p.variant {
+        m.insert("variant".into(), v.clone().into());
+    }
+    m.into()
+}
+
+/// Adds a list's `entries` to `out` as they are (attestations only when
+/// `include_attestations`), and records what is left out.
 fn flatten(
     out: &mut Gathered,
-    extras: &mut Vec<PlannedExtra>,
     entries: &[IndexEntry],
     from: &str,
     origin: &dyn Fn(&str) -> Reference,
@@ -639,81 +698,79 @@ fn flatten(
             platform: entry.platform_text(),
             reason: reason.to_owned(),
         };
-        if entry.is_platform_image() {
-            let platform = entry.platform().expect("platform images have a platform");
-            add_child(
-                out,
-                PlannedChild {
-                    image: ChildImage {
-                        platform,
-                        digest: entry.digest.clone(),
-                        size: entry.size,
-                        media_type: entry.media_type.clone(),
-                    },
-                    from: from.to_owned(),
-                    origin: origin(&entry.digest),
-                },
-            )?;
-        } else if entry.is_attestation() {
-            if include_attestations {
-                extras.push(PlannedExtra {
-                    entry: ExtraEntry {
-                        digest: entry.digest.clone(),
-                        size: entry.size,
-                        media_type: entry.media_type.clone(),
-                        os: entry.os.clone().unwrap_or_else(|| "unknown".to_owned()),
-                        architecture: entry
-                            .architecture
-                            .clone()
-                            .unwrap_or_else(|| "unknown".to_owned()),
-                        annotations: entry.annotations.clone(),
-                    },
-                    from: from.to_owned(),
-                    origin: origin(&entry.digest),
-                });
-            } else {
-                out.skipped.push(skip("attestation, not a platform image"));
-            }
-        } else {
+        let attestation = entry.is_attestation();
+        if attestation && !include_attestations {
+            out.skipped.push(skip(
+                "an attestation; pass --include-attestations to carry it",
+            ));
+            continue;
+        }
+        if !attestation && !entry.is_image() {
             out.skipped.push(skip(&format!(
-                "`{}` is not an image manifest (nested lists are not flattened)",
+                "`{}` is not an image manifest (nested lists are not supported)",
                 entry.media_type
             )));
+            continue;
         }
+        let mut descriptor = entry.descriptor.clone();
+        if descriptor.is_empty() {
+            descriptor.insert("mediaType".into(), entry.media_type.clone().into());
+            descriptor.insert("digest".into(), entry.digest.clone().into());
+            descriptor.insert("size".into(), entry.size.into());
+        }
+        add_entry(
+            out,
+            PlannedEntry {
+                descriptor,
+                digest: entry.digest.clone(),
+                size: entry.size,
+                media_type: entry.media_type.clone(),
+                platform: entry.platform(),
+                platform_text: entry.platform_text(),
+                attestation,
+                about: entry
+                    .annotations
+                    .get(REFERENCE_DIGEST_ANNOTATION)
+                    .filter(|_| attestation)
+                    .cloned(),
+                from: from.to_owned(),
+                origin: origin(&entry.digest),
+            },
+        )?;
     }
     Ok(())
 }
 
-fn add_child(out: &mut Gathered, child: PlannedChild) -> Result<(), CreateError> {
-    match out
-        .children
+fn add_entry(out: &mut Gathered, entry: PlannedEntry) -> Result<(), CreateError> {
+    if let Some(first) = out
+        .entries
         .iter()
-        .find(|c| c.image.platform == child.image.platform)
+        .find(|e| e.digest != entry.digest && e.same_platform(&entry))
     {
-        Some(first) if first.image.digest == child.image.digest => {
-            out.notes.push(format!(
-                "{} and {} are the same {} image; listed once",
-                first.from, child.from, child.image.platform
-            ));
-            Ok(())
-        }
-        Some(first) => Err(CreateError::DuplicatePlatform {
-            platform: child.image.platform.to_string(),
-            first: format!("{} ({})", first.from, short(&first.image.digest)),
-            second: format!("{} ({})", child.from, short(&child.image.digest)),
-        }),
-        None => {
-            out.children.push(child);
-            Ok(())
-        }
+        return Err(CreateError::DuplicatePlatform {
+            platform: entry
+                .platform
+                .as_ref()
+                .map_or_else(|| entry.platform_text.clone(), Platform::to_string),
+            first: format!("{} ({})", first.from, short(&first.digest)),
+            second: format!("{} ({})", entry.from, short(&entry.digest)),
+        });
     }
+    if let Some(first) = out.entries.iter().find(|e| e.digest == entry.digest) {
+        out.notes.push(format!(
+            "{} and {} hold the same {} {}; listed once",
+            first.from, entry.from, entry.platform_text, entry.digest
+        ));
+        return Ok(());
+    }
+    out.entries.push(entry);
+    Ok(())
 }
 
-fn check_media_types(children: &[PlannedChild]) -> Result<(), CreateError> {
-    let docker = children
-        .iter()
-        .find(|c| c.image.media_type == DOCKER_MANIFEST);
-    let oci = children.iter().find(|c| c.image.media_type == OCI_MANIFEST);
+fn check_media_types(entries: &[PlannedEntry]) -> Result<(), CreateError> {
+    let images = || entries.iter().filter(|e| !e.attestation);
+    let docker = images().find(|e| e.media_type == DOCKER_MANIFEST);
+    let oci = images().find(|e| e.media_type == OCI_MANIFEST);
     if let (Some(d), Some(o)) = (docker, oci) {
         return Err(CreateError::MixedMediaTypes {
             docker: d.from.clone(),
@@ -728,23 +785,42 @@ fn short(digest: &str) -> &str {
     &digest[..digest.len().min(19)]
 }
 
-/// Builds the list `gathered` gives, of `kind` when asked.
+/// Builds the list `gathered` gives, of `kind` when asked: a Docker manifest list when every
+/// image is a Docker schema2 manifest (and no attestation is carried), else an OCI index; the
+/// entries in their order, each descriptor as planned.
 pub fn build_list(
     gathered: &Gathered,
     kind: Option<ListKind>,
 ) -> Result<ManifestList, CreateError> {
-    let children: Vec<ChildImage> = gathered.children.iter().map(|c| c.image.clone()).collect();
-    let extras: Vec<ExtraEntry> = gathered.extras.iter().map(|e| e.entry.clone()).collect();
-    manifest::assemble_list(&children, &extras, kind).map_err(|e| match e {
-        ManifestError::DockerListOfOci { oci } => CreateError::DockerListOfOci {
-            image: gathered
-                .children
-                .iter()
-                .find(|c| c.image.digest == oci)
-                .map_or(oci, |c| c.from.clone()),
-        },
-        other => other.into(),
-    })
+    let images = || gathered.entries.iter().filter(|e| !e.attestation);
+    let docker = images().find(|e| e.media_type == DOCKER_MANIFEST);
+    let oci = images().find(|e| e.media_type == OCI_MANIFEST);
+    if let (Some(o), Some(ListKind::Docker)) = (oci, kind) {
+        return Err(CreateError::DockerListOfOci {
+            image: o.from.clone(),
+        });
+    }
+    let media_type = match (kind, docker, oci) {
+        (Some(kind), _, _) => kind.media_type(),
+        (None, Some(_), None) => DOCKER_MANIFEST_LIST,
+        _ => OCI_INDEX,
+    };
+    if let Some(a) = gathered.entries.iter().find(|e| {
+        e.attestation
+            && (media_type != OCI_INDEX || docker.is_some() || e.media_type != OCI_MANIFEST)
+    }) {
+        return Err(ManifestError::ExtraNeedsOci {
+            digest: a.digest.clone(),
+            media_type: a.media_type.clone(),
+        }
+        .into());
+    }
+    let descriptors: Vec<_> = gathered
+        .entries
+        .iter()
+        .map(|e| e.descriptor.clone())
+        .collect();
+    Ok(manifest::assemble_descriptors(&descriptors, media_type)?)
 }
 
 /// Resolves every source and decides the list. Reads only.
@@ -786,42 +862,22 @@ pub async fn plan(session: &Session, request: &CreateRequest) -> Result<Plan, Cr
     })
 }
 
-/// Puts every child of `plan` into the target repository, then publishes the list under the
+/// Puts every entry of `plan` into the target repository, then publishes the list under the
 /// target tag (last). With `dry_run`, only reads, and reports what it would do.
 pub async fn push(
     session: &Session,
     plan: &Plan,
     dry_run: bool,
 ) -> Result<PushReport, CreateError> {
-    let parts = plan
-        .gathered
-        .children
-        .iter()
-        .map(|c| {
-            (
-                c.image.platform.to_string(),
-                &c.image.digest,
-                &c.from,
-                &c.origin,
-            )
-        })
-        .chain(plan.gathered.extras.iter().map(|e| {
-            (
-                "attestation".to_owned(),
-                &e.entry.digest,
-                &e.from,
-                &e.origin,
-            )
-        }));
     let mut transfers = Vec::new();
-    for (platform, digest, from, origin) in parts {
+    for e in &plan.gathered.entries {
         let mut t = Transfer {
-            platform,
-            digest: digest.clone(),
-            from: from.clone(),
+            platform: e.shown(),
+            digest: e.digest.clone(),
+            from: e.from.clone(),
             ..Transfer::default()
         };
-        bring(session, &plan.target, origin, dry_run, &mut t).await?;
+        bring(session, &plan.target, &e.origin, dry_run, &mut t).await?;
         transfers.push(t);
     }
     if dry_run {
@@ -830,20 +886,28 @@ pub async fn push(
             published: None,
         });
     }
-    let children: Vec<ChildImage> = plan
-        .gathered
-        .children
-        .iter()
-        .map(|c| c.image.clone())
-        .collect();
-    let extras: Vec<ExtraEntry> = plan
-        .gathered
-        .extras
-        .iter()
-        .map(|e| e.entry.clone())
-        .collect();
+    let mut children = Vec::new();
+    let mut others = Vec::new();
+    for e in &plan.gathered.entries {
+        match (&e.platform, e.attestation) {
+            (Some(platform), false) => children.push(ChildImage {
+                platform: platform.clone(),
+                digest: e.digest.clone(),
+                size: e.size,
+                media_type: e.media_type.clone(),
+            }),
+            _ => others.push(ExtraEntry {
+                digest: e.digest.clone(),
+                size: e.size,
+                media_type: e.media_type.clone(),
+                os: e.shown(),
+                architecture: String::new(),
+                annotations: Default::default(),
+            }),
+        }
+    }
     let published =
-        publish::publish_assembled(session, &plan.target, &children, &extras, &plan.list, None)
+        publish::publish_assembled(session, &plan.target, &children, &others, &plan.list, None)
             .await?;
     Ok(PushReport {
         transfers,
@@ -938,58 +1002,78 @@ mod tests {
 
     use super::*;
     use crate::inspect::REFERENCE_TYPE_ANNOTATION;
-    use crate::manifest::{DOCKER_MANIFEST_LIST, OCI_INDEX};
 
     fn digest(c: char) -> String {
         format!("sha256:{}", c.to_string().repeat(64))
     }
 
-    fn image(given: &str, platform: &str, d: char, media_type: &str) -> ResolvedSource {
+    fn config(platform: &str) -> ConfigPlatform {
         let parts: Vec<&str> = platform.split('/').collect();
+        ConfigPlatform {
+            os: parts[0].into(),
+            architecture: parts[1].into(),
+            variant: parts.get(2).map(|v| v.to_string()),
+            os_version: None,
+            os_features: Vec::new(),
+        }
+    }
+
+    fn image(given: &str, platform: &str, d: char, media_type: &str) -> ResolvedSource {
+        image_of(given, config(platform), d, media_type)
+    }
+
+    fn image_of(
+        given: &str,
+        declared: ConfigPlatform,
+        d: char,
+        media_type: &str,
+    ) -> ResolvedSource {
         ResolvedSource {
             given: given.into(),
             reference: given.parse().unwrap(),
             digest: digest(d),
             media_type: media_type.into(),
             size: 500,
-            kind: SourceKind::Image(ConfigPlatform {
-                os: parts[0].into(),
-                architecture: parts[1].into(),
-                variant: parts.get(2).map(|v| v.to_string()),
-                os_version: None,
-                os_features: Vec::new(),
-            }),
+            kind: SourceKind::Image(declared),
         }
     }
 
+    /// An entry as an index holds it; `platform` `-` for none.
     fn entry(platform: &str, d: char, media_type: &str) -> IndexEntry {
+        let mut descriptor = serde_json::json!({
+            "mediaType": media_type, "digest": digest(d), "size": 400,
+        });
         let parts: Vec<&str> = platform.split('/').collect();
-        IndexEntry {
-            media_type: media_type.into(),
-            digest: digest(d),
-            size: 400,
-            os: Some(parts[0].into()),
-            architecture: Some(parts[1].into()),
-            variant: parts.get(2).map(|v| v.to_string()),
-            os_version: None,
-            os_features: Vec::new(),
-            artifact_type: None,
-            annotations: BTreeMap::new(),
-            descriptor: serde_json::Map::new(),
+        if platform != "-" {
+            let mut p = serde_json::json!({"os": parts[0], "architecture": parts[1]});
+            if let Some(v) = parts.get(2) {
+                p["variant"] = (*v).into();
+            }
+            descriptor["platform"] = p;
         }
+        let bytes = serde_json::to_vec(&serde_json::json!({"manifests": [descriptor]})).unwrap();
+        let Content::Index(mut entries) = inspect::parse_manifest(&bytes, OCI_INDEX).unwrap()
+        else {
+            panic!("an index")
+        };
+        entries.remove(0)
     }
 
     fn attestation(about: char, d: char) -> IndexEntry {
-        IndexEntry {
-            annotations: BTreeMap::from([
-                (
-                    REFERENCE_TYPE_ANNOTATION.into(),
-                    "attestation-manifest".into(),
-                ),
-                (REFERENCE_DIGEST_ANNOTATION.into(), digest(about)),
-            ]),
-            ..entry("unknown/unknown", d, OCI_MANIFEST)
-        }
+        let mut e = entry("unknown/unknown", d, OCI_MANIFEST);
+        let annotations = BTreeMap::from([
+            (
+                REFERENCE_TYPE_ANNOTATION.to_owned(),
+                "attestation-manifest".to_owned(),
+            ),
+            (REFERENCE_DIGEST_ANNOTATION.to_owned(), digest(about)),
+        ]);
+        e.descriptor.insert(
+            "annotations".into(),
+            serde_json::to_value(&annotations).unwrap(),
+        );
+        e.annotations = annotations;
+        e
     }
 
     fn list(given: &str, entries: Vec<IndexEntry>) -> ResolvedSource {
@@ -1003,20 +1087,12 @@ mod tests {
         }
     }
 
-    /// Platform → digest letter of the gathered children, sorted.
-    fn children(g: &Gathered) -> Vec<(String, char)> {
-        let mut v: Vec<(String, char)> = g
-            .children
+    /// (platform as shown, digest letter) of the gathered entries, in list order.
+    fn shown(g: &Gathered) -> Vec<(String, char)> {
+        g.entries
             .iter()
-            .map(|c| {
-                (
-                    c.image.platform.to_string(),
-                    c.image.digest.chars().last().unwrap(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
+            .map(|e| (e.shown(), e.digest.chars().last().unwrap()))
+            .collect()
     }
 
     #[track_caller]
@@ -1024,7 +1100,7 @@ mod tests {
         let g = gather(sources, None, &[], false).unwrap_or_else(|e| panic!("{e}"));
         let expected: Vec<(String, char)> =
             expected.iter().map(|(p, d)| (p.to_string(), *d)).collect();
-        assert_eq!(children(&g), expected);
+        assert_eq!(shown(&g), expected);
         g
     }
 
@@ -1034,41 +1110,88 @@ mod tests {
         assert_eq!(err, expected);
     }
 
+    fn list_entries(g: &Gathered) -> Vec<serde_json::Value> {
+        let bytes = build_list(g, None).unwrap().bytes;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        v["manifests"].as_array().unwrap().clone()
+    }
+
     const A: &str = "reg.example.com/app:1.0-x86_64";
     const B: &str = "reg.example.com/app:1.0-aarch64";
 
     #[test]
-    fn per_arch_images_take_the_platform_of_their_config() {
+    fn per_arch_images_take_every_platform_field_of_their_config() {
+        let windows = ConfigPlatform {
+            os_version: Some("10.0.17763.5830".into()),
+            os_features: vec!["win32k".into()],
+            ..config("windows/amd64")
+        };
         let g = check(
             &[
                 image(A, "linux/amd64", 'a', DOCKER_MANIFEST),
                 image(B, "linux/arm64/v8", 'b', DOCKER_MANIFEST),
+                image_of("reg.example.com/app:1.0-win", windows, '9', DOCKER_MANIFEST),
             ],
-            &[("linux/amd64", 'a'), ("linux/arm64", 'b')],
+            &[
+                ("linux/amd64", 'a'),
+                ("linux/arm64/v8", 'b'),
+                ("windows(10.0.17763.5830+win32k)/amd64", '9'),
+            ],
         );
-        assert_eq!(g.children[1].from, format!("`{B}`"));
+        assert_eq!(g.entries[1].from, format!("`{B}`"));
         assert_eq!(
-            g.children[1].origin.to_string(),
+            g.entries[1].origin.to_string(),
             format!("reg.example.com/app@{}", digest('b'))
         );
-        let list = build_list(&g, None).unwrap();
-        assert_eq!(list.media_type, DOCKER_MANIFEST_LIST);
+        assert_eq!(
+            build_list(&g, None).unwrap().media_type,
+            DOCKER_MANIFEST_LIST
+        );
+        let e = list_entries(&g);
+        assert_eq!(
+            e[1]["platform"],
+            serde_json::json!({"architecture": "arm64", "os": "linux", "variant": "v8"})
+        );
+        assert_eq!(
+            e[2]["platform"],
+            serde_json::json!({"architecture": "amd64", "os": "windows",
+                "os.version": "10.0.17763.5830", "os.features": ["win32k"]})
+        );
+        assert_eq!(e[0]["size"], 500);
+        assert_eq!(e[0]["mediaType"], DOCKER_MANIFEST);
     }
 
     #[test]
-    fn lists_are_flattened_and_attestations_kept_out() {
+    fn list_entries_are_copied_verbatim_whatever_their_platform() {
+        let mut odd = entry("linux/arm/v8", '8', OCI_MANIFEST);
+        odd.descriptor.insert(
+            "annotations".into(),
+            serde_json::json!({"org.example": "x"}),
+        );
+        odd.descriptor.insert("x-unknown".into(), 7.into());
         let base = list(
             "reg.example.com/base:1",
             vec![
                 entry("linux/amd64", 'a', OCI_MANIFEST),
                 attestation('a', 'e'),
-                entry("linux/arm64", 'b', OCI_MANIFEST),
-                entry("linux/s390x", 'n', OCI_INDEX),
+                odd,
+                entry("-", '0', OCI_MANIFEST),
+                entry("linux/mips64le", '4', OCI_MANIFEST),
+                entry("linux/arm64/v8.2", '5', OCI_MANIFEST),
+                entry("unknown/unknown", '6', OCI_MANIFEST),
+                entry("linux/s390x", '7', OCI_INDEX),
             ],
         );
         let g = check(
             std::slice::from_ref(&base),
-            &[("linux/amd64", 'a'), ("linux/arm64", 'b')],
+            &[
+                ("linux/amd64", 'a'),
+                ("linux/arm/v8", '8'),
+                ("(no platform)", '0'),
+                ("linux/mips64le", '4'),
+                ("linux/arm64/v8.2", '5'),
+                ("unknown/unknown", '6'),
+            ],
         );
         let reasons: Vec<(String, String)> = g
             .skipped
@@ -1080,23 +1203,35 @@ mod tests {
             [
                 (
                     "unknown/unknown".to_owned(),
-                    "attestation, not a platform image".to_owned()
+                    "an attestation; pass --include-attestations to carry it".to_owned()
                 ),
                 (
                     "linux/s390x".to_owned(),
-                    "`application/vnd.oci.image.index.v1+json` is not an image manifest (nested lists are not flattened)".to_owned()
+                    "`application/vnd.oci.image.index.v1+json` is not an image manifest (nested lists are not supported)".to_owned()
                 ),
             ]
         );
-        assert!(g.extras.is_empty());
-        // Asked for, an attestation is carried after the platform entries, with its annotations.
-        let g = gather(std::slice::from_ref(&base), None, &[], true).unwrap();
-        assert_eq!(g.extras.len(), 1);
-        let bytes = build_list(&g, None).unwrap().bytes;
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(v["manifests"][2]["platform"]["os"], "unknown");
+        let e = list_entries(&g);
+        let source = match &base.kind {
+            SourceKind::Index(entries) => entries,
+            SourceKind::Image(_) => unreachable!(),
+        };
         assert_eq!(
-            v["manifests"][2]["annotations"][REFERENCE_TYPE_ANNOTATION],
+            e[1],
+            serde_json::Value::Object(source[2].descriptor.clone())
+        );
+        assert_eq!(e[1]["x-unknown"], 7);
+        assert!(e[2].get("platform").is_none(), "no platform is invented");
+        // Asked for, an attestation is carried in its place, with its annotations.
+        let g = gather(std::slice::from_ref(&base), None, &[], true).unwrap();
+        assert_eq!(
+            shown(&g)[1],
+            ("unknown/unknown (attestation)".to_owned(), 'e')
+        );
+        let e = list_entries(&g);
+        assert_eq!(e[1]["platform"]["os"], "unknown");
+        assert_eq!(
+            e[1]["annotations"][REFERENCE_TYPE_ANNOTATION],
             "attestation-manifest"
         );
         // ... but not when the image it is about is left out by a replacement.
@@ -1107,7 +1242,7 @@ mod tests {
             true,
         )
         .unwrap();
-        assert!(replaced.extras.is_empty());
+        assert!(!replaced.entries.iter().any(|e| e.attestation));
         assert!(
             replaced
                 .skipped
@@ -1127,7 +1262,7 @@ mod tests {
                         entry("linux/arm64", 'b', DOCKER_MANIFEST),
                     ],
                 ),
-                image(B, "linux/arm64", 'c', DOCKER_MANIFEST),
+                image(B, "linux/arm64/v8", 'c', DOCKER_MANIFEST),
             ],
             &format!(
                 "two images for linux/arm64: list `reg.example.com/base:1` (sha256:bbbbbbbbbbbb) and \
@@ -1168,6 +1303,24 @@ mod tests {
             &[("linux/amd64", 'a')],
         );
         assert_eq!(g.notes.len(), 1, "{:?}", g.notes);
+        // Entries that claim no platform never collide.
+        check(
+            &[list(
+                "reg.example.com/base:1",
+                vec![
+                    entry("-", '0', OCI_MANIFEST),
+                    entry("-", '1', OCI_MANIFEST),
+                    entry("unknown/unknown", '6', OCI_MANIFEST),
+                    entry("unknown/unknown", '2', OCI_MANIFEST),
+                ],
+            )],
+            &[
+                ("(no platform)", '0'),
+                ("(no platform)", '1'),
+                ("unknown/unknown", '6'),
+                ("unknown/unknown", '2'),
+            ],
+        );
     }
 
     #[test]
@@ -1195,6 +1348,7 @@ mod tests {
             &[image(B, "linux/arm64", 'b', OCI_MANIFEST)],
             &[("linux/arm64", 'b')],
         );
+        assert_eq!(build_list(&oci, None).unwrap().media_type, OCI_INDEX);
         assert_eq!(
             build_list(&oci, Some(ListKind::Docker))
                 .unwrap_err()
@@ -1207,35 +1361,45 @@ mod tests {
     }
 
     #[test]
-    fn annotations_override_a_single_image_platform_and_must_name_a_source() {
+    fn annotations_override_a_single_image_platform_as_written_and_must_name_a_source() {
         let sources = [
             image(A, "linux/amd64", 'a', DOCKER_MANIFEST),
             image(B, "linux/amd64", 'b', DOCKER_MANIFEST),
         ];
+        let spec = |s: &str| Platform::parse_spec(s).unwrap();
         let g = gather(
             &sources,
             None,
-            &[(B.to_owned(), Platform::linux_arm64())],
+            &[(B.to_owned(), spec("linux/arm64/v8"))],
             false,
         )
         .unwrap();
         assert_eq!(
-            children(&g),
+            shown(&g),
             [
                 ("linux/amd64".to_owned(), 'a'),
-                ("linux/arm64".to_owned(), 'b')
+                ("linux/arm64/v8".to_owned(), 'b')
             ]
         );
+        assert_eq!(list_entries(&g)[1]["platform"]["variant"], "v8");
         assert_eq!(
             g.notes,
             [format!(
                 "`{B}` declares linux/amd64 in its config; listed as linux/arm64 as --annotate asks"
             )]
         );
+        let arm8 = gather(
+            &sources[..1],
+            None,
+            &[(A.to_owned(), spec("linux/arm/v8"))],
+            false,
+        )
+        .unwrap();
+        assert_eq!(shown(&arm8), [("linux/arm/v8".to_owned(), 'a')]);
         let err = gather(
             &sources,
             None,
-            &[("nope".into(), Platform::linux_arm64())],
+            &[("nope".into(), spec("linux/arm64"))],
             false,
         )
         .unwrap_err();
@@ -1253,29 +1417,40 @@ mod tests {
                  give it one with --annotate {A}=os/arch[/variant]"
             )
         );
+        // A config with a well-formed platform nobody knows is listed as it says.
+        check(
+            &[image(A, "linux/loong64", 'a', DOCKER_MANIFEST)],
+            &[("linux/loong64", 'a')],
+        );
     }
 
     #[test]
-    fn amend_keeps_the_other_platforms_of_the_existing_list() {
+    fn amend_keeps_the_order_and_the_other_entries_of_the_existing_list() {
         let target = list(
             "reg.example.com/app:1.0",
             vec![
                 entry("linux/amd64", 'a', DOCKER_MANIFEST),
                 entry("linux/arm64", 'b', DOCKER_MANIFEST),
+                entry("-", '0', DOCKER_MANIFEST),
             ],
         );
         let g = gather(
-            &[image(B, "linux/arm64", 'c', DOCKER_MANIFEST)],
+            &[
+                image(B, "linux/arm64", 'c', DOCKER_MANIFEST),
+                image(A, "linux/s390x", 'd', DOCKER_MANIFEST),
+            ],
             Some(&target),
             &[],
             false,
         )
         .unwrap();
         assert_eq!(
-            children(&g),
+            shown(&g),
             [
                 ("linux/amd64".to_owned(), 'a'),
-                ("linux/arm64".to_owned(), 'c')
+                ("linux/arm64".to_owned(), 'c'),
+                ("(no platform)".to_owned(), '0'),
+                ("linux/s390x".to_owned(), 'd'),
             ]
         );
         assert_eq!(g.notes.len(), 1, "{:?}", g.notes);
@@ -1296,7 +1471,23 @@ mod tests {
         check_err(
             &[list("reg.example.com/sbom:1", vec![attestation('a', 'e')])],
             "no platform image among the sources: `reg.example.com/sbom:1` hold only entries that \
-             are not platform images (unknown/unknown: attestation, not a platform image)",
+             are not images (unknown/unknown: an attestation; pass --include-attestations to carry it)",
         );
+    }
+
+    #[test]
+    fn attestations_need_an_oci_index_of_oci_images() {
+        let docker = list(
+            "reg.example.com/base:1",
+            vec![
+                entry("linux/amd64", 'a', DOCKER_MANIFEST),
+                attestation('a', 'e'),
+            ],
+        );
+        let g = gather(std::slice::from_ref(&docker), None, &[], true).unwrap();
+        assert!(matches!(
+            build_list(&g, None),
+            Err(CreateError::Manifest(ManifestError::ExtraNeedsOci { .. }))
+        ));
     }
 }

@@ -247,10 +247,20 @@ impl ConfigPlatform {
 }
 
 impl std::fmt::Display for ConfigPlatform {
+    /// As written: `linux/arm64/v8`, `windows(10.0.17763.5830)/amd64`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.os)?;
+        if self.os_version.is_some() || !self.os_features.is_empty() {
+            write!(f, "({}", self.os_version.as_deref().unwrap_or(""))?;
+            for feature in &self.os_features {
+                write!(f, "+{feature}")?;
+            }
+            f.write_str(")")?;
+        }
+        write!(f, "/{}", self.architecture)?;
         match &self.variant {
-            Some(v) if !v.is_empty() => write!(f, "{}/{}/{v}", self.os, self.architecture),
-            _ => write!(f, "{}/{}", self.os, self.architecture),
+            Some(v) if !v.is_empty() => write!(f, "/{v}"),
+            _ => Ok(()),
         }
     }
 }

@@ -96,7 +96,7 @@ pub enum ManifestError {
     #[error("two images for platform {platform}: {first} and {second}; keep one per platform")]
     DuplicatePlatform {
         /// The platform.
-        platform: Platform,
+        platform: String,
         /// One digest.
         first: String,
         /// The other digest.
@@ -166,7 +166,7 @@ pub fn assemble_list(
     for pair in sorted.windows(2) {
         if pair[0].platform == pair[1].platform {
             return Err(ManifestError::DuplicatePlatform {
-                platform: pair[0].platform.clone(),
+                platform: pair[0].platform.to_string(),
                 first: pair[0].digest.clone(),
                 second: pair[1].digest.clone(),
             });
@@ -274,6 +274,37 @@ pub fn assemble_list(
     Ok(ManifestList { bytes, media_type })
 }
 
+/// Builds a list of `media_type` whose entries are `descriptors`, each written as given, in the
+/// order given (what `manifest create` uses to copy entries unchanged). The digests must be
+/// well-formed.
+pub fn assemble_descriptors(
+    descriptors: &[serde_json::Map<String, serde_json::Value>],
+    media_type: &'static str,
+) -> Result<ManifestList, ManifestError> {
+    if descriptors.is_empty() {
+        return Err(ManifestError::Empty);
+    }
+    for d in descriptors {
+        let digest = d.get("digest").and_then(|v| v.as_str()).unwrap_or("");
+        if digest.parse::<Digest>().is_err() {
+            return Err(ManifestError::BadDigest(digest.to_owned()));
+        }
+    }
+    let mut index = serde_json::Map::new();
+    index.insert("schemaVersion".into(), 2.into());
+    index.insert("mediaType".into(), media_type.into());
+    index.insert(
+        "manifests".into(),
+        descriptors
+            .iter()
+            .cloned()
+            .map(serde_json::Value::Object)
+            .collect(),
+    );
+    let bytes = serde_json::to_vec_pretty(&index).expect("an index always serialises");
+    Ok(ManifestList { bytes, media_type })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +355,42 @@ mod tests {
         assert_eq!(list.media_type, DOCKER_MANIFEST_LIST);
         let e = entries(&list);
         assert_eq!(e[1]["platform"]["variant"], "v7");
+    }
+
+    #[test]
+    fn descriptors_are_written_as_given_in_their_order() {
+        let d = |digest: char, extra: serde_json::Value| {
+            let mut m = serde_json::Map::new();
+            m.insert("mediaType".into(), OCI_MANIFEST.into());
+            m.insert(
+                "digest".into(),
+                format!("sha256:{}", digest.to_string().repeat(64)).into(),
+            );
+            m.insert("size".into(), 7.into());
+            m.insert("x".into(), extra);
+            m
+        };
+        let list = assemble_descriptors(
+            &[
+                d('b', serde_json::json!({"platform": "kept"})),
+                d('a', serde_json::Value::Null),
+            ],
+            OCI_INDEX,
+        )
+        .unwrap();
+        let e = entries(&list);
+        assert_eq!(e[0]["x"]["platform"], "kept");
+        assert!(e[1]["digest"].as_str().unwrap().ends_with('a'));
+        assert_eq!(
+            assemble_descriptors(&[], OCI_INDEX).unwrap_err(),
+            ManifestError::Empty
+        );
+        let mut bad = d('c', serde_json::Value::Null);
+        bad.insert("digest".into(), "sha256:nope".into());
+        assert_eq!(
+            assemble_descriptors(&[bad], OCI_INDEX).unwrap_err(),
+            ManifestError::BadDigest("sha256:nope".into())
+        );
     }
 
     #[test]

@@ -64,7 +64,14 @@ pub async fn publish_assembled(
     let present = children
         .iter()
         .map(|c| (c.platform.to_string(), &c.digest))
-        .chain(extras.iter().map(|e| ("attestation".to_owned(), &e.digest)));
+        .chain(extras.iter().map(|e| {
+            let label = if e.architecture.is_empty() {
+                e.os.clone()
+            } else {
+                format!("{}/{} (attestation)", e.os, e.architecture)
+            };
+            (label, &e.digest)
+        }));
     for (platform, digest) in present {
         let child_ref = target.clone_with_digest(digest.clone());
         if !session

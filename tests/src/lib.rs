@@ -18,6 +18,7 @@
 
 pub mod faults;
 pub mod ha;
+pub mod oci;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

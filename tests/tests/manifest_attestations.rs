@@ -5,8 +5,8 @@
 //!
 //! The index is written to the real registry with plain HTTP requests (curl), as BuildKit would.
 
+use manifold_tests::oci::{digest, put_blob, put_manifest};
 use manifold_tests::{Env, bin, run, show, skopeo_raw, skopeo_tags};
-use sha2::Digest as _;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -20,94 +20,6 @@ async fn manifold(args: &[&str]) -> anyhow::Result<std::process::Output> {
         .kill_on_drop(true)
         .output()
         .await?)
-}
-
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
-/// Uploads `bytes` as a blob of `registry/name` (monolithic upload) and returns its descriptor.
-async fn put_blob(
-    registry: &str,
-    name: &str,
-    bytes: &[u8],
-    media_type: &str,
-) -> anyhow::Result<serde_json::Value> {
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("blob");
-    std::fs::write(&file, bytes)?;
-    let started = run(
-        "curl",
-        &[
-            "-s",
-            "-f",
-            "-i",
-            "-X",
-            "POST",
-            &format!("http://{registry}/v2/{name}/blobs/uploads/"),
-        ],
-    )
-    .await?;
-    let location = started
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("location")
-                .then(|| v.trim().to_owned())
-        })
-        .ok_or_else(|| anyhow::anyhow!("no Location in {started}"))?;
-    let location = if location.starts_with('/') {
-        format!("http://{registry}{location}")
-    } else {
-        location
-    };
-    let separator = if location.contains('?') { '&' } else { '?' };
-    let d = digest(bytes);
-    run(
-        "curl",
-        &[
-            "-s",
-            "-f",
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &format!("{location}{separator}digest={d}"),
-        ],
-    )
-    .await?;
-    Ok(serde_json::json!({ "mediaType": media_type, "digest": d, "size": bytes.len() }))
-}
-
-/// Puts manifest `bytes` under `registry/name:reference`.
-async fn put_manifest(
-    registry: &str,
-    name: &str,
-    reference: &str,
-    bytes: &[u8],
-    media_type: &str,
-) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("manifest");
-    std::fs::write(&file, bytes)?;
-    run(
-        "curl",
-        &[
-            "-s",
-            "-f",
-            "-X",
-            "PUT",
-            "-H",
-            &format!("Content-Type: {media_type}"),
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &format!("http://{registry}/v2/{name}/manifests/{reference}"),
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 /// Entries of the list at `reference` as (os/arch, digest), in list order.
@@ -256,7 +168,7 @@ async fn attestation_entries_are_kept_out_unless_asked_for() -> anyhow::Result<(
     assert!(out.status.success(), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!(
-            "left out: unknown/unknown {attestation_digest} of list `{source}`: attestation, not a platform image"
+            "left out: unknown/unknown {attestation_digest} of list `{source}`: an attestation; pass --include-attestations to carry it"
         )),
         "{}",
         show(&out)
@@ -274,7 +186,7 @@ async fn attestation_entries_are_kept_out_unless_asked_for() -> anyhow::Result<(
         "OCI images give an OCI index"
     );
 
-    // Asked for, the attestation is carried, after the platforms, and its manifest comes along.
+    // Asked for, the attestation is carried in its place, and its manifest comes along.
     let carried_repo = env.unique_repo("with-attestations");
     let carried = format!("{carried_repo}:1");
     let out = manifold(&[
