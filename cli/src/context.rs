@@ -230,7 +230,7 @@ impl ContextSource {
         builder: &mut tar::Builder<W>,
         dir: &Path,
         rel: &str,
-        pending: &mut Vec<(String, fs::Metadata)>,
+        pending: &mut Vec<(String, PathBuf, fs::Metadata)>,
     ) -> Result<(), ContextError> {
         let read_err = |source| ContextError::Read {
             path: if rel.is_empty() {
@@ -254,6 +254,12 @@ impl ContextSource {
                 format!("{rel}/{name_str}")
             };
             let child = dir.join(&name);
+            // The name in the tar is the file's own bytes (UTF-8 or not): `child_rel`, lossy, is
+            // only for matching patterns and for messages.
+            let child_tar = child
+                .strip_prefix(&self.root)
+                .expect("walked paths are under the root")
+                .to_path_buf();
             let meta = match fs::symlink_metadata(&child) {
                 Ok(m) => m,
                 // Deleted since the listing: it is simply not part of this snapshot.
@@ -270,32 +276,36 @@ impl ContextSource {
             if meta.is_dir() {
                 if !excluded {
                     self.flush_pending(builder, pending)?;
-                    append_dir(builder, &child_rel, &meta)?;
+                    append_dir(builder, &child_rel, &child_tar, &meta)?;
                     self.walk_dir(builder, &child, &child_rel, pending)?;
                 } else if self.ignore.may_reinclude_under(&child_rel)
                     || self.has_always_under(&child_rel)
                 {
-                    pending.push((child_rel.clone(), meta));
+                    pending.push((child_rel.clone(), child_tar, meta));
                     self.walk_dir(builder, &child, &child_rel, pending)?;
                     // Nothing under it was written: forget it.
-                    if pending.last().is_some_and(|(p, _)| *p == child_rel) {
+                    if pending.last().is_some_and(|(p, ..)| *p == child_rel) {
                         pending.pop();
                     }
                 }
             } else if !excluded {
                 if meta.is_file() {
                     self.flush_pending(builder, pending)?;
-                    append_file(builder, &child, &child_rel, &meta)?;
+                    append_file(builder, &child, &child_rel, &child_tar, &meta)?;
                 } else if meta.file_type().is_symlink() {
                     self.flush_pending(builder, pending)?;
                     let target = fs::read_link(&child).map_err(|source| ContextError::Read {
                         path: child_rel.clone(),
                         source,
                     })?;
-                    append_symlink(builder, &child_rel, &target, &meta)?;
+                    append_symlink(builder, &child_rel, &child_tar, &target, &meta)?;
+                } else if let Some(kind) = special_entry(&meta) {
+                    // FIFOs and devices go in as the docker CLI sends them: a header, no data.
+                    self.flush_pending(builder, pending)?;
+                    append_special(builder, &child_rel, &child_tar, &meta, kind)?;
                 } else {
-                    // Sockets, FIFOs and devices have no place in an image build context.
-                    tracing::debug!(path = %child_rel, "skipping special file");
+                    // The docker CLI leaves sockets out too.
+                    tracing::debug!(path = %child_rel, "skipping socket");
                 }
             }
         }
@@ -313,10 +323,10 @@ impl ContextSource {
     fn flush_pending<W: Write>(
         &self,
         builder: &mut tar::Builder<W>,
-        pending: &mut Vec<(String, fs::Metadata)>,
+        pending: &mut Vec<(String, PathBuf, fs::Metadata)>,
     ) -> Result<(), ContextError> {
-        for (path, meta) in pending.drain(..) {
-            append_dir(builder, &path, &meta)?;
+        for (path, tar_path, meta) in pending.drain(..) {
+            append_dir(builder, &path, &tar_path, &meta)?;
         }
         Ok(())
     }
@@ -361,11 +371,53 @@ fn write_err(path: &str, source: io::Error) -> ContextError {
 fn append_dir<W: Write>(
     builder: &mut tar::Builder<W>,
     rel: &str,
+    tar_path: &Path,
     meta: &fs::Metadata,
 ) -> Result<(), ContextError> {
     let mut h = header(meta, tar::EntryType::Directory);
+    let mut name = tar_path.as_os_str().to_owned();
+    name.push("/");
     builder
-        .append_data(&mut h, format!("{rel}/"), io::empty())
+        .append_data(&mut h, name, io::empty())
+        .map_err(|e| write_err(rel, e))
+}
+
+/// The tar entry type of a FIFO or a device; `None` for anything else (sockets).
+fn special_entry(meta: &fs::Metadata) -> Option<tar::EntryType> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        Some(tar::EntryType::Fifo)
+    } else if t.is_char_device() {
+        Some(tar::EntryType::Char)
+    } else if t.is_block_device() {
+        Some(tar::EntryType::Block)
+    } else {
+        None
+    }
+}
+
+fn append_special<W: Write>(
+    builder: &mut tar::Builder<W>,
+    rel: &str,
+    tar_path: &Path,
+    meta: &fs::Metadata,
+    kind: tar::EntryType,
+) -> Result<(), ContextError> {
+    let mut h = header(meta, kind);
+    if kind != tar::EntryType::Fifo {
+        // Linux's encoding of a device number (glibc's major()/minor()).
+        let rdev = meta.rdev();
+        let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+        let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+        let too_big = |_| write_err(rel, io::Error::other("device number too large for tar"));
+        h.set_device_major(u32::try_from(major).map_err(too_big)?)
+            .map_err(|e| write_err(rel, e))?;
+        h.set_device_minor(u32::try_from(minor).map_err(too_big)?)
+            .map_err(|e| write_err(rel, e))?;
+    }
+    builder
+        .append_data(&mut h, tar_path, io::empty())
         .map_err(|e| write_err(rel, e))
 }
 
@@ -373,6 +425,7 @@ fn append_file<W: Write>(
     builder: &mut tar::Builder<W>,
     path: &Path,
     rel: &str,
+    tar_path: &Path,
     meta: &fs::Metadata,
 ) -> Result<(), ContextError> {
     let file = match fs::File::open(path) {
@@ -392,19 +445,20 @@ fn append_file<W: Write>(
         remaining: size,
     };
     builder
-        .append_data(&mut h, rel, reader)
+        .append_data(&mut h, tar_path, reader)
         .map_err(|e| write_err(rel, e))
 }
 
 fn append_symlink<W: Write>(
     builder: &mut tar::Builder<W>,
     rel: &str,
+    tar_path: &Path,
     target: &Path,
     meta: &fs::Metadata,
 ) -> Result<(), ContextError> {
     let mut h = header(meta, tar::EntryType::Symlink);
     builder
-        .append_link(&mut h, rel, target)
+        .append_link(&mut h, tar_path, target)
         .map_err(|e| write_err(rel, e))
 }
 

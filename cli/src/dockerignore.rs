@@ -8,7 +8,11 @@
 //! - the pattern is cleaned like Go's `filepath.Clean` and a leading `/` is dropped, so `/foo`,
 //!   `./foo` and `foo/` all mean `foo`;
 //! - the glob is Go's `filepath.Match` (`*` and `?` never cross `/`, `[...]` classes negated with
-//!   `^`, `\` escapes) plus `**`, which matches any number of directories, including none;
+//!   `^`) plus `**`, which matches any number of directories, including none; but, as moby turns
+//!   the glob into a Go regular expression by copying `\` and the character after it, a
+//!   backslash outside a class is a regular-expression escape: `\*` and `\.` are literal, `\d`
+//!   is a digit, `\w` a word character, `\b` a word boundary, `\x41` an `A`, and an escape Go does
+//!   not know (`\k`, `\8`) is refused, as `docker build` refuses it ("syntax error in pattern");
 //! - a pattern matches a path when it matches the path itself or any of its parent directories, so
 //!   `node_modules` excludes everything under it;
 //! - the last pattern that matches decides.
@@ -283,13 +287,20 @@ fn compile_kind(pattern: &str) -> Result<MatchKind, String> {
                 re.push_str("[^/]");
                 ty = Ty::Regex;
             }
-            '\\' => match chars.next() {
+            '\\' if in_class => match chars.next() {
                 Some(next) => {
                     re.push_str(&regex::escape(&next.to_string()));
                     ty = Ty::Regex;
                 }
                 None => return Err("it ends with a lone `\\`".to_owned()),
             },
+            '\\' => {
+                if chars.peek().is_none() {
+                    return Err("it ends with a lone `\\`".to_owned());
+                }
+                re.push_str(&go_escape(&mut chars)?);
+                ty = Ty::Regex;
+            }
             '[' if !in_class => {
                 in_class = true;
                 re.push('[');
@@ -329,6 +340,69 @@ fn compile_kind(pattern: &str) -> Result<MatchKind, String> {
                 last.trim_start_matches("error: ")
             )
         })?),
+    })
+}
+
+/// The regular expression for `\X` outside a class, as moby builds it: it copies `\` and the next
+/// character into a Go regular expression, so `\.` is a dot, `\d` a digit, `\w` a word character,
+/// `\b` a word boundary, `\t` a tab, `\x41` an `A`, `\101` (octal) an `A`, `\pL` a letter, and an
+/// escape Go's regexp does not know (`\k`, `\8`, `\Q` quoting) fails every build ("syntax error in
+/// pattern").
+fn go_escape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String, String> {
+    let c = chars.next().expect("the caller checked");
+    let unknown = |c: char| {
+        Err(format!(
+            "`\\{c}` is not an escape Docker knows: Docker reads `\\` in a pattern as a regular-expression escape (`\\d` a digit, `\\.` a dot), and `docker build` fails with \"syntax error in pattern\"; write `[{c}]` to mean the character"
+        ))
+    };
+    Ok(match c {
+        c if c.is_ascii() && !c.is_ascii_alphanumeric() => regex::escape(&c.to_string()),
+        'd' => "[0-9]".into(),
+        'D' => "[^0-9]".into(),
+        's' => "[\\t\\n\\x0C\\r ]".into(),
+        'S' => "[^\\t\\n\\x0C\\r ]".into(),
+        'w' => "[0-9A-Za-z_]".into(),
+        'W' => "[^0-9A-Za-z_]".into(),
+        'b' => "(?-u:\\b)".into(),
+        'B' => "(?-u:\\B)".into(),
+        'A' => "\\A".into(),
+        'z' => "\\z".into(),
+        'a' => "\\x07".into(),
+        'f' => "\\x0C".into(),
+        't' => "\\t".into(),
+        'n' => "\\n".into(),
+        'r' => "\\r".into(),
+        'v' => "\\x0B".into(),
+        'x' => {
+            let hex: String = (0..2)
+                .filter_map(|_| chars.next_if(char::is_ascii_hexdigit))
+                .collect();
+            if hex.len() != 2 {
+                return Err(format!(
+                    "`\\x{hex}` is not a hex escape: Docker reads `\\x` as a regular-expression escape needing two hex digits, and `docker build` fails with \"syntax error in pattern\""
+                ));
+            }
+            format!("\\x{hex}")
+        }
+        'p' | 'P' => match chars.next_if(char::is_ascii_alphabetic) {
+            Some(class) => format!("\\{c}{class}"),
+            None => return unknown(c),
+        },
+        '0'..='7' => {
+            let mut digits = c.to_string();
+            while digits.len() < 3 {
+                match chars.next_if(|d| ('0'..='7').contains(d)) {
+                    Some(d) => digits.push(d),
+                    None => break,
+                }
+            }
+            if c != '0' && digits.len() == 1 {
+                return unknown(c);
+            }
+            let value = u32::from_str_radix(&digits, 8).expect("octal digits");
+            regex::escape(&char::from_u32(value).expect("below 512").to_string())
+        }
+        other => return unknown(other),
     })
 }
 
@@ -463,6 +537,34 @@ mod tests {
         ];
         for (pattern, path, excluded) in table {
             check(pattern, path, excluded);
+        }
+    }
+
+    #[test]
+    fn backslashes_are_regular_expression_escapes_as_in_moby() {
+        check("file\\d.txt", "file1.txt", true);
+        check("file\\d.txt", "filed.txt", false);
+        check("a\\wc", "a_c", true);
+        check("a\\wc", "a-c", false);
+        check("a\\Wc", "a-c", true);
+        check("a\\sb", "a b", true);
+        check("\\bfoo", "foo", true);
+        check("x\\x41", "xA", true);
+        check("x\\101", "xA", true);
+        check("x\\.y", "x.y", true);
+        check("x\\.y", "xzy", false);
+        check("a\\pLc", "abc", true);
+        check("a\\pLc", "a1c", false);
+        for (pattern, names) in [
+            ("dir\\keep.txt", "`\\k`"),
+            ("a\\8", "`\\8`"),
+            ("a\\1", "`\\1`"),
+            ("a\\Qb", "`\\Q`"),
+            ("a\\xg", "`\\x`"),
+        ] {
+            let err = Matcher::new([pattern]).unwrap_err().to_string();
+            assert!(err.contains(names), "{pattern}: {err}");
+            assert!(err.contains("syntax error in pattern"), "{pattern}: {err}");
         }
     }
 

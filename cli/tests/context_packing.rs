@@ -294,3 +294,52 @@ async fn dropping_the_stream_stops_the_packing_thread() {
     let err = chunks.finish().await.unwrap_err();
     assert!(matches!(err, ContextError::Aborted(_)), "{err}");
 }
+
+#[test]
+fn names_that_are_not_utf8_are_kept_byte_for_byte_and_fifos_are_sent() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt as _;
+
+    let dir = tree(&[("Dockerfile", "FROM scratch\n")]);
+    // Two Latin-1 names that a lossy conversion would both turn into `caf\u{FFFD}`.
+    for (name, body) in [
+        (&b"caf\xe9"[..], "latin-1 e"),
+        (&b"caf\xe8"[..], "latin-1 e grave"),
+    ] {
+        std::fs::write(dir.path().join(OsStr::from_bytes(name)), body).unwrap();
+    }
+    let long: Vec<u8> = [&b"d\xff"[..], &[b'x'; 120]].concat();
+    std::fs::write(dir.path().join(OsStr::from_bytes(&long)), "long").unwrap();
+    let fifo = dir.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    let bytes = pack(dir.path(), &["Dockerfile"]);
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let mut seen: Vec<(Vec<u8>, tar::EntryType, String)> = Vec::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path_bytes().into_owned();
+        let kind = e.header().entry_type();
+        let mut body = String::new();
+        e.read_to_string(&mut body).unwrap();
+        seen.push((name, kind, body));
+    }
+    let find = |n: &[u8]| {
+        seen.iter()
+            .find(|(name, ..)| name == n)
+            .unwrap_or_else(|| panic!("{} missing from {seen:?}", String::from_utf8_lossy(n)))
+    };
+    assert_eq!(find(b"caf\xe9").2, "latin-1 e");
+    assert_eq!(find(b"caf\xe8").2, "latin-1 e grave");
+    assert_eq!(
+        find(&long).2,
+        "long",
+        "a long name goes through a GNU long-name entry"
+    );
+    assert_eq!(find(b"pipe").1, tar::EntryType::Fifo);
+    assert_eq!(seen.len(), 5, "{seen:?}");
+}
