@@ -65,6 +65,8 @@ pub struct Api {
     /// this coordinator restarts, reconnecting included.
     distrusted: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
     limits: std::sync::Arc<crate::limits::Limits>,
+    /// Wrong tokens per source address, to slow guessing.
+    throttle: std::sync::Arc<std::sync::Mutex<crate::throttle::Throttle>>,
 }
 
 impl Api {
@@ -81,6 +83,7 @@ impl Api {
             workers,
             distrusted: Default::default(),
             limits: std::sync::Arc::new(limits),
+            throttle: Default::default(),
         }
     }
 
@@ -93,17 +96,58 @@ impl Api {
         distrusted.get(name).cloned()
     }
 
-    /// The caller of a request, from its bearer token.
-    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    /// The caller of a request, from its bearer token. A wrong token is logged by the first 12
+    /// hex digits of its SHA-256 (never the token) and its source, and the refusal carries how
+    /// long to wait before answering (see [`crate::throttle`]); pass it to [`Api::admitted`].
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, (Status, std::time::Duration)> {
+        let now = std::time::Duration::ZERO;
         let header = match request.metadata().get("authorization") {
             Some(v) => Some(v.to_str().map_err(|_| {
-                Status::unauthenticated("the authorization header is not valid text")
+                (
+                    Status::unauthenticated("the authorization header is not valid text"),
+                    now,
+                )
             })?),
             None => None,
         };
-        self.access
-            .authenticate(header)
-            .map_err(|e| Status::unauthenticated(e.to_string()))
+        let source = request.remote_addr().map(|a| a.ip());
+        let mut throttle = self.throttle.lock().expect("throttle lock poisoned");
+        match self.access.authenticate(header) {
+            Ok(caller) => {
+                if let Some(source) = source {
+                    throttle.succeeded(source);
+                }
+                Ok(caller)
+            }
+            Err(e) => {
+                let status = Status::unauthenticated(e.to_string());
+                let Some(source) = source.filter(|_| e == crate::access::AccessError::Unknown)
+                else {
+                    return Err((status, now));
+                };
+                let (failures, delay) = throttle.failed(source, std::time::Instant::now());
+                let token_sha256 = header
+                    .and_then(|h| h.split_once(' '))
+                    .map(|(_, t)| crate::access::token_digest(t.trim())[..12].to_owned())
+                    .unwrap_or_default();
+                tracing::warn!(%source, %token_sha256, failures, delay_ms = delay.as_millis() as u64, "refused a wrong token");
+                Err((status, delay))
+            }
+        }
+    }
+
+    /// The outcome of [`Api::caller`], once any delay for a wrong token has passed.
+    async fn admitted(
+        &self,
+        identified: Result<Caller, (Status, std::time::Duration)>,
+    ) -> Result<Caller, Status> {
+        match identified {
+            Ok(caller) => Ok(caller),
+            Err((status, delay)) => {
+                tokio::time::sleep(delay).await;
+                Err(status)
+            }
+        }
     }
 
     /// The build `id`, if `caller` may see it.
@@ -489,7 +533,7 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::SubmitBuildRequest>,
     ) -> Result<Response<v1::SubmitBuildResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.admitted(self.caller(&request)).await?;
         let req = request_from_wire(request.into_inner());
         self.limits
             .check_request(&req)
@@ -516,7 +560,7 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::WatchBuildRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.admitted(self.caller(&request)).await?;
         let id = parse_build_id(&request.get_ref().build_id)?;
         let farm = self.farm()?;
         // Fail fast on an unknown or hidden build, before the stream starts.
@@ -555,7 +599,7 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::GetBuildRequest>,
     ) -> Result<Response<v1::Build>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.admitted(self.caller(&request)).await?;
         let id = parse_build_id(&request.get_ref().build_id)?;
         let b = self.visible_build(&self.farm()?, id, &caller)?;
         Ok(Response::new(build_to_wire(&b)))
@@ -565,7 +609,7 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::ListBuildsRequest>,
     ) -> Result<Response<v1::ListBuildsResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.admitted(self.caller(&request)).await?;
         let limit = match request.get_ref().limit {
             0 => 100,
             n => (n as usize).min(MAX_LIST_BUILDS),
@@ -595,7 +639,7 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::CancelBuildRequest>,
     ) -> Result<Response<v1::CancelBuildResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.admitted(self.caller(&request)).await?;
         let id = parse_build_id(&request.get_ref().build_id)?;
         let farm = self.farm()?;
         self.visible_build(&farm, id, &caller)?;
@@ -609,7 +653,7 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::BuildLogsRequest>,
     ) -> Result<Response<v1::BuildLogsResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.admitted(self.caller(&request)).await?;
         let request = request.into_inner();
         let id = parse_build_id(&request.build_id)?;
         let only = request
@@ -642,7 +686,7 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::ListTeamsRequest>,
     ) -> Result<Response<v1::ListTeamsResponse>, Status> {
-        self.caller(&request)?;
+        self.admitted(self.caller(&request)).await?;
         let usage = self.farm()?.teams();
         let running: u32 = usage.iter().map(|u| u.running).sum();
         let active_weight: u32 = usage
@@ -677,7 +721,7 @@ impl builds_server::Builds for Api {
         &self,
         request: Request<v1::QueueRequest>,
     ) -> Result<Response<v1::QueueResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.admitted(self.caller(&request)).await?;
         let now = std::time::Instant::now();
         let jobs = self
             .farm()?
@@ -720,7 +764,7 @@ impl contexts_server::Contexts for Api {
         &self,
         request: Request<v1::HasContextRequest>,
     ) -> Result<Response<v1::HasContextResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.admitted(self.caller(&request)).await?;
         // Another team's context answers exactly like one nobody uploaded.
         let present = self
             .farm()?
@@ -735,7 +779,7 @@ impl contexts_server::Contexts for Api {
         &self,
         request: Request<Streaming<v1::UploadContextChunk>>,
     ) -> Result<Response<v1::UploadContextResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.admitted(self.caller(&request)).await?;
         let mut stream = request.into_inner();
         let first = stream.message().await?.ok_or_else(|| {
             Status::invalid_argument("empty context upload: send at least one chunk")
@@ -1007,7 +1051,7 @@ impl workers_server::Workers for Api {
         &self,
         request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        self.caller(&request)?;
+        self.admitted(self.caller(&request)).await?;
         let workers = self
             .farm()?
             .workers()
@@ -1021,7 +1065,7 @@ impl workers_server::Workers for Api {
         &self,
         request: Request<v1::DrainWorkerRequest>,
     ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.admitted(self.caller(&request)).await?;
         let name = request.into_inner().name;
         if name.trim().is_empty() {
             return Err(Status::invalid_argument(

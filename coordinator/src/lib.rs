@@ -12,6 +12,7 @@
 //! - [`contexts`]: build contexts on disk, content-addressed, held per team;
 //! - [`verify`]: what a worker says it pushed, checked in the registry before the farm believes it;
 //! - [`access`]: bearer tokens, teams, who may see what;
+//! - [`throttle`]: wrong tokens slowed per source address;
 //! - [`limits`]: the bounds on every request and upload, and quoting callers' values in errors;
 //! - [`pki`]: the development CA and the worker identity in client certificates;
 //! - [`api`]: the gRPC services, the only place wire types appear;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod pki;
 pub mod scheduler;
 pub mod store;
+pub mod throttle;
 pub mod verify;
 
 pub use config::{Config, FileConfig, StoreConfig, TlsConfig, Transport};

@@ -497,3 +497,57 @@ async fn a_rogue_workers_wrong_platform_image_fails_its_attempt_and_never_reache
     assert!(line.contains("failed verification"), "{}", show(&out));
     Ok(())
 }
+
+#[tokio::test]
+async fn wrong_tokens_are_logged_by_their_hash_prefix_and_slowed_per_source() -> anyhow::Result<()>
+{
+    let t = teams().await?;
+    let farm = TestFarm::builder().secured(&t.config, &[]).start().await?;
+    let list = |token: String| {
+        let farm = &farm;
+        async move {
+            let mut c = farm.builds().await.expect("channel");
+            let started = std::time::Instant::now();
+            let r = c
+                .list(with_token(&token, v1::ListBuildsRequest { limit: 1 }))
+                .await;
+            (r.map(|_| ()), started.elapsed())
+        }
+    };
+    let mut took = Vec::new();
+    for i in 0..6 {
+        let (r, elapsed) = list(format!("mft_guess-{i}-{}", uuid::Uuid::new_v4())).await;
+        let status = r.expect_err("a wrong token");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        took.push(elapsed);
+    }
+    // The 4th, 5th and 6th wrong tokens in a row wait 250 ms, 500 ms and 1 s.
+    assert!(took[3] >= Duration::from_millis(250), "{took:?}");
+    assert!(took[4] >= Duration::from_millis(500), "{took:?}");
+    assert!(took[5] >= Duration::from_millis(1000), "{took:?}");
+    // A valid token still works from the same source.
+    let (r, _) = list(t.alice.clone()).await;
+    r.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+
+    let wrong = "mft_a-token-that-must-never-be-logged";
+    let (r, _) = list(wrong.into()).await;
+    assert!(r.is_err());
+    let prefix = &hex::encode(sha2::Sha256::digest(wrong.as_bytes()))[..12];
+    let log = wait_until(
+        Duration::from_secs(10),
+        "the refusal to be logged",
+        || async {
+            let log = farm.coordinator_log();
+            // Field names may be set off by colour codes: look for the value.
+            log.contains(prefix).then_some(log)
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}:\n{}", farm.coordinator_log()))?;
+    assert!(
+        log.contains("refused a wrong token") && log.contains("127.0.0.1"),
+        "{log}"
+    );
+    assert!(!log.contains(wrong), "the token itself is never logged");
+    Ok(())
+}
