@@ -309,8 +309,22 @@ impl Api {
 
 // ----- conversions --------------------------------------------------------------------------------
 
-fn request_from_wire(r: v1::SubmitBuildRequest) -> BuildRequest {
-    BuildRequest {
+fn request_from_wire(r: v1::SubmitBuildRequest) -> Result<BuildRequest, Status> {
+    use manifold_proto::build_flags;
+    let flags = r
+        .flags
+        .as_ref()
+        .map(build_flags::from_wire)
+        .transpose()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .unwrap_or_default();
+    build_flags::check_secrets(&r.secrets).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let secrets = r
+        .secrets
+        .into_iter()
+        .map(|s| (s.id, manifold_proto::SecretValue(s.value)))
+        .collect();
+    Ok(BuildRequest {
         image: r.image,
         platforms: r
             .platforms
@@ -333,7 +347,9 @@ fn request_from_wire(r: v1::SubmitBuildRequest) -> BuildRequest {
         timeout_seconds: r.timeout_seconds,
         arch_tag_template: r.arch_tag_template,
         priority: r.priority,
-    }
+        flags,
+        secrets,
+    })
 }
 
 fn request_to_wire(r: &BuildRequest, spec: &build::BuildSpec) -> v1::SubmitBuildRequest {
@@ -350,6 +366,9 @@ fn request_to_wire(r: &BuildRequest, spec: &build::BuildSpec) -> v1::SubmitBuild
         timeout_seconds: r.timeout_seconds,
         arch_tag_template: r.arch_tag_template.clone(),
         priority: r.priority,
+        // Secrets are never returned; the flags as the build keeps them.
+        flags: Some(manifold_proto::build_flags::to_wire(&spec.flags)),
+        secrets: Vec::new(),
     }
 }
 
@@ -457,6 +476,12 @@ fn job_spec_to_wire(j: JobSpec) -> v1::AssignJob {
         labels: j.labels.into_iter().collect(),
         repository: j.repository,
         insecure_registry: j.insecure_registry,
+        flags: Some(manifold_proto::build_flags::to_wire(&j.flags)),
+        secrets: j
+            .secrets
+            .into_iter()
+            .map(|(id, value)| v1::Secret { id, value: value.0 })
+            .collect(),
     }
 }
 
@@ -534,7 +559,7 @@ impl builds_server::Builds for Api {
         request: Request<v1::SubmitBuildRequest>,
     ) -> Result<Response<v1::SubmitBuildResponse>, Status> {
         let caller = self.admitted(self.caller(&request)).await?;
-        let req = request_from_wire(request.into_inner());
+        let req = request_from_wire(request.into_inner())?;
         self.limits
             .check_request(&req)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;

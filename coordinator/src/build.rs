@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use manifold_proto::{BuildId, JobId, Platform};
+use manifold_proto::{BuildFlags, BuildId, JobId, Platform, Secrets};
 use oci_client::Reference;
 
 use crate::contexts::{self, ContextStore};
@@ -34,6 +34,9 @@ pub struct BuildSpec {
     /// `--tag-template` for the per-arch tags; `None` is the default `{tag}-{arch}`.
     #[serde(default)]
     pub arch_tag_template: Option<String>,
+    /// `--no-cache`, `--pull`, caches, network... and the ids (never the values) of the secrets.
+    #[serde(default)]
+    pub flags: BuildFlags,
 }
 
 /// How long a build may take, queueing included, when the request does not say (1 hour).
@@ -69,6 +72,13 @@ pub struct BuildRequest {
     /// Order among the submitting team's queued jobs: higher first (default 0).
     #[serde(default)]
     pub priority: i32,
+    /// The buildx flags, already checked at the API edge.
+    #[serde(default)]
+    pub flags: BuildFlags,
+    /// `--secret` values. Never serialised: the farm takes them out of the request at submit and
+    /// holds them in memory only.
+    #[serde(skip)]
+    pub secrets: Secrets,
 }
 
 /// Why a request was refused; each message names the bad value and the fix.
@@ -246,6 +256,10 @@ impl BuildSpec {
             target: Some(req.target).filter(|t| !t.is_empty()),
             labels: req.labels,
             arch_tags: req.arch_tags,
+            flags: BuildFlags {
+                secret_ids: req.secrets.keys().cloned().collect(),
+                ..req.flags
+            },
         })
     }
 

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use manifold_proto::{BuildId, JobId, Platform};
+use manifold_proto::{BuildFlags, BuildId, JobId, Platform, Secrets};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -132,6 +132,10 @@ pub struct JobSpec {
     pub repository: String,
     /// Plain HTTP to that registry.
     pub insecure_registry: bool,
+    /// The build's buildx flags.
+    pub flags: BuildFlags,
+    /// The build's secrets (from memory; empty after a restart lost them).
+    pub secrets: Secrets,
 }
 
 /// A worker's hello, as the farm sees it.
@@ -289,6 +293,8 @@ struct State {
     job_build: HashMap<JobId, BuildId>,
     scheduler: Scheduler,
     workers: BTreeMap<String, WorkerConn>,
+    /// `--secret` values of live builds, in memory only; dropped once no job needs them.
+    secrets: HashMap<BuildId, Secrets>,
     /// Jobs of workers that went away: the attempt, and the deadline for the worker's return.
     orphans: HashMap<JobId, (u32, Instant)>,
     /// Timers of the attempts out on workers (assigned or running).
@@ -451,6 +457,22 @@ impl Farm {
         for build in to_publish {
             farm.spawn_publish(&mut st, build.id, build);
         }
+        // Secrets were held in memory by the coordinator before this one: a build that still
+        // has a job to start cannot get them back.
+        let lost: Vec<(BuildId, Vec<String>)> = st
+            .builds
+            .values()
+            .filter(|e| !e.build.state.is_final() && !e.build.spec.flags.secret_ids.is_empty())
+            .filter(|e| e.build.jobs.iter().any(|j| j.state == JobState::Queued))
+            .map(|e| (e.build.id, e.build.spec.flags.secret_ids.clone()))
+            .collect();
+        for (id, ids) in lost {
+            let error = format!(
+                "the coordinator restarted before every platform started, and the build's secrets ({}) are kept in memory only: submit the build again",
+                ids.join(", ")
+            );
+            farm.end_build(&mut st, id, BuildState::Failed, Some(error), None);
+        }
         if restored > 0 {
             tracing::info!(builds = restored, "state restored");
         }
@@ -511,7 +533,13 @@ impl Farm {
     }
 
     /// Validates and queues a build of the caller's team; returns its id once the build is durable.
-    pub async fn submit(&self, request: BuildRequest, by: &Caller) -> Result<BuildId, FarmError> {
+    pub async fn submit(
+        &self,
+        mut request: BuildRequest,
+        by: &Caller,
+    ) -> Result<BuildId, FarmError> {
+        // Secrets live in memory only, never in the build record.
+        let secrets = std::mem::take(&mut request.secrets);
         let contexts = self.inner.contexts.clone();
         // A new leader may hold the context only in the registry replica.
         if let Ok(false) = contexts.has(&request.context_digest)
@@ -566,6 +594,9 @@ impl Farm {
                 },
             );
             st.order.push(id);
+            if !secrets.is_empty() {
+                st.secrets.insert(id, secrets);
+            }
             for j in &jobs {
                 st.job_build.insert(j.id, id);
                 let meta = job_meta(&st.builds[&id].build, &j.platform, &st.warm);
@@ -1440,6 +1471,7 @@ impl Farm {
         failed: Option<(JobId, Platform)>,
     ) {
         let mut to_cancel = Vec::new();
+        st.secrets.remove(&build_id);
         {
             let entry = st.builds.get_mut(&build_id).expect("build exists");
             if entry.build.state.is_final() {
@@ -1556,6 +1588,8 @@ impl Farm {
                 labels: spec.labels.clone(),
                 repository: spec.repository(),
                 insecure_registry: insecure,
+                flags: spec.flags.clone(),
+                secrets: st.secrets.get(&build_id).cloned().unwrap_or_default(),
             };
             let ev = EventKind::JobState {
                 platform: j.platform.clone(),
@@ -1589,6 +1623,8 @@ impl Farm {
         let farm = self.clone();
         let stop = self.inner.term.child_token();
         st.publishing.insert(build_id, stop.clone());
+        // Every job is built: no worker needs the secrets any more.
+        st.secrets.remove(&build_id);
         let span = tracing::info_span!("publish", build = %build_id);
         self.inner.tasks.spawn(tracing::Instrument::instrument(
             async move {

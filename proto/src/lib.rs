@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`v1`]: the generated protobuf messages, clients and servers (from `proto/manifold/v1/manifold.proto`);
+//! - [`build_flags`]: [`BuildFlags`], the buildx flags a build carries (`--no-cache`, caches, network...);
 //! - [`platform`]: [`Platform`], parsing and normalising what users type (`x86_64`, `arm64/v8`, `armhf` ...);
 //! - [`ids`]: the newtype ids of builds and jobs;
 //! - [`discovery`]: finding the leading coordinator among several addresses.
@@ -9,10 +10,12 @@
 //! Generated types never travel past a crate's API module: each crate converts them into its own
 //! domain types at the edge.
 
+pub mod build_flags;
 pub mod discovery;
 pub mod ids;
 pub mod platform;
 
+pub use build_flags::{BuildFlags, CacheSpec, SecretValue, Secrets};
 pub use ids::{BuildId, JobId};
 pub use platform::{Platform, PlatformError, PlatformSpec};
 

@@ -289,6 +289,7 @@ impl Shared {
                 return Ok(DaemonInfo {
                     platform: config.platform.clone().expect("checked"),
                     docker_version: String::new(),
+                    image_store: crate::docker::ImageStore::Graphdriver,
                 });
             }
             Ok(Err(e)) => e.to_string(),
@@ -962,6 +963,18 @@ pub fn job_spec(assign: &v1::AssignJob) -> Result<JobSpec, String> {
         labels: assign.labels.clone().into_iter().collect(),
         repository: assign.repository.clone(),
         insecure_registry: assign.insecure_registry,
+        flags: assign
+            .flags
+            .as_ref()
+            .map(manifold_proto::build_flags::from_wire)
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default(),
+        secrets: assign
+            .secrets
+            .iter()
+            .map(|s| (s.id.clone(), manifold_proto::SecretValue(s.value.clone())))
+            .collect(),
     })
 }
 
@@ -1014,6 +1027,7 @@ mod tests {
             labels: Default::default(),
             repository: "127.0.0.1:5000/team/app".into(),
             insecure_registry: true,
+            ..Default::default()
         }
     }
 

@@ -1,25 +1,17 @@
-//! The Docker daemon a worker drives, through bollard: what it builds (platform, version), BuildKit
-//! builds with their progress, inspection of what was built, `docker save` export, and untagging.
+//! The Docker daemon a worker drives, through bollard's Engine API: what it builds (platform,
+//! version, image store), inspection of what was built, `docker save` export, and untagging.
+//! Builds themselves go through the daemon's BuildKit ([`crate::buildkit`]).
 //!
 //! Architecture invariant: builds always go through BuildKit. The classic builder ignores the
 //! requested platform for local base images and breaks multi-stage builds for an emulated platform.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::BuildInfoAux;
-use bollard::query_parameters::{
-    BuildImageOptionsBuilder, BuilderVersion, RemoveImageOptionsBuilder,
-};
+use bollard::query_parameters::RemoveImageOptionsBuilder;
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, TryStreamExt};
 use manifold_proto::Platform;
-use tokio_util::sync::CancellationToken;
-
-use crate::job::LogSink;
-use crate::progress::ProgressPrinter;
 
 /// How long bollard waits for the daemon to start answering one request (not for a whole build).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
@@ -36,8 +28,46 @@ pub struct DockerEngine {
 pub struct DaemonInfo {
     /// The platform it builds natively (`OSType`/`Architecture` of `docker info`, normalised).
     pub platform: Platform,
-    /// The daemon's version, e.g. `20.10.24+dfsg1`.
+    /// The daemon's version, e.g. `26.1.5+dfsg1`.
     pub docker_version: String,
+    /// Where it keeps images, which decides how a built image reaches the registry.
+    pub image_store: ImageStore,
+}
+
+/// A daemon's image store (`docker info`: `DriverStatus` `driver-type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageStore {
+    /// The containerd image store (Docker Desktop's default, Docker Engine 29's): compressed layers
+    /// are kept, and BuildKit's image exporter can push by digest.
+    Containerd,
+    /// A graphdriver (overlay2...): images are exported with `docker save` and pushed by the worker.
+    Graphdriver,
+}
+
+impl ImageStore {
+    /// Reads the store from `docker info`'s `DriverStatus` pairs.
+    pub fn from_driver_status(status: &[Vec<String>]) -> Self {
+        let containerd = status.iter().any(|pair| {
+            pair.first().map(String::as_str) == Some("driver-type")
+                && pair
+                    .get(1)
+                    .is_some_and(|v| v.starts_with("io.containerd.snapshotter"))
+        });
+        if containerd {
+            Self::Containerd
+        } else {
+            Self::Graphdriver
+        }
+    }
+}
+
+impl std::fmt::Display for ImageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ImageStore::Containerd => "containerd image store",
+            ImageStore::Graphdriver => "graphdriver image store",
+        })
+    }
 }
 
 /// A failure to talk to the daemon: the daemon is down, unreachable or refused a request.
@@ -76,50 +106,6 @@ impl DockerError {
             }
         )
     }
-}
-
-/// Why a build did not produce an image.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The build itself failed (a RUN step exited non-zero, a bad Dockerfile...): deterministic.
-    #[error("build failed{}: {message}", step.as_ref().map(|s| format!(" at step `{s}`")).unwrap_or_default())]
-    Failed {
-        /// The failing step's name, when BuildKit said which one.
-        step: Option<String>,
-        /// The error, as BuildKit or the daemon put it.
-        message: String,
-    },
-    /// The daemon could not be reached or broke off: not the build's fault.
-    #[error(transparent)]
-    Daemon(#[from] DockerError),
-    /// The build context file could not be read.
-    #[error("cannot read the build context {path}: {source}")]
-    Context {
-        /// The context tar.
-        path: std::path::PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// The build was cancelled before it ended.
-    #[error("build cancelled")]
-    Cancelled,
-}
-
-/// What to build; the context is a tar file given separately.
-#[derive(Clone, Debug)]
-pub struct BuildRequest<'a> {
-    /// The platform passed to BuildKit.
-    pub platform: &'a Platform,
-    /// Path of the Dockerfile inside the context.
-    pub dockerfile: &'a str,
-    /// `--build-arg` values.
-    pub build_args: &'a BTreeMap<String, String>,
-    /// Multi-stage target; `None` builds the last stage.
-    pub target: Option<&'a str>,
-    /// Labels set on the image.
-    pub labels: &'a BTreeMap<String, String>,
-    /// The daemon-local tag the result gets.
-    pub tag: &'a str,
 }
 
 /// The image a build left in the daemon.
@@ -212,110 +198,8 @@ impl DockerEngine {
         Ok(DaemonInfo {
             platform,
             docker_version: info.server_version.unwrap_or_default(),
+            image_store: ImageStore::from_driver_status(&info.driver_status.unwrap_or_default()),
         })
-    }
-
-    /// Builds `context` (a tar file, streamed from disk) with BuildKit, sending progress lines to
-    /// `logs`. Stops, dropping the request, when `cancel` fires.
-    pub async fn build(
-        &self,
-        request: &BuildRequest<'_>,
-        context: &Path,
-        logs: &LogSink,
-        cancel: &CancellationToken,
-    ) -> Result<(), BuildError> {
-        let file = tokio::fs::File::open(context)
-            .await
-            .map_err(|source| BuildError::Context {
-                path: context.to_owned(),
-                source,
-            })?;
-        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::with_capacity(
-            file,
-            256 * 1024,
-        ));
-        let session = uuid::Uuid::new_v4().to_string();
-        let buildargs: HashMap<&str, &str> = request
-            .build_args
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let labels: HashMap<&str, &str> = request
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let mut options = BuildImageOptionsBuilder::new()
-            .dockerfile(request.dockerfile)
-            .t(request.tag)
-            .platform(&request.platform.to_string())
-            .buildargs(&buildargs)
-            .labels(&labels)
-            .rm(true)
-            .forcerm(true)
-            .version(BuilderVersion::BuilderBuildKit)
-            .session(&session);
-        if let Some(target) = request.target {
-            options = options.target(target);
-        }
-        let mut stream = self.docker.build_image(options.build(), None, Some(body));
-        let mut printer = ProgressPrinter::new();
-        let result = loop {
-            let item = tokio::select! {
-                () = cancel.cancelled() => break Err(BuildError::Cancelled),
-                item = stream.next() => item,
-            };
-            match item {
-                None => break Ok(()),
-                Some(Ok(info)) => {
-                    match &info.aux {
-                        Some(BuildInfoAux::BuildKit(status)) => {
-                            printer.feed(status).into_iter().for_each(|l| logs.line(l));
-                        }
-                        Some(BuildInfoAux::Default(id)) => {
-                            tracing::debug!(image = ?id.id, "build produced an image");
-                        }
-                        None => {}
-                    }
-                    if let Some(text) = &info.stream {
-                        text.lines()
-                            .filter(|l| !l.trim().is_empty())
-                            .for_each(|l| logs.line(l.to_owned()));
-                    }
-                }
-                Some(Err(bollard::errors::Error::DockerStreamError { error })) => {
-                    let step = printer.first_error().map(|e| e.step.clone());
-                    break Err(BuildError::Failed {
-                        step,
-                        message: error,
-                    });
-                }
-                Some(Err(source)) => {
-                    let error = DockerError {
-                        host: self.host.clone(),
-                        action: "build".into(),
-                        source,
-                    };
-                    break Err(if error.is_client_error() {
-                        BuildError::Failed {
-                            step: None,
-                            message: error.to_string(),
-                        }
-                    } else {
-                        BuildError::Daemon(error)
-                    });
-                }
-            }
-        };
-        printer.finish().into_iter().for_each(|l| logs.line(l));
-        // A stream that ended without an error but after a step failed still failed.
-        match (result, printer.first_error()) {
-            (Ok(()), Some(step)) => Err(BuildError::Failed {
-                step: Some(step.step.clone()),
-                message: step.error.clone(),
-            }),
-            (result, _) => result,
-        }
     }
 
     /// The id and platform fields of a local image.
@@ -384,4 +268,39 @@ pub enum DescribeError {
         /// Why the reported platform was refused.
         source: manifold_proto::PlatformError,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(pairs: &[(&str, &str)]) -> Vec<Vec<String>> {
+        pairs
+            .iter()
+            .map(|(k, v)| vec![(*k).to_owned(), (*v).to_owned()])
+            .collect()
+    }
+
+    #[test]
+    fn the_image_store_comes_from_the_driver_type() {
+        // As Docker 26 reports them, with and without `"containerd-snapshotter": true`.
+        assert_eq!(
+            ImageStore::from_driver_status(&status(&[(
+                "driver-type",
+                "io.containerd.snapshotter.v1"
+            )])),
+            ImageStore::Containerd
+        );
+        assert_eq!(
+            ImageStore::from_driver_status(&status(&[
+                ("Backing Filesystem", "extfs"),
+                ("Supports d_type", "true"),
+                ("Using metacopy", "false"),
+                ("Native Overlay Diff", "true"),
+                ("userxattr", "false"),
+            ])),
+            ImageStore::Graphdriver
+        );
+        assert_eq!(ImageStore::from_driver_status(&[]), ImageStore::Graphdriver);
+    }
 }

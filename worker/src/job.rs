@@ -1,5 +1,10 @@
-//! One job, end to end, once its build context is on disk: build with BuildKit under a daemon-local
-//! tag, check that the image is of the job's platform, push it by digest, remove the local tag.
+//! One job, end to end, once its build context is on disk: build with BuildKit through a session,
+//! get the image into the job's repository by digest, and check it is of the job's platform.
+//!
+//! How the image reaches the registry depends on the daemon's image store: with the containerd
+//! store BuildKit pushes it by digest itself, and the worker reads the pushed config back; with a
+//! graphdriver the image goes into the daemon under a local tag, is checked, exported and pushed
+//! by [`crate::push`], and the tag is removed.
 //!
 //! [`execute`] needs no coordinator: it takes a context tar, a [`JobSpec`] and a [`LogSink`], which
 //! is how the crate tests drive real builds.
@@ -7,12 +12,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use manifold_proto::{BuildId, JobId, Platform};
+use manifold_proto::{BuildFlags, BuildId, JobId, Platform, Secrets};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::buildkit::{self, BuildError, Endpoint, Output, SessionContent, Solve};
 use crate::context_cache::ContextDigest;
-use crate::docker::{BuildError, BuildRequest, BuiltImage, DockerEngine};
+use crate::docker::{BuiltImage, DockerEngine, ImageStore};
 use crate::push::{self, PushError, PushTarget, PushedImage};
 
 /// Where a job's human-readable output lines go (the connection batches them into `JobLog`s).
@@ -64,6 +70,10 @@ pub struct JobSpec {
     pub repository: String,
     /// Talk plain HTTP to the registry.
     pub insecure_registry: bool,
+    /// `--no-cache`, `--pull`, caches, network and the other buildx flags.
+    pub flags: BuildFlags,
+    /// `--secret` values by id: in memory only, offered to BuildKit through the session.
+    pub secrets: Secrets,
 }
 
 impl JobSpec {
@@ -142,8 +152,9 @@ pub struct ExecuteOptions {
     pub build_platform_override: Option<Platform>,
 }
 
-/// Builds `job` from the context tar at `context` on `engine`, checks the result's platform and
-/// pushes it by digest. The daemon-local tag is removed afterwards, whatever happened.
+/// Builds `job` from the context tar at `context` on `engine` through its BuildKit, gets the
+/// image into the job's repository by digest and checks its platform. Nothing stays tagged in the
+/// daemon, whatever happened.
 pub async fn execute(
     engine: &DockerEngine,
     job: &JobSpec,
@@ -152,39 +163,127 @@ pub async fn execute(
     logs: &LogSink,
     cancel: &CancellationToken,
 ) -> Result<PushedImage, JobFailure> {
-    let tag = job.local_tag();
+    let store = engine
+        .describe()
+        .await
+        .map_err(|e| JobFailure::retryable(e.to_string()))?
+        .image_store;
+    let endpoint = Endpoint::moby(engine.host()).map_err(JobFailure::permanent)?;
     let build_platform = options
         .build_platform_override
         .as_ref()
         .unwrap_or(&job.platform);
     logs.line(format!(
-        "building {} for {build_platform} on {}",
+        "building {} for {build_platform} on {} ({store})",
         job.dockerfile,
         engine.host()
     ));
-    let request = BuildRequest {
+    let tag = job.local_tag();
+    let output = match store {
+        ImageStore::Containerd => Output::PushByDigest {
+            repository: job.repository.clone(),
+            insecure: job.insecure_registry,
+        },
+        ImageStore::Graphdriver => Output::DaemonTag { tag: tag.clone() },
+    };
+    let solve = Solve {
         platform: build_platform,
         dockerfile: &job.dockerfile,
         build_args: &job.build_args,
         target: job.target.as_deref(),
         labels: &job.labels,
-        tag: &tag,
+        flags: &job.flags,
+        output,
     };
-    let result = match engine.build(&request, context, logs, cancel).await {
-        Ok(()) => check_and_push(engine, job, &tag, options, logs, cancel).await,
-        Err(e) => Err(build_failure(e)),
+    let content = SessionContent {
+        context: context.to_owned(),
+        docker_config: options.docker_config.clone(),
+        secrets: job.secrets.clone(),
+        session_id: uuid::Uuid::new_v4().simple().to_string(),
     };
-    // The tag may exist even after a failure (e.g. the push failed); remove it in every case.
-    if let Err(e) = engine.untag(&tag).await {
-        tracing::warn!(%tag, error = %e, "cannot remove the daemon-local tag");
+    let target = PushTarget {
+        repository: job.repository.clone(),
+        insecure: job.insecure_registry,
+        docker_config: options.docker_config.clone(),
+    };
+    let built = buildkit::build(&endpoint, &solve, content, logs, cancel).await;
+    match store {
+        ImageStore::Containerd => {
+            let solved = built.map_err(build_failure)?;
+            let pushed =
+                pushed_by_buildkit(&solved.exporter_response).map_err(JobFailure::retryable)?;
+            let config = push::read_pushed(&target, &pushed, logs)
+                .await
+                .map_err(push_failure)?;
+            let image = BuiltImage {
+                id: config.digest,
+                os: config.os,
+                architecture: config.architecture,
+                variant: config.variant,
+            };
+            check_platform(&image, &job.platform, engine.host()).map_err(JobFailure::permanent)?;
+            logs.line(format!(
+                "pushed {}@{} ({} bytes, {}) for {}, by buildkit",
+                job.repository, pushed.digest, pushed.size, pushed.media_type, job.platform
+            ));
+            Ok(pushed)
+        }
+        ImageStore::Graphdriver => {
+            let result = match built {
+                Ok(_) => check_and_push(engine, job, &tag, &target, options, logs, cancel).await,
+                Err(e) => Err(build_failure(e)),
+            };
+            // The tag may exist even after a failure (e.g. the push failed); remove it in every case.
+            if let Err(e) = engine.untag(&tag).await {
+                tracing::warn!(%tag, error = %e, "cannot remove the daemon-local tag");
+            }
+            result
+        }
     }
-    result
+}
+
+/// The manifest BuildKit's image exporter pushed, from its response: `containerimage.digest` and
+/// the descriptor (base64 JSON) with its size and media type.
+pub fn pushed_by_buildkit(
+    response: &std::collections::HashMap<String, String>,
+) -> Result<PushedImage, String> {
+    use base64::Engine as _;
+    let digest = response
+        .get("containerimage.digest")
+        .ok_or("buildkit pushed the image but did not say its digest (no containerimage.digest)")?;
+    let descriptor = response
+        .get("containerimage.descriptor")
+        .ok_or("buildkit did not return the pushed descriptor (no containerimage.descriptor)")?;
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(descriptor)
+        .map_err(|e| format!("buildkit's containerimage.descriptor is not base64: {e}"))?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Descriptor {
+        media_type: String,
+        digest: String,
+        size: u64,
+    }
+    let d: Descriptor = serde_json::from_slice(&json)
+        .map_err(|e| format!("buildkit's containerimage.descriptor is not understood: {e}"))?;
+    if &d.digest != digest {
+        return Err(format!(
+            "buildkit reported digest {digest} but a descriptor of {}",
+            d.digest
+        ));
+    }
+    Ok(PushedImage {
+        digest: d.digest,
+        size: d.size,
+        media_type: d.media_type,
+    })
 }
 
 async fn check_and_push(
     engine: &DockerEngine,
     job: &JobSpec,
     tag: &str,
+    target: &PushTarget,
     options: &ExecuteOptions,
     logs: &LogSink,
     cancel: &CancellationToken,
@@ -201,14 +300,9 @@ async fn check_and_push(
     })?;
     check_platform(&built, &job.platform, engine.host()).map_err(JobFailure::permanent)?;
     logs.line(format!("built image {} for {}", built.id, job.platform));
-    let target = PushTarget {
-        repository: job.repository.clone(),
-        insecure: job.insecure_registry,
-        docker_config: options.docker_config.clone(),
-    };
     let pushed = push::push_image(
         engine.export(&built.id),
-        &target,
+        target,
         &options.scratch_dir,
         logs,
         cancel,
@@ -245,9 +339,7 @@ fn build_failure(error: BuildError) -> JobFailure {
     match error {
         BuildError::Cancelled => JobFailure::cancelled(),
         e @ BuildError::Failed { .. } => JobFailure::permanent(e.to_string()),
-        e @ (BuildError::Daemon(_) | BuildError::Context { .. }) => {
-            JobFailure::retryable(e.to_string())
-        }
+        e @ BuildError::Engine { .. } => JobFailure::retryable(e.to_string()),
     }
 }
 

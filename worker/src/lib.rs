@@ -14,10 +14,13 @@
 //!   plaintext to loopback only;
 //! - [`job`]: one job end to end once its context is on disk ([`job::execute`]);
 //! - [`context_cache`]: build contexts on disk, verified by sha256 while downloading;
-//! - [`docker`]: the daemon through bollard (platform, BuildKit build, inspect, export, untag);
+//! - [`buildkit`]: builds through BuildKit's control API with a session (context upload, registry
+//!   credentials, secrets), pushing by digest where the engine can;
+//! - [`docker`]: the daemon through bollard (platform, image store, inspect, export, untag);
 //! - [`progress`]: BuildKit status messages turned into readable log lines;
 //! - [`push`]: the OCI push by digest with oci-client (gzip layers, OCI manifest, retries);
 
+pub mod buildkit;
 pub mod config;
 pub mod connection;
 pub mod context_cache;

@@ -208,6 +208,37 @@ pub async fn push_image(
     Ok(pushed)
 }
 
+/// The platform fields of an image config in a registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushedConfig {
+    /// Digest of the config blob (the image id).
+    pub digest: String,
+    /// `os` of the config.
+    pub os: String,
+    /// `architecture` of the config.
+    pub architecture: String,
+    /// `variant`, empty when absent.
+    pub variant: String,
+}
+
+/// Reads back the manifest `pushed` from `target` and its config: the manifest's bytes must hash
+/// to the reported digest and size, and the config's platform fields are returned for the
+/// platform check. This is how an image BuildKit pushed itself is checked.
+pub async fn read_pushed(
+    target: &PushTarget,
+    pushed: &PushedImage,
+    logs: &LogSink,
+) -> Result<PushedConfig, PushError> {
+    let reference = parse_repository(&target.repository)?;
+    let registry = reference.registry().to_owned();
+    let auth = match target.docker_config.as_deref() {
+        Some(path) => DockerConfig::load_from(path)?.credentials(&registry)?.auth,
+        None => RegistryAuth::Anonymous,
+    };
+    let client = Registry::new(reference, registry, auth, target.insecure, logs.clone());
+    client.read_config(pushed).await
+}
+
 /// A layer ready to upload.
 #[derive(Debug)]
 struct PreparedLayer {
@@ -651,6 +682,68 @@ impl Registry {
             digest,
             size: manifest.len() as u64,
             media_type: MANIFEST_MEDIA_TYPE.to_owned(),
+        })
+    }
+
+    async fn read_config(&self, pushed: &PushedImage) -> Result<PushedConfig, PushError> {
+        let by_digest = Reference::with_digest(
+            self.reference.registry().to_owned(),
+            self.reference.repository().to_owned(),
+            pushed.digest.clone(),
+        );
+        let accepted = [pushed.media_type.as_str(), MANIFEST_MEDIA_TYPE];
+        let (manifest, _) = self
+            .retry(&format!("read the manifest {by_digest}"), || {
+                self.client
+                    .pull_manifest_raw(&by_digest, &self.auth, &accepted)
+            })
+            .await?;
+        let actual = sha256_digest(&manifest);
+        if actual != pushed.digest || manifest.len() as u64 != pushed.size {
+            return Err(PushError::Archive(format!(
+                "the registry holds {} bytes with digest {actual} under {by_digest}, but {} bytes were reported",
+                manifest.len(),
+                pushed.size
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct Manifest {
+            config: Descriptor,
+        }
+        let parsed: Manifest = serde_json::from_slice(&manifest).map_err(|e| {
+            PushError::Archive(format!(
+                "the pushed manifest {by_digest} is no image manifest: {e}"
+            ))
+        })?;
+        let config_digest = parsed.config.digest().to_string();
+        let config = self
+            .retry(&format!("read the config {config_digest}"), || async {
+                let mut blob = Vec::new();
+                self.client
+                    .pull_blob(&by_digest, config_digest.as_str(), &mut blob)
+                    .await
+                    .map(|()| blob)
+            })
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct Config {
+            #[serde(default)]
+            os: String,
+            #[serde(default)]
+            architecture: String,
+            #[serde(default)]
+            variant: String,
+        }
+        let fields: Config = serde_json::from_slice(&config).map_err(|e| {
+            PushError::Archive(format!(
+                "the pushed config {config_digest} is not understood: {e}"
+            ))
+        })?;
+        Ok(PushedConfig {
+            digest: config_digest,
+            os: fields.os,
+            architecture: fields.architecture,
+            variant: fields.variant,
         })
     }
 

@@ -106,6 +106,14 @@ pub(crate) mod suite {
                 labels: Default::default(),
                 arch_tags: true,
                 arch_tag_template: Some("{tag}-{goarch}".into()),
+                flags: manifold_proto::BuildFlags {
+                    no_cache: true,
+                    cache_to: vec![
+                        manifold_proto::CacheSpec::parse("--cache-to", "127.0.0.1:5000/c").unwrap(),
+                    ],
+                    secret_ids: vec!["npm".into()],
+                    ..Default::default()
+                },
             },
             request: BuildRequest {
                 image: "127.0.0.1:5000/team/app:1.0".into(),

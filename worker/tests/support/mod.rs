@@ -48,6 +48,22 @@ pub fn arm64_docker() -> String {
     )
 }
 
+/// The native amd64 daemon with the containerd image store.
+pub fn cd_amd64_docker() -> String {
+    env_or(
+        "MANIFOLD_TEST_CD_AMD64_DOCKER",
+        "unix:///var/tmp/md3/docker.sock",
+    )
+}
+
+/// The daemon with the containerd image store that builds arm64 under QEMU.
+pub fn cd_arm64_docker() -> String {
+    env_or(
+        "MANIFOLD_TEST_CD_ARM64_DOCKER",
+        "unix:///var/tmp/md4/docker.sock",
+    )
+}
+
 /// A repository nobody else uses, e.g. `127.0.0.1:5000/test/worker-<uuid>`.
 pub fn unique_repository(what: &str) -> String {
     format!("{}/test/{what}-{}", registry(), uuid::Uuid::new_v4())
@@ -102,6 +118,8 @@ pub fn spec(platform: &str, repository: &str, context: &Context) -> JobSpec {
         labels: BTreeMap::new(),
         repository: repository.to_owned(),
         insecure_registry: true,
+        flags: Default::default(),
+        secrets: Default::default(),
     }
 }
 
