@@ -40,6 +40,10 @@ pub struct Env {
     pub amd64_docker: String,
     /// Docker daemon running arm64 under QEMU.
     pub arm64_docker: String,
+    /// Docker daemon building amd64 natively, with the containerd image store.
+    pub cd_amd64_docker: String,
+    /// Docker daemon running arm64 under QEMU, with the containerd image store.
+    pub cd_arm64_docker: String,
 }
 
 impl Env {
@@ -54,6 +58,22 @@ impl Env {
                 "MANIFOLD_TEST_ARM64_DOCKER",
                 "unix:///var/tmp/md2/docker.sock",
             ),
+            cd_amd64_docker: var(
+                "MANIFOLD_TEST_CD_AMD64_DOCKER",
+                "unix:///var/tmp/md3/docker.sock",
+            ),
+            cd_arm64_docker: var(
+                "MANIFOLD_TEST_CD_ARM64_DOCKER",
+                "unix:///var/tmp/md4/docker.sock",
+            ),
+        }
+    }
+
+    /// The (amd64, arm64) daemon pair of one image-store mode: `containerd` or `graphdriver`.
+    pub fn pair(&self, store: &str) -> (String, String) {
+        match store {
+            "containerd" => (self.cd_amd64_docker.clone(), self.cd_arm64_docker.clone()),
+            _ => (self.amd64_docker.clone(), self.arm64_docker.clone()),
         }
     }
 
@@ -355,6 +375,7 @@ impl TestFarm {
             args: Vec::new(),
             docker: None,
             without_certificate: false,
+            envs: Vec::new(),
         }
     }
 
@@ -481,9 +502,16 @@ pub struct WorkerBuilder<'a> {
     args: Vec<String>,
     docker: Option<String>,
     without_certificate: bool,
+    envs: Vec<(String, String)>,
 }
 
 impl<'a> WorkerBuilder<'a> {
+    /// An environment variable of the worker process, e.g. `DOCKER_CONFIG`.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// The Docker daemon it drives.
     pub fn docker(mut self, host: &str) -> Self {
         self.docker = Some(host.to_owned());
@@ -543,6 +571,7 @@ impl<'a> WorkerBuilder<'a> {
         if let Some(d) = &self.docker {
             cmd.arg("--docker-host").arg(d);
         }
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         if let Some(s) = &farm.secure {
             cmd.env("MANIFOLD_CA_CERT", s.ca());
             if !self.without_certificate {

@@ -1,16 +1,28 @@
 //! The product, end to end: `manifold build` of a multi-stage Dockerfile for linux/amd64 and
 //! linux/arm64 on two workers driving two real Docker daemons gives one tag that is a manifest list
-//! with exactly those two platforms, as independent clients (skopeo, the docker CLI) see it.
+//! with exactly those two platforms, as independent clients (skopeo, the docker CLI) see it. Once
+//! on daemons with the graphdriver image store, once with the containerd image store (Docker
+//! Desktop's default), where BuildKit pushes the images itself.
 
 use manifold_tests::{Env, TestFarm, context_dir, run, show, skopeo_raw, skopeo_tags};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_platforms_build_natively_and_merge_into_one_tag() -> anyhow::Result<()> {
+    two_platforms_in_one_tag("graphdriver").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_containerd_image_store_two_platforms_merge_into_one_tag() -> anyhow::Result<()> {
+    two_platforms_in_one_tag("containerd").await
+}
+
+async fn two_platforms_in_one_tag(store: &str) -> anyhow::Result<()> {
     let env = Env::from_env();
+    let (amd64, arm64) = env.pair(store);
     let mut farm = TestFarm::builder().start().await?;
-    farm.worker("x86").docker(&env.amd64_docker).spawn().await?;
+    farm.worker("x86").docker(&amd64).spawn().await?;
     farm.worker("arm")
-        .docker(&env.arm64_docker)
+        .docker(&arm64)
         .platform("linux/arm64")
         .spawn()
         .await?;

@@ -1,0 +1,309 @@
+//! buildx's flags through the farm, on real daemons with the containerd image store (Docker
+//! Desktop's default) and with a graphdriver: `--secret` (its hash is in the image, its bytes in
+//! no file of the coordinator's state, no log, no CLI output), `TARGETARCH`/`BUILDPLATFORM` as
+//! buildx sets them, `--no-cache`, and a `FROM` on a registry that needs a login, with the
+//! credentials in the worker's Docker config and with none (a clear error naming the registry and
+//! the config read).
+
+use std::path::Path;
+use std::time::Duration;
+
+use manifold_tests::{Env, TestFarm, context_dir, free_port, run, show, wait_until};
+use sha2::Digest as _;
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                found.push(p.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+async fn file_in_image(
+    docker: &str,
+    image: &str,
+    platform: &str,
+    path: &str,
+) -> anyhow::Result<String> {
+    run(
+        "docker",
+        &["-H", docker, "pull", "-q", "--platform", platform, image],
+    )
+    .await?;
+    let out = run(
+        "docker",
+        &[
+            "-H",
+            docker,
+            "run",
+            "--rm",
+            "--platform",
+            platform,
+            image,
+            "cat",
+            path,
+        ],
+    )
+    .await?;
+    Ok(out.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_reaches_the_run_step_and_nothing_else() -> anyhow::Result<()> {
+    let env = Env::from_env();
+    let (amd64, arm64) = env.pair("containerd");
+    let mut farm = TestFarm::builder().start().await?;
+    farm.worker("x86").docker(&amd64).spawn().await?;
+    farm.worker("arm")
+        .docker(&arm64)
+        .platform("linux/arm64")
+        .spawn()
+        .await?;
+
+    let secret = format!("s3cr3t-{}", uuid::Uuid::new_v4());
+    let nonce = uuid::Uuid::new_v4().to_string();
+    let dockerfile = format!(
+        "FROM {base}\n\
+         ARG TARGETARCH\nARG TARGETPLATFORM\nARG BUILDPLATFORM\n\
+         RUN --mount=type=secret,id=token,required=true sha256sum /run/secrets/token | cut -d' ' -f1 > /token.sha \
+         && echo \"$TARGETARCH $TARGETPLATFORM $BUILDPLATFORM\" > /platform && echo {nonce}\n",
+        base = env.base_image
+    );
+    let ctx = context_dir(&[("Dockerfile", &dockerfile)])?;
+    let secret_dir = tempfile::tempdir()?;
+    let secret_file = secret_dir.path().join("token");
+    std::fs::write(&secret_file, &secret)?;
+    let tag = format!("{}:1", env.unique_repo("secret"));
+    let build = |extra: &'static [&'static str]| {
+        let mut args: Vec<String> = [
+            "build",
+            "-t",
+            &tag,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--progress",
+            "plain",
+            "--secret",
+            &format!("id=token,src={}", secret_file.display()),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(ctx.path().display().to_string());
+        args
+    };
+    let first = farm.cli(build(&[])).await?;
+    assert!(
+        first.status.success(),
+        "{}\n--- x86 ---\n{}\n--- arm ---\n{}",
+        show(&first),
+        farm.worker_log("x86"),
+        farm.worker_log("arm")
+    );
+
+    // The RUN step saw the secret: its hash is in both images; TARGET*/BUILDPLATFORM as buildx
+    // sets them (the arm64 daemon is an amd64 machine running arm64 under QEMU).
+    let expected_sha = hex::encode(sha2::Sha256::digest(secret.as_bytes()));
+    for (platform, expected) in [
+        ("linux/amd64", "amd64 linux/amd64 linux/amd64"),
+        ("linux/arm64", "arm64 linux/arm64 linux/amd64"),
+    ] {
+        assert_eq!(
+            file_in_image(&env.amd64_docker, &tag, platform, "/token.sha").await?,
+            expected_sha,
+            "{platform}"
+        );
+        assert_eq!(
+            file_in_image(&env.amd64_docker, &tag, platform, "/platform").await?,
+            expected,
+            "{platform}"
+        );
+    }
+    let _ = run("docker", &["-H", &env.amd64_docker, "rmi", "-f", &tag]).await;
+
+    // A second build takes the RUN step from the cache (no output line of it); --no-cache runs
+    // it again on both platforms.
+    let ran = |out: &str| {
+        out.lines()
+            .filter(|l| !l.contains("echo") && l.trim_end().ends_with(&format!(" {nonce}")))
+            .count()
+    };
+    assert_eq!(ran(&show(&first)), 2, "{}", show(&first));
+    let cached = farm.cli(build(&[])).await?;
+    assert!(cached.status.success(), "{}", show(&cached));
+    let cached_out = show(&cached);
+    assert!(cached_out.contains("CACHED"), "{cached_out}");
+    assert_eq!(ran(&cached_out), 0, "{cached_out}");
+    let fresh = farm.cli(build(&["--no-cache"])).await?;
+    assert!(fresh.status.success(), "{}", show(&fresh));
+    let fresh_out = show(&fresh);
+    assert_eq!(
+        ran(&fresh_out),
+        2,
+        "both platforms ran the step again: {fresh_out}"
+    );
+
+    // The secret's bytes are nowhere: not in the coordinator's state or any log, not in the CLI's
+    // output, not in `manifold logs`.
+    let builds = farm.cli(["builds", "--format", "json"]).await?;
+    let listing = show(&builds);
+    for (what, text) in [
+        ("first build output", show(&first)),
+        ("second build output", cached_out),
+        ("--no-cache output", fresh_out),
+        ("builds listing", listing),
+    ] {
+        assert!(!text.contains(&secret), "the secret is in the {what}");
+    }
+    let found = files_containing(farm.state_dir.path(), secret.as_bytes());
+    assert!(found.is_empty(), "the secret is in {found:?}");
+    Ok(())
+}
+
+/// A registry with htpasswd authentication on a free loopback port, holding a copy of the
+/// multi-arch base image; stopped when dropped.
+struct PrivateRegistry {
+    address: String,
+    _dir: tempfile::TempDir,
+    _process: tokio::process::Child,
+}
+
+async fn private_registry(env: &Env) -> anyhow::Result<PrivateRegistry> {
+    let dir = tempfile::tempdir()?;
+    let address = format!("127.0.0.1:{}", free_port());
+    let htpasswd = run("htpasswd", &["-Bbn", "builder", "pa55word"]).await?;
+    std::fs::write(dir.path().join("htpasswd"), htpasswd)?;
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: {address}\nauth:\n  htpasswd:\n    realm: manifold-test\n    path: {htpasswd}\n",
+        root = dir.path().join("data").display(),
+        htpasswd = dir.path().join("htpasswd").display()
+    );
+    std::fs::write(dir.path().join("config.yml"), config)?;
+    let process = tokio::process::Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.path().join("config.yml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_until(Duration::from_secs(20), "the private registry", || async {
+        let url = format!("http://{address}/v2/");
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output()
+            .await
+            .ok()?;
+        (String::from_utf8_lossy(&out.stdout) == "401").then_some(())
+    })
+    .await?;
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "builder:pa55word",
+            &format!("docker://{}", env.base_image),
+            &format!("docker://{address}/private/busybox:1"),
+        ],
+    )
+    .await?;
+    Ok(PrivateRegistry {
+        address,
+        _dir: dir,
+        _process: process,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_from_behind_a_login_uses_the_workers_docker_config_or_says_what_is_missing()
+-> anyhow::Result<()> {
+    use base64::Engine as _;
+    let env = Env::from_env();
+    let registry = private_registry(&env).await?;
+    let logged_in = tempfile::tempdir()?;
+    let auth = base64::engine::general_purpose::STANDARD.encode("builder:pa55word");
+    std::fs::write(
+        logged_in.path().join("config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.address
+        ),
+    )?;
+    let anonymous = tempfile::tempdir()?;
+    std::fs::write(anonymous.path().join("config.json"), "{}")?;
+
+    let dockerfile = format!(
+        "FROM {}/private/busybox:1\nRUN echo {} > /n\n",
+        registry.address,
+        uuid::Uuid::new_v4()
+    );
+    let ctx = context_dir(&[("Dockerfile", &dockerfile)])?;
+    for store in ["graphdriver", "containerd"] {
+        let (amd64, _) = env.pair(store);
+        let tag = format!("{}:1", env.unique_repo("private-base"));
+        let args = [
+            "build",
+            "-t",
+            &tag,
+            "--platform",
+            "linux/amd64",
+            ctx.path().to_str().unwrap(),
+        ];
+
+        // Without a login: the build fails, naming the registry and the config the worker read.
+        let mut farm = TestFarm::builder().start().await?;
+        farm.worker("anon")
+            .docker(&amd64)
+            .env("DOCKER_CONFIG", anonymous.path().to_str().unwrap())
+            .spawn()
+            .await?;
+        let out = farm.cli(args).await?;
+        assert!(!out.status.success(), "{store}: {}", show(&out));
+        let text = show(&out);
+        let config = anonymous.path().join("config.json");
+        assert!(
+            text.contains(&format!(
+                "registry {} needs a login and the worker's docker config {} has none for it",
+                registry.address,
+                config.display()
+            )),
+            "{store}: {text}\n--- worker ---\n{}",
+            farm.worker_log("anon")
+        );
+        drop(farm);
+
+        // With the login in the worker's Docker config: the base is pulled and the build succeeds.
+        let mut farm = TestFarm::builder().start().await?;
+        farm.worker("login")
+            .docker(&amd64)
+            .env("DOCKER_CONFIG", logged_in.path().to_str().unwrap())
+            .spawn()
+            .await?;
+        let out = farm.cli(args).await?;
+        assert!(
+            out.status.success(),
+            "{store}: {}\n--- worker ---\n{}",
+            show(&out),
+            farm.worker_log("login")
+        );
+    }
+    Ok(())
+}
