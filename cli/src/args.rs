@@ -75,7 +75,7 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image for several platforms and push it under one tag
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// List the workers connected to the coordinator (STATUS: ready, draining, unhealthy), or drain one
     Workers(WorkersArgs),
     /// List builds, newest first
@@ -1070,7 +1070,7 @@ mod tests {
 
     fn build_args(args: &[&str]) -> BuildArgs {
         match cli(args).command {
-            Command::Build(b) => b,
+            Command::Build(b) => *b,
             other => panic!("not a build: {other:?}"),
         }
     }
