@@ -25,15 +25,29 @@
 //!
 //! With no team configured, no owner and no priority, every job is in the team [`DEFAULT_TEAM`] and
 //! the policy is the original one: oldest first, native before emulated, least loaded, by name.
+//!
+//! The state is indexed so that no event costs work in proportion to the queue or to the
+//! workers: queues per team and platform ordered by rank and by age, free workers per platform
+//! in preference order, running jobs counted per team as they change. A pick looks at each team
+//! with queued jobs and each platform it waits for. The scheduler it replaced, which rescanned
+//! the queue on every pick, is kept as `reference` (tests and the `reference-scheduler` feature):
+//! a property test runs random scenarios through both and compares every decision.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use manifold_proto::{JobId, Platform};
 
 #[cfg(test)]
+mod equivalence;
+#[cfg(test)]
 mod fair_share_simulation;
+#[cfg(any(test, feature = "reference-scheduler"))]
+pub mod reference;
+#[cfg(test)]
+mod tests;
 
 /// The team of a job that names none; weight 1 and no cap unless configured otherwise.
 pub const DEFAULT_TEAM: &str = "default";
@@ -115,20 +129,6 @@ pub struct Preemption {
     pub team: String,
 }
 
-#[derive(Debug)]
-struct WorkerState {
-    caps: WorkerCaps,
-    running: BTreeSet<JobId>,
-    /// Set while the worker drains: it keeps its jobs but takes no new one.
-    draining: bool,
-    /// Why its Docker daemon cannot build right now; it takes no job while set.
-    unhealthy: Option<String>,
-    /// It refused an assignment: no new one until it heartbeats again (see [`Scheduler::hold`]).
-    held: bool,
-    /// The team whose jobs go first on it.
-    owner: Option<String>,
-}
-
 /// Whether a worker takes jobs, as `manifold workers` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerStatus {
@@ -142,42 +142,6 @@ impl WorkerStatus {
     /// Neither draining nor unhealthy.
     pub fn ready(&self) -> bool {
         !self.draining && self.unhealthy.is_none()
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Queued {
-    job: JobId,
-    platform: Platform,
-    since: Instant,
-    /// Enqueue order: "oldest first" means lowest `seq` first, as the queue always was.
-    seq: u64,
-    meta: JobMeta,
-}
-
-impl Queued {
-    fn team(&self) -> &str {
-        self.meta.team()
-    }
-
-    /// Order within a team: highest priority, then oldest.
-    fn rank(&self) -> (Reverse<i32>, u64) {
-        (Reverse(self.meta.priority), self.seq)
-    }
-}
-
-impl WorkerState {
-    fn takes_jobs(&self) -> bool {
-        !self.draining && self.unhealthy.is_none()
-    }
-
-    fn has_free_slot(&self) -> bool {
-        self.takes_jobs() && !self.held && (self.running.len() as u32) < self.caps.slots
-    }
-
-    /// Running jobs relative to its size, compared without floats.
-    fn load(&self) -> u64 {
-        (self.running.len() as u64 * 1000) / u64::from(self.caps.slots.max(1))
     }
 }
 
@@ -205,24 +169,257 @@ pub struct Assignment {
     pub worker: String,
 }
 
+/// Order within a team: highest priority first, then first enqueued.
+type Rank = (Reverse<i32>, u64);
+/// Age: when queued, then enqueue order (`seq` is unique, so no two ages are equal).
+type Age = (Instant, u64);
+/// A free worker's place among those of a platform: native first, least loaded, then by name.
+type FreeKey = (bool, u64, String);
+
+#[derive(Debug)]
+struct WorkerState {
+    caps: WorkerCaps,
+    /// `caps.platforms` without repeats: the indexes it is filed under.
+    platforms: BTreeSet<Platform>,
+    running: BTreeSet<JobId>,
+    /// Set while the worker drains: it keeps its jobs but takes no new one.
+    draining: bool,
+    /// Why its Docker daemon cannot build right now; it takes no job while set.
+    unhealthy: Option<String>,
+    /// It refused an assignment: no new one until it heartbeats again (see [`Scheduler::hold`]).
+    held: bool,
+    /// The team whose jobs go first on it.
+    owner: Option<String>,
+}
+
+impl WorkerState {
+    fn takes_jobs(&self) -> bool {
+        !self.draining && self.unhealthy.is_none()
+    }
+
+    fn has_free_slot(&self) -> bool {
+        self.takes_jobs() && !self.held && (self.running.len() as u32) < self.caps.slots
+    }
+
+    /// An owned worker that takes jobs but has no free slot: where preemption may reclaim one.
+    fn full_and_owned(&self) -> bool {
+        self.owner.is_some()
+            && self.takes_jobs()
+            && !self.held
+            && (self.running.len() as u32) >= self.caps.slots
+    }
+
+    /// Running jobs relative to its size, compared without floats.
+    fn load(&self) -> u64 {
+        (self.running.len() as u64 * 1000) / u64::from(self.caps.slots.max(1))
+    }
+
+    fn free_key(&self) -> FreeKey {
+        (self.caps.emulated, self.load(), self.caps.name.clone())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Queued {
+    job: JobId,
+    platform: Platform,
+    since: Instant,
+    /// Enqueue order: "oldest first" means lowest `seq` first, as the queue always was.
+    seq: u64,
+    meta: JobMeta,
+}
+
+impl Queued {
+    fn team(&self) -> &str {
+        self.meta.team()
+    }
+
+    fn rank(&self) -> Rank {
+        (Reverse(self.meta.priority), self.seq)
+    }
+
+    fn age(&self) -> Age {
+        (self.since, self.seq)
+    }
+}
+
+/// One team's queued jobs of one platform, in the two orders the policy reads.
+#[derive(Debug, Default)]
+struct TeamQueue {
+    by_rank: BTreeSet<Rank>,
+    by_age: BTreeSet<Age>,
+}
+
+/// The workers of one platform that have a free slot.
+#[derive(Debug, Default)]
+struct FreeSlots {
+    all: BTreeSet<FreeKey>,
+    /// Those without owner.
+    unowned: BTreeSet<FreeKey>,
+    /// Those with an owner, by owner.
+    by_owner: HashMap<String, BTreeSet<FreeKey>>,
+}
+
+/// What is derived from the workers' states, kept in step with them by [`WorkerIndex::add`] and
+/// [`WorkerIndex::remove`] around every change of a worker.
+#[derive(Debug, Default)]
+struct WorkerIndex {
+    /// Per platform, the workers with a free slot.
+    free: HashMap<Platform, FreeSlots>,
+    /// Per platform, how many workers that take jobs (not draining, healthy) build it.
+    capable: HashMap<Platform, u32>,
+    /// Owned workers that take jobs and are full, by name.
+    full_and_owned: BTreeSet<String>,
+}
+
+impl WorkerIndex {
+    fn add(&mut self, w: &WorkerState) {
+        if w.takes_jobs() {
+            for p in &w.platforms {
+                match self.capable.get_mut(p) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.capable.insert(p.clone(), 1);
+                    }
+                }
+            }
+        }
+        if w.has_free_slot() {
+            let key = w.free_key();
+            for p in &w.platforms {
+                if !self.free.contains_key(p) {
+                    self.free.insert(p.clone(), FreeSlots::default());
+                }
+                let slots = self.free.get_mut(p).expect("just inserted");
+                slots.all.insert(key.clone());
+                match &w.owner {
+                    None => slots.unowned.insert(key.clone()),
+                    Some(owner) => slots
+                        .by_owner
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert(key.clone()),
+                };
+            }
+        }
+        if w.full_and_owned() {
+            self.full_and_owned.insert(w.caps.name.clone());
+        }
+    }
+
+    /// Undoes [`WorkerIndex::add`] for a worker in the same state.
+    fn remove(&mut self, w: &WorkerState) {
+        if w.takes_jobs() {
+            for p in &w.platforms {
+                if let Some(n) = self.capable.get_mut(p) {
+                    *n -= 1;
+                }
+            }
+        }
+        if w.has_free_slot() {
+            let key = w.free_key();
+            for p in &w.platforms {
+                if let Some(slots) = self.free.get_mut(p) {
+                    slots.all.remove(&key);
+                    match &w.owner {
+                        None => slots.unowned.remove(&key),
+                        Some(owner) => slots
+                            .by_owner
+                            .get_mut(owner)
+                            .is_some_and(|s| s.remove(&key)),
+                    };
+                }
+            }
+        }
+        if w.full_and_owned() {
+            self.full_and_owned.remove(&w.caps.name);
+        }
+    }
+
+    /// The free workers of `platform`, if any.
+    fn free(&self, platform: &Platform) -> Option<&FreeSlots> {
+        self.free.get(platform).filter(|s| !s.all.is_empty())
+    }
+}
+
 /// The scheduler's state. See the module docs for the policy.
+///
+/// Indexed: queues per team and platform in rank and age order, free workers per platform in
+/// preference order, running jobs per team counted as they change. An event costs a few ordered-set
+/// operations, and a pick looks at each team with queued jobs (and each platform it waits for),
+/// never at each queued job or each worker. It decides exactly as the scheduler it replaced
+/// (the `reference` module, kept for the tests and the benchmark), including in states the farm never
+/// creates (a job restated by two workers, a worker attached twice).
 #[derive(Debug, Default)]
 pub struct Scheduler {
     workers: BTreeMap<String, WorkerState>,
+    index: WorkerIndex,
     /// Waiting jobs by enqueue order.
     queue: BTreeMap<u64, Queued>,
+    /// The queue places of each waiting job (one, except in states the farm never creates).
+    queued_places: HashMap<JobId, BTreeSet<u64>>,
+    /// Waiting jobs per team (those with any) and platform.
+    queues: BTreeMap<String, HashMap<Platform, TeamQueue>>,
+    /// Waiting jobs per platform by age, for [`Scheduler::starved`].
+    ages: HashMap<Platform, BTreeSet<Age>>,
     next_seq: u64,
+    /// The latest `now` given to an enqueue so far.
+    latest_enqueue: Option<Instant>,
+    /// Whether enqueue times never went back, so that within a priority queue age order is
+    /// enqueue order (preemption's search stops early then).
+    enqueue_times_monotonic: bool,
     /// What was queued of the running jobs (team, priority, place in the queue).
     running: HashMap<JobId, Queued>,
+    /// The workers each running job occupies (one, except in states the farm never creates).
+    placed: HashMap<JobId, BTreeSet<String>>,
+    /// Jobs running per team, counting each worker a job occupies; a job with no entry in
+    /// `running` (restated without being queued here) counts as [`DEFAULT_TEAM`]'s.
+    running_by_team: HashMap<String, u32>,
     teams: BTreeMap<String, Team>,
     /// Preemption's grace period; `None` (the default) disables preemption.
     preemption_grace: Option<Duration>,
 }
 
+/// Running counts as one assignment round sees them: each assignment counts one for its job's
+/// team, as the reference's round does, even where the recount would differ (a job already on
+/// the worker, a job on two workers).
+#[derive(Debug, Default)]
+struct RoundCounts {
+    adjust: HashMap<String, i64>,
+}
+
+impl RoundCounts {
+    fn get(&self, s: &Scheduler, team: &str) -> u64 {
+        let base = i64::from(s.running_of_team(team));
+        (base + self.adjust.get(team).copied().unwrap_or(0)).max(0) as u64
+    }
+
+    fn add(&mut self, team: &str, delta: i64) {
+        if delta != 0 {
+            *self.adjust.entry(team.to_owned()).or_default() += delta;
+        }
+    }
+}
+
+/// The first of `set` with this emulation and load, if any.
+fn first_of_group(set: &BTreeSet<FreeKey>, emulated: bool, load: u64) -> Option<&FreeKey> {
+    set.range((emulated, load, String::new())..)
+        .next()
+        .filter(|k| (k.0, k.1) == (emulated, load))
+}
+
+/// Whether a job queued at `since` has waited `wait` at `now`.
+fn waited(now: Instant, since: Instant, wait: Duration) -> bool {
+    now.saturating_duration_since(since) >= wait
+}
+
 impl Scheduler {
     /// An empty scheduler: no workers, nothing queued.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            enqueue_times_monotonic: true,
+            ..Self::default()
+        }
     }
 
     /// Adds or replaces a team. Jobs of a team never set here count with weight 1 and no cap.
@@ -238,75 +435,77 @@ impl Scheduler {
     /// Sets the team owning the worker (its jobs go first there); `None` makes it common capacity.
     /// A worker attaches without owner.
     pub fn set_worker_owner(&mut self, name: &str, owner: Option<String>) {
-        if let Some(w) = self.workers.get_mut(name) {
-            w.owner = owner;
-        }
+        self.update_worker(name, |w| w.owner = owner);
     }
 
     /// A worker attached. `running` are jobs it restated as already running (after a reconnect).
+    /// A worker attached under the name of one still attached replaces it (its jobs are dropped).
     pub fn add_worker(&mut self, caps: WorkerCaps, running: impl IntoIterator<Item = JobId>) {
         let running: BTreeSet<JobId> = running.into_iter().collect();
         for job in &running {
-            let seq = self.queue.values().find(|q| q.job == *job).map(|q| q.seq);
-            if let Some(q) = seq.and_then(|seq| self.queue.remove(&seq)) {
-                self.running.insert(*job, q);
+            let place = self
+                .queued_places
+                .get(job)
+                .and_then(|places| places.first().copied());
+            if let Some(q) = place.and_then(|seq| self.unqueue(seq)) {
+                self.set_running_meta(*job, Some(q));
             }
         }
-        self.workers.insert(
-            caps.name.clone(),
-            WorkerState {
-                caps,
-                running,
-                draining: false,
-                unhealthy: None,
-                held: false,
-                owner: None,
-            },
-        );
+        if let Some(old) = self.detach_worker(&caps.name) {
+            self.unplace_all(&old);
+        }
+        let name = caps.name.clone();
+        let w = WorkerState {
+            platforms: caps.platforms.iter().cloned().collect(),
+            caps,
+            running,
+            draining: false,
+            unhealthy: None,
+            held: false,
+            owner: None,
+        };
+        for job in &w.running {
+            self.placed.entry(*job).or_default().insert(name.clone());
+            let team = self.team_of_running(*job).to_owned();
+            self.count_running(&team, 1);
+        }
+        self.index.add(&w);
+        self.workers.insert(name, w);
     }
 
     /// A worker left; returns the jobs it was running, which the caller requeues or fails.
     pub fn remove_worker(&mut self, name: &str) -> Vec<JobId> {
-        let jobs: Vec<JobId> = self
-            .workers
-            .remove(name)
-            .map(|w| w.running.into_iter().collect())
-            .unwrap_or_default();
-        for job in &jobs {
-            self.running.remove(job);
+        let Some(w) = self.detach_worker(name) else {
+            return Vec::new();
+        };
+        self.unplace_all(&w);
+        for job in &w.running {
+            self.set_running_meta(*job, None);
         }
-        jobs
+        w.running.into_iter().collect()
     }
 
     /// Stops giving `name` new jobs; its running jobs continue.
     pub fn drain_worker(&mut self, name: &str) {
-        if let Some(w) = self.workers.get_mut(name) {
-            w.draining = true;
-        }
+        self.update_worker(name, |w| w.draining = true);
     }
 
     /// Records whether the worker's daemon answers: `Some(reason)` when it does not. An unhealthy
     /// worker keeps its running jobs (they fail or finish on their own) and gets no new one.
     pub fn set_unhealthy(&mut self, name: &str, reason: Option<String>) {
-        if let Some(w) = self.workers.get_mut(name) {
-            w.unhealthy = reason;
-        }
+        self.update_worker(name, |w| w.unhealthy = reason);
     }
 
     /// The worker refused an assignment it was thought to have room for: it gets no job until
     /// [`Scheduler::release`] (its next heartbeat), so that a refusal cannot turn into a loop of
     /// assignments and refusals.
     pub fn hold(&mut self, name: &str) {
-        if let Some(w) = self.workers.get_mut(name) {
-            w.held = true;
-        }
+        self.update_worker(name, |w| w.held = true);
     }
 
     /// Ends a [`Scheduler::hold`].
     pub fn release(&mut self, name: &str) {
-        if let Some(w) = self.workers.get_mut(name) {
-            w.held = false;
-        }
+        self.update_worker(name, |w| w.held = false);
     }
 
     /// Whether the worker takes jobs; `None` when it is not attached.
@@ -330,7 +529,7 @@ impl Scheduler {
     /// Running jobs of the team, on any worker (restated jobs never queued here count as
     /// [`DEFAULT_TEAM`]'s).
     pub fn running_of_team(&self, team: &str) -> u32 {
-        self.running_by_team().get(team).copied().unwrap_or(0)
+        self.running_by_team.get(team).copied().unwrap_or(0)
     }
 
     /// Queues a job of [`DEFAULT_TEAM`] with priority 0; it waits until a worker of its platform
@@ -342,30 +541,33 @@ impl Scheduler {
     /// Queues a job with its team, priority and cache affinity. The scheduler forgets them when the
     /// job finishes, so a requeue passes them again. A job already queued keeps its place.
     pub fn enqueue_job(&mut self, job: JobId, platform: Platform, meta: JobMeta, now: Instant) {
-        if self.queue.values().any(|q| q.job == job) {
+        if self.queued_places.contains_key(&job) {
             return;
         }
+        if self.latest_enqueue.is_some_and(|latest| now < latest) {
+            self.enqueue_times_monotonic = false;
+        }
+        self.latest_enqueue = self.latest_enqueue.max(Some(now));
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.queue.insert(
+        self.requeue(Queued {
+            job,
+            platform,
+            since: now,
             seq,
-            Queued {
-                job,
-                platform,
-                since: now,
-                seq,
-                meta,
-            },
-        );
+            meta,
+        });
     }
 
     /// A job left the farm (finished, failed, cancelled): frees its slot or its queue place.
     pub fn finished(&mut self, job: JobId) {
-        self.queue.retain(|_, q| q.job != job);
-        self.running.remove(&job);
-        for w in self.workers.values_mut() {
-            w.running.remove(&job);
+        for seq in self.queued_places.get(&job).cloned().unwrap_or_default() {
+            self.unqueue(seq);
         }
+        for name in self.placed.get(&job).cloned().unwrap_or_default() {
+            self.unplace(job, &name);
+        }
+        self.running.remove(&job);
     }
 
     /// Number of jobs waiting for a slot.
@@ -395,21 +597,23 @@ impl Scheduler {
     /// Assigns as many queued jobs as free slots allow, following the policy of the module docs,
     /// and records them as running.
     pub fn assign(&mut self) -> Vec<Assignment> {
-        let mut by_team = self.running_by_team();
+        let mut round = RoundCounts::default();
         let mut out = Vec::new();
-        while let Some((seq, worker)) = self
-            .owner_pick(&by_team)
-            .or_else(|| self.shared_pick(&by_team))
+        while let Some((seq, worker)) = self.owner_pick(&round).or_else(|| self.shared_pick(&round))
         {
-            let q = self.queue.remove(&seq).expect("picks come from the queue");
-            *by_team.entry(q.team().to_owned()).or_default() += 1;
-            self.workers
-                .get_mut(&worker)
-                .expect("picks name attached workers")
-                .running
-                .insert(q.job);
-            out.push(Assignment { job: q.job, worker });
-            self.running.insert(q.job, q);
+            let q = self.unqueue(seq).expect("picks come from the queue");
+            let (job, team) = (q.job, q.team().to_owned());
+            let prior = self.team_of_running(job).to_owned();
+            let before = (self.running_of_team(&team), self.running_of_team(&prior));
+            self.place(job, &worker);
+            self.set_running_meta(job, Some(q));
+            let after = (self.running_of_team(&team), self.running_of_team(&prior));
+            // The round counts +1 for the job's team and nothing else, whatever the counts did.
+            round.add(&team, 1 - (i64::from(after.0) - i64::from(before.0)));
+            if prior != team {
+                round.add(&prior, i64::from(before.1) - i64::from(after.1));
+            }
+            out.push(Assignment { job, worker });
         }
         out
     }
@@ -422,17 +626,17 @@ impl Scheduler {
         let Some(grace) = self.preemption_grace else {
             return Vec::new();
         };
-        let mut by_team = self.running_by_team();
+        let mut extra: HashMap<&str, u64> = HashMap::new();
         let mut reclaimed: BTreeSet<u64> = BTreeSet::new();
         let mut out = Vec::new();
-        for w in self.workers.values() {
+        for name in &self.index.full_and_owned {
+            let w = &self.workers[name];
             let Some(owner) = w.owner.as_deref() else {
                 continue;
             };
-            // A worker with a free slot needs no preemption: `assign` gives it to the owner.
-            if !w.takes_jobs() || w.held || (w.running.len() as u32) < w.caps.slots {
+            let Some(owner_queues) = self.queues.get(owner) else {
                 continue;
-            }
+            };
             let mut borrowed: Vec<(i32, u64, JobId)> = w
                 .running
                 .iter()
@@ -445,21 +649,22 @@ impl Scheduler {
                 .collect();
             borrowed.sort_by_key(|&(priority, seq, _)| (priority, Reverse(seq)));
             for (_, _, job) in borrowed {
-                if self.at_cap(owner, &by_team) {
+                let running =
+                    u64::from(self.running_of_team(owner)) + extra.get(owner).copied().unwrap_or(0);
+                if self.cap_reached(owner, running) {
                     break;
                 }
-                let waiting = self
-                    .queue
-                    .values()
-                    .filter(|q| q.team() == owner && !reclaimed.contains(&q.seq))
-                    .filter(|q| w.caps.platforms.contains(&q.platform))
-                    .filter(|q| now.saturating_duration_since(q.since) >= grace)
-                    .min_by_key(|q| q.rank());
-                let Some(waiting) = waiting else {
+                let waiting = w
+                    .platforms
+                    .iter()
+                    .filter_map(|p| owner_queues.get(p))
+                    .filter_map(|tq| self.best_waited(tq, now, grace, &reclaimed))
+                    .min();
+                let Some((_, seq)) = waiting else {
                     break;
                 };
-                reclaimed.insert(waiting.seq);
-                *by_team.entry(owner.to_owned()).or_default() += 1;
+                reclaimed.insert(seq);
+                *extra.entry(owner).or_default() += 1;
                 out.push(Preemption {
                     job,
                     worker: w.caps.name.clone(),
@@ -474,41 +679,42 @@ impl Scheduler {
     /// back to the queue in its old place, with its team and priority. Returns false when the job
     /// was not running.
     pub fn preempt(&mut self, job: JobId) -> bool {
-        let Some(w) = self.workers.values_mut().find(|w| w.running.contains(&job)) else {
+        let Some(name) = self
+            .placed
+            .get(&job)
+            .and_then(|names| names.first())
+            .cloned()
+        else {
             return false;
         };
-        w.running.remove(&job);
-        if let Some(q) = self.running.remove(&job) {
-            self.queue.insert(q.seq, q);
+        self.unplace(job, &name);
+        if let Some(q) = self.set_running_meta(job, None) {
+            self.requeue(q);
         }
         true
     }
 
     /// Queued jobs that have waited at least `wait` while no attached worker can build their
-    /// platform (draining and unhealthy workers cannot).
+    /// platform (draining and unhealthy workers cannot), oldest first.
     pub fn starved(&self, now: Instant, wait: Duration) -> Vec<(JobId, Platform)> {
-        self.queue
-            .values()
-            .filter(|q| now.saturating_duration_since(q.since) >= wait)
-            .filter(|q| !self.any_worker_builds(&q.platform))
-            .map(|q| (q.job, q.platform.clone()))
-            .collect()
+        let mut out: Vec<(u64, JobId, Platform)> = Vec::new();
+        for (platform, ages) in &self.ages {
+            if self.any_worker_builds(platform) {
+                continue;
+            }
+            out.extend(
+                ages.iter()
+                    .take_while(|(since, _)| waited(now, *since, wait))
+                    .map(|(_, seq)| (*seq, self.queue[seq].job, platform.clone())),
+            );
+        }
+        out.sort_unstable_by_key(|(seq, ..)| *seq);
+        out.into_iter().map(|(_, job, p)| (job, p)).collect()
     }
 
     /// Whether any attached worker that takes jobs (not draining, healthy) builds `platform`.
     pub fn any_worker_builds(&self, platform: &Platform) -> bool {
-        self.workers
-            .values()
-            .any(|w| w.takes_jobs() && w.caps.platforms.contains(platform))
-    }
-
-    fn running_by_team(&self) -> BTreeMap<String, u32> {
-        let mut by_team: BTreeMap<String, u32> = BTreeMap::new();
-        for job in self.workers.values().flat_map(|w| &w.running) {
-            let team = self.running.get(job).map_or(DEFAULT_TEAM, Queued::team);
-            *by_team.entry(team.to_owned()).or_default() += 1;
-        }
-        by_team
+        self.index.capable.get(platform).is_some_and(|n| *n > 0)
     }
 
     fn weight(&self, team: &str) -> u64 {
@@ -517,690 +723,278 @@ impl Scheduler {
             .map_or(1, |t| u64::from(t.weight.max(1)))
     }
 
-    fn at_cap(&self, team: &str, by_team: &BTreeMap<String, u32>) -> bool {
-        let running = by_team.get(team).copied().unwrap_or(0);
+    fn cap_reached(&self, team: &str, running: u64) -> bool {
         self.teams
             .get(team)
             .and_then(|t| t.max_running)
-            .is_some_and(|cap| running >= cap)
+            .is_some_and(|cap| running >= u64::from(cap))
     }
 
-    /// Owner first: a free slot of an owned worker and the owner's best job it can run.
-    fn owner_pick(&self, by_team: &BTreeMap<String, u32>) -> Option<(u64, String)> {
-        let mut owned: Vec<&WorkerState> = self
-            .workers
-            .values()
-            .filter(|w| w.owner.is_some() && w.has_free_slot())
-            .collect();
-        owned.sort_by_key(|w| (w.caps.emulated, w.load()));
-        owned.into_iter().find_map(|w| {
-            let owner = w.owner.as_deref()?;
-            if self.at_cap(owner, by_team) {
-                return None;
+    /// Owner first: a free slot of an owned worker and the owner's best job it can run. The
+    /// worker is the first, in (native, least loaded, name) order, owned by a team below its cap
+    /// that has a job queued for one of its platforms.
+    fn owner_pick(&self, round: &RoundCounts) -> Option<(u64, String)> {
+        let mut best: Option<(&FreeKey, &str)> = None;
+        for (team, queues) in &self.queues {
+            if self.cap_reached(team, round.get(self, team)) {
+                continue;
             }
-            self.queue
-                .values()
-                .filter(|q| q.team() == owner && w.caps.platforms.contains(&q.platform))
-                .min_by_key(|q| q.rank())
-                .map(|q| (q.seq, w.caps.name.clone()))
-        })
+            for platform in queues.keys() {
+                let first = self
+                    .index
+                    .free(platform)
+                    .and_then(|slots| slots.by_owner.get(team))
+                    .and_then(|owned| owned.first());
+                if let Some(key) = first
+                    && best.is_none_or(|(b, _)| key < b)
+                {
+                    best = Some((key, team));
+                }
+            }
+        }
+        let (key, team) = best?;
+        let w = &self.workers[&key.2];
+        let queues = &self.queues[team];
+        let (_, seq) = w
+            .platforms
+            .iter()
+            .filter_map(|p| queues.get(p)?.by_rank.first())
+            .min()?;
+        Some((*seq, key.2.clone()))
     }
 
     /// Fair share: the team with the lowest running/weight among those with a runnable job, its
     /// best job, and the best free worker for it.
-    fn shared_pick(&self, by_team: &BTreeMap<String, u32>) -> Option<(u64, String)> {
-        let free: Vec<&WorkerState> = self
-            .workers
-            .values()
-            .filter(|w| w.has_free_slot())
-            .collect();
-        if free.is_empty() {
-            return None;
-        }
-        // Per team: its best runnable job and the (since, seq) of its oldest runnable job.
-        let mut candidates: BTreeMap<&str, (&Queued, (Instant, u64))> = BTreeMap::new();
-        for q in self.queue.values() {
-            if self.at_cap(q.team(), by_team)
-                || !free.iter().any(|w| w.caps.platforms.contains(&q.platform))
-            {
+    fn shared_pick(&self, round: &RoundCounts) -> Option<(u64, String)> {
+        // (team, running, weight, its oldest runnable job, its best runnable job and platform)
+        let mut best: Option<(&str, u64, u64, Age, Rank, &Platform)> = None;
+        for (team, queues) in &self.queues {
+            let running = round.get(self, team);
+            if self.cap_reached(team, running) {
                 continue;
             }
-            let age = (q.since, q.seq);
-            candidates
-                .entry(q.team())
-                .and_modify(|(best, oldest)| {
-                    if q.rank() < best.rank() {
-                        *best = q;
-                    }
-                    *oldest = (*oldest).min(age);
-                })
-                .or_insert((q, age));
-        }
-        let share = |team: &str| {
-            (
-                u64::from(by_team.get(team).copied().unwrap_or(0)),
-                self.weight(team),
-            )
-        };
-        let (_, (job, _)) = candidates
-            .into_iter()
-            .min_by(|(ta, (_, oa)), (tb, (_, ob))| {
-                let ((ra, wa), (rb, wb)) = (share(ta), share(tb));
-                // ra/wa against rb/wb, cross-multiplied to stay in integers.
-                (ra * wb).cmp(&(rb * wa)).then_with(|| oa.cmp(ob))
-            })?;
-        let team = job.team();
-        let worker = free
-            .into_iter()
-            .filter(|w| w.caps.platforms.contains(&job.platform))
-            .min_by_key(|w| {
-                (
-                    w.caps.emulated,
-                    w.load(),
-                    job.meta.affinity.as_deref() != Some(w.caps.name.as_str()),
-                    w.owner.as_deref().is_some_and(|o| o != team),
-                    w.caps.name.clone(),
-                )
-            })?;
-        Some((job.seq, worker.caps.name.clone()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn worker(name: &str, platform: &str, emulated: bool, slots: u32) -> WorkerCaps {
-        WorkerCaps {
-            name: name.into(),
-            platforms: vec![platform.parse().unwrap()],
-            emulated,
-            slots,
-        }
-    }
-
-    /// Runs `events` then one assignment round; returns "job-index->worker" pairs.
-    #[track_caller]
-    fn check(workers: &[WorkerCaps], jobs: &[&str], expected: &[&str]) {
-        let mut s = Scheduler::new();
-        for w in workers {
-            s.add_worker(w.clone(), []);
-        }
-        let t0 = Instant::now();
-        let ids: Vec<JobId> = jobs.iter().map(|_| JobId::new()).collect();
-        for (i, (id, p)) in ids.iter().zip(jobs).enumerate() {
-            s.enqueue(
-                *id,
-                p.parse().unwrap(),
-                t0 + Duration::from_millis(i as u64),
-            );
-        }
-        let got: Vec<String> = s
-            .assign()
-            .into_iter()
-            .map(|a| {
-                let i = ids.iter().position(|id| *id == a.job).unwrap();
-                format!("{i}->{}", a.worker)
-            })
-            .collect();
-        assert_eq!(got, expected);
-    }
-
-    #[test]
-    fn assignment_table() {
-        let x86 = worker("x86", "linux/amd64", false, 1);
-        let arm = worker("arm", "linux/arm64", false, 1);
-        let arm_emu = worker("arm-emu", "linux/arm64", true, 4);
-        let x86_big = worker("x86-big", "linux/amd64", false, 2);
-
-        // One job per platform goes to the worker of that platform.
-        check(
-            &[x86.clone(), arm.clone()],
-            &["linux/amd64", "linux/arm64"],
-            &["0->x86", "1->arm"],
-        );
-        // No worker of the platform: the job waits.
-        check(std::slice::from_ref(&x86), &["linux/arm64"], &[]);
-        // Slots bound concurrency; the oldest job goes first.
-        check(
-            std::slice::from_ref(&x86),
-            &["linux/amd64", "linux/amd64"],
-            &["0->x86"],
-        );
-        // Native is preferred over emulated, even when the emulated one has more free slots.
-        check(
-            &[arm_emu.clone(), arm.clone()],
-            &["linux/arm64", "linux/arm64"],
-            &["0->arm", "1->arm-emu"],
-        );
-        // Among native workers the least loaded wins, then the name.
-        check(
-            &[x86_big.clone(), x86.clone()],
-            &["linux/amd64", "linux/amd64", "linux/amd64"],
-            &["0->x86", "1->x86-big", "2->x86-big"],
-        );
-        // A later job of another platform is not held up by an earlier job that must wait.
-        check(
-            std::slice::from_ref(&x86),
-            &["linux/arm64", "linux/amd64"],
-            &["1->x86"],
-        );
-    }
-
-    #[test]
-    fn finishing_a_job_frees_its_slot_for_the_next() {
-        let mut s = Scheduler::new();
-        s.add_worker(worker("x86", "linux/amd64", false, 1), []);
-        let (a, b) = (JobId::new(), JobId::new());
-        let now = Instant::now();
-        s.enqueue(a, Platform::linux_amd64(), now);
-        s.enqueue(b, Platform::linux_amd64(), now);
-        assert_eq!(s.assign().len(), 1);
-        assert_eq!(s.slots_in_use("x86"), 1);
-        assert!(s.assign().is_empty());
-        s.finished(a);
-        assert_eq!(
-            s.assign(),
-            vec![Assignment {
-                job: b,
-                worker: "x86".into()
-            }]
-        );
-    }
-
-    #[test]
-    fn a_lost_worker_hands_back_its_jobs() {
-        let mut s = Scheduler::new();
-        s.add_worker(worker("x86", "linux/amd64", false, 2), []);
-        let a = JobId::new();
-        s.enqueue(a, Platform::linux_amd64(), Instant::now());
-        s.assign();
-        assert_eq!(s.remove_worker("x86"), vec![a]);
-        assert!(!s.has_worker("x86"));
-    }
-
-    #[test]
-    fn only_healthy_workers_that_are_not_draining_get_jobs() {
-        // (worker name, draining, unhealthy, slots, jobs already running) -> who gets one amd64 job.
-        type Row<'a> = (&'a [(&'a str, bool, bool, u32, u32)], Option<&'a str>);
-        let table: &[Row] = &[
-            (&[("a", false, false, 1, 0)], Some("a")),
-            (&[("a", true, false, 1, 0)], None),
-            (&[("a", false, true, 1, 0)], None),
-            (&[("a", true, true, 1, 0)], None),
-            // A full healthy worker is no reason to pick an unhealthy one.
-            (&[("a", false, false, 1, 1), ("b", false, true, 4, 0)], None),
-            (
-                &[("a", false, true, 4, 0), ("b", false, false, 1, 0)],
-                Some("b"),
-            ),
-            (
-                &[("a", true, false, 4, 0), ("b", false, false, 2, 1)],
-                Some("b"),
-            ),
-            (&[("a", false, true, 4, 0), ("b", true, false, 4, 0)], None),
-        ];
-        for (i, (workers, expected)) in table.iter().enumerate() {
-            let mut s = Scheduler::new();
-            let now = Instant::now();
-            for (name, draining, unhealthy, slots, busy) in workers.iter() {
-                let busy_jobs: Vec<JobId> = (0..*busy).map(|_| JobId::new()).collect();
-                s.add_worker(worker(name, "linux/amd64", false, *slots), busy_jobs);
-                if *draining {
-                    s.drain_worker(name);
+            let mut rank: Option<(Rank, &Platform)> = None;
+            let mut oldest: Option<Age> = None;
+            for (platform, tq) in queues {
+                if self.index.free(platform).is_none() {
+                    continue;
                 }
-                if *unhealthy {
-                    s.set_unhealthy(name, Some("docker daemon unreachable".into()));
+                let (Some(r), Some(a)) = (tq.by_rank.first(), tq.by_age.first()) else {
+                    continue;
+                };
+                if rank.is_none_or(|(b, _)| *r < b) {
+                    rank = Some((*r, platform));
+                }
+                oldest = Some(oldest.map_or(*a, |o| o.min(*a)));
+            }
+            let (Some((rank, platform)), Some(oldest)) = (rank, oldest) else {
+                continue;
+            };
+            let weight = self.weight(team);
+            // running/weight against the best's, cross-multiplied to stay in integers.
+            let better = best.is_none_or(|(_, br, bw, bo, ..)| {
+                (running * bw)
+                    .cmp(&(br * weight))
+                    .then_with(|| oldest.cmp(&bo))
+                    .is_lt()
+            });
+            if better {
+                best = Some((team, running, weight, oldest, rank, platform));
+            }
+        }
+        let (team, _, _, _, (_, seq), platform) = best?;
+        let affinity = self.queue[&seq].meta.affinity.as_deref();
+        let worker = self.best_free_worker(platform, team, affinity)?;
+        Some((seq, worker))
+    }
+
+    /// The free worker of `platform` for a job of `team`: native before emulated, then the least
+    /// loaded, then the job's cache affinity, then one no other team owns, then by name.
+    fn best_free_worker(
+        &self,
+        platform: &Platform,
+        team: &str,
+        affinity: Option<&str>,
+    ) -> Option<String> {
+        let slots = self.index.free(platform)?;
+        let first = slots.all.first()?;
+        let (emulated, load) = (first.0, first.1);
+        if let Some(name) = affinity
+            && let Some(w) = self.workers.get(name)
+            && w.has_free_slot()
+            && w.platforms.contains(platform)
+            && (w.caps.emulated, w.load()) == (emulated, load)
+        {
+            return Some(name.to_owned());
+        }
+        let unowned = first_of_group(&slots.unowned, emulated, load);
+        let own = slots
+            .by_owner
+            .get(team)
+            .and_then(|owned| first_of_group(owned, emulated, load));
+        let pick = match (unowned, own) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(first),
+        };
+        Some(pick.2.clone())
+    }
+
+    /// The best-ranked job of `tq` that has waited `grace` and is not reclaimed yet.
+    fn best_waited(
+        &self,
+        tq: &TeamQueue,
+        now: Instant,
+        grace: Duration,
+        reclaimed: &BTreeSet<u64>,
+    ) -> Option<Rank> {
+        let mut from = Bound::Unbounded;
+        loop {
+            let mut too_young = None;
+            for rank in tq.by_rank.range((from, Bound::Unbounded)) {
+                if reclaimed.contains(&rank.1) {
+                    continue;
+                }
+                if waited(now, self.queue[&rank.1].since, grace) {
+                    return Some(*rank);
+                }
+                if self.enqueue_times_monotonic {
+                    // The rest of this priority was queued later still: go to the next priority.
+                    too_young = Some(rank.0);
+                    break;
                 }
             }
-            s.enqueue(JobId::new(), Platform::linux_amd64(), now);
-            let got: Vec<String> = s.assign().into_iter().map(|a| a.worker).collect();
-            assert_eq!(
-                got,
-                expected.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
-                "row {i}: {workers:?}"
-            );
+            from = Bound::Excluded((too_young?, u64::MAX));
         }
     }
 
-    #[test]
-    fn a_worker_that_refused_is_asked_again_only_after_its_next_heartbeat() {
-        let mut s = Scheduler::new();
-        let now = Instant::now();
-        s.add_worker(worker("x86", "linux/amd64", false, 2), []);
-        s.hold("x86");
-        s.enqueue(JobId::new(), Platform::linux_amd64(), now);
-        assert!(s.assign().is_empty());
-        assert!(
-            s.starved(now + Duration::from_secs(600), Duration::from_secs(1))
-                .is_empty()
-        );
-        s.release("x86");
-        assert_eq!(s.assign().len(), 1);
+    /// The team a running job counts for.
+    fn team_of_running(&self, job: JobId) -> &str {
+        self.running.get(&job).map_or(DEFAULT_TEAM, Queued::team)
     }
 
-    #[test]
-    fn a_worker_that_recovers_gets_the_waiting_job() {
-        let mut s = Scheduler::new();
-        let t0 = Instant::now();
-        let wait = Duration::from_secs(60);
-        s.add_worker(worker("x86", "linux/amd64", false, 1), []);
-        s.set_unhealthy("x86", Some("ping failed".into()));
-        assert_eq!(
-            s.status("x86").unwrap().unhealthy.as_deref(),
-            Some("ping failed")
-        );
-        let job = JobId::new();
-        s.enqueue(job, Platform::linux_amd64(), t0);
-        assert!(s.assign().is_empty());
-        // Unhealthy for the whole wait: the job starves, as with no worker at all.
-        assert_eq!(s.starved(t0 + wait, wait).len(), 1);
-        s.set_unhealthy("x86", None);
-        assert!(s.status("x86").unwrap().ready());
-        assert!(s.starved(t0 + wait, wait).is_empty());
-        assert_eq!(
-            s.assign(),
-            vec![Assignment {
-                job,
-                worker: "x86".into()
-            }]
-        );
+    fn count_running(&mut self, team: &str, delta: i64) {
+        let n = match self.running_by_team.get_mut(team) {
+            Some(n) => n,
+            None => self.running_by_team.entry(team.to_owned()).or_default(),
+        };
+        *n = u32::try_from((i64::from(*n) + delta).max(0)).unwrap_or(u32::MAX);
     }
 
-    #[test]
-    fn a_draining_worker_gets_no_new_job() {
-        let mut s = Scheduler::new();
-        s.add_worker(worker("x86", "linux/amd64", false, 2), []);
-        s.drain_worker("x86");
-        s.enqueue(JobId::new(), Platform::linux_amd64(), Instant::now());
-        assert!(s.assign().is_empty());
+    /// Replaces what is recorded of a running job; the workers it occupies then count for its
+    /// new team. Returns what was recorded before.
+    fn set_running_meta(&mut self, job: JobId, q: Option<Queued>) -> Option<Queued> {
+        let before = self.team_of_running(job).to_owned();
+        let old = match q {
+            Some(q) => self.running.insert(job, q),
+            None => self.running.remove(&job),
+        };
+        let after = self.team_of_running(job).to_owned();
+        let n = self.placed.get(&job).map_or(0, |w| w.len() as i64);
+        if n > 0 && before != after {
+            self.count_running(&before, -n);
+            self.count_running(&after, n);
+        }
+        old
     }
 
-    #[test]
-    fn a_job_starves_only_after_the_wait_and_only_without_a_capable_worker() {
-        let mut s = Scheduler::new();
-        let t0 = Instant::now();
-        let wait = Duration::from_secs(60);
-        let arm_job = JobId::new();
-        s.enqueue(arm_job, Platform::linux_arm64(), t0);
-        assert!(s.starved(t0 + Duration::from_secs(59), wait).is_empty());
-        assert_eq!(
-            s.starved(t0 + wait, wait),
-            vec![(arm_job, Platform::linux_arm64())]
-        );
-        // A capable but busy worker means the job is waiting for a slot, not starving.
-        s.add_worker(worker("arm", "linux/arm64", false, 1), []);
-        let other = JobId::new();
-        s.enqueue(other, Platform::linux_arm64(), t0);
-        s.assign();
-        assert!(s.starved(t0 + wait * 2, wait).is_empty());
-    }
-
-    #[test]
-    fn restated_running_jobs_occupy_slots_and_leave_the_queue() {
-        let mut s = Scheduler::new();
-        let a = JobId::new();
-        s.enqueue(a, Platform::linux_amd64(), Instant::now());
-        s.add_worker(worker("x86", "linux/amd64", false, 1), [a]);
-        assert_eq!(s.queued(), 0);
-        assert_eq!(s.slots_in_use("x86"), 1);
-    }
-
-    /// A worker of the team tables: caps, owner, and jobs of given teams already running on it.
-    #[derive(Clone)]
-    struct W {
-        caps: WorkerCaps,
-        owner: Option<&'static str>,
-        busy: Vec<&'static str>,
-    }
-
-    fn w(name: &str, platform: &str) -> W {
-        W {
-            caps: worker(name, platform, false, 1),
-            owner: None,
-            busy: Vec::new(),
+    /// Records `job` as running on `name` (attached).
+    fn place(&mut self, job: JobId, name: &str) {
+        let added = self.update_worker(name, |w| w.running.insert(job));
+        if added == Some(true) {
+            self.placed.entry(job).or_default().insert(name.to_owned());
+            let team = self.team_of_running(job).to_owned();
+            self.count_running(&team, 1);
         }
     }
 
-    impl W {
-        fn emulated(mut self) -> Self {
-            self.caps.emulated = true;
-            self
-        }
-        fn slots(mut self, slots: u32) -> Self {
-            self.caps.slots = slots;
-            self
-        }
-        fn owner(mut self, team: &'static str) -> Self {
-            self.owner = Some(team);
-            self
-        }
-        /// A job of `team` already runs on it.
-        fn busy(mut self, team: &'static str) -> Self {
-            self.busy.push(team);
-            self
+    /// Frees the slot `job` occupies on `name`.
+    fn unplace(&mut self, job: JobId, name: &str) {
+        if self.update_worker(name, |w| w.running.remove(&job)) == Some(true) {
+            self.forget_placement(job, name);
         }
     }
 
-    /// A queued job of the team tables, named by `label` in the expectations.
-    struct J {
-        label: &'static str,
-        platform: &'static str,
-        meta: JobMeta,
-    }
-
-    /// A job of `team` (`-` for none) for linux/amd64.
-    fn j(label: &'static str, team: &str) -> J {
-        J {
-            label,
-            platform: "linux/amd64",
-            meta: JobMeta {
-                team: (team != "-").then(|| team.to_owned()),
-                ..JobMeta::default()
-            },
+    /// Takes a detached worker's jobs out of the placements and the counts.
+    fn unplace_all(&mut self, w: &WorkerState) {
+        for job in &w.running {
+            self.forget_placement(*job, &w.caps.name);
         }
     }
 
-    impl J {
-        fn platform(mut self, platform: &'static str) -> Self {
-            self.platform = platform;
-            self
+    fn forget_placement(&mut self, job: JobId, name: &str) {
+        if let Some(names) = self.placed.get_mut(&job) {
+            names.remove(name);
+            if names.is_empty() {
+                self.placed.remove(&job);
+            }
         }
-        fn priority(mut self, priority: i32) -> Self {
-            self.meta.priority = priority;
-            self
-        }
-        fn affinity(mut self, worker: &str) -> Self {
-            self.meta.affinity = Some(worker.to_owned());
-            self
-        }
+        let team = self.team_of_running(job).to_owned();
+        self.count_running(&team, -1);
     }
 
-    /// Sets up teams and workers (with their busy jobs), queues `jobs` one millisecond apart in
-    /// order, runs one assignment round and compares "label->worker" in assignment order.
-    #[track_caller]
-    fn check_teams(teams: &[Team], workers: &[W], jobs: &[J], expected: &[&str]) {
-        let (s, labels, _) = setup(teams, workers, jobs);
-        let mut s = s;
-        let got: Vec<String> = s
-            .assign()
-            .into_iter()
-            .map(|a| format!("{}->{}", labels[&a.job], a.worker))
-            .collect();
-        assert_eq!(got, expected);
+    /// Removes a worker from the workers and the index, as it is.
+    fn detach_worker(&mut self, name: &str) -> Option<WorkerState> {
+        let w = self.workers.remove(name)?;
+        self.index.remove(&w);
+        Some(w)
     }
 
-    fn setup(
-        teams: &[Team],
-        workers: &[W],
-        jobs: &[J],
-    ) -> (Scheduler, HashMap<JobId, String>, Instant) {
-        let mut s = Scheduler::new();
-        let t0 = Instant::now();
-        let mut labels = HashMap::new();
-        for t in teams {
-            s.set_team(t.clone());
+    /// Changes an attached worker and refiles it in the index.
+    fn update_worker<R>(&mut self, name: &str, f: impl FnOnce(&mut WorkerState) -> R) -> Option<R> {
+        let w = self.workers.get_mut(name)?;
+        self.index.remove(w);
+        let r = f(w);
+        self.index.add(w);
+        Some(r)
+    }
+
+    /// Puts a job in the queue at its `seq`.
+    fn requeue(&mut self, q: Queued) {
+        self.queued_places.entry(q.job).or_default().insert(q.seq);
+        let tq = self
+            .queues
+            .entry(q.team().to_owned())
+            .or_default()
+            .entry(q.platform.clone())
+            .or_default();
+        tq.by_rank.insert(q.rank());
+        tq.by_age.insert(q.age());
+        match self.ages.get_mut(&q.platform) {
+            Some(ages) => {
+                ages.insert(q.age());
+            }
+            None => {
+                self.ages
+                    .insert(q.platform.clone(), BTreeSet::from([q.age()]));
+            }
         }
-        for wk in workers {
-            let busy: Vec<JobId> = wk
-                .busy
-                .iter()
-                .enumerate()
-                .map(|(i, team)| {
-                    let id = JobId::new();
-                    let meta = JobMeta {
-                        team: Some(team.to_string()),
-                        ..JobMeta::default()
-                    };
-                    s.enqueue_job(id, wk.caps.platforms[0].clone(), meta, t0);
-                    labels.insert(id, format!("{}#{i}", wk.caps.name));
-                    id
-                })
-                .collect();
-            s.add_worker(wk.caps.clone(), busy);
-            s.set_worker_owner(&wk.caps.name, wk.owner.map(str::to_owned));
+        self.queue.insert(q.seq, q);
+    }
+
+    /// Takes the job at `seq` out of the queue.
+    fn unqueue(&mut self, seq: u64) -> Option<Queued> {
+        let q = self.queue.remove(&seq)?;
+        if let Some(places) = self.queued_places.get_mut(&q.job) {
+            places.remove(&seq);
+            if places.is_empty() {
+                self.queued_places.remove(&q.job);
+            }
         }
-        for (i, job) in jobs.iter().enumerate() {
-            let id = JobId::new();
-            labels.insert(id, job.label.to_owned());
-            s.enqueue_job(
-                id,
-                job.platform.parse().unwrap(),
-                job.meta.clone(),
-                t0 + Duration::from_millis(i as u64),
-            );
+        if let Some(queues) = self.queues.get_mut(q.team()) {
+            if let Some(tq) = queues.get_mut(&q.platform) {
+                tq.by_rank.remove(&q.rank());
+                tq.by_age.remove(&q.age());
+                if tq.by_rank.is_empty() {
+                    queues.remove(&q.platform);
+                }
+            }
+            if queues.is_empty() {
+                self.queues.remove(q.team());
+            }
         }
-        (s, labels, t0)
-    }
-
-    #[test]
-    fn team_assignment_table() {
-        let a = || Team::new("a");
-        let b = || Team::new("b");
-
-        // Owner first: the owner's job takes its worker although another team's job is older.
-        check_teams(
-            &[a(), b()],
-            &[w("a-box", "linux/amd64").owner("a")],
-            &[j("b1", "b"), j("a1", "a")],
-            &["a1->a-box"],
-        );
-        // Borrowing when idle: with no job of the owner, any team uses the worker.
-        check_teams(
-            &[a(), b()],
-            &[w("a-box", "linux/amd64").owner("a")],
-            &[j("b1", "b")],
-            &["b1->a-box"],
-        );
-        // A borrower prefers common capacity when otherwise equal, keeping the owned worker free.
-        check_teams(
-            &[a(), b()],
-            &[
-                w("a-box", "linux/amd64").owner("a"),
-                w("pool", "linux/amd64"),
-            ],
-            &[j("b1", "b")],
-            &["b1->pool"],
-        );
-        // The owner's job only goes first for a platform its worker builds.
-        check_teams(
-            &[a(), b()],
-            &[w("a-box", "linux/amd64").owner("a")],
-            &[j("b1", "b"), j("a1", "a").platform("linux/arm64")],
-            &["b1->a-box"],
-        );
-        // Cap respected: team a may run one job; b gets the other slot, a2 waits.
-        check_teams(
-            &[a().max_running(1), b()],
-            &[w("x86", "linux/amd64").slots(3)],
-            &[j("a1", "a"), j("a2", "a"), j("b1", "b")],
-            &["a1->x86", "b1->x86"],
-        );
-        // The cap holds on the owner's own worker too: at its cap, the owner lends it.
-        check_teams(
-            &[a().max_running(1), b()],
-            &[w("a-box", "linux/amd64").owner("a").slots(2).busy("a")],
-            &[j("a1", "a"), j("b1", "b")],
-            &["b1->a-box"],
-        );
-        // Fair share: the team running least goes next, whatever the age of the other's jobs.
-        check_teams(
-            &[a(), b()],
-            &[w("x86", "linux/amd64").slots(3).busy("a").busy("a")],
-            &[j("a1", "a"), j("b1", "b")],
-            &["b1->x86"],
-        );
-        // Equal shares: the team whose oldest queued job is older goes next.
-        check_teams(
-            &[a(), b()],
-            &[w("x86", "linux/amd64").slots(3)],
-            &[j("b1", "b"), j("a1", "a"), j("a2", "a"), j("b2", "b")],
-            &["b1->x86", "a1->x86", "a2->x86"],
-        );
-        // Weights: b (weight 2) gets two slots for a's one.
-        check_teams(
-            &[a(), b().weight(2)],
-            &[w("x86", "linux/amd64").slots(3)],
-            &[
-                j("a1", "a"),
-                j("a2", "a"),
-                j("a3", "a"),
-                j("b1", "b"),
-                j("b2", "b"),
-            ],
-            &["a1->x86", "b1->x86", "b2->x86"],
-        );
-        // A job without team is in the team "default", which shares like any other.
-        check_teams(
-            &[a()],
-            &[w("x86", "linux/amd64").slots(2).busy("a")],
-            &[j("a1", "a"), j("d1", "-")],
-            &["d1->x86"],
-        );
-        // Priority within a team: the higher one goes first, then the oldest.
-        check_teams(
-            &[a()],
-            &[w("x86", "linux/amd64").slots(2)],
-            &[
-                j("a1", "a"),
-                j("a2", "a").priority(5),
-                j("a3", "a").priority(5),
-            ],
-            &["a2->x86", "a3->x86"],
-        );
-        // Priority does not cross teams: b's older job wins the tie against a's urgent one.
-        check_teams(
-            &[a(), b()],
-            &[w("x86", "linux/amd64")],
-            &[j("b1", "b"), j("a1", "a").priority(100)],
-            &["b1->x86"],
-        );
-        // Cache affinity breaks the tie between equal workers...
-        check_teams(
-            &[a()],
-            &[w("x1", "linux/amd64"), w("x2", "linux/amd64")],
-            &[j("a1", "a").affinity("x2")],
-            &["a1->x2"],
-        );
-        // ...but does not beat native over emulated...
-        check_teams(
-            &[a()],
-            &[
-                w("arm-emu", "linux/arm64").emulated(),
-                w("arm", "linux/arm64"),
-            ],
-            &[j("a1", "a").platform("linux/arm64").affinity("arm-emu")],
-            &["a1->arm"],
-        );
-        // ...nor the least loaded.
-        check_teams(
-            &[a()],
-            &[
-                w("x1", "linux/amd64").slots(2),
-                w("x2", "linux/amd64").slots(2).busy("a"),
-            ],
-            &[j("a1", "a").affinity("x2")],
-            &["a1->x1"],
-        );
-        // Native over emulated holds for teams, even when the emulated one is the owner's.
-        check_teams(
-            &[a(), b()],
-            &[
-                w("arm-emu", "linux/arm64").emulated().slots(4),
-                w("arm", "linux/arm64"),
-            ],
-            &[
-                j("b1", "b").platform("linux/arm64"),
-                j("b2", "b").platform("linux/arm64"),
-            ],
-            &["b1->arm", "b2->arm-emu"],
-        );
-    }
-
-    /// One worker owned by team a, full with a job of team b; a's job was queued at t0.
-    /// Returns "job@worker" preemptions at `t0 + waited` with the given grace.
-    #[track_caller]
-    fn check_preemption(
-        grace: Option<Duration>,
-        a_cap: Option<u32>,
-        waited: Duration,
-        expected: &[&str],
-    ) {
-        let mut a = Team::new("a");
-        a.max_running = a_cap;
-        let (mut s, labels, t0) = setup(
-            &[a, Team::new("b")],
-            &[w("a-box", "linux/amd64").owner("a").busy("b")],
-            &[j("a1", "a")],
-        );
-        s.set_preemption_grace(grace);
-        assert!(s.assign().is_empty(), "the owned worker is full");
-        let got: Vec<String> = s
-            .preemptions(t0 + waited)
-            .into_iter()
-            .map(|p| {
-                assert_eq!(p.team, "a");
-                format!("{}@{}", labels[&p.job], p.worker)
-            })
-            .collect();
-        assert_eq!(got, expected);
-    }
-
-    #[test]
-    fn preemption_table() {
-        let grace = Duration::from_secs(300);
-        // Disabled (the default): never.
-        check_preemption(None, None, grace * 10, &[]);
-        // Before the grace period: not yet.
-        check_preemption(Some(grace), None, grace - Duration::from_secs(1), &[]);
-        // After it: the borrowed job is named.
-        check_preemption(Some(grace), None, grace, &["a-box#0@a-box"]);
-        // An owner at its cap would not get the slot: no preemption.
-        check_preemption(Some(grace), Some(0), grace, &[]);
-    }
-
-    #[test]
-    fn a_preempted_job_returns_to_its_place_and_the_owner_gets_the_worker() {
-        let (mut s, labels, t0) = setup(
-            &[Team::new("a"), Team::new("b")],
-            &[
-                w("a-box", "linux/amd64").owner("a").busy("b"),
-                w("pool", "linux/amd64").busy("b"),
-            ],
-            &[j("a1", "a")],
-        );
-        s.set_preemption_grace(Some(Duration::from_secs(60)));
-        let preemptions = s.preemptions(t0 + Duration::from_secs(60));
-        assert_eq!(preemptions.len(), 1);
-        let p = &preemptions[0];
-        assert_eq!(labels[&p.job], "a-box#0");
-        assert!(s.preempt(p.job));
-        assert!(!s.preempt(p.job), "no longer running");
-        assert_eq!(s.queued(), 2);
-        let got: Vec<String> = s
-            .assign()
-            .into_iter()
-            .map(|a| format!("{}->{}", labels[&a.job], a.worker))
-            .collect();
-        assert_eq!(got, ["a1->a-box"]);
-        // Nothing left to reclaim: the owner runs on its worker.
-        assert!(s.preemptions(t0 + Duration::from_secs(600)).is_empty());
-        assert_eq!(s.running_of_team("a"), 1);
-        assert_eq!(s.running_of_team("b"), 1);
-        // The preempted job kept its team: it takes the next free slot.
-        s.finished(
-            labels
-                .iter()
-                .find(|(_, l)| *l == "pool#0")
-                .map(|(id, _)| *id)
-                .unwrap(),
-        );
-        let got: Vec<String> = s
-            .assign()
-            .into_iter()
-            .map(|a| format!("{}->{}", labels[&a.job], a.worker))
-            .collect();
-        assert_eq!(got, ["a-box#0->pool"]);
-        assert_eq!(s.running_of_team("b"), 1);
+        if let Some(ages) = self.ages.get_mut(&q.platform) {
+            ages.remove(&q.age());
+        }
+        Some(q)
     }
 }
