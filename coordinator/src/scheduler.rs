@@ -265,9 +265,11 @@ struct FreeSlots {
 #[derive(Debug, Default)]
 struct WorkerIndex {
     /// Per platform, the workers with a free slot.
-    free: HashMap<Platform, FreeSlots>,
+    free: BTreeMap<Platform, FreeSlots>,
+    /// Workers with a free slot, on any platform: none means no pick needs looking for.
+    free_workers: usize,
     /// Per platform, how many workers that take jobs (not draining, healthy) build it.
-    capable: HashMap<Platform, u32>,
+    capable: BTreeMap<Platform, u32>,
     /// Owned workers that take jobs and are full, by name.
     full_and_owned: BTreeSet<String>,
 }
@@ -285,6 +287,7 @@ impl WorkerIndex {
             }
         }
         if w.has_free_slot() {
+            self.free_workers += 1;
             let key = w.free_key();
             for p in &w.platforms {
                 if !self.free.contains_key(p) {
@@ -317,6 +320,7 @@ impl WorkerIndex {
             }
         }
         if w.has_free_slot() {
+            self.free_workers -= 1;
             let key = w.free_key();
             for p in &w.platforms {
                 if let Some(slots) = self.free.get_mut(p) {
@@ -359,9 +363,9 @@ pub struct Scheduler {
     /// The queue places of each waiting job (one, except in states the farm never creates).
     queued_places: HashMap<JobId, BTreeSet<u64>>,
     /// Waiting jobs per team (those with any) and platform.
-    queues: BTreeMap<String, HashMap<Platform, TeamQueue>>,
+    queues: BTreeMap<String, BTreeMap<Platform, TeamQueue>>,
     /// Waiting jobs per platform by age, for [`Scheduler::starved`].
-    ages: HashMap<Platform, BTreeSet<Age>>,
+    ages: BTreeMap<Platform, BTreeSet<Age>>,
     next_seq: u64,
     /// The latest `now` given to an enqueue so far.
     latest_enqueue: Option<Instant>,
@@ -734,6 +738,9 @@ impl Scheduler {
     /// worker is the first, in (native, least loaded, name) order, owned by a team below its cap
     /// that has a job queued for one of its platforms.
     fn owner_pick(&self, round: &RoundCounts) -> Option<(u64, String)> {
+        if self.index.free_workers == 0 {
+            return None;
+        }
         let mut best: Option<(&FreeKey, &str)> = None;
         for (team, queues) in &self.queues {
             if self.cap_reached(team, round.get(self, team)) {
@@ -766,6 +773,9 @@ impl Scheduler {
     /// Fair share: the team with the lowest running/weight among those with a runnable job, its
     /// best job, and the best free worker for it.
     fn shared_pick(&self, round: &RoundCounts) -> Option<(u64, String)> {
+        if self.index.free_workers == 0 {
+            return None;
+        }
         // (team, running, weight, its oldest runnable job, its best runnable job and platform)
         let mut best: Option<(&str, u64, u64, Age, Rank, &Platform)> = None;
         for (team, queues) in &self.queues {
