@@ -1007,6 +1007,15 @@ impl workers_server::Workers for Api {
                         Some(Msg::Hello(_)) | None => {}
                     }
                 }
+                // Results still being checked count: a draining worker says goodbye right after
+                // its last result, and that result must not be lost with the stream.
+                while !stopped.is_cancelled()
+                    && let Some(joined) = checks.join_next().await
+                {
+                    if let Ok((job, attempt, checked)) = joined {
+                        api.checked(&farm, &session, job, attempt, checked);
+                    }
+                }
                 farm.detach(&session);
                 drop(tx);
             },
