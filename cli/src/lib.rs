@@ -8,6 +8,7 @@
 //! Layout, in reading order:
 //! - [`args`]: the clap definitions and [`args::BuildPlan`], `manifold build`'s flags checked
 //!   locally (platforms normalised, Dockerfiles found) before anything is contacted;
+//! - [`build_flags`]: the buildx flags (caches, network, hosts, shm size) and `--secret` values;
 //! - [`config`]: where the coordinator address, the token and the CA come from (flag,
 //!   environment, `~/.config/manifold/config.toml`, default);
 //! - [`dockerignore`]: `.dockerignore` patterns with Docker's exact matching rules;
@@ -23,6 +24,7 @@
 //!   `manifold-registry` (no coordinator, no Docker daemon), and `manifold completion`.
 
 pub mod args;
+pub mod build_flags;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -1,0 +1,124 @@
+//! The buildx flags of `manifold build` beyond Dockerfile, arguments and labels, read from the
+//! command line: caches, network, extra hosts, shm size ([`parse_flags`]) and the `--secret`
+//! values, read from their files or variables on this machine ([`parse_secrets`]).
+
+use std::path::Path;
+
+use manifold_proto::build_flags;
+use manifold_proto::{BuildFlags, CacheSpec, SecretValue, Secrets};
+
+use crate::args::{ArgsError, BuildArgs};
+
+/// The buildx flags of `args`, each value checked.
+pub fn parse_flags(args: &BuildArgs) -> Result<BuildFlags, ArgsError> {
+    let caches = |flag: &'static str, values: &[String]| {
+        values
+            .iter()
+            .map(|v| CacheSpec::parse(flag, v))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(BuildFlags {
+        no_cache: args.no_cache,
+        pull: args.pull,
+        cache_from: caches("--cache-from", &args.cache_from)?,
+        cache_to: caches("--cache-to", &args.cache_to)?,
+        network: args
+            .network
+            .as_deref()
+            .map(build_flags::parse_network)
+            .transpose()?,
+        add_hosts: args
+            .add_hosts
+            .iter()
+            .map(|h| build_flags::parse_add_host(h))
+            .collect::<Result<_, _>>()?,
+        shm_size: args
+            .shm_size
+            .as_deref()
+            .map(build_flags::parse_shm_size)
+            .transpose()?,
+        secret_ids: Vec::new(),
+    })
+}
+
+/// Reads `--secret id=ID[,src=PATH|,env=VAR]` values as buildx does: `src` (or `source`) names a
+/// file, `env` a variable; with neither, the variable named like the id if it is set, else the
+/// file named like the id. `env` looks variables up.
+pub fn parse_secrets(
+    specs: &[String],
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Secrets, ArgsError> {
+    let mut secrets = Secrets::new();
+    for spec in specs {
+        let bad = |reason: String| ArgsError::Secret {
+            spec: spec.clone(),
+            reason,
+        };
+        let (mut id, mut src, mut var, mut kind) = (None, None, None, None);
+        for field in spec.split(',') {
+            let (key, value) = field.split_once('=').ok_or_else(|| {
+                bad(format!(
+                    "`{field}` is not KEY=VALUE; expected id=ID,src=PATH"
+                ))
+            })?;
+            match key.trim() {
+                "id" => id = Some(value.to_owned()),
+                "src" | "source" => src = Some(value.to_owned()),
+                "env" => var = Some(value.to_owned()),
+                "type" => kind = Some(value.to_owned()),
+                other => {
+                    return Err(bad(format!(
+                        "unknown key `{other}`; expected id, src, env or type"
+                    )));
+                }
+            }
+        }
+        let id = id
+            .or_else(|| {
+                src.as_deref()
+                    .and_then(|s| Path::new(s).file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .ok_or_else(|| bad("no id=; expected id=ID,src=PATH".into()))?;
+        build_flags::check_secret_id(&id)?;
+        let from_env = |name: &str| {
+            env(name)
+                .map(|v| v.into_encoded_bytes())
+                .ok_or_else(|| bad(format!("the environment variable {name} is not set")))
+        };
+        let read =
+            |path: &str| std::fs::read(path).map_err(|e| bad(format!("cannot read {path}: {e}")));
+        let value = match kind.as_deref() {
+            Some("env") => from_env(var.or(src).as_deref().unwrap_or(&id))?,
+            Some("file") if var.is_none() => read(src.as_deref().unwrap_or(&id))?,
+            Some("file") => return Err(bad("type=file takes src=, not env=".into())),
+            Some(other) => {
+                return Err(bad(format!("unknown type `{other}`; expected file or env")));
+            }
+            None => match (src, var) {
+                (Some(_), Some(_)) => return Err(bad("give src= or env=, not both".into())),
+                (Some(path), None) => read(&path)?,
+                (None, Some(var)) => from_env(&var)?,
+                (None, None) => match env(&id) {
+                    Some(v) => v.into_encoded_bytes(),
+                    None => read(&id).map_err(|_| {
+                        bad(format!(
+                            "no src= or env=, and neither a variable nor a file is named {id}"
+                        ))
+                    })?,
+                },
+            },
+        };
+        if value.len() > build_flags::MAX_SECRET_BYTES {
+            return Err(bad(format!(
+                "{} bytes; a secret may hold at most {} bytes",
+                value.len(),
+                build_flags::MAX_SECRET_BYTES
+            )));
+        }
+        if secrets.insert(id.clone(), SecretValue(value)).is_some() {
+            return Err(bad(format!("the id `{id}` is given twice")));
+        }
+    }
+    Ok(secrets)
+}
