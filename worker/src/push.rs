@@ -165,13 +165,7 @@ pub async fn push_image(
     logs: &LogSink,
     cancel: &CancellationToken,
 ) -> Result<PushedImage, PushError> {
-    let reference = parse_repository(&target.repository)?;
-    let registry = reference.registry().to_owned();
-    // Docker config `auths`, `credsStore` and `credHelpers`, as the docker CLI reads them.
-    let auth = match target.docker_config.as_deref() {
-        Some(path) => DockerConfig::load_from(path)?.credentials(&registry)?.auth,
-        None => RegistryAuth::Anonymous,
-    };
+    let registry_client = Registry::for_target(target, logs)?;
 
     tokio::fs::create_dir_all(scratch)
         .await
@@ -199,7 +193,6 @@ pub async fn push_image(
         target.repository
     ));
 
-    let registry_client = Registry::new(reference, registry, auth, target.insecure, logs.clone());
     let pushed = tokio::select! {
         () = cancel.cancelled() => return Err(PushError::Cancelled),
         pushed = registry_client.push(&image, logs) => pushed?,
@@ -229,14 +222,9 @@ pub async fn read_pushed(
     pushed: &PushedImage,
     logs: &LogSink,
 ) -> Result<PushedConfig, PushError> {
-    let reference = parse_repository(&target.repository)?;
-    let registry = reference.registry().to_owned();
-    let auth = match target.docker_config.as_deref() {
-        Some(path) => DockerConfig::load_from(path)?.credentials(&registry)?.auth,
-        None => RegistryAuth::Anonymous,
-    };
-    let client = Registry::new(reference, registry, auth, target.insecure, logs.clone());
-    client.read_config(pushed).await
+    Registry::for_target(target, logs)?
+        .read_config(pushed)
+        .await
 }
 
 /// A layer ready to upload.
@@ -578,6 +566,24 @@ struct Registry {
 }
 
 impl Registry {
+    /// The client for `target`'s repository, with the credentials of the worker's Docker config
+    /// (`auths`, `credsStore` and `credHelpers`, as the docker CLI reads them).
+    fn for_target(target: &PushTarget, logs: &LogSink) -> Result<Self, PushError> {
+        let reference = parse_repository(&target.repository)?;
+        let registry = reference.registry().to_owned();
+        let auth = match target.docker_config.as_deref() {
+            Some(path) => DockerConfig::load_from(path)?.credentials(&registry)?.auth,
+            None => RegistryAuth::Anonymous,
+        };
+        Ok(Self::new(
+            reference,
+            registry,
+            auth,
+            target.insecure,
+            logs.clone(),
+        ))
+    }
+
     fn new(
         reference: Reference,
         registry: String,
