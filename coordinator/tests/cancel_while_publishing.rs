@@ -1,6 +1,7 @@
 //! A build cancelled while its manifest list is being pushed writes no tag: the push stops where
 //! it is. The registry here is a scripted one on 127.0.0.1 that answers the child-manifest checks
-//! slowly, so the cancel lands between the checks and the tag write; it records every request.
+//! slowly, so the cancel lands between the checks and the tag write; it records every request,
+//! and `CLOSED AFTER HEAD` when a client closes a connection on which it asked a HEAD.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +19,8 @@ use support::{FarmFixture, amd64_hello};
 /// How long the scripted registry takes to answer a manifest check.
 const SLOW: Duration = Duration::from_millis(1500);
 
-/// Request lines (`METHOD PATH`) the scripted registry received.
+/// Request lines (`METHOD PATH`) the scripted registry received, and `CLOSED AFTER HEAD` for
+/// each connection with a HEAD that the client closed.
 type Seen = Arc<Mutex<Vec<String>>>;
 
 /// A registry that says every manifest exists (after [`SLOW`] for HEAD) and accepts every push.
@@ -35,9 +37,13 @@ async fn scripted_registry() -> (String, Seen) {
             let log = Arc::clone(&log);
             tokio::spawn(async move {
                 let mut stream = BufReader::new(stream);
+                let mut asked_head = false;
                 loop {
                     let mut line = String::new();
                     if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        if asked_head {
+                            log.lock().unwrap().push("CLOSED AFTER HEAD".into());
+                        }
                         return;
                     }
                     let request = line
@@ -65,6 +71,7 @@ async fn scripted_registry() -> (String, Seen) {
                         return;
                     }
                     log.lock().unwrap().push(request.clone());
+                    asked_head |= request.starts_with("HEAD");
                     let response = if request.starts_with("HEAD") {
                         tokio::time::sleep(SLOW).await;
                         let digest = request.rsplit('/').next().unwrap_or_default().to_owned();
@@ -133,8 +140,21 @@ async fn a_build_cancelled_while_its_list_is_pushed_writes_no_tag() {
     let build = farm.cancel(id).await.unwrap();
     assert_eq!(build.state, BuildState::Cancelled);
 
-    // Long past the slow answer, nothing was written under the tag.
-    tokio::time::sleep(SLOW * 3).await;
+    // The stopped push drops its connection in the middle of the check; had it gone on, it
+    // would have sent its PUTs on that connection and kept it open.
+    let dropped = async {
+        while !seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r == "CLOSED AFTER HEAD")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), dropped)
+        .await
+        .expect("the stopped push closes its connection");
     let requests = seen.lock().unwrap().clone();
     assert!(
         !requests.iter().any(|r| r.starts_with("PUT")),

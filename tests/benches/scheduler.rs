@@ -19,16 +19,24 @@
 //!    a second;
 //! 5. **bulk** (indexed only): every worker attached first, then one `assign()` filling every slot.
 //!
-//! The reference runs each phase until `REFERENCE_SECS` have passed (its events are slow); the
-//! figures say how many events each side ran. The assignments of every event both ran are
-//! compared, and the run fails if they differ.
+//! The reference's events are slow (each pick rescans the queue), so it runs a fixed number of
+//! events per phase, `REFERENCE_EVENTS`: it fills the whole queue (phase 1 must: the other
+//! phases need it), attaches only its first `REFERENCE_EVENTS` workers (no untimed rest: at full
+//! size that alone took longer than 20 minutes), runs `REFERENCE_EVENTS` steady events on that
+//! smaller farm (the same queue; fewer workers make its `finished` cheaper, not its picks), and
+//! `REFERENCE_EVENTS / 10` ticks. The assignments of the attach events both ran are compared
+//! (both start from the same state there), and the run fails if they differ; the property test
+//! in `coordinator/src/scheduler` compares every decision on random scenarios.
+//!
+//! Each phase prints a line as it ends, so a run stopped early still says what it measured.
 //!
 //! Knobs (environment): MANIFOLD_BENCH_SCHED_QUEUE (default 100000), _WORKERS (5000), _SLOTS (2),
 //! _TEAMS (10), _EVENTS (steady events for the indexed scheduler, 50000), _TICKS (200),
-//! _REFERENCE_SECS (budget per phase for the reference, 20). The table is also written to
+//! _REFERENCE_EVENTS (events per phase for the reference, 100). The table is also written to
 //! target/manifold-bench/scheduler-<unix time>.md.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,7 +57,7 @@ struct Config {
     teams: usize,
     events: usize,
     ticks: usize,
-    reference_budget: Duration,
+    reference_events: usize,
 }
 
 impl Config {
@@ -70,7 +78,7 @@ impl Config {
             teams: num("TEAMS", 10)?.max(1) as usize,
             events: num("EVENTS", 50_000)? as usize,
             ticks: num("TICKS", 200)? as usize,
-            reference_budget: Duration::from_secs(num("REFERENCE_SECS", 20)?),
+            reference_events: num("REFERENCE_EVENTS", 100)? as usize,
         };
         if c.slots == 0 || c.workers == 0 {
             return Err("MANIFOLD_BENCH_SCHED_WORKERS and _SLOTS must be 1 or more".into());
@@ -220,7 +228,7 @@ impl Scenario {
 struct Phase {
     events: Vec<Duration>,
     assignments: usize,
-    /// The phase stopped at the time budget before its last event.
+    /// The phase ran fewer events than the indexed run's (the reference's bound).
     cut: bool,
 }
 
@@ -241,6 +249,23 @@ impl Phase {
     fn rate(&self, n: usize) -> f64 {
         n as f64 / self.total().as_secs_f64().max(1e-9)
     }
+
+    /// One line as the phase ends, printed at once.
+    fn report(&self, who: &str, name: &str) {
+        println!(
+            "  {who} {name}: {} events{}, total {:.3} s, p50 {} / p99 {} / max {}, {} assignments ({:.0}/s); load average {}",
+            self.events.len(),
+            if self.cut { " (bounded)" } else { "" },
+            self.total().as_secs_f64(),
+            us(self.quantile(0.5)),
+            us(self.quantile(0.99)),
+            us(self.quantile(1.0)),
+            self.assignments,
+            self.rate(self.assignments),
+            load_average(),
+        );
+        let _ = std::io::stdout().flush();
+    }
 }
 
 /// Everything measured of one implementation.
@@ -255,11 +280,12 @@ struct Results {
     decisions: Vec<Vec<Assignment>>,
 }
 
-fn run<S: Sched>(config: &Config, scenario: &Scenario, budget: Option<Duration>) -> Results {
+/// Runs phases 1–4; `bound`: at most that many events per phase 2–3 (a tenth for ticks).
+fn run<S: Sched>(who: &str, config: &Config, scenario: &Scenario, bound: Option<usize>) -> Results {
     let mut rng = Rng(0x5eed);
     let t0 = Instant::now();
     let mut now = t0;
-    let over = |started: Instant| budget.is_some_and(|b| started.elapsed() >= b);
+    let limit = |n: usize| bound.map_or(n, |b| b.min(n));
     let mut r = Results::default();
     let mut s = S::new();
     for t in &scenario.teams {
@@ -275,22 +301,13 @@ fn run<S: Sched>(config: &Config, scenario: &Scenario, budget: Option<Duration>)
         r.enqueue.events.push(at.elapsed());
         now += Duration::from_micros(10);
     }
+    r.enqueue.report(who, "enqueue");
 
     // 2. attach
     let mut running: Vec<JobId> = Vec::new();
-    let started = Instant::now();
-    for (i, (caps, owner)) in scenario.workers.iter().enumerate() {
-        if over(started) {
-            // The rest attach untimed, so that the next phases start from the same state.
-            r.attach.cut = true;
-            for (caps, owner) in &scenario.workers[i..] {
-                s.add_worker(caps.clone());
-                s.set_worker_owner(&caps.name, owner.clone());
-                let got = s.assign();
-                running.extend(got.iter().map(|a| a.job));
-            }
-            break;
-        }
+    let attaching = limit(scenario.workers.len());
+    r.attach.cut = attaching < scenario.workers.len();
+    for (caps, owner) in &scenario.workers[..attaching] {
         let at = Instant::now();
         s.add_worker(caps.clone());
         s.set_worker_owner(&caps.name, owner.clone());
@@ -300,14 +317,11 @@ fn run<S: Sched>(config: &Config, scenario: &Scenario, budget: Option<Duration>)
         running.extend(got.iter().map(|a| a.job));
         r.decisions.push(got);
     }
+    r.attach.report(who, "attach");
 
     // 3. steady
-    let started = Instant::now();
-    for _ in 0..config.events {
-        if over(started) {
-            r.steady.cut = true;
-            break;
-        }
+    r.steady.cut = limit(config.events) < config.events;
+    for _ in 0..limit(config.events) {
         if running.is_empty() {
             break;
         }
@@ -323,21 +337,20 @@ fn run<S: Sched>(config: &Config, scenario: &Scenario, budget: Option<Duration>)
         running.extend(got.iter().map(|a| a.job));
         r.decisions.push(got);
     }
+    r.steady.report(who, "steady");
 
     // 4. tick: pure questions, asked at a time when every queued job has waited past the grace.
     let later = now + GRACE * 2;
-    let started = Instant::now();
-    for _ in 0..config.ticks {
-        if over(started) {
-            r.tick.cut = true;
-            break;
-        }
+    let ticks = bound.map_or(config.ticks, |b| (b / 10).max(1).min(config.ticks));
+    r.tick.cut = ticks < config.ticks;
+    for _ in 0..ticks {
         let at = Instant::now();
         let p = s.preemptions(later);
         let starved = s.starved(later, GRACE);
         r.tick.events.push(at.elapsed());
         r.tick.assignments = p.len() + starved.len();
     }
+    r.tick.report(who, "tick");
     r
 }
 
@@ -359,11 +372,13 @@ fn bulk(config: &Config, scenario: &Scenario) -> Phase {
     }
     let at = Instant::now();
     let got = s.assign();
-    Phase {
+    let phase = Phase {
         events: vec![at.elapsed()],
         assignments: got.len(),
         cut: false,
-    }
+    };
+    phase.report("indexed", "bulk");
+    phase
 }
 
 fn load_average() -> String {
@@ -377,7 +392,11 @@ fn us(d: Duration) -> String {
 }
 
 fn events(p: &Phase) -> String {
-    format!("{}{}", p.events.len(), if p.cut { " (budget)" } else { "" })
+    format!(
+        "{}{}",
+        p.events.len(),
+        if p.cut { " (bounded)" } else { "" }
+    )
 }
 
 fn row(out: &mut String, name: &str, new: String, old: String) {
@@ -395,7 +414,7 @@ fn render(
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
         o,
-        "scheduler benchmark: {} queued jobs, {} workers x {} slots ({} slots), {} teams, 2 platforms, preemption on; {} cores; load average (1/5/15 min) at start {}, after the indexed run {}, at the end {}\n",
+        "scheduler benchmark: {} queued jobs, {} workers x {} slots ({} slots), {} teams, 2 platforms, preemption on; {} cores; load average (1/5/15 min) at start {}, after the indexed run {}, at the end {}; the reference ran at most {} events per phase (its steady phase with only that many workers attached)\n",
         config.queue,
         config.workers,
         config.slots,
@@ -405,6 +424,7 @@ fn render(
         loads[0],
         loads[1],
         loads[2],
+        config.reference_events,
     );
     let _ = writeln!(o, "| figure | indexed | reference (before) |");
     let _ = writeln!(o, "| --- | --- | --- |");
@@ -477,7 +497,7 @@ fn render(
     let p99 = new.steady.quantile(0.99).max(new.attach.quantile(0.99));
     let _ = writeln!(
         o,
-        "\nidentical decisions: the assignments of all {compared} attach and steady events that both ran"
+        "\nidentical decisions: the assignments of all {compared} attach events that both ran"
     );
     let _ = writeln!(
         o,
@@ -509,33 +529,32 @@ fn main() -> ExitCode {
     };
     let scenario = Scenario::new(&config);
     let mut loads = vec![load_average()];
-    println!("indexed scheduler...");
-    let mut new = run::<Scheduler>(&config, &scenario, None);
+    println!(
+        "indexed scheduler ({} queued jobs, {} workers x {} slots; load average {})...",
+        config.queue, config.workers, config.slots, loads[0]
+    );
+    let mut new = run::<Scheduler>("indexed", &config, &scenario, None);
     new.bulk = Some(bulk(&config, &scenario));
     loads.push(load_average());
     println!(
-        "reference scheduler (budget {:?} per phase)...",
-        config.reference_budget
+        "reference scheduler (at most {} events per phase)...",
+        config.reference_events
     );
-    let old = run::<reference::Scheduler>(&config, &scenario, Some(config.reference_budget));
+    let old = run::<reference::Scheduler>(
+        "reference",
+        &config,
+        &scenario,
+        Some(config.reference_events),
+    );
     loads.push(load_average());
-    let compared = new.decisions.len().min(old.decisions.len());
-    let attach_old = old.attach.events.len();
-    // Attach events the reference did not time still happened: compare only timed events of
-    // both, in the same order (attach events first, then steady ones).
-    let pairs: Vec<(&Vec<Assignment>, &Vec<Assignment>)> = if old.attach.cut {
-        new.decisions[..attach_old]
-            .iter()
-            .zip(&old.decisions[..attach_old])
-            .chain(
-                new.decisions[scenario.workers.len()..]
-                    .iter()
-                    .zip(&old.decisions[attach_old..]),
-            )
-            .collect()
-    } else {
-        new.decisions.iter().zip(&old.decisions).collect()
-    };
+    // Both attach the same workers in the same order from the same queue: their attach
+    // decisions must be equal. The reference's steady phase runs on fewer workers.
+    let attached = old.attach.events.len().min(new.attach.events.len());
+    let pairs: Vec<(&Vec<Assignment>, &Vec<Assignment>)> = new.decisions[..attached]
+        .iter()
+        .zip(&old.decisions[..attached])
+        .collect();
+    let compared = pairs.len();
     if let Some(i) = pairs.iter().position(|(a, b)| a != b) {
         eprintln!(
             "scheduler bench FAILED: event {i} assigned differently: indexed {:?}, reference {:?}",
@@ -543,7 +562,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let text = render(&config, &new, &old, pairs.len().min(compared), &loads);
+    let text = render(&config, &new, &old, compared, &loads);
     println!("\n{text}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/manifold-bench");
     let stamp = SystemTime::now()

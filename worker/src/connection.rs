@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tracing::Instrument as _;
 
+use crate::admission;
 use crate::config::Config;
 use crate::context_cache::{CacheError, ContextCache, ContextDigest, SourceError};
 use crate::docker::{DaemonInfo, DescribeError, DockerEngine};
@@ -625,70 +626,49 @@ impl Worker {
             tracing::info!(job_id = %assign.job_id, attempt = assign.attempt, reason = %failure.message, "assignment refused");
             result_message(&assign.job_id, assign.attempt, Err(failure))
         };
-        if self.shutdown.is_cancelled() {
-            let failure = JobFailure::refused(format!(
-                "worker draining: `{}` is shutting down and takes no new jobs",
-                shared.config.name
-            ));
-            return tx.send(refuse(failure)).await;
-        }
-        if let Some(reason) = shared.unhealthy() {
-            let failure = JobFailure::refused(format!(
-                "worker `{}` is unhealthy: {reason}",
-                shared.config.name
-            ));
-            return tx.send(refuse(failure)).await;
-        }
         let spec = match job_spec(&assign) {
             Ok(spec) => spec,
             Err(reason) => return tx.send(refuse(JobFailure::permanent(reason))).await,
         };
-        if !spec.platform.matches(platform) {
-            let failure = JobFailure::retryable(format!(
-                "job is for {} but worker `{}` builds {platform}; assign it to a worker of that platform",
-                spec.platform, shared.config.name
-            ));
-            return tx.send(refuse(failure)).await;
-        }
+        let unhealthy = shared.unhealthy();
+        let situation = admission::Situation {
+            name: &shared.config.name,
+            draining: self.shutdown.is_cancelled(),
+            unhealthy: unhealthy.as_deref(),
+            platform,
+            slots: shared.config.slots,
+        };
         let token = {
             let mut jobs = shared.jobs.lock().expect("jobs lock");
-            let key = (spec.job_id, spec.attempt);
-            if jobs.contains_key(&key) {
-                // A repeated assignment (e.g. after a reconnect): the job is already running.
-                Ok(None)
-            } else {
-                // A newer attempt of a job supersedes the older one still running here.
-                for ((id, attempt), token) in jobs.iter() {
-                    if *id == spec.job_id && *attempt < spec.attempt {
-                        token.cancel();
-                    }
+            let holds: Vec<admission::Held> = jobs
+                .iter()
+                .map(|((id, attempt), token)| (*id, *attempt, token.is_cancelled()))
+                .collect();
+            let decision = admission::admit(
+                &situation,
+                spec.job_id,
+                spec.attempt,
+                &spec.platform,
+                &holds,
+            );
+            for key in &decision.supersede {
+                if let Some(token) = jobs.get(key) {
+                    token.cancel();
                 }
-                // Cancelled and superseded jobs are only winding down: they hold no slot.
-                let busy = jobs
-                    .iter()
-                    .filter(|((id, attempt), token)| {
-                        let superseded = *id == spec.job_id && *attempt < spec.attempt;
-                        !(token.is_cancelled() || superseded)
-                    })
-                    .count();
-                if busy >= shared.config.slots as usize {
-                    Err(busy)
-                } else {
+            }
+            match decision.verdict {
+                admission::Verdict::Refuse(failure) => Err(failure),
+                admission::Verdict::AlreadyRunning => Ok(None),
+                admission::Verdict::Start => {
                     let token = CancellationToken::new();
-                    jobs.insert(key, token.clone());
+                    jobs.insert((spec.job_id, spec.attempt), token.clone());
                     Ok(Some(token))
                 }
             }
         };
         let token = match token {
             Ok(token) => token,
-            Err(busy) => {
-                let failure = JobFailure::refused(format!(
-                    "worker `{}` has no free slot ({busy} of {} in use)",
-                    shared.config.name, shared.config.slots
-                ));
-                return tx.send(refuse(failure)).await;
-            }
+            Err(failure) => return tx.send(refuse(failure)).await,
         };
         tx.send(message(ToCoordinator::Accepted(v1::JobAccepted {
             job_id: assign.job_id.clone(),

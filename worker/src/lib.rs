@@ -8,6 +8,8 @@
 //! - [`config`]: the one typed [`Config`] and its defaults from the environment;
 //! - [`connection`]: [`run`], the stream to the coordinator (hello, heartbeats, reconnect, dispatch,
 //!   drain, stopping when the coordinator refuses the worker's identity);
+//! - [`admission`]: which assignment starts, which is refused, which older attempt it supersedes
+//!   (pure);
 //! - [`health`]: whether the worker can take a job: the daemon answers, the disk has room;
 //! - [`metrics`]: Prometheus metrics of the worker's disk and cache (`--metrics-listen`);
 //! - [`tls`]: how the coordinator is dialled: https:// with the worker's client certificate, or
@@ -20,6 +22,7 @@
 //! - [`progress`]: BuildKit status messages turned into readable log lines;
 //! - [`push`]: the OCI push by digest with oci-client (gzip layers, OCI manifest, retries);
 
+pub mod admission;
 pub mod buildkit;
 pub mod config;
 pub mod connection;

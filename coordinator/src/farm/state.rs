@@ -1,0 +1,1439 @@
+//! The farm's pure state: builds, their jobs, the attached workers, the timers of the attempts
+//! out on workers, and every transition between them.
+//!
+//! [`FarmState`] does no I/O: it owns no channel, no watch sender, no task and reads no clock.
+//! Every transition takes the time as a [`Now`] and returns the [`Effects`] the handle
+//! ([`super::Farm`]) must apply: build records to persist, then messages to worker sessions,
+//! histories that grew, lists to publish or stop publishing, sessions to close. The policies it
+//! applies, each with exact-time table tests in `farm/tests.rs`:
+//! - a job has at most one live attempt; news of any other attempt is ignored (a late
+//!   acknowledgement is answered with a cancel);
+//! - a disconnected worker keeps its jobs for `worker_lease`; a reconnect restating them adopts
+//!   them; a worker silent for `worker_lease` is lost and its session closed ([`super::timers`]);
+//! - an assignment not acknowledged within `assign_timeout`, and a running attempt silent for
+//!   `stuck_after`, are cancelled on their worker and requeued, the attempt counted;
+//! - infrastructure failures are retried while counted attempts remain, refusals and preemptions
+//!   do not count ([`super::retry`]); build failures end the build at once;
+//! - a build past its timeout fails and its jobs are cancelled; a job nobody can take fails its
+//!   build after `wait_for_workers`;
+//! - a build's last event is `Finished`, and nothing is recorded after it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use manifold_proto::{BuildId, JobId, Platform, Secrets};
+use manifold_registry::ChildImage;
+
+use super::retry::{self, Retry};
+use super::timers::{self, Overdue};
+use super::{
+    FarmConfig, FarmError, JobOutcome, JobSpec, TeamUsage, ToWorker, WorkerHealth, WorkerHello,
+    WorkerView,
+};
+use crate::access::Caller;
+use crate::build::{
+    Build, BuildRequest, BuildSpec, BuildState, Event, EventKind, Job, JobState, LOG_TAIL_LINES,
+    human_duration,
+};
+use crate::scheduler::{JobMeta, Preemption, QueuedJob, Scheduler, Team, WorkerCaps, WorkerStatus};
+
+/// Log lines kept in a build's history; later lines still reach the job's tail.
+pub const MAX_LOG_EVENTS: usize = 50_000;
+
+/// The time of a transition: a monotonic instant for timers, and the wall clock (Unix ms) for
+/// what is recorded (event times, build deadlines).
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Monotonic time, for leases, acknowledgements, stuck attempts and the scheduler.
+    pub at: Instant,
+    /// Unix ms, for records and build deadlines.
+    pub ms: i64,
+}
+
+/// Identifies one attachment of a worker, so a stale stream cannot act for a newer one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// Worker name.
+    pub worker: String,
+    pub(super) id: u64,
+}
+
+/// What a transition asks of the outside world, applied by the handle in this order: histories
+/// are announced, sessions closed, publishing stopped and started; then `persist` is written and
+/// only once it is durable is `send` sent.
+#[derive(Debug, Default)]
+#[must_use = "effects must be applied"]
+pub struct Effects {
+    /// Build records changed by the transition (their version already bumped).
+    pub persist: Vec<Build>,
+    /// Messages to worker sessions, to be sent once `persist` is durable.
+    pub send: Vec<(Session, ToWorker)>,
+    /// Builds whose history grew, with its new length, for watchers.
+    pub history: Vec<(BuildId, usize)>,
+    /// Builds whose every platform succeeded: push their list.
+    pub publish: Vec<Build>,
+    /// Builds that ended while their list was being pushed: stop that push.
+    pub stop_publishing: Vec<BuildId>,
+    /// Sessions the farm is done with (silent or detached workers): end their streams.
+    pub close: Vec<Session>,
+}
+
+/// The farm's state; see the module documentation.
+pub struct FarmState {
+    config: FarmConfig,
+    builds: HashMap<BuildId, BuildEntry>,
+    /// Build ids in submission order.
+    order: Vec<BuildId>,
+    /// Which build each job belongs to.
+    job_build: HashMap<JobId, BuildId>,
+    scheduler: Scheduler,
+    workers: BTreeMap<String, WorkerConn>,
+    /// `--secret` values of live builds, in memory only; dropped once no job needs them.
+    secrets: HashMap<BuildId, Secrets>,
+    /// Jobs of workers that went away: the attempt, and the deadline for the worker's return.
+    orphans: HashMap<JobId, (u32, Instant)>,
+    /// Timers of the attempts out on workers (assigned or running).
+    live: HashMap<JobId, timers::LiveAttempt>,
+    /// When each unfinished build times out (Unix ms).
+    deadlines: HashMap<BuildId, i64>,
+    /// Assignments of each job that its workers refused without starting them, and preemptions:
+    /// they do not count against the attempt limit. In memory only: after a restart they count.
+    refusals: HashMap<JobId, u32>,
+    next_session: u64,
+    /// The worker that last built each (repository, platform): its layer cache is warm for the
+    /// next build of that image (in memory; a restart starts cold).
+    warm: HashMap<(String, Platform), String>,
+    /// Builds whose manifest list is being pushed.
+    publishing: HashSet<BuildId>,
+    /// Effects gathered by the current transition.
+    pending: Effects,
+}
+
+struct BuildEntry {
+    build: Build,
+    events: Vec<Event>,
+    /// Events already announced to watchers.
+    announced: usize,
+    /// Changed since the last persist effect.
+    dirty: bool,
+}
+
+struct WorkerConn {
+    session: u64,
+    hello: WorkerHello,
+    connected_at_ms: i64,
+    last_seen: Instant,
+    last_seen_ms: i64,
+}
+
+impl FarmState {
+    /// An empty farm with `config`'s teams and preemption grace.
+    pub fn new(config: FarmConfig) -> Self {
+        let mut scheduler = Scheduler::default();
+        for team in &config.teams {
+            scheduler.set_team(team.clone());
+        }
+        scheduler.set_preemption_grace(config.preemption_grace);
+        Self {
+            config,
+            builds: HashMap::new(),
+            order: Vec::new(),
+            job_build: HashMap::new(),
+            scheduler,
+            workers: BTreeMap::new(),
+            secrets: HashMap::new(),
+            orphans: HashMap::new(),
+            live: HashMap::new(),
+            deadlines: HashMap::new(),
+            refusals: HashMap::new(),
+            next_session: 0,
+            warm: HashMap::new(),
+            publishing: HashSet::new(),
+            pending: Effects::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FarmConfig {
+        &self.config
+    }
+
+    /// Takes back what the store holds: unfinished builds resume (queued jobs queue again,
+    /// running ones wait `worker_lease` for their worker to restate them, fully built ones are
+    /// published); a build that lost its secrets with jobs still to start fails.
+    pub fn restore(&mut self, mut builds: Vec<Build>, now: Now) -> Effects {
+        builds.sort_by_key(|b| b.created_at_ms);
+        let restored = builds.len();
+        let mut to_publish = Vec::new();
+        for build in builds {
+            let id = build.id;
+            let mut entry = BuildEntry {
+                build,
+                events: Vec::new(),
+                announced: 0,
+                dirty: false,
+            };
+            for j in entry.build.jobs.clone() {
+                self.job_build.insert(j.id, id);
+                if !entry.build.state.is_final() {
+                    match j.state {
+                        JobState::Queued => {
+                            let meta = job_meta(&entry.build, &j.platform, &self.warm);
+                            self.scheduler
+                                .enqueue_job(j.id, j.platform.clone(), meta, now.at);
+                        }
+                        JobState::Assigned | JobState::Running => {
+                            self.orphans
+                                .insert(j.id, (j.attempt, now.at + self.config.worker_lease));
+                        }
+                        _ => {}
+                    }
+                }
+                record(
+                    &mut entry,
+                    EventKind::JobState {
+                        platform: j.platform.clone(),
+                        state: j.state,
+                        worker: j.worker.clone(),
+                        attempt: j.attempt,
+                        message: "restored from the state store".into(),
+                    },
+                    now,
+                );
+            }
+            if entry.build.state.is_final() {
+                let finished = EventKind::Finished {
+                    state: entry.build.state,
+                    manifest_digest: entry.build.manifest.as_ref().map(|m| m.0.clone()),
+                    error: entry.build.error.clone(),
+                };
+                record(&mut entry, finished, now);
+            } else {
+                self.deadlines.insert(id, entry.build.deadline_ms());
+                if entry
+                    .build
+                    .jobs
+                    .iter()
+                    .all(|j| j.state == JobState::Succeeded)
+                {
+                    to_publish.push(id);
+                }
+            }
+            entry.dirty = false;
+            self.builds.insert(id, entry);
+            self.order.push(id);
+        }
+        for id in to_publish {
+            self.publish(id);
+        }
+        // Secrets were held in memory by the coordinator before this one: a build that still
+        // has a job to start cannot get them back.
+        let lost: Vec<(BuildId, Vec<String>)> = self
+            .builds
+            .values()
+            .filter(|e| !e.build.state.is_final() && !e.build.spec.flags.secret_ids.is_empty())
+            .filter(|e| e.build.jobs.iter().any(|j| j.state == JobState::Queued))
+            .map(|e| (e.build.id, e.build.spec.flags.secret_ids.clone()))
+            .collect();
+        for (id, ids) in lost {
+            let error = format!(
+                "the coordinator restarted before every platform started, and the build's secrets ({}) are kept in memory only: submit the build again",
+                ids.join(", ")
+            );
+            self.end_build(id, BuildState::Failed, Some(error), None, now);
+        }
+        if restored > 0 {
+            tracing::info!(builds = restored, "state restored");
+        }
+        self.dispatch(now);
+        self.take_effects()
+    }
+
+    /// Queues a validated build of `by`'s team, one job per platform.
+    pub fn submit(
+        &mut self,
+        spec: BuildSpec,
+        request: BuildRequest,
+        secrets: Secrets,
+        by: &Caller,
+        now: Now,
+    ) -> (BuildId, Effects) {
+        let id = BuildId::new();
+        let jobs: Vec<Job> = spec
+            .platforms
+            .iter()
+            .map(|p| Job {
+                id: JobId::new(),
+                platform: p.clone(),
+                state: JobState::Queued,
+                worker: None,
+                attempt: 0,
+                image: None,
+                error: None,
+                log_tail: Default::default(),
+            })
+            .collect();
+        let build = Build {
+            id,
+            spec,
+            request,
+            state: BuildState::Queued,
+            jobs: jobs.clone(),
+            manifest: None,
+            error: None,
+            created_at_ms: now.ms,
+            finished_at_ms: None,
+            version: 0,
+            team: by.team.clone(),
+            submitted_by: by.name.clone(),
+        };
+        self.deadlines.insert(id, build.deadline_ms());
+        self.builds.insert(
+            id,
+            BuildEntry {
+                build,
+                events: Vec::new(),
+                announced: 0,
+                dirty: true,
+            },
+        );
+        self.order.push(id);
+        if !secrets.is_empty() {
+            self.secrets.insert(id, secrets);
+        }
+        for j in &jobs {
+            self.job_build.insert(j.id, id);
+            let meta = job_meta(&self.builds[&id].build, &j.platform, &self.warm);
+            self.scheduler
+                .enqueue_job(j.id, j.platform.clone(), meta, now.at);
+        }
+        for j in &jobs {
+            let message = if self.scheduler.any_worker_builds(&j.platform) {
+                "waiting for a free worker slot".to_owned()
+            } else {
+                format!(
+                    "no {} worker attached; waiting up to {}s for one",
+                    j.platform,
+                    self.config.wait_for_workers.as_secs()
+                )
+            };
+            record(
+                self.builds.get_mut(&id).expect("just inserted"),
+                EventKind::JobState {
+                    platform: j.platform.clone(),
+                    state: JobState::Queued,
+                    worker: None,
+                    attempt: 0,
+                    message,
+                },
+                now,
+            );
+        }
+        tracing::info!(build = %id, team = %by.team, by = %by.name, "build submitted");
+        self.dispatch(now);
+        (id, self.take_effects())
+    }
+
+    /// A snapshot of a build.
+    pub fn get(&self, id: BuildId) -> Result<Build, FarmError> {
+        self.builds
+            .get(&id)
+            .map(|e| e.build.clone())
+            .ok_or(FarmError::UnknownBuild(id))
+    }
+
+    /// The newest `limit` builds that `by` may see, newest first.
+    pub fn list(&self, limit: usize, by: &Caller) -> Vec<Build> {
+        self.order
+            .iter()
+            .rev()
+            .filter_map(|id| self.builds.get(id))
+            .filter(|e| by.sees(&e.build.team))
+            .take(limit)
+            .map(|e| e.build.clone())
+            .collect()
+    }
+
+    /// Usage per team: the configured teams and any other team with running or queued jobs.
+    pub fn teams(&self) -> Vec<TeamUsage> {
+        let queued = self.scheduler.queued_jobs();
+        let mut teams: BTreeMap<String, Team> = self
+            .scheduler
+            .teams()
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        for q in &queued {
+            teams
+                .entry(q.team.clone())
+                .or_insert_with(|| Team::new(q.team.clone()));
+        }
+        for e in self.builds.values().filter(|e| !e.build.state.is_final()) {
+            teams
+                .entry(e.build.team.clone())
+                .or_insert_with(|| Team::new(e.build.team.clone()));
+        }
+        teams
+            .into_values()
+            .map(|team| TeamUsage {
+                running: self.scheduler.running_of_team(&team.name),
+                queued: queued.iter().filter(|q| q.team == team.name).count() as u32,
+                team,
+            })
+            .collect()
+    }
+
+    /// The queued jobs, oldest first, with the build each belongs to.
+    pub fn queue(&self) -> Vec<(QueuedJob, Build)> {
+        self.scheduler
+            .queued_jobs()
+            .into_iter()
+            .filter_map(|q| {
+                let build = self
+                    .job_build
+                    .get(&q.job)
+                    .and_then(|b| self.builds.get(b))?;
+                Some((q, build.build.clone()))
+            })
+            .collect()
+    }
+
+    /// Events of a build from `from` on, and whether its history has ended.
+    pub fn events(&self, id: BuildId, from: usize) -> Result<(Vec<Event>, bool), FarmError> {
+        let entry = self.builds.get(&id).ok_or(FarmError::UnknownBuild(id))?;
+        let events = entry.events.get(from..).unwrap_or_default().to_vec();
+        let ended = matches!(
+            entry.events.last(),
+            Some(Event {
+                kind: EventKind::Finished { .. },
+                ..
+            })
+        );
+        Ok((events, ended))
+    }
+
+    /// The number of events in a build's history (0 for an unknown build).
+    pub fn history_len(&self, id: BuildId) -> usize {
+        self.builds.get(&id).map_or(0, |e| e.events.len())
+    }
+
+    /// Cancels a build: unfinished jobs stop, no tag is written.
+    pub fn cancel(&mut self, id: BuildId, now: Now) -> Result<(Build, Effects), FarmError> {
+        let state = self
+            .builds
+            .get(&id)
+            .ok_or(FarmError::UnknownBuild(id))?
+            .build
+            .state;
+        if !state.is_final() {
+            self.end_build(
+                id,
+                BuildState::Cancelled,
+                Some("cancelled by request".into()),
+                None,
+                now,
+            );
+            self.dispatch(now);
+        }
+        let build = self.builds[&id].build.clone();
+        Ok((build, self.take_effects()))
+    }
+
+    /// Whether worker `name` holds a current attempt (assigned or running) of a job whose build
+    /// uses context `digest`: the only contexts a worker may download.
+    pub fn worker_needs_context(&self, name: &str, digest: &str) -> bool {
+        self.builds.values().any(|e| {
+            !e.build.state.is_final()
+                && e.build.spec.context_digest == digest
+                && e.build.jobs.iter().any(|j| {
+                    matches!(j.state, JobState::Assigned | JobState::Running)
+                        && j.worker.as_deref() == Some(name)
+                })
+        })
+    }
+
+    /// The platform and `registry/repository` of `job` while `attempt` is its current attempt.
+    pub fn attempt_target(&self, job: JobId, attempt: u32) -> Option<(Platform, String)> {
+        let build_id = self.current_build(job, attempt)?;
+        let build = &self.builds[&build_id].build;
+        let platform = build.jobs.iter().find(|j| j.id == job)?.platform.clone();
+        Some((platform, build.spec.repository()))
+    }
+
+    /// Contexts that unfinished builds still need (garbage collection keeps them).
+    pub fn referenced_contexts(&self) -> HashSet<String> {
+        self.builds
+            .values()
+            .filter(|e| !e.build.state.is_final())
+            .map(|e| e.build.spec.context_digest.clone())
+            .collect()
+    }
+
+    /// The attached workers.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        self.workers.values().map(|w| self.worker_view(w)).collect()
+    }
+
+    /// `manifold workers drain NAME`: the worker gets no new job and is told to drain.
+    pub fn drain(&mut self, name: &str) -> Result<(WorkerView, Effects), FarmError> {
+        let Some(session) = self.session_of(name) else {
+            return Err(FarmError::UnknownWorker(name.to_owned()));
+        };
+        self.scheduler.drain_worker(name);
+        self.pending.send.push((session, ToWorker::Drain));
+        tracing::info!(worker = %name, "drain requested");
+        let view = self.worker_view(&self.workers[name]);
+        Ok((view, self.take_effects()))
+    }
+
+    /// A worker said hello: it gets a session; restated jobs whose attempt is still out are
+    /// adopted, the others cancelled on it; jobs of its earlier session it did not restate are
+    /// handed back at once.
+    pub fn attach(
+        &mut self,
+        hello: WorkerHello,
+        now: Now,
+    ) -> Result<(Session, Effects), FarmError> {
+        if hello.name.trim().is_empty() {
+            return Err(FarmError::BadHello("the worker name is empty".into()));
+        }
+        if hello.platforms.is_empty() {
+            return Err(FarmError::BadHello(format!(
+                "worker `{}` announced no platform",
+                hello.name
+            )));
+        }
+        if hello.slots == 0 {
+            return Err(FarmError::BadHello(format!(
+                "worker `{}` announced 0 slots; use --slots 1 or more",
+                hello.name
+            )));
+        }
+        if self.workers.contains_key(&hello.name) {
+            return Err(FarmError::DuplicateWorker(hello.name));
+        }
+        self.next_session += 1;
+        let session = Session {
+            worker: hello.name.clone(),
+            id: self.next_session,
+        };
+
+        // Adopt the restated jobs whose attempt is still out (assigned or running, not requeued);
+        // tell the worker to drop the others.
+        let mut adopted = Vec::new();
+        for (job, attempt) in &hello.running {
+            if self.current_build(*job, *attempt).is_some() {
+                adopted.push(*job);
+            } else {
+                self.pending.send.push((
+                    session.clone(),
+                    ToWorker::Cancel {
+                        job: *job,
+                        attempt: *attempt,
+                    },
+                ));
+            }
+        }
+        for job in &adopted {
+            self.orphans.remove(job);
+            let build_id = self.job_build[job];
+            let entry = self.builds.get_mut(&build_id).expect("job's build exists");
+            let j = job_mut(&mut entry.build, *job);
+            j.worker = Some(hello.name.clone());
+            j.state = JobState::Running;
+            let (platform, attempt) = (j.platform.clone(), j.attempt);
+            if entry.build.state == BuildState::Queued {
+                entry.build.state = BuildState::Running;
+            }
+            record(
+                entry,
+                EventKind::JobState {
+                    platform,
+                    state: JobState::Running,
+                    worker: Some(hello.name.clone()),
+                    attempt,
+                    message: "adopted after the worker reconnected".into(),
+                },
+                now,
+            );
+            self.live
+                .insert(*job, timers::LiveAttempt::acknowledged(attempt, now.at));
+        }
+        // Jobs left behind by an earlier session of this worker that it did not restate: it
+        // restarted without them, so there is no point waiting for the rest of the lease.
+        let forgotten: Vec<(JobId, u32)> = self
+            .orphans
+            .iter()
+            .filter(|(job, _)| self.worker_of(**job).as_deref() == Some(hello.name.as_str()))
+            .map(|(job, (attempt, _))| (*job, *attempt))
+            .collect();
+        // Before the worker is registered, so that it is not told to cancel what it does not run.
+        for (job, attempt) in forgotten {
+            self.attempt_failed(
+                job,
+                attempt,
+                "the worker came back without it (restarted?)",
+                now,
+            );
+        }
+        self.scheduler.add_worker(
+            WorkerCaps {
+                name: hello.name.clone(),
+                platforms: hello.platforms.clone(),
+                emulated: hello.emulated,
+                slots: hello.slots,
+            },
+            adopted,
+        );
+        self.scheduler
+            .set_worker_owner(&hello.name, hello.owner.clone());
+        if hello.draining {
+            self.scheduler.drain_worker(&hello.name);
+        }
+        self.scheduler
+            .set_unhealthy(&hello.name, hello.unhealthy.clone());
+        tracing::info!(
+            worker = %hello.name,
+            platforms = ?hello.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            emulated = hello.emulated,
+            slots = hello.slots,
+            draining = hello.draining,
+            unhealthy = ?hello.unhealthy,
+            "worker attached"
+        );
+        self.workers.insert(
+            hello.name.clone(),
+            WorkerConn {
+                session: session.id,
+                hello,
+                connected_at_ms: now.ms,
+                last_seen: now.at,
+                last_seen_ms: now.ms,
+            },
+        );
+        self.dispatch(now);
+        Ok((session, self.take_effects()))
+    }
+
+    /// Any message from a worker counts as a heartbeat.
+    pub fn heartbeat(&mut self, session: &Session, now: Now) {
+        if let Some(w) = self.workers.get_mut(&session.worker)
+            && w.session == session.id
+        {
+            w.last_seen = now.at;
+            w.last_seen_ms = now.ms;
+        }
+    }
+
+    /// A heartbeat saying whether the worker drains and whether its Docker daemon answers. A
+    /// draining or unhealthy worker gets no new job; a worker that refused an assignment is asked
+    /// again only after such a heartbeat.
+    pub fn health(&mut self, session: &Session, health: WorkerHealth, now: Now) -> Effects {
+        if !self.is_current(session) {
+            return self.take_effects();
+        }
+        self.heartbeat(session, now);
+        let name = session.worker.as_str();
+        let before = self
+            .scheduler
+            .status(name)
+            .expect("attached workers are scheduled");
+        if health.draining && !before.draining {
+            tracing::info!(worker = %name, "worker drains: no new job goes to it");
+            self.scheduler.drain_worker(name);
+        }
+        if health.unhealthy != before.unhealthy {
+            match &health.unhealthy {
+                Some(reason) => {
+                    tracing::warn!(worker = %name, %reason, "worker unhealthy: no job goes to it")
+                }
+                None => tracing::info!(worker = %name, "worker healthy again"),
+            }
+            self.scheduler.set_unhealthy(name, health.unhealthy);
+        }
+        self.scheduler.release(name);
+        self.dispatch(now);
+        self.take_effects()
+    }
+
+    /// The worker acknowledged an assignment. A late acknowledgement of an attempt that is no
+    /// longer current (requeued after the deadline, or its build ended) is answered with a cancel.
+    pub fn accepted(&mut self, session: &Session, job: JobId, attempt: u32, now: Now) -> Effects {
+        self.heartbeat(session, now);
+        let Some(build_id) = self.current_build(job, attempt) else {
+            tracing::info!(%job, attempt, worker = %session.worker, "cancelling an acknowledged attempt that is no longer current");
+            if self.is_current(session) {
+                self.pending
+                    .send
+                    .push((session.clone(), ToWorker::Cancel { job, attempt }));
+            }
+            return self.take_effects();
+        };
+        let entry = self.builds.get_mut(&build_id).expect("current build");
+        let j = job_mut(&mut entry.build, job);
+        if j.state == JobState::Assigned {
+            j.state = JobState::Running;
+            let ev = EventKind::JobState {
+                platform: j.platform.clone(),
+                state: JobState::Running,
+                worker: j.worker.clone(),
+                attempt,
+                message: String::new(),
+            };
+            if entry.build.state == BuildState::Queued {
+                entry.build.state = BuildState::Running;
+            }
+            record(entry, ev, now);
+        }
+        if let Some(live) = self.live.get_mut(&job).filter(|l| l.attempt == attempt) {
+            live.acknowledge(now.at);
+        }
+        self.take_effects()
+    }
+
+    /// Output lines of an attempt; they also show the attempt is not stuck.
+    pub fn log(
+        &mut self,
+        session: &Session,
+        job: JobId,
+        attempt: u32,
+        lines: Vec<String>,
+        now: Now,
+    ) -> Effects {
+        self.heartbeat(session, now);
+        let Some(build_id) = self.current_build(job, attempt) else {
+            return self.take_effects();
+        };
+        let entry = self.builds.get_mut(&build_id).expect("current build");
+        let platform = job_mut(&mut entry.build, job).platform.clone();
+        for line in lines {
+            let j = job_mut(&mut entry.build, job);
+            if j.log_tail.len() == LOG_TAIL_LINES {
+                j.log_tail.pop_front();
+            }
+            j.log_tail.push_back(line.clone());
+            if entry.events.len() < MAX_LOG_EVENTS {
+                record(
+                    entry,
+                    EventKind::Log {
+                        platform: platform.clone(),
+                        line,
+                    },
+                    now,
+                );
+            }
+        }
+        if let Some(live) = self.live.get_mut(&job).filter(|l| l.attempt == attempt) {
+            live.progress(now.at);
+        }
+        self.take_effects()
+    }
+
+    /// An attempt ended. The result of an attempt that is no longer current changes nothing.
+    pub fn result(
+        &mut self,
+        session: &Session,
+        job: JobId,
+        attempt: u32,
+        outcome: JobOutcome,
+        now: Now,
+    ) -> Effects {
+        self.heartbeat(session, now);
+        let Some(build_id) = self.current_build(job, attempt) else {
+            tracing::info!(%job, attempt, worker = %session.worker, "ignoring the result of an attempt that is no longer current");
+            return self.take_effects();
+        };
+        let entry = self.builds.get_mut(&build_id).expect("current build");
+        match outcome {
+            JobOutcome::Pushed {
+                digest,
+                size,
+                media_type,
+            } => {
+                let j = job_mut(&mut entry.build, job);
+                let platform = j.platform.clone();
+                j.state = JobState::Succeeded;
+                j.image = Some(ChildImage {
+                    platform: platform.clone(),
+                    digest: digest.clone(),
+                    size,
+                    media_type,
+                });
+                let ev = EventKind::JobState {
+                    platform: platform.clone(),
+                    state: JobState::Succeeded,
+                    worker: j.worker.clone(),
+                    attempt,
+                    message: digest,
+                };
+                record(entry, ev, now);
+                // This worker's layer cache is now warm for the image's next build there.
+                let warm_key = (entry.build.spec.repository(), platform);
+                let all_built = entry
+                    .build
+                    .jobs
+                    .iter()
+                    .all(|j| j.state == JobState::Succeeded);
+                self.warm.insert(warm_key, session.worker.clone());
+                self.attempt_over(job);
+                self.refusals.remove(&job);
+                if all_built {
+                    self.publish(build_id);
+                }
+            }
+            JobOutcome::Failed {
+                message,
+                retryable,
+                cancelled,
+                refused,
+            } => {
+                let j = job_mut(&mut entry.build, job);
+                let worker = j.worker.clone().unwrap_or_default();
+                let platform = j.platform.clone();
+                self.attempt_over(job);
+                if refused && !cancelled {
+                    // Never started: requeued without counting, and the worker is not asked again
+                    // before its next heartbeat says how it is.
+                    *self.refusals.entry(job).or_default() += 1;
+                    self.scheduler.hold(&worker);
+                    self.requeue(
+                        build_id,
+                        job,
+                        &format!("worker {worker} did not take it: {message}"),
+                        now,
+                    );
+                } else if retryable && !cancelled {
+                    self.retry_or_give_up(build_id, job, &message, now);
+                } else {
+                    let j = job_mut(&mut self.builds.get_mut(&build_id).unwrap().build, job);
+                    append_error(j, format!("attempt {attempt} on {worker}: {message}"));
+                    let error = if cancelled {
+                        format!("{platform} was cancelled on worker {worker}")
+                    } else {
+                        format!("{platform} failed on worker {worker}: {message}")
+                    };
+                    self.end_build(
+                        build_id,
+                        BuildState::Failed,
+                        Some(error),
+                        Some((job, platform)),
+                        now,
+                    );
+                }
+            }
+        }
+        self.dispatch(now);
+        self.take_effects()
+    }
+
+    /// The worker's stream ended (or it said goodbye). Its jobs wait for it for the worker lease.
+    pub fn detach(&mut self, session: &Session, now: Now) -> Effects {
+        if !self.is_current(session) {
+            return self.take_effects();
+        }
+        self.workers.remove(&session.worker);
+        self.pending.close.push(session.clone());
+        let jobs = self.scheduler.remove_worker(&session.worker);
+        let deadline = now.at + self.config.worker_lease;
+        for job in jobs {
+            if let Some(attempt) = self.attempt_of(job) {
+                self.orphans.insert(job, (attempt, deadline));
+            }
+        }
+        tracing::info!(worker = %session.worker, "worker detached");
+        self.dispatch(now);
+        self.take_effects()
+    }
+
+    /// The worker announced it drains: no new job goes to it.
+    pub fn draining(&mut self, session: &Session) -> Effects {
+        if self.is_current(session) {
+            self.scheduler.drain_worker(&session.worker);
+        }
+        self.take_effects()
+    }
+
+    /// Housekeeping at `now`: silent workers are declared lost (their sessions closed), orphaned
+    /// jobs whose worker did not return are requeued, unacknowledged and stuck attempts are
+    /// cancelled and requeued, builds past their timeout fail, borrowed jobs are preempted,
+    /// starved jobs fail their build.
+    pub fn tick(&mut self, now: Now) -> Effects {
+        let lease = self.config.worker_lease;
+        let silent: Vec<String> = self
+            .workers
+            .values()
+            .filter(|w| timers::silent(w.last_seen, lease, now.at))
+            .map(|w| w.hello.name.clone())
+            .collect();
+        for name in silent {
+            tracing::warn!(worker = %name, "worker silent for longer than its lease; declaring it lost");
+            // Closing its stream makes a worker that was only cut off reconnect and restate its
+            // jobs, and hear then that they moved on.
+            let conn = self.workers.remove(&name).expect("listed above");
+            self.pending.close.push(Session {
+                worker: name.clone(),
+                id: conn.session,
+            });
+            for job in self.scheduler.remove_worker(&name) {
+                if let Some(attempt) = self.attempt_of(job) {
+                    self.orphans.insert(job, (attempt, now.at));
+                }
+            }
+        }
+        let expired: Vec<(JobId, u32)> = self
+            .orphans
+            .iter()
+            .filter(|(_, (_, deadline))| now.at >= *deadline)
+            .map(|(job, (attempt, _))| (*job, *attempt))
+            .collect();
+        for (job, attempt) in expired {
+            self.orphans.remove(&job);
+            self.attempt_failed(job, attempt, "worker lost", now);
+        }
+        let mut overdue: Vec<(JobId, u32, String)> = Vec::new();
+        for (job, live) in &self.live {
+            match live.overdue(&self.config, now.at) {
+                Some(Overdue::Unacknowledged) => overdue.push((
+                    *job,
+                    live.attempt,
+                    format!(
+                        "the worker did not acknowledge the assignment within {}",
+                        human_duration(self.config.assign_timeout)
+                    ),
+                )),
+                Some(Overdue::Stuck) => overdue.push((
+                    *job,
+                    live.attempt,
+                    format!(
+                        "no output for {}: treated as stuck (raise --stuck-after for steps that are silent longer)",
+                        human_duration(self.config.stuck_after)
+                    ),
+                )),
+                None => {}
+            }
+        }
+        for (job, attempt, cause) in overdue {
+            self.live.remove(&job);
+            self.attempt_failed(job, attempt, &cause, now);
+        }
+        let timed_out: Vec<BuildId> = self
+            .deadlines
+            .iter()
+            .filter(|(_, deadline)| now.ms >= **deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in timed_out {
+            self.deadlines.remove(&id);
+            let build = &self.builds[&id].build;
+            // A build whose platforms all succeeded is pushing its list: that ends it either way.
+            if build.state.is_final() || build.jobs.iter().all(|j| j.state == JobState::Succeeded) {
+                continue;
+            }
+            let error = build.timeout_error();
+            tracing::warn!(build = %id, %error, "build timed out");
+            self.end_build(id, BuildState::Failed, Some(error), None, now);
+        }
+        for p in self.scheduler.preemptions(now.at) {
+            self.preempt(&p, now);
+        }
+        let wait = self.config.wait_for_workers;
+        for (job, platform) in self.scheduler.starved(now.at, wait) {
+            let Some(build_id) = self.job_build.get(&job).copied() else {
+                continue;
+            };
+            let error = self.starved_error(&platform);
+            self.end_build(
+                build_id,
+                BuildState::Failed,
+                Some(error),
+                Some((job, platform)),
+                now,
+            );
+        }
+        self.dispatch(now);
+        self.take_effects()
+    }
+
+    /// The list push of a build ended: `Ok((digest, media type))` or the error's text.
+    pub fn published(
+        &mut self,
+        build_id: BuildId,
+        result: Result<(String, String), String>,
+        now: Now,
+    ) -> Effects {
+        self.deadlines.remove(&build_id);
+        self.publishing.remove(&build_id);
+        let Some(entry) = self.builds.get_mut(&build_id) else {
+            return self.take_effects();
+        };
+        if entry.build.state.is_final() {
+            // Cancelled while publishing: the list may have been written; say so.
+            tracing::warn!(build = %build_id, "build ended while its manifest list was being pushed");
+            return self.take_effects();
+        }
+        match result {
+            Ok((digest, media_type)) => {
+                entry.build.state = BuildState::Succeeded;
+                entry.build.manifest = Some((digest.clone(), media_type));
+                entry.build.finished_at_ms = Some(now.ms);
+                tracing::info!(build = %build_id, %digest, "manifest list pushed");
+                record(
+                    entry,
+                    EventKind::Finished {
+                        state: BuildState::Succeeded,
+                        manifest_digest: Some(digest),
+                        error: None,
+                    },
+                    now,
+                );
+            }
+            Err(e) => {
+                let error = format!(
+                    "every platform was built, but pushing the manifest list to {} failed: {e}",
+                    entry.build.spec.image
+                );
+                self.end_build(build_id, BuildState::Failed, Some(error), None, now);
+            }
+        }
+        self.take_effects()
+    }
+
+    /// Gathers what the transition changed: each dirty build is persisted (its version bumped),
+    /// each grown history announced.
+    fn take_effects(&mut self) -> Effects {
+        let mut effects = std::mem::take(&mut self.pending);
+        for (id, entry) in &mut self.builds {
+            if entry.dirty {
+                entry.dirty = false;
+                entry.build.version += 1;
+                effects.persist.push(entry.build.clone());
+            }
+            if entry.announced != entry.events.len() {
+                entry.announced = entry.events.len();
+                effects.history.push((*id, entry.announced));
+            }
+        }
+        effects
+    }
+
+    /// Starts pushing the list of a build whose platforms all succeeded.
+    fn publish(&mut self, build_id: BuildId) {
+        self.publishing.insert(build_id);
+        // Every job is built: no worker needs the secrets any more.
+        self.secrets.remove(&build_id);
+        self.pending
+            .publish
+            .push(self.builds[&build_id].build.clone());
+    }
+
+    /// Why no worker took a starved job of `platform`.
+    fn starved_error(&self, platform: &Platform) -> String {
+        let wait = self.config.wait_for_workers;
+        let unable: Vec<String> = self
+            .workers
+            .values()
+            .filter(|w| w.hello.platforms.contains(platform))
+            .filter_map(|w| {
+                let status = self.scheduler.status(&w.hello.name)?;
+                Some(format!("{} is {}", w.hello.name, status_text(&status)))
+            })
+            .collect();
+        if unable.is_empty() {
+            format!(
+                "no worker for {platform} attached within {}: start a manifold-worker whose Docker daemon builds {platform} (or one with --platform {platform}); `manifold workers` lists the attached ones",
+                human_duration(wait)
+            )
+        } else {
+            format!(
+                "no worker for {platform} could take the job within {} ({}): fix that worker or start another manifold-worker for {platform}; `manifold workers` shows their status",
+                human_duration(wait),
+                unable.join(", ")
+            )
+        }
+    }
+
+    /// Takes a borrowed job off its owner's worker: the attempt is cancelled there and the job
+    /// goes back to the queue in its old place, without the attempt counting.
+    fn preempt(&mut self, p: &Preemption, now: Now) {
+        let Some(build_id) = self.job_build.get(&p.job).copied() else {
+            return;
+        };
+        let Some(attempt) = self.attempt_of(p.job) else {
+            return;
+        };
+        if !self.scheduler.preempt(p.job) {
+            return;
+        }
+        self.live.remove(&p.job);
+        self.orphans.remove(&p.job);
+        // Counted like a refusal: the job did not fail, the farm took its slot back.
+        *self.refusals.entry(p.job).or_default() += 1;
+        if let Some(session) = self.session_of(&p.worker) {
+            self.pending.send.push((
+                session,
+                ToWorker::Cancel {
+                    job: p.job,
+                    attempt,
+                },
+            ));
+        }
+        let entry = self.builds.get_mut(&build_id).expect("job's build exists");
+        let j = job_mut(&mut entry.build, p.job);
+        j.state = JobState::Queued;
+        let ev = EventKind::JobState {
+            platform: j.platform.clone(),
+            state: JobState::Queued,
+            worker: None,
+            attempt,
+            message: format!(
+                "preempted: worker {} belongs to team {}, whose job waited past the grace period; requeued without counting the attempt",
+                p.worker, p.team
+            ),
+        };
+        record(entry, ev, now);
+        tracing::info!(build = %build_id, job = %p.job, worker = %p.worker, owner = %p.team, "borrowed job preempted");
+    }
+
+    /// Forgets the timers and the slot of `job`'s attempt, which is over.
+    fn attempt_over(&mut self, job: JobId) {
+        self.live.remove(&job);
+        self.orphans.remove(&job);
+        self.scheduler.finished(job);
+    }
+
+    /// The coordinator gives up on attempt `attempt` of `job` (worker lost, no acknowledgement,
+    /// stuck): its worker, if attached, is told to stop it, the attempt counts, and the job is
+    /// requeued while attempts remain. Nothing happens when that attempt is no longer out.
+    fn attempt_failed(&mut self, job: JobId, attempt: u32, cause: &str, now: Now) {
+        let Some(build_id) = self.current_build(job, attempt) else {
+            return;
+        };
+        let worker = self.worker_of(job);
+        tracing::warn!(build = %build_id, %job, attempt, worker = ?worker, cause, "attempt failed");
+        self.attempt_over(job);
+        if let Some(session) = worker.as_deref().and_then(|w| self.session_of(w)) {
+            self.pending
+                .send
+                .push((session, ToWorker::Cancel { job, attempt }));
+        }
+        self.retry_or_give_up(build_id, job, cause, now);
+    }
+
+    /// Records `cause` as the end of `job`'s current attempt (an infrastructure failure), then
+    /// requeues the job while attempts remain, else fails its build with every attempt listed.
+    fn retry_or_give_up(&mut self, build_id: BuildId, job: JobId, cause: &str, now: Now) {
+        let allowed = self.config.attempts_allowed();
+        let refused = self.refusals.get(&job).copied().unwrap_or_default();
+        let entry = self.builds.get_mut(&build_id).expect("job's build exists");
+        let j = job_mut(&mut entry.build, job);
+        let worker = j.worker.clone().unwrap_or_default();
+        let line = format!("attempt {} on {worker}: {cause}", j.attempt);
+        append_error(j, line.clone());
+        match retry::decide(j.attempt, refused, allowed) {
+            Retry::Requeue => self.requeue(build_id, job, &line, now),
+            Retry::GiveUp { counted } => {
+                let platform = j.platform.clone();
+                let error = j.give_up_error(counted);
+                self.end_build(
+                    build_id,
+                    BuildState::Failed,
+                    Some(error),
+                    Some((job, platform)),
+                    now,
+                );
+            }
+        }
+    }
+
+    fn requeue(&mut self, build_id: BuildId, job: JobId, why: &str, now: Now) {
+        let entry = self.builds.get_mut(&build_id).expect("job's build exists");
+        let j = job_mut(&mut entry.build, job);
+        j.state = JobState::Queued;
+        let ev = EventKind::JobState {
+            platform: j.platform.clone(),
+            state: JobState::Queued,
+            worker: None,
+            attempt: j.attempt,
+            message: format!("requeued: {why}"),
+        };
+        let platform = j.platform.clone();
+        record(entry, ev, now);
+        self.attempt_over(job);
+        let meta = job_meta(&self.builds[&build_id].build, &platform, &self.warm);
+        self.scheduler.enqueue_job(job, platform, meta, now.at);
+    }
+
+    /// Ends a build: stops every unfinished job (except `failed`, which is marked failed), records
+    /// the final event. No tag is written by a build that ends here.
+    fn end_build(
+        &mut self,
+        build_id: BuildId,
+        state: BuildState,
+        error: Option<String>,
+        failed: Option<(JobId, Platform)>,
+        now: Now,
+    ) {
+        let mut to_cancel = Vec::new();
+        self.secrets.remove(&build_id);
+        {
+            let entry = self.builds.get_mut(&build_id).expect("build exists");
+            if entry.build.state.is_final() {
+                return;
+            }
+            let mut events = Vec::new();
+            for j in &mut entry.build.jobs {
+                if j.state.is_final() {
+                    continue;
+                }
+                let is_failed = failed.as_ref().is_some_and(|(id, _)| *id == j.id);
+                // The failed job's attempt is over already: its worker said so, or the farm
+                // called it off (and told the worker) before giving up.
+                if !is_failed && matches!(j.state, JobState::Assigned | JobState::Running) {
+                    to_cancel.push((j.id, j.attempt, j.worker.clone()));
+                }
+                j.state = if is_failed {
+                    JobState::Failed
+                } else {
+                    JobState::Cancelled
+                };
+                if is_failed && j.error.is_none() {
+                    j.error = error.clone();
+                }
+                events.push(EventKind::JobState {
+                    platform: j.platform.clone(),
+                    state: j.state,
+                    worker: j.worker.clone(),
+                    attempt: j.attempt,
+                    message: if is_failed {
+                        error.clone().unwrap_or_default()
+                    } else if state == BuildState::Cancelled {
+                        "cancelled".into()
+                    } else if failed.is_some() {
+                        "cancelled because another platform failed".into()
+                    } else {
+                        format!(
+                            "cancelled: {}",
+                            error.as_deref().unwrap_or("the build failed")
+                        )
+                    },
+                });
+            }
+            for ev in events {
+                record(entry, ev, now);
+            }
+            entry.build.state = state;
+            entry.build.error = error.clone();
+            entry.build.finished_at_ms = Some(now.ms);
+            record(
+                entry,
+                EventKind::Finished {
+                    state,
+                    manifest_digest: None,
+                    error,
+                },
+                now,
+            );
+            tracing::info!(build = %build_id, ?state, "build ended");
+        }
+        self.deadlines.remove(&build_id);
+        if self.publishing.remove(&build_id) {
+            // A push asked for in this very transition never starts.
+            let before = self.pending.publish.len();
+            self.pending.publish.retain(|b| b.id != build_id);
+            if self.pending.publish.len() == before {
+                self.pending.stop_publishing.push(build_id);
+            }
+        }
+        let jobs: Vec<JobId> = self.builds[&build_id]
+            .build
+            .jobs
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        for job in jobs {
+            self.attempt_over(job);
+            self.refusals.remove(&job);
+        }
+        for (job, attempt, worker) in to_cancel {
+            if let Some(session) = worker.as_deref().and_then(|w| self.session_of(w)) {
+                self.pending
+                    .send
+                    .push((session, ToWorker::Cancel { job, attempt }));
+            }
+        }
+    }
+
+    /// Hands queued jobs to workers with free slots. The acknowledgement deadline starts now.
+    fn dispatch(&mut self, now: Now) {
+        for a in self.scheduler.assign() {
+            let Some(build_id) = self.job_build.get(&a.job).copied() else {
+                self.scheduler.finished(a.job);
+                continue;
+            };
+            let entry = self.builds.get_mut(&build_id).expect("job's build exists");
+            let insecure = self
+                .config
+                .registry
+                .is_insecure(entry.build.spec.image.registry());
+            let spec = entry.build.spec.clone();
+            let j = job_mut(&mut entry.build, a.job);
+            j.attempt += 1;
+            j.state = JobState::Assigned;
+            j.worker = Some(a.worker.clone());
+            let job_spec = JobSpec {
+                job: j.id,
+                attempt: j.attempt,
+                build: build_id,
+                platform: j.platform.clone(),
+                context_digest: spec.context_digest.clone(),
+                dockerfile: spec.dockerfiles[&j.platform].clone(),
+                build_args: spec.build_args.clone(),
+                target: spec.target.clone(),
+                labels: spec.labels.clone(),
+                repository: spec.repository(),
+                insecure_registry: insecure,
+                flags: spec.flags.clone(),
+                secrets: self.secrets.get(&build_id).cloned().unwrap_or_default(),
+            };
+            let ev = EventKind::JobState {
+                platform: j.platform.clone(),
+                state: JobState::Assigned,
+                worker: Some(a.worker.clone()),
+                attempt: j.attempt,
+                message: String::new(),
+            };
+            record(entry, ev, now);
+            tracing::info!(build = %build_id, job = %a.job, worker = %a.worker, attempt = job_spec.attempt, "job assigned");
+            self.live.insert(
+                a.job,
+                timers::LiveAttempt::assigned(job_spec.attempt, now.at),
+            );
+            if let Some(session) = self.session_of(&a.worker) {
+                // Sent once "assigned" is durable. A stream that is ending hands the job back
+                // when it detaches.
+                self.pending
+                    .send
+                    .push((session, ToWorker::Assign(Box::new(job_spec))));
+            }
+        }
+    }
+
+    fn worker_view(&self, w: &WorkerConn) -> WorkerView {
+        let status = self.scheduler.status(&w.hello.name);
+        WorkerView {
+            name: w.hello.name.clone(),
+            platforms: w.hello.platforms.clone(),
+            emulated: w.hello.emulated,
+            slots: w.hello.slots,
+            slots_in_use: self.scheduler.slots_in_use(&w.hello.name),
+            last_heartbeat_ms: w.last_seen_ms,
+            connected_at_ms: w.connected_at_ms,
+            docker_version: w.hello.docker_version.clone(),
+            labels: w.hello.labels.clone(),
+            draining: status.as_ref().is_some_and(|s| s.draining),
+            unhealthy: status.and_then(|s| s.unhealthy),
+            owner: w.hello.owner.clone(),
+        }
+    }
+
+    /// The current session of worker `name`, while it is attached.
+    fn session_of(&self, name: &str) -> Option<Session> {
+        self.workers.get(name).map(|w| Session {
+            worker: name.to_owned(),
+            id: w.session,
+        })
+    }
+
+    /// Whether `session` is its worker's current attachment.
+    fn is_current(&self, session: &Session) -> bool {
+        self.workers
+            .get(&session.worker)
+            .is_some_and(|w| w.session == session.id)
+    }
+
+    fn job_ref(&self, job: JobId) -> Option<&Job> {
+        let build_id = self.job_build.get(&job)?;
+        self.builds
+            .get(build_id)?
+            .build
+            .jobs
+            .iter()
+            .find(|j| j.id == job)
+    }
+
+    /// The worker of `job`'s current (or last) attempt.
+    fn worker_of(&self, job: JobId) -> Option<String> {
+        self.job_ref(job)?.worker.clone()
+    }
+
+    /// `job`'s current attempt number.
+    fn attempt_of(&self, job: JobId) -> Option<u32> {
+        self.job_ref(job).map(|j| j.attempt)
+    }
+
+    /// The build of `job` when `attempt` is its current attempt and out on a worker (assigned or
+    /// running). A requeued job keeps its last attempt number until it is assigned again: news of
+    /// that attempt is stale too.
+    fn current_build(&self, job: JobId, attempt: u32) -> Option<BuildId> {
+        let build_id = self.job_build.get(&job).copied()?;
+        let entry = self.builds.get(&build_id)?;
+        let j = entry.build.jobs.iter().find(|j| j.id == job)?;
+        let out = matches!(j.state, JobState::Assigned | JobState::Running);
+        (j.attempt == attempt && out && !entry.build.state.is_final()).then_some(build_id)
+    }
+}
+
+/// Appends an event; every event but a log line is a state transition to persist.
+fn record(entry: &mut BuildEntry, kind: EventKind, now: Now) {
+    if !matches!(kind, EventKind::Log { .. }) {
+        entry.dirty = true;
+    }
+    let sequence = entry.events.len() as u64;
+    entry.events.push(Event {
+        sequence,
+        at_ms: now.ms,
+        kind,
+    });
+}
+
+/// Adds a line to a job's attempt history.
+fn append_error(j: &mut Job, line: String) {
+    j.error = Some(match j.error.take() {
+        Some(prev) => format!("{prev}\n{line}"),
+        None => line,
+    });
+}
+
+/// What the scheduler needs of a job: its build's team and priority, and the worker whose cache is
+/// warm for its image and platform.
+fn job_meta(
+    build: &Build,
+    platform: &Platform,
+    warm: &HashMap<(String, Platform), String>,
+) -> JobMeta {
+    JobMeta {
+        team: Some(build.team.clone()),
+        priority: build.request.priority,
+        affinity: warm
+            .get(&(build.spec.repository(), platform.clone()))
+            .cloned(),
+    }
+}
+
+fn job_mut(build: &mut Build, job: JobId) -> &mut Job {
+    build
+        .jobs
+        .iter_mut()
+        .find(|j| j.id == job)
+        .expect("job belongs to its build")
+}
+
+/// `ready`, `draining`, `unhealthy: REASON`, or both of the last two.
+fn status_text(status: &WorkerStatus) -> String {
+    match (status.draining, &status.unhealthy) {
+        (false, None) => "ready".into(),
+        (true, None) => "draining".into(),
+        (false, Some(reason)) => format!("unhealthy: {reason}"),
+        (true, Some(reason)) => format!("draining, unhealthy: {reason}"),
+    }
+}

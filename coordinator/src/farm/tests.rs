@@ -1,0 +1,883 @@
+//! Table tests of the pure farm at exact times: each script is a list of (milliseconds after
+//! t0, step, the effects the step must have), the effects written as text by [`render`]:
+//! `assign W ARCH #N`, `cancel W ARCH #N`, `drain W` (messages, in order), `close W` (a session
+//! ended), `publish`, `stop-publishing`, `ended STATE` (the build reached a final state).
+//! Nothing else happens in a step whose expectation is empty.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use manifold_proto::{BuildId, JobId, Platform};
+
+use super::state::{Effects, FarmState, Now, Session};
+use super::{FarmConfig, JobOutcome, ToWorker, WorkerHealth, WorkerHello};
+use crate::access::Caller;
+use crate::build::{Build, BuildRequest, BuildSpec, BuildState, JobState};
+use crate::scheduler::Team;
+
+/// One thing that happens to the farm.
+#[derive(Clone, Debug)]
+enum Step {
+    /// A build of these architectures (linux/ARCH), as `team`, with `--timeout` seconds (0: 1 h).
+    Submit {
+        archs: &'static [&'static str],
+        team: &'static str,
+        timeout: u64,
+    },
+    /// A worker for linux/ARCH attaches, owned by a team or shared; it restates `running` (arch,
+    /// attempt) of the first build.
+    Attach {
+        name: &'static str,
+        arch: &'static str,
+        owner: Option<&'static str>,
+        running: &'static [(&'static str, u32)],
+    },
+    /// The worker acknowledges attempt N of the job of ARCH.
+    Accept(&'static str, &'static str, u32),
+    /// The worker sends an output line of attempt N.
+    Log(&'static str, &'static str, u32),
+    /// The worker pushed attempt N.
+    Pushed(&'static str, &'static str, u32),
+    /// Attempt N failed: (worker, arch, attempt, retryable, refused).
+    Failed(&'static str, &'static str, u32, bool, bool),
+    /// The worker confirms it stopped attempt N, as it does after a cancel.
+    Stopped(&'static str, &'static str, u32),
+    /// A heartbeat saying how the worker is: (worker, draining, unhealthy).
+    Health(&'static str, bool, Option<&'static str>),
+    /// A message from the worker that is only a sign of life.
+    Heartbeat(&'static str),
+    /// The worker's stream ended.
+    Detach(&'static str),
+    /// The list push of the first build ended.
+    Published(Result<&'static str, &'static str>),
+    /// The user cancels the first build.
+    Cancel,
+    /// Housekeeping.
+    Tick,
+}
+
+/// A pure farm, its clock and what the script refers to.
+struct Script {
+    state: FarmState,
+    t0: Instant,
+    wall0: i64,
+    builds: Vec<BuildId>,
+    sessions: HashMap<String, Session>,
+    /// Job id -> arch, for rendering.
+    archs: HashMap<JobId, String>,
+}
+
+impl Script {
+    fn new(config: FarmConfig) -> Self {
+        Self {
+            state: FarmState::new(config),
+            t0: Instant::now(),
+            wall0: 1_700_000_000_000,
+            builds: Vec::new(),
+            sessions: HashMap::new(),
+            archs: HashMap::new(),
+        }
+    }
+
+    fn at(&self, ms: u64) -> Now {
+        Now {
+            at: self.t0 + Duration::from_millis(ms),
+            ms: self.wall0 + ms as i64,
+        }
+    }
+
+    fn build(&self) -> Build {
+        self.state.get(self.builds[0]).unwrap()
+    }
+
+    fn job(&self, arch: &str) -> JobId {
+        self.build()
+            .jobs
+            .iter()
+            .find(|j| j.platform.architecture() == arch)
+            .unwrap_or_else(|| panic!("no {arch} job"))
+            .id
+    }
+
+    fn session(&self, name: &str) -> Session {
+        self.sessions
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} never attached"))
+            .clone()
+    }
+
+    fn step(&mut self, ms: u64, step: &Step) -> Effects {
+        let now = self.at(ms);
+        match step.clone() {
+            Step::Submit {
+                archs,
+                team,
+                timeout,
+            } => {
+                let (spec, request) = spec(archs, timeout);
+                let by = Caller {
+                    name: format!("someone-of-{team}"),
+                    team: team.into(),
+                    admin: false,
+                };
+                let (id, effects) = self
+                    .state
+                    .submit(spec, request, Default::default(), &by, now);
+                self.builds.push(id);
+                for j in self.state.get(id).unwrap().jobs {
+                    self.archs
+                        .insert(j.id, j.platform.architecture().to_string());
+                }
+                effects
+            }
+            Step::Attach {
+                name,
+                arch,
+                owner,
+                running,
+            } => {
+                let running = running
+                    .iter()
+                    .map(|(arch, attempt)| (self.job(arch), *attempt))
+                    .collect();
+                let (session, effects) = self
+                    .state
+                    .attach(hello(name, arch, owner, running), now)
+                    .expect("hello accepted");
+                self.sessions.insert(name.into(), session);
+                effects
+            }
+            Step::Accept(w, arch, n) => {
+                let (s, job) = (self.session(w), self.job(arch));
+                self.state.accepted(&s, job, n, now)
+            }
+            Step::Log(w, arch, n) => {
+                let (s, job) = (self.session(w), self.job(arch));
+                self.state
+                    .log(&s, job, n, vec![format!("line at {ms}")], now)
+            }
+            Step::Pushed(w, arch, n) => {
+                let (s, job) = (self.session(w), self.job(arch));
+                let outcome = JobOutcome::Pushed {
+                    digest: format!("sha256:{}", "b".repeat(64)),
+                    size: 500,
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                };
+                self.state.result(&s, job, n, outcome, now)
+            }
+            Step::Failed(w, arch, n, retryable, refused) => {
+                let (s, job) = (self.session(w), self.job(arch));
+                let outcome = JobOutcome::Failed {
+                    message: if refused {
+                        "no free slot".into()
+                    } else if retryable {
+                        "docker daemon unreachable".into()
+                    } else {
+                        "RUN failed".into()
+                    },
+                    retryable,
+                    cancelled: false,
+                    refused,
+                };
+                self.state.result(&s, job, n, outcome, now)
+            }
+            Step::Stopped(w, arch, n) => {
+                let (s, job) = (self.session(w), self.job(arch));
+                let outcome = JobOutcome::Failed {
+                    message: "cancelled by the coordinator".into(),
+                    retryable: false,
+                    cancelled: true,
+                    refused: false,
+                };
+                self.state.result(&s, job, n, outcome, now)
+            }
+            Step::Health(w, draining, unhealthy) => {
+                let s = self.session(w);
+                let health = WorkerHealth {
+                    draining,
+                    unhealthy: unhealthy.map(Into::into),
+                };
+                self.state.health(&s, health, now)
+            }
+            Step::Heartbeat(w) => {
+                let s = self.session(w);
+                self.state.heartbeat(&s, now);
+                Effects::default()
+            }
+            Step::Detach(w) => {
+                let s = self.session(w);
+                self.state.detach(&s, now)
+            }
+            Step::Published(result) => self.state.published(
+                self.builds[0],
+                result
+                    .map(|d| {
+                        (
+                            d.to_owned(),
+                            "application/vnd.oci.image.index.v1+json".into(),
+                        )
+                    })
+                    .map_err(Into::into),
+                now,
+            ),
+            Step::Cancel => self.state.cancel(self.builds[0], now).unwrap().1,
+            Step::Tick => self.state.tick(now),
+        }
+    }
+
+    /// Effects as text, messages in order, then closes, publishing and builds that ended.
+    fn render(&self, effects: &Effects) -> String {
+        let mut out = Vec::new();
+        for (session, message) in &effects.send {
+            let w = &session.worker;
+            out.push(match message {
+                ToWorker::Assign(spec) => {
+                    format!(
+                        "assign {w} {} #{}",
+                        spec.platform.architecture(),
+                        spec.attempt
+                    )
+                }
+                ToWorker::Cancel { job, attempt } => {
+                    format!("cancel {w} {} #{attempt}", self.archs[job])
+                }
+                ToWorker::Drain => format!("drain {w}"),
+            });
+        }
+        for session in &effects.close {
+            out.push(format!("close {}", session.worker));
+        }
+        for _ in &effects.publish {
+            out.push("publish".into());
+        }
+        for _ in &effects.stop_publishing {
+            out.push("stop-publishing".into());
+        }
+        // Nothing is recorded after a build's end, so a final record is persisted only by the
+        // transition that ended the build.
+        for b in effects.persist.iter().filter(|b| b.state.is_final()) {
+            out.push(format!("ended {:?}", b.state));
+        }
+        out.join("; ")
+    }
+}
+
+/// Runs `steps` on a farm with `config`; each step's effects must read as its expectation.
+/// Returns the script for further checks of the build.
+fn check(config: FarmConfig, steps: &[(u64, Step, &str)]) -> Script {
+    let mut script = Script::new(config);
+    for (ms, step, expected) in steps {
+        let effects = script.step(*ms, step);
+        // Persist-then-send: every message of a transition rides with the records it changed;
+        // an assignment's record says "assigned" with that attempt.
+        for (_, message) in &effects.send {
+            if let ToWorker::Assign(spec) = message {
+                let record = effects
+                    .persist
+                    .iter()
+                    .find(|b| b.id == spec.build)
+                    .expect("an assignment is persisted with its transition");
+                let job = record.jobs.iter().find(|j| j.id == spec.job).unwrap();
+                assert_eq!((job.state, job.attempt), (JobState::Assigned, spec.attempt));
+            }
+        }
+        assert_eq!(script.render(&effects), *expected, "at {ms} ms, {step:?}");
+    }
+    script
+}
+
+fn spec(archs: &[&str], timeout: u64) -> (BuildSpec, BuildRequest) {
+    let platforms: Vec<Platform> = archs
+        .iter()
+        .map(|a| format!("linux/{a}").parse().unwrap())
+        .collect();
+    let spec = BuildSpec {
+        image: "127.0.0.1:5000/team/app:1.0".parse().unwrap(),
+        platforms: platforms.clone(),
+        context_digest: format!("sha256:{}", "a".repeat(64)),
+        dockerfiles: platforms
+            .iter()
+            .map(|p| (p.clone(), "Dockerfile".to_owned()))
+            .collect(),
+        build_args: BTreeMap::new(),
+        target: None,
+        labels: BTreeMap::new(),
+        arch_tags: false,
+        arch_tag_template: None,
+        flags: Default::default(),
+    };
+    let request = BuildRequest {
+        image: "127.0.0.1:5000/team/app:1.0".into(),
+        platforms: platforms.iter().map(ToString::to_string).collect(),
+        timeout_seconds: timeout,
+        ..Default::default()
+    };
+    (spec, request)
+}
+
+fn hello(name: &str, arch: &str, owner: Option<&str>, running: Vec<(JobId, u32)>) -> WorkerHello {
+    WorkerHello {
+        name: name.into(),
+        platforms: vec![format!("linux/{arch}").parse().unwrap()],
+        emulated: false,
+        slots: 1,
+        labels: BTreeMap::new(),
+        docker_version: "26.1.5".into(),
+        running,
+        draining: false,
+        unhealthy: None,
+        owner: owner.map(Into::into),
+    }
+}
+
+/// The default timers, but a worker lease long enough that workers need no heartbeats in the
+/// tables that are not about the lease ([`leased`] is).
+fn config() -> FarmConfig {
+    FarmConfig {
+        wait_for_workers: Duration::from_secs(120),
+        worker_lease: Duration::from_secs(3600),
+        max_attempts: 3,
+        assign_timeout: Duration::from_secs(30),
+        stuck_after: Duration::from_secs(600),
+        ..FarmConfig::default()
+    }
+}
+
+/// The default 15 s worker lease.
+fn leased() -> FarmConfig {
+    FarmConfig {
+        worker_lease: Duration::from_secs(15),
+        ..config()
+    }
+}
+
+const AMD: Step = Step::Submit {
+    archs: &["amd64"],
+    team: "default",
+    timeout: 0,
+};
+
+fn attach(name: &'static str) -> Step {
+    Step::Attach {
+        name,
+        arch: "amd64",
+        owner: None,
+        running: &[],
+    }
+}
+
+#[test]
+fn an_assignment_not_acknowledged_in_time_is_cancelled_and_requeued_and_a_late_ack_cancelled() {
+    use Step::*;
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (29_999, Tick, ""),
+            // The deadline counts from the assignment: at 30 s exactly it is over.
+            (30_000, Tick, "cancel x86 amd64 #1; assign x86 amd64 #2"),
+            (30_100, Accept("x86", "amd64", 2), ""),
+            // Attempt 1's acknowledgement arrives late: the worker is told to drop it.
+            (30_200, Accept("x86", "amd64", 1), "cancel x86 amd64 #1"),
+            // Attempt 2 was acknowledged: no acknowledgement deadline for it any more.
+            (60_100, Tick, ""),
+            (
+                60_200,
+                Failed("x86", "amd64", 2, false, false),
+                "ended Failed",
+            ),
+        ],
+    );
+    let error = s.build().jobs[0].error.clone().unwrap();
+    assert!(
+        error.starts_with(
+            "attempt 1 on x86: the worker did not acknowledge the assignment within 30s"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn output_keeps_an_attempt_alive_and_silence_for_stuck_after_requeues_it() {
+    use Step::*;
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (1_000, Accept("x86", "amd64", 1), ""),
+            (300_000, Log("x86", "amd64", 1), ""),
+            // 600 s after the acknowledgement: the line kept it alive.
+            (601_000, Tick, ""),
+            (700_000, Heartbeat("x86"), ""),
+            // Heartbeats are not output: 600 s after the last line, it is stuck.
+            (899_999, Tick, ""),
+            (900_000, Tick, "cancel x86 amd64 #1; assign x86 amd64 #2"),
+        ],
+    );
+    let error = s.build().jobs[0].error.clone().unwrap();
+    assert_eq!(
+        error,
+        "attempt 1 on x86: no output for 10m: treated as stuck (raise --stuck-after for steps that are silent longer)"
+    );
+}
+
+#[test]
+fn a_detached_worker_keeps_its_job_for_the_lease_then_the_job_moves() {
+    use Step::*;
+    let s = check(
+        leased(),
+        &[
+            (0, attach("a"), ""),
+            (0, AMD, "assign a amd64 #1"),
+            (1_000, Accept("a", "amd64", 1), ""),
+            (10_000, Detach("a"), "close a"),
+            (11_000, attach("b"), ""),
+            (24_999, Tick, ""),
+            (25_000, Tick, "assign b amd64 #2"),
+            (26_000, Pushed("b", "amd64", 2), "publish"),
+            (27_000, Published(Ok("sha256:list")), "ended Succeeded"),
+        ],
+    );
+    let b = s.build();
+    assert_eq!(b.state, BuildState::Succeeded);
+    assert_eq!(
+        b.jobs[0].error.as_deref(),
+        Some("attempt 1 on a: worker lost")
+    );
+}
+
+#[test]
+fn a_worker_back_within_the_lease_restating_its_job_keeps_it() {
+    use Step::*;
+    let back = Attach {
+        name: "a",
+        arch: "amd64",
+        owner: None,
+        running: &[("amd64", 1)],
+    };
+    let s = check(
+        leased(),
+        &[
+            (0, attach("a"), ""),
+            (0, AMD, "assign a amd64 #1"),
+            (1_000, Accept("a", "amd64", 1), ""),
+            (10_000, Detach("a"), "close a"),
+            (24_999, back, ""),
+            (30_000, Tick, ""),
+            (31_000, Pushed("a", "amd64", 1), "publish"),
+        ],
+    );
+    assert_eq!(s.build().jobs[0].attempt, 1, "adopted, not restarted");
+}
+
+#[test]
+fn a_worker_back_without_its_job_hands_it_back_at_once_and_stale_restatements_are_cancelled() {
+    use Step::*;
+    let stale = Attach {
+        name: "b",
+        arch: "amd64",
+        owner: None,
+        running: &[("amd64", 1)],
+    };
+    check(
+        leased(),
+        &[
+            (0, attach("a"), ""),
+            (0, AMD, "assign a amd64 #1"),
+            (1_000, Accept("a", "amd64", 1), ""),
+            (2_000, Detach("a"), "close a"),
+            // Restarted without it: no waiting for the rest of the lease.
+            (3_000, attach("a"), "assign a amd64 #2"),
+            // Another worker restating an attempt that is not current is told to drop it.
+            (4_000, stale, "cancel b amd64 #1"),
+        ],
+    );
+}
+
+#[test]
+fn a_silent_worker_is_declared_lost_after_its_lease_and_its_session_closed() {
+    use Step::*;
+    check(
+        leased(),
+        &[
+            (0, attach("a"), ""),
+            (0, AMD, "assign a amd64 #1"),
+            (1_000, Accept("a", "amd64", 1), ""),
+            (5_000, Heartbeat("a"), ""),
+            (6_000, attach("b"), ""),
+            (20_000, Heartbeat("b"), ""),
+            // 15 s after its last message it is still within its lease...
+            (20_000, Tick, ""),
+            // ...and lost just after; its job moves at once.
+            (20_001, Tick, "assign b amd64 #2; close a"),
+            // Its late news changes nothing.
+            (20_002, Log("a", "amd64", 1), ""),
+        ],
+    );
+}
+
+#[test]
+fn infrastructure_failures_retry_until_max_attempts_and_refusals_do_not_count() {
+    use Step::*;
+    let s = check(
+        FarmConfig {
+            max_attempts: 2,
+            ..config()
+        },
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            // A refusal: requeued, uncounted, and the worker is asked again only after a
+            // heartbeat says how it is.
+            (100, Failed("x86", "amd64", 1, false, true), ""),
+            (200, Health("x86", false, None), "assign x86 amd64 #2"),
+            (300, Accept("x86", "amd64", 2), ""),
+            (
+                400,
+                Failed("x86", "amd64", 2, true, false),
+                "assign x86 amd64 #3",
+            ),
+            (500, Accept("x86", "amd64", 3), ""),
+            (600, Failed("x86", "amd64", 3, true, false), "ended Failed"),
+        ],
+    );
+    assert_eq!(
+        s.build().error.unwrap(),
+        "linux/amd64 failed after 2 attempts: attempt 2 on x86: docker daemon unreachable; attempt 3 on x86: docker daemon unreachable"
+    );
+}
+
+#[test]
+fn max_attempts_0_means_one_attempt() {
+    use Step::*;
+    check(
+        FarmConfig {
+            max_attempts: 0,
+            ..config()
+        },
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (100, Failed("x86", "amd64", 1, true, false), "ended Failed"),
+        ],
+    );
+}
+
+#[test]
+fn a_build_failure_is_not_retried_and_cancels_the_other_platform() {
+    use Step::*;
+    let two = Submit {
+        archs: &["amd64", "arm64"],
+        team: "default",
+        timeout: 0,
+    };
+    let arm = Attach {
+        name: "arm",
+        arch: "arm64",
+        owner: None,
+        running: &[],
+    };
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, arm, ""),
+            (0, two, "assign x86 amd64 #1; assign arm arm64 #1"),
+            (
+                100,
+                Failed("x86", "amd64", 1, false, false),
+                "cancel arm arm64 #1; ended Failed",
+            ),
+        ],
+    );
+    assert_eq!(
+        s.build().error.unwrap(),
+        "linux/amd64 failed on worker x86: RUN failed"
+    );
+}
+
+#[test]
+fn a_build_past_its_timeout_fails_naming_its_unfinished_platforms() {
+    use Step::*;
+    let two = Submit {
+        archs: &["amd64", "arm64"],
+        team: "default",
+        timeout: 60,
+    };
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (1_000, two, "assign x86 amd64 #1"),
+            (2_000, Accept("x86", "amd64", 1), ""),
+            // Queueing counts: 60 s after the submit, whatever ran meanwhile.
+            (60_999, Tick, ""),
+            (61_000, Tick, "cancel x86 amd64 #1; ended Failed"),
+        ],
+    );
+    assert_eq!(
+        s.build().error.unwrap(),
+        "timed out after 1m: linux/amd64 (running on x86, attempt 1), linux/arm64 (waiting for a worker) had not finished; pass a longer --timeout to `manifold build` if the build needs more time"
+    );
+}
+
+#[test]
+fn a_build_whose_platforms_all_succeeded_does_not_time_out_while_publishing() {
+    use Step::*;
+    let quick = Submit {
+        archs: &["amd64"],
+        team: "default",
+        timeout: 10,
+    };
+    check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, quick, "assign x86 amd64 #1"),
+            (9_000, Pushed("x86", "amd64", 1), "publish"),
+            (10_000, Tick, ""),
+            (11_000, Published(Ok("sha256:list")), "ended Succeeded"),
+        ],
+    );
+}
+
+#[test]
+fn a_cancel_while_publishing_stops_the_push_and_its_late_end_changes_nothing() {
+    use Step::*;
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (1_000, Pushed("x86", "amd64", 1), "publish"),
+            (2_000, Cancel, "stop-publishing; ended Cancelled"),
+            (3_000, Published(Ok("sha256:list")), ""),
+        ],
+    );
+    assert_eq!(s.build().state, BuildState::Cancelled);
+}
+
+#[test]
+fn a_failed_list_push_fails_the_build() {
+    use Step::*;
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (1_000, Pushed("x86", "amd64", 1), "publish"),
+            (
+                2_000,
+                Published(Err("registry answered 500")),
+                "ended Failed",
+            ),
+        ],
+    );
+    assert_eq!(
+        s.build().error.unwrap(),
+        "every platform was built, but pushing the manifest list to 127.0.0.1:5000/team/app:1.0 failed: registry answered 500"
+    );
+}
+
+#[test]
+fn a_platform_nobody_can_take_fails_after_wait_for_workers() {
+    use Step::*;
+    let arm = Submit {
+        archs: &["arm64"],
+        team: "default",
+        timeout: 0,
+    };
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (1_000, arm, ""),
+            (120_999, Tick, ""),
+            (121_000, Tick, "ended Failed"),
+        ],
+    );
+    let error = s.build().error.unwrap();
+    assert!(
+        error.starts_with("no worker for linux/arm64 attached within 2m"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_draining_or_unhealthy_worker_gets_no_job_and_starves_its_platform() {
+    use Step::*;
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, Health("x86", false, Some("ping failed")), ""),
+            (1_000, AMD, ""),
+            (60_000, Health("x86", false, None), "assign x86 amd64 #1"),
+            (61_000, Failed("x86", "amd64", 1, false, true), ""),
+            (62_000, Health("x86", true, None), ""),
+            // The wait counts from the requeue after the refusal.
+            (180_999, Tick, ""),
+            (181_000, Tick, "ended Failed"),
+        ],
+    );
+    let error = s.build().error.unwrap();
+    assert!(
+        error.starts_with(
+            "no worker for linux/amd64 could take the job within 2m (x86 is draining)"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_owner_past_the_grace_period_preempts_a_borrowed_job_without_counting_it() {
+    use Step::*;
+    let mac = Attach {
+        name: "mac",
+        arch: "amd64",
+        owner: Some("mobile"),
+        running: &[],
+    };
+    let borrowed = Submit {
+        archs: &["amd64"],
+        team: "platform",
+        timeout: 0,
+    };
+    let owners = Submit {
+        archs: &["amd64"],
+        team: "mobile",
+        timeout: 0,
+    };
+    let s = check(
+        FarmConfig {
+            teams: vec![Team::new("mobile"), Team::new("platform")],
+            preemption_grace: Some(Duration::from_secs(60)),
+            max_attempts: 1,
+            ..config()
+        },
+        &[
+            (0, mac, ""),
+            (0, borrowed, "assign mac amd64 #1"),
+            (1_000, Accept("mac", "amd64", 1), ""),
+            (10_000, owners, ""),
+            (69_999, Tick, ""),
+            // The owner's job waited 60 s: the borrowed attempt is called off, the owner's job
+            // takes the slot (its attempt 1).
+            (70_000, Tick, "cancel mac amd64 #1; assign mac amd64 #1"),
+        ],
+    );
+    // The borrowed job is back in the queue, its attempt not counted, its history saying why.
+    let b = s.build();
+    assert_eq!((b.jobs[0].state, b.jobs[0].attempt), (JobState::Queued, 1));
+    let (events, _) = s.state.events(b.id, 0).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| format!("{:?}", e.kind)
+                .contains("preempted: worker mac belongs to team mobile")),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn news_of_a_requeued_attempt_is_ignored_while_the_job_waits_for_a_worker() {
+    use Step::*;
+    let s = check(
+        config(),
+        &[
+            (0, attach("a"), ""),
+            (0, AMD, "assign a amd64 #1"),
+            (1_000, Accept("a", "amd64", 1), ""),
+            // The worker drains; then its attempt goes silent and is called off. The job waits
+            // with attempt number 1 still on it: no worker can take it.
+            (2_000, Health("a", true, None), ""),
+            (601_000, Tick, "cancel a amd64 #1"),
+            // The worker confirms the cancel and sends a line of attempt 1: both stale.
+            (601_100, Stopped("a", "amd64", 1), ""),
+            (601_200, Log("a", "amd64", 1), ""),
+            (601_300, Accept("a", "amd64", 1), "cancel a amd64 #1"),
+            (602_000, attach("b"), "assign b amd64 #2"),
+            (
+                603_000,
+                Failed("b", "amd64", 2, false, false),
+                "ended Failed",
+            ),
+        ],
+    );
+    let b = s.build();
+    assert_eq!(
+        b.error.unwrap(),
+        "linux/amd64 failed on worker b: RUN failed"
+    );
+    assert!(b.jobs[0].log_tail.is_empty(), "{:?}", b.jobs[0].log_tail);
+}
+
+#[test]
+fn a_drain_request_tells_the_worker_and_no_job_goes_to_it() {
+    let mut s = check(config(), &[(0, attach("x86"), "")]);
+    let (view, effects) = s.state.drain("x86").unwrap();
+    assert!(view.draining);
+    assert_eq!(s.render(&effects), "drain x86");
+    assert!(matches!(
+        s.state.drain("nobody"),
+        Err(super::FarmError::UnknownWorker(name)) if name == "nobody"
+    ));
+    let effects = s.step(1_000, &AMD);
+    assert_eq!(s.render(&effects), "");
+    let effects = s.step(2_000, &attach("x86-2"));
+    assert_eq!(s.render(&effects), "assign x86-2 amd64 #1");
+}
+
+#[test]
+fn a_restored_farm_waits_the_lease_for_running_jobs_and_queues_the_others() {
+    use Step::*;
+    let two = Submit {
+        archs: &["amd64", "arm64"],
+        team: "default",
+        timeout: 0,
+    };
+    let before = check(
+        leased(),
+        &[
+            (0, attach("x86"), ""),
+            (0, two, "assign x86 amd64 #1"),
+            (1_000, Accept("x86", "amd64", 1), ""),
+        ],
+    );
+    let record = before.build();
+    // A new coordinator takes the record back at its own t0.
+    let mut s = Script::new(leased());
+    let effects = s.state.restore(vec![record.clone()], s.at(0));
+    assert_eq!(s.render(&effects), "");
+    s.builds.push(record.id);
+    for j in &record.jobs {
+        s.archs.insert(j.id, j.platform.architecture().to_string());
+    }
+    let arm = Attach {
+        name: "arm",
+        arch: "arm64",
+        owner: None,
+        running: &[],
+    };
+    for (ms, step, expected) in [
+        (1_000, arm, "assign arm arm64 #1"),
+        // Another amd64 worker gets nothing while the job waits for its own worker...
+        (1_000, attach("x86-b"), ""),
+        (14_999, Tick, ""),
+        // ...which did not come back within the lease: the job moves, the attempt counted.
+        (15_000, Tick, "assign x86-b amd64 #2"),
+    ] {
+        let effects = s.step(ms, &step);
+        assert_eq!(s.render(&effects), expected, "at {ms} ms, {step:?}");
+    }
+    let b = s.build();
+    let amd = b
+        .jobs
+        .iter()
+        .find(|j| j.platform.architecture() == "amd64")
+        .unwrap();
+    assert_eq!((amd.state, amd.attempt), (JobState::Assigned, 2));
+    assert_eq!(amd.error.as_deref(), Some("attempt 1 on x86: worker lost"));
+}

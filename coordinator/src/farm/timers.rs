@@ -1,0 +1,150 @@
+//! The timers of an attempt out on a worker, and of the worker itself: pure functions of the
+//! times they were set and the time now.
+//!
+//! - A worker is **silent** (declared lost) when nothing came from it for longer than
+//!   `worker_lease`.
+//! - An assignment is **unacknowledged** once `assign_timeout` has passed since it was made without
+//!   a `JobAccepted`.
+//! - An acknowledged attempt is **stuck** once `stuck_after` has passed since its acknowledgement
+//!   or its last output line.
+
+use std::time::{Duration, Instant};
+
+use super::FarmConfig;
+
+/// The timers of one attempt out on a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveAttempt {
+    /// The attempt these timers belong to.
+    pub attempt: u32,
+    /// When the assignment was made.
+    pub assigned_at: Instant,
+    /// Set once acknowledged.
+    pub accepted: bool,
+    /// The acknowledgement or the last output line.
+    pub last_progress: Instant,
+}
+
+/// Why an attempt out on a worker is called off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overdue {
+    /// Not acknowledged within `assign_timeout`.
+    Unacknowledged,
+    /// Acknowledged, then silent for `stuck_after`.
+    Stuck,
+}
+
+impl LiveAttempt {
+    /// An assignment made at `at`, waiting for its acknowledgement.
+    pub fn assigned(attempt: u32, at: Instant) -> Self {
+        Self {
+            attempt,
+            assigned_at: at,
+            accepted: false,
+            last_progress: at,
+        }
+    }
+
+    /// An attempt known to run at `at` (adopted after a reconnect).
+    pub fn acknowledged(attempt: u32, at: Instant) -> Self {
+        Self {
+            accepted: true,
+            ..Self::assigned(attempt, at)
+        }
+    }
+
+    /// The worker acknowledged the assignment at `at`.
+    pub fn acknowledge(&mut self, at: Instant) {
+        self.accepted = true;
+        self.last_progress = at;
+    }
+
+    /// Output arrived at `at`.
+    pub fn progress(&mut self, at: Instant) {
+        self.last_progress = at;
+    }
+
+    /// Whether the attempt is overdue at `now`, and why.
+    pub fn overdue(&self, config: &FarmConfig, now: Instant) -> Option<Overdue> {
+        if !self.accepted {
+            (now.saturating_duration_since(self.assigned_at) >= config.assign_timeout)
+                .then_some(Overdue::Unacknowledged)
+        } else {
+            (now.saturating_duration_since(self.last_progress) >= config.stuck_after)
+                .then_some(Overdue::Stuck)
+        }
+    }
+}
+
+/// Whether a worker last heard from at `last_seen` is silent past its `lease` at `now`.
+pub fn silent(last_seen: Instant, lease: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(last_seen) > lease
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> FarmConfig {
+        FarmConfig {
+            assign_timeout: Duration::from_secs(30),
+            stuck_after: Duration::from_secs(600),
+            ..FarmConfig::default()
+        }
+    }
+
+    /// `events`: (seconds after t0, "ack" | "log"); then the verdict at `at` seconds.
+    fn check(events: &[(u64, &str)], at: u64, expected: Option<Overdue>) {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut live = LiveAttempt::assigned(1, t0);
+        for (when, what) in events {
+            match *what {
+                "ack" => live.acknowledge(s(*when)),
+                "log" => live.progress(s(*when)),
+                other => panic!("unknown event {other}"),
+            }
+        }
+        assert_eq!(
+            live.overdue(&config(), s(at)),
+            expected,
+            "{events:?} at {at}s"
+        );
+    }
+
+    #[test]
+    fn acknowledgement_and_stuck_deadlines_at_exact_times() {
+        use Overdue::*;
+        check(&[], 29, None);
+        check(&[], 30, Some(Unacknowledged));
+        // Output before the acknowledgement does not stand for it.
+        check(&[(10, "log")], 30, Some(Unacknowledged));
+        check(&[(29, "ack")], 30, None);
+        check(&[(29, "ack")], 628, None);
+        check(&[(29, "ack")], 629, Some(Stuck));
+        check(&[(29, "ack"), (600, "log")], 1199, None);
+        check(&[(29, "ack"), (600, "log")], 1200, Some(Stuck));
+        // A clock that went backwards is no time at all.
+        check(&[(29, "ack")], 0, None);
+    }
+
+    #[test]
+    fn an_adopted_attempt_is_only_ever_stuck() {
+        let t0 = Instant::now();
+        let live = LiveAttempt::acknowledged(2, t0);
+        assert_eq!(live.overdue(&config(), t0 + Duration::from_secs(31)), None);
+        assert_eq!(
+            live.overdue(&config(), t0 + Duration::from_secs(600)),
+            Some(Overdue::Stuck)
+        );
+    }
+
+    #[test]
+    fn a_worker_is_silent_only_past_its_lease() {
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(15);
+        assert!(!silent(t0, lease, t0 + lease));
+        assert!(silent(t0, lease, t0 + lease + Duration::from_millis(1)));
+        assert!(!silent(t0 + lease, lease, t0));
+    }
+}
