@@ -58,7 +58,13 @@ async fn a_killed_worker_s_job_finishes_on_another_worker_of_its_platform() -> a
     let first = farm.build(&id).await?;
     let victim = job_of(&first, "linux/amd64")?.worker.clone();
     let survivor = if victim == "x86-a" { "x86-b" } else { "x86-a" };
-    assert_eq!(job_of(&first, "linux/amd64")?.attempt, 1);
+    assert_eq!(
+        job_of(&first, "linux/amd64")?.attempt,
+        1,
+        "{first:?}\n--- coordinator ---\n{}\n--- x86-a ---\n{}",
+        farm.coordinator_log(),
+        farm.worker_log("x86-a")
+    );
     farm.kill_worker(&victim).await;
 
     let b = farm.wait_build_end(&id, Duration::from_secs(180)).await?;
@@ -85,7 +91,7 @@ async fn a_killed_worker_s_job_finishes_on_another_worker_of_its_platform() -> a
         "{}",
         diagnostics()
     );
-    assert_eq!(job_of(&b, "linux/arm64")?.attempt, 1);
+    assert_eq!(job_of(&b, "linux/arm64")?.attempt, 1, "{}", diagnostics());
 
     // The list under the tag: exactly the two platforms, amd64 being the survivor's image.
     assert_eq!(list_platforms(&tag).await?, ["linux/amd64", "linux/arm64"]);
