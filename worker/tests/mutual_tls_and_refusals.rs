@@ -119,10 +119,9 @@ async fn a_refusal_on_an_open_stream_also_stops_the_worker() {
         .unwrap();
     let err = stopped(handle).await.unwrap_err().to_string();
     assert!(err.contains("team `nope` is not configured"), "{err}");
+    // The worker has stopped: whatever it did before stopping is in the channel by now.
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), sessions.recv())
-            .await
-            .is_err(),
+        sessions.try_recv().is_err(),
         "the worker attached again after being refused"
     );
 }

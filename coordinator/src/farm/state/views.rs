@@ -1,0 +1,159 @@
+//! What the farm's state answers without changing: builds, histories, queues, teams, workers.
+
+use std::collections::{BTreeMap, HashSet};
+
+use manifold_proto::{BuildId, JobId, Platform};
+
+use super::{FarmState, WorkerConn};
+use crate::access::Caller;
+use crate::build::{Build, Event, EventKind, JobState};
+use crate::farm::{FarmError, TeamUsage, WorkerView};
+use crate::scheduler::{QueuedJob, Team, WorkerStatus};
+
+impl FarmState {
+    /// A snapshot of a build.
+    pub fn get(&self, id: BuildId) -> Result<Build, FarmError> {
+        self.builds
+            .get(&id)
+            .map(|e| e.build.clone())
+            .ok_or(FarmError::UnknownBuild(id))
+    }
+
+    /// The newest `limit` builds that `by` may see, newest first.
+    pub fn list(&self, limit: usize, by: &Caller) -> Vec<Build> {
+        self.order
+            .iter()
+            .rev()
+            .filter_map(|id| self.builds.get(id))
+            .filter(|e| by.sees(&e.build.team))
+            .take(limit)
+            .map(|e| e.build.clone())
+            .collect()
+    }
+
+    /// Usage per team: the configured teams and any other team with running or queued jobs.
+    pub fn teams(&self) -> Vec<TeamUsage> {
+        let queued = self.scheduler.queued_jobs();
+        let mut teams: BTreeMap<String, Team> = self
+            .scheduler
+            .teams()
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        for q in &queued {
+            teams
+                .entry(q.team.clone())
+                .or_insert_with(|| Team::new(q.team.clone()));
+        }
+        for e in self.builds.values().filter(|e| !e.build.state.is_final()) {
+            teams
+                .entry(e.build.team.clone())
+                .or_insert_with(|| Team::new(e.build.team.clone()));
+        }
+        teams
+            .into_values()
+            .map(|team| TeamUsage {
+                running: self.scheduler.running_of_team(&team.name),
+                queued: queued.iter().filter(|q| q.team == team.name).count() as u32,
+                team,
+            })
+            .collect()
+    }
+
+    /// The queued jobs, oldest first, with the build each belongs to.
+    pub fn queue(&self) -> Vec<(QueuedJob, Build)> {
+        self.scheduler
+            .queued_jobs()
+            .into_iter()
+            .filter_map(|q| {
+                let build = self
+                    .job_build
+                    .get(&q.job)
+                    .and_then(|b| self.builds.get(b))?;
+                Some((q, build.build.clone()))
+            })
+            .collect()
+    }
+
+    /// Events of a build from `from` on, and whether its history has ended.
+    pub fn events(&self, id: BuildId, from: usize) -> Result<(Vec<Event>, bool), FarmError> {
+        let entry = self.builds.get(&id).ok_or(FarmError::UnknownBuild(id))?;
+        let events = entry.events.get(from..).unwrap_or_default().to_vec();
+        let ended = matches!(
+            entry.events.last(),
+            Some(Event {
+                kind: EventKind::Finished { .. },
+                ..
+            })
+        );
+        Ok((events, ended))
+    }
+
+    /// The number of events in a build's history (0 for an unknown build).
+    pub fn history_len(&self, id: BuildId) -> usize {
+        self.builds.get(&id).map_or(0, |e| e.events.len())
+    }
+
+    /// Whether worker `name` holds a current attempt (assigned or running) of a job whose build
+    /// uses context `digest`: the only contexts a worker may download.
+    pub fn worker_needs_context(&self, name: &str, digest: &str) -> bool {
+        self.builds.values().any(|e| {
+            !e.build.state.is_final()
+                && e.build.spec.context_digest == digest
+                && e.build.jobs.iter().any(|j| {
+                    matches!(j.state, JobState::Assigned | JobState::Running)
+                        && j.worker.as_deref() == Some(name)
+                })
+        })
+    }
+
+    /// The platform and `registry/repository` of `job` while `attempt` is its current attempt.
+    pub fn attempt_target(&self, job: JobId, attempt: u32) -> Option<(Platform, String)> {
+        let build_id = self.current_build(job, attempt)?;
+        let build = &self.builds[&build_id].build;
+        let platform = build.jobs.iter().find(|j| j.id == job)?.platform.clone();
+        Some((platform, build.spec.repository()))
+    }
+
+    /// Contexts that unfinished builds still need (garbage collection keeps them).
+    pub fn referenced_contexts(&self) -> HashSet<String> {
+        self.builds
+            .values()
+            .filter(|e| !e.build.state.is_final())
+            .map(|e| e.build.spec.context_digest.clone())
+            .collect()
+    }
+
+    /// The attached workers.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        self.workers.values().map(|w| self.worker_view(w)).collect()
+    }
+
+    pub(super) fn worker_view(&self, w: &WorkerConn) -> WorkerView {
+        let status = self.scheduler.status(&w.hello.name);
+        WorkerView {
+            name: w.hello.name.clone(),
+            platforms: w.hello.platforms.clone(),
+            emulated: w.hello.emulated,
+            slots: w.hello.slots,
+            slots_in_use: self.scheduler.slots_in_use(&w.hello.name),
+            last_heartbeat_ms: w.last_seen_ms,
+            connected_at_ms: w.connected_at_ms,
+            docker_version: w.hello.docker_version.clone(),
+            labels: w.hello.labels.clone(),
+            draining: status.as_ref().is_some_and(|s| s.draining),
+            unhealthy: status.and_then(|s| s.unhealthy),
+            owner: w.hello.owner.clone(),
+        }
+    }
+}
+
+/// `ready`, `draining`, `unhealthy: REASON`, or both of the last two.
+pub(super) fn status_text(status: &WorkerStatus) -> String {
+    match (status.draining, &status.unhealthy) {
+        (false, None) => "ready".into(),
+        (true, None) => "draining".into(),
+        (false, Some(reason)) => format!("unhealthy: {reason}"),
+        (true, Some(reason)) => format!("draining, unhealthy: {reason}"),
+    }
+}
