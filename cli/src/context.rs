@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, Coordinator};
-use crate::dockerignore::{Matcher, PatternError};
+use crate::dockerignore::{Matcher, PatternError, Step, Walk};
 
 /// Name of the ignore file at the root of a context.
 pub const DOCKERIGNORE: &str = ".dockerignore";
@@ -124,14 +124,24 @@ impl ContextDigest {
 pub struct ContextSource {
     root: PathBuf,
     ignore: Matcher,
-    /// Relative `/`-separated paths always packed (the Dockerfiles and `.dockerignore`).
-    always: BTreeSet<String>,
+    /// Relative `/`-separated paths always packed (the Dockerfiles and `.dockerignore`), as bytes.
+    always: BTreeSet<Vec<u8>>,
+}
+
+/// A directory being walked: its entry is written only once something under it is (or it is
+/// sent itself).
+struct OpenDir {
+    rel: String,
+    tar_path: PathBuf,
+    meta: fs::Metadata,
+    written: bool,
 }
 
 impl ContextSource {
     /// Opens `root`, reading its `.dockerignore` if there is one. `always_include` lists paths
     /// relative to the root (the Dockerfiles) that are packed even when `.dockerignore` excludes
-    /// them, as Docker does; `.dockerignore` itself is always packed too.
+    /// them; `.dockerignore` itself is always packed too. The worker reads both from the tar
+    /// and leaves them out of what `COPY` sees when the patterns exclude them, as Docker does.
     pub fn open(root: &Path, always_include: &[String]) -> Result<Self, ContextError> {
         let not_dir = |reason: String| ContextError::NotADirectory {
             path: root.to_owned(),
@@ -143,11 +153,9 @@ impl ContextSource {
         }
         let ignore_path = canonical.join(DOCKERIGNORE);
         let ignore = match fs::read(&ignore_path) {
-            Ok(bytes) => Matcher::parse(&String::from_utf8_lossy(&bytes)).map_err(|source| {
-                ContextError::Ignore {
-                    path: ignore_path.clone(),
-                    source,
-                }
+            Ok(bytes) => Matcher::parse(&bytes).map_err(|source| ContextError::Ignore {
+                path: ignore_path.clone(),
+                source,
             })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Matcher::default(),
             Err(source) => {
@@ -157,8 +165,11 @@ impl ContextSource {
                 });
             }
         };
-        let mut always: BTreeSet<String> = always_include.iter().cloned().collect();
-        always.insert(DOCKERIGNORE.to_owned());
+        let mut always: BTreeSet<Vec<u8>> = always_include
+            .iter()
+            .map(|p| p.trim_start_matches("./").as_bytes().to_vec())
+            .collect();
+        always.insert(DOCKERIGNORE.as_bytes().to_vec());
         Ok(Self {
             root: canonical,
             ignore,
@@ -174,8 +185,9 @@ impl ContextSource {
     /// Writes the context as a tar into `out` and returns `out`.
     pub fn write_tar<W: Write>(&self, out: W) -> Result<W, ContextError> {
         let mut builder = tar::Builder::new(out);
-        let mut pending = Vec::new();
-        self.walk_dir(&mut builder, &self.root, "", &mut pending)?;
+        let mut walk = Walk::new(&self.ignore);
+        let mut open = Vec::new();
+        self.walk_dir(&mut builder, &mut walk, &self.root, b"", &mut open)?;
         builder.into_inner().map_err(ContextError::Write)
     }
 
@@ -222,21 +234,23 @@ impl ContextSource {
         }
     }
 
-    /// Recursively packs `dir` (whose path in the tar is `rel`, empty for the root). `pending`
-    /// holds excluded ancestor directories walked only for possible exceptions: they are written
-    /// just before the first entry under them, so a re-included file keeps its parents.
+    /// Recursively packs `dir` (whose path in the tar is `rel`, empty for the root) in Docker's
+    /// walk order, each entry decided by `walk` as Docker's file sender decides it. `open` holds
+    /// the directories being walked; one not sent itself is written just before the first entry
+    /// under it, so a re-included file keeps its parents.
     fn walk_dir<W: Write>(
         &self,
         builder: &mut tar::Builder<W>,
+        walk: &mut Walk<'_>,
         dir: &Path,
-        rel: &str,
-        pending: &mut Vec<(String, PathBuf, fs::Metadata)>,
+        rel: &[u8],
+        open: &mut Vec<OpenDir>,
     ) -> Result<(), ContextError> {
         let read_err = |source| ContextError::Read {
             path: if rel.is_empty() {
                 ".".into()
             } else {
-                rel.into()
+                String::from_utf8_lossy(rel).into_owned()
             },
             source,
         };
@@ -247,15 +261,15 @@ impl ContextSource {
             .map_err(read_err)?;
         names.sort_unstable_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
         for name in names {
-            let name_str = name.to_string_lossy();
-            let child_rel = if rel.is_empty() {
-                name_str.into_owned()
-            } else {
-                format!("{rel}/{name_str}")
-            };
+            // Names are matched and written as their own bytes, UTF-8 or not; the lossy
+            // rendering is only for messages.
+            let mut child_bytes = rel.to_vec();
+            if !rel.is_empty() {
+                child_bytes.push(b'/');
+            }
+            child_bytes.extend_from_slice(name.as_encoded_bytes());
+            let child_rel = String::from_utf8_lossy(&child_bytes).into_owned();
             let child = dir.join(&name);
-            // The name in the tar is the file's own bytes (UTF-8 or not): `child_rel`, lossy, is
-            // only for matching patterns and for messages.
             let child_tar = child
                 .strip_prefix(&self.root)
                 .expect("walked paths are under the root")
@@ -271,65 +285,72 @@ impl ContextSource {
                     });
                 }
             };
-            let excluded =
-                self.ignore.matches(&child_rel) && !self.always.contains(child_rel.as_str());
+            let step = walk.visit(&child_bytes, meta.is_dir());
             if meta.is_dir() {
-                if !excluded {
-                    self.flush_pending(builder, pending)?;
+                let forced_under = self.has_always_under(&child_bytes);
+                if step == Step::Prune && !forced_under {
+                    continue;
+                }
+                let keep = step == Step::Keep;
+                if keep {
+                    flush_open(builder, open)?;
                     append_dir(builder, &child_rel, &child_tar, &meta)?;
-                    self.walk_dir(builder, &child, &child_rel, pending)?;
-                } else if self.ignore.may_reinclude_under(&child_rel)
-                    || self.has_always_under(&child_rel)
-                {
-                    pending.push((child_rel.clone(), child_tar, meta));
-                    self.walk_dir(builder, &child, &child_rel, pending)?;
-                    // Nothing under it was written: forget it.
-                    if pending.last().is_some_and(|(p, ..)| *p == child_rel) {
-                        pending.pop();
-                    }
                 }
-            } else if !excluded {
-                if meta.is_file() {
-                    self.flush_pending(builder, pending)?;
-                    append_file(builder, &child, &child_rel, &child_tar, &meta)?;
-                } else if meta.file_type().is_symlink() {
-                    self.flush_pending(builder, pending)?;
-                    let target = fs::read_link(&child).map_err(|source| ContextError::Read {
-                        path: child_rel.clone(),
-                        source,
-                    })?;
-                    append_symlink(builder, &child_rel, &child_tar, &target, &meta)?;
-                } else if let Some(kind) = special_entry(&meta) {
-                    // FIFOs and devices go in as the docker CLI sends them: a header, no data.
-                    self.flush_pending(builder, pending)?;
-                    append_special(builder, &child_rel, &child_tar, &meta, kind)?;
-                } else {
-                    // The docker CLI leaves sockets out too.
-                    tracing::debug!(path = %child_rel, "skipping socket");
-                }
+                open.push(OpenDir {
+                    rel: child_rel,
+                    tar_path: child_tar,
+                    meta,
+                    written: keep,
+                });
+                self.walk_dir(builder, walk, &child, &child_bytes, open)?;
+                open.pop();
+                continue;
+            }
+            if step != Step::Keep && !self.always.contains(&child_bytes) {
+                continue;
+            }
+            if meta.is_file() {
+                flush_open(builder, open)?;
+                append_file(builder, &child, &child_rel, &child_tar, &meta)?;
+            } else if meta.file_type().is_symlink() {
+                flush_open(builder, open)?;
+                let target = fs::read_link(&child).map_err(|source| ContextError::Read {
+                    path: child_rel.clone(),
+                    source,
+                })?;
+                append_symlink(builder, &child_rel, &child_tar, &target, &meta)?;
+            } else if let Some(kind) = special_entry(&meta) {
+                // FIFOs and devices go in as the docker CLI sends them: a header, no data.
+                flush_open(builder, open)?;
+                append_special(builder, &child_rel, &child_tar, &meta, kind)?;
+            } else {
+                // The docker CLI leaves sockets out too.
+                tracing::debug!(path = %child_rel, "skipping socket");
             }
         }
         Ok(())
     }
 
-    fn has_always_under(&self, dir: &str) -> bool {
-        let prefix = format!("{dir}/");
+    fn has_always_under(&self, dir: &[u8]) -> bool {
+        let mut prefix = dir.to_vec();
+        prefix.push(b'/');
         self.always
             .range(prefix.clone()..)
             .next()
             .is_some_and(|p| p.starts_with(&prefix))
     }
+}
 
-    fn flush_pending<W: Write>(
-        &self,
-        builder: &mut tar::Builder<W>,
-        pending: &mut Vec<(String, PathBuf, fs::Metadata)>,
-    ) -> Result<(), ContextError> {
-        for (path, tar_path, meta) in pending.drain(..) {
-            append_dir(builder, &path, &tar_path, &meta)?;
-        }
-        Ok(())
+/// Writes the directories being walked that are not written yet, outermost first.
+fn flush_open<W: Write>(
+    builder: &mut tar::Builder<W>,
+    open: &mut [OpenDir],
+) -> Result<(), ContextError> {
+    for dir in open.iter_mut().filter(|d| !d.written) {
+        append_dir(builder, &dir.rel, &dir.tar_path, &dir.meta)?;
+        dir.written = true;
     }
+    Ok(())
 }
 
 fn io_reason(e: &io::Error) -> String {

@@ -11,7 +11,8 @@
 //! - [`build_flags`]: the buildx flags (caches, network, hosts, shm size) and `--secret` values;
 //! - [`config`]: where the coordinator address, the token and the CA come from (flag,
 //!   environment, `~/.config/manifold/config.toml`, default);
-//! - [`dockerignore`]: `.dockerignore` patterns with Docker's exact matching rules;
+//! - [`dockerignore`]: `.dockerignore` patterns with Docker's exact rules (shared with the worker,
+//!   from `manifold-proto`);
 //! - [`context`]: the deterministic tar of a context, its digest, and the bounded-memory
 //!   streaming upload that is skipped when the coordinator already has the digest;
 //! - [`client`]: connecting to the coordinator (TLS off loopback, the bearer token on every
@@ -27,9 +28,9 @@ pub mod args;
 pub mod build_flags;
 pub mod client;
 pub mod commands;
+pub use manifold_proto::dockerignore;
 pub mod config;
 pub mod context;
-pub mod dockerignore;
 pub mod listing;
 pub mod manifest;
 pub mod progress;

@@ -5,13 +5,16 @@
 //! - [`build_flags`]: [`BuildFlags`], the buildx flags a build carries (`--no-cache`, caches, network...);
 //! - [`platform`]: [`Platform`], parsing and normalising what users type (`x86_64`, `arm64/v8`, `armhf` ...);
 //! - [`ids`]: the newtype ids of builds and jobs;
-//! - [`discovery`]: finding the leading coordinator among several addresses.
+//! - [`discovery`]: finding the leading coordinator among several addresses;
+//! - [`dockerignore`]: `.dockerignore` applied byte for byte as `docker build` applies it (the CLI
+//!   packs with it, the worker applies it again to the context tar).
 //!
 //! Generated types never travel past a crate's API module: each crate converts them into its own
 //! domain types at the edge.
 
 pub mod build_flags;
 pub mod discovery;
+pub mod dockerignore;
 pub mod ids;
 pub mod platform;
 

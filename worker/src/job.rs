@@ -195,8 +195,14 @@ pub async fn execute(
         flags: &job.flags,
         output,
     };
+    let tar = context.to_owned();
+    let dockerfile = job.dockerfile.clone();
+    let view = tokio::task::spawn_blocking(move || crate::context_view::plan(&tar, &dockerfile))
+        .await
+        .map_err(|e| JobFailure::retryable(format!("reading the context stopped: {e}")))?
+        .map_err(|e| JobFailure::permanent(e.to_string()))?;
     let content = SessionContent {
-        context: context.to_owned(),
+        view,
         docker_config: options.docker_config.clone(),
         secrets: job.secrets.clone(),
         session_id: uuid::Uuid::new_v4().simple().to_string(),

@@ -16,6 +16,8 @@
 //!   plaintext to loopback only;
 //! - [`job`]: one job end to end once its context is on disk ([`job::execute`]);
 //! - [`context_cache`]: build contexts on disk, verified by sha256 while downloading;
+//! - [`context_view`]: what BuildKit is served of a context: its `.dockerignore` applied (so an
+//!   excluded Dockerfile or `.dockerignore` is left out, as Docker does), the Dockerfile apart;
 //! - [`buildkit`]: builds through BuildKit's control API with a session (context upload, registry
 //!   credentials, secrets), pushing by digest where the engine can;
 //! - [`docker`]: the daemon through bollard (platform, image store, inspect, export, untag);
@@ -27,6 +29,7 @@ pub mod buildkit;
 pub mod config;
 pub mod connection;
 pub mod context_cache;
+pub mod context_view;
 pub mod docker;
 pub mod health;
 pub mod job;

@@ -17,6 +17,7 @@
 //! (buildx's remote driver) would be a second variant: its control API is a plain gRPC channel and
 //! its session runs over `Control.Session`; none can be installed on the test machines today.
 
+pub mod dockerfile_source;
 pub mod hijack;
 pub mod session;
 
@@ -306,6 +307,12 @@ pub fn solve_request(solve: &Solve<'_>, session_id: &str, build_ref: &str) -> So
     let mut attrs = HashMap::from([
         ("context".to_owned(), session::context_url(session_id)),
         ("filename".to_owned(), solve.dockerfile.to_owned()),
+        // The Dockerfile comes from its own source, so `.dockerignore` may leave it out of the
+        // context as Docker does.
+        (
+            "dockerfilekey".to_owned(),
+            dockerfile_source::LOCAL_NAME.to_owned(),
+        ),
         ("platform".to_owned(), solve.platform.to_string()),
     ]);
     for (key, value) in solve.build_args {
@@ -509,6 +516,7 @@ mod tests {
         let expected: BTreeMap<String, String> = [
             ("build-arg:V", "1"),
             ("context", "http://buildkit-session/S/context.tar"),
+            ("dockerfilekey", "dockerfile"),
             ("filename", "docker/Dockerfile"),
             ("label:team", "a"),
             ("platform", "linux/arm64"),

@@ -1,8 +1,10 @@
 //! The build session: what BuildKit asks the worker for while it builds one job.
 //!
 //! - **Upload**: the job's context tar, streamed from the worker's context cache (never held in
-//!   memory whole). The Dockerfile frontend receives it as `http://buildkit-session/<id>` and
-//!   unpacks it, as it does for `docker buildx build - < context.tar`.
+//!   memory whole), without the entries its `.dockerignore` excludes ([`crate::context_view`]).
+//!   The Dockerfile frontend receives it as `http://buildkit-session/<id>` and unpacks it, as it
+//!   does for `docker buildx build - < context.tar`.
+//! - **FileSync**: the Dockerfile, on its own ([`super::dockerfile_source`]).
 //! - **Auth**: registry credentials for the hosts BuildKit pulls from or pushes to, from the
 //!   worker's Docker config and credential helpers (`manifold_registry::auth`). Hosts asked for
 //!   without an answer are remembered, so a failed pull can name the registry and the config read.
@@ -33,11 +35,14 @@ use futures::Stream;
 use manifold_proto::Secrets;
 use manifold_registry::auth::{CredentialOrigin, DockerConfig};
 use oci_client::secrets::RegistryAuth;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::dockerfile_source::DockerfileSync;
 use super::hijack::Upgraded;
+use crate::context_view::ContextView;
+use bollard::moby::filesync::packet::file_sync_server::FileSyncServer;
 
 /// Largest message BuildKit accepts on the session (its gRPC default).
 const MAX_MESSAGE: usize = 16 << 20;
@@ -67,14 +72,15 @@ pub const METHODS: &[&str] = &[
     "/moby.filesync.v1.Auth/GetTokenAuthority",
     "/moby.filesync.v1.Auth/VerifyTokenAuthority",
     "/moby.upload.v1.Upload/Pull",
+    "/moby.filesync.v1.FileSync/DiffCopy",
     "/moby.buildkit.secrets.v1.Secrets/GetSecret",
 ];
 
 /// What one session offers BuildKit.
 #[derive(Clone, Debug)]
 pub struct SessionContent {
-    /// The context tar on disk.
-    pub context: PathBuf,
+    /// The context tar on disk and what of it BuildKit is served.
+    pub view: ContextView,
     /// The worker's Docker config file (credentials); `None`: anonymous.
     pub docker_config: Option<PathBuf>,
     /// `--secret` values by id.
@@ -130,6 +136,12 @@ pub async fn serve(
         .add_service(AuthServer::new(auth))
         .add_service(
             UploadServer::new(ContextUpload {
+                content: content.clone(),
+            })
+            .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            FileSyncServer::new(DockerfileSync {
                 content: content.clone(),
             })
             .max_encoding_message_size(MAX_MESSAGE),
@@ -282,33 +294,53 @@ impl Upload for ContextUpload {
                 "no upload `{path}` in this session"
             )));
         }
-        let file = tokio::fs::File::open(&self.content.context)
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "cannot read the context {}: {e}",
-                    self.content.context.display()
-                ))
-            })?;
-        let stream = futures::stream::try_unfold(file, |mut file| async move {
-            let mut chunk = vec![0u8; UPLOAD_CHUNK];
-            let mut filled = 0;
-            while filled < chunk.len() {
-                let n = file
-                    .read(&mut chunk[filled..])
-                    .await
-                    .map_err(|e| Status::unavailable(format!("reading the context: {e}")))?;
-                if n == 0 {
-                    break;
+        let tar = self.content.view.tar.clone();
+        let file = tokio::fs::File::open(&tar).await.map_err(|e| {
+            Status::unavailable(format!("cannot read the context {}: {e}", tar.display()))
+        })?;
+        let ranges: std::collections::VecDeque<_> =
+            self.content.view.ranges.iter().cloned().collect();
+        let stream = futures::stream::try_unfold(
+            (file, ranges, None::<u64>),
+            |(mut file, mut ranges, mut at)| async move {
+                let mut chunk = vec![0u8; UPLOAD_CHUNK];
+                let mut filled = 0;
+                while filled < chunk.len() {
+                    let Some(range) = ranges.front_mut() else {
+                        break;
+                    };
+                    if range.start == range.end {
+                        ranges.pop_front();
+                        continue;
+                    }
+                    if at != Some(range.start) {
+                        file.seek(std::io::SeekFrom::Start(range.start))
+                            .await
+                            .map_err(|e| {
+                                Status::unavailable(format!("reading the context: {e}"))
+                            })?;
+                    }
+                    let want = (chunk.len() - filled).min((range.end - range.start) as usize);
+                    let n = file
+                        .read(&mut chunk[filled..filled + want])
+                        .await
+                        .map_err(|e| Status::unavailable(format!("reading the context: {e}")))?;
+                    if n == 0 {
+                        return Err(Status::unavailable(
+                            "reading the context: the file is shorter than it was",
+                        ));
+                    }
+                    filled += n;
+                    range.start += n as u64;
+                    at = Some(range.start);
                 }
-                filled += n;
-            }
-            if filled == 0 {
-                return Ok(None);
-            }
-            chunk.truncate(filled);
-            Ok(Some((BytesMessage { data: chunk }, file)))
-        });
+                if filled == 0 {
+                    return Ok(None);
+                }
+                chunk.truncate(filled);
+                Ok(Some((BytesMessage { data: chunk }, (file, ranges, at))))
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }
