@@ -5,8 +5,10 @@
 //! Layout, in reading order:
 //! - [`build`]: a build's validated request, its jobs and their states, the events watchers see;
 //! - [`scheduler`]: pure decision logic: which queued job runs on which worker, fair between teams;
-//! - [`farm`]: the state of builds and workers and every transition, driving the scheduler, and
-//!   publishing finished builds with `manifold_registry`;
+//! - [`farm`]: builds and workers: a pure state machine (every transition takes the time and
+//!   returns effects; leases, timeouts, retries, preemption, driving the scheduler) and the thin
+//!   handle that applies its effects (persist, then send), publishing finished builds with
+//!   `manifold_registry`;
 //! - [`store`]: the state store seam: redb (default), etcd, in-memory;
 //! - [`leader`]: leader election on etcd, fencing, stepping down;
 //! - [`contexts`]: build contexts on disk, content-addressed, held per team;
