@@ -106,7 +106,8 @@ pub enum ManifestCommand {
     #[command(
         long_about = "Merge images (per-arch tags, or whole lists) into one list under a tag.\n\n\
         Each source's platform is read from its config; a source that is itself a list gives its \
-        platform images (attestations are left out unless --include-attestations). Without --push \
+        entries as they are, attestations included as buildx imagetools carries them (with the \
+        image they are about; --exclude-attestations leaves them out). Without --push \
         nothing is written: the list is printed. With --push, images from other repositories are \
         mounted or copied into the target repository by digest, and the tag is written last, so a \
         failure leaves the target tag as it was. Nothing is staged locally: there is nothing to \
@@ -201,8 +202,13 @@ pub struct CreateArgs {
     #[arg(long, value_enum, value_name = "TYPE")]
     pub media_type: Option<MediaTypeArg>,
 
-    /// Carry the attestation entries of list sources (OCI indexes only)
+    /// Leave out the attestation entries of list sources (carried by default, as `docker
+    /// buildx imagetools create` carries them)
     #[arg(long)]
+    pub exclude_attestations: bool,
+
+    /// Carry attestations (the default; kept for scripts written when it was not)
+    #[arg(long, hide = true, conflicts_with = "exclude_attestations")]
     pub include_attestations: bool,
 
     /// Write the list to the registry (without it, the list is only printed)

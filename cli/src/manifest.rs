@@ -369,7 +369,7 @@ pub async fn create(args: &CreateArgs, push_forced: bool) -> Result<(), Manifest
             MediaTypeArg::Docker => ListKind::Docker,
             MediaTypeArg::Oci => ListKind::Oci,
         }),
-        include_attestations: args.include_attestations,
+        include_attestations: !args.exclude_attestations,
     };
     let config = registry_config(&args.registry);
     let session = create::open_session(&config, &request)

@@ -7,9 +7,10 @@
 //!    takes them) or from `--annotate` (as given);
 //! 2. [`gather`] (pure): the entries in order. A list source's entries are copied one by one with
 //!    their descriptors unchanged (platform fields, annotations, unknown fields, order), whatever
-//!    their platform, with or without one; only attestations (by annotation or in-toto type: see
-//!    [`IndexEntry::is_attestation`]) are left out unless asked for, and then only carried with
-//!    the image they are about; nested lists are left out, named. A digest listed twice is listed
+//!    their platform, with or without one; attestations (by annotation or in-toto type: see
+//!    [`IndexEntry::is_attestation`]) are carried too, as `docker buildx imagetools create`
+//!    carries them, but only with the image they are about, and left out when asked; nested
+//!    lists are left out, named. A digest listed twice is listed
 //!    once; two images of one platform name both sources. One image media type;
 //!    [`build_list`] writes the list ([`crate::manifest::assemble_descriptors`]);
 //! 3. [`push`]: every child not yet in the target repository is put there by digest (blobs mounted
@@ -216,7 +217,8 @@ pub struct CreateRequest {
     pub amend: bool,
     /// The list type; `None` follows the images.
     pub list_kind: Option<ListKind>,
-    /// Carry the attestation entries of list sources (OCI indexes only).
+    /// Carry the attestation entries of list sources (OCI indexes only), as `docker buildx
+    /// imagetools create` does; `manifold manifest create` does unless `--exclude-attestations`.
     pub include_attestations: bool,
 }
 
@@ -701,7 +703,7 @@ fn flatten(
         let attestation = entry.is_attestation();
         if attestation && !include_attestations {
             out.skipped.push(skip(
-                "an attestation; pass --include-attestations to carry it",
+                "an attestation, left out as --exclude-attestations asks",
             ));
             continue;
         }
@@ -1203,7 +1205,7 @@ mod tests {
             [
                 (
                     "unknown/unknown".to_owned(),
-                    "an attestation; pass --include-attestations to carry it".to_owned()
+                    "an attestation, left out as --exclude-attestations asks".to_owned()
                 ),
                 (
                     "linux/s390x".to_owned(),
@@ -1471,7 +1473,7 @@ mod tests {
         check_err(
             &[list("reg.example.com/sbom:1", vec![attestation('a', 'e')])],
             "no platform image among the sources: `reg.example.com/sbom:1` hold only entries that \
-             are not images (unknown/unknown: an attestation; pass --include-attestations to carry it)",
+             are not images (unknown/unknown: an attestation, left out as --exclude-attestations asks)",
         );
     }
 

@@ -135,7 +135,7 @@ pub enum ManifestError {
     },
     /// Non-platform entries (attestations) need an OCI index of OCI manifests.
     #[error(
-        "{digest} (`{media_type}`) can only be carried in an OCI index whose images are OCI manifests; leave attestations out or use OCI images"
+        "{digest} (`{media_type}`) can only be carried in an OCI index whose images are OCI manifests; leave attestations out (--exclude-attestations) or use OCI images"
     )]
     ExtraNeedsOci {
         /// The extra entry's digest.

@@ -1,7 +1,7 @@
 //! A BuildKit-style OCI index as a source: its attestation entry (`unknown/unknown`, annotated
 //! `vnd.docker.reference.type: attestation-manifest`) is shown by `inspect` for what it is, never
-//! picked for a platform, kept out of the list `manifest create` makes, and carried (with the
-//! manifest it points to) only with `--include-attestations`.
+//! picked for a platform, carried by `manifest create` (with the manifest it points to) as
+//! `docker buildx imagetools create` carries it, and left out with `--exclude-attestations`.
 //!
 //! The index is written to the real registry with plain HTTP requests (curl), as BuildKit would.
 
@@ -43,7 +43,7 @@ async fn entries(reference: &str) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn attestation_entries_are_kept_out_unless_asked_for() -> anyhow::Result<()> {
+async fn attestation_entries_are_carried_unless_left_out() -> anyhow::Result<()> {
     let env = Env::from_env();
     let repo = env.unique_repo("buildkit");
     let name = repo
@@ -161,43 +161,10 @@ async fn attestation_entries_are_kept_out_unless_asked_for() -> anyhow::Result<(
     let view: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(view["digest"], amd64.as_str(), "{}", show(&out));
 
-    // By default the list holds the platform images only.
-    let plain_repo = env.unique_repo("no-attestations");
-    let plain = format!("{plain_repo}:1");
-    let out = manifold(&["manifest", "create", &plain, &source, "--push"]).await?;
-    assert!(out.status.success(), "{}", show(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(&format!(
-            "left out: unknown/unknown {attestation_digest} of list `{source}`: an attestation; pass --include-attestations to carry it"
-        )),
-        "{}",
-        show(&out)
-    );
-    assert_eq!(
-        entries(&plain).await?,
-        [
-            ("linux/amd64".to_owned(), amd64.clone()),
-            ("linux/arm64".to_owned(), arm64.clone())
-        ]
-    );
-    assert_eq!(
-        skopeo_raw(&plain).await?["mediaType"],
-        OCI_INDEX,
-        "OCI images give an OCI index"
-    );
-
-    // Asked for, the attestation is carried in its place, and its manifest comes along.
+    // By default the attestation is carried in its place, and its manifest comes along.
     let carried_repo = env.unique_repo("with-attestations");
     let carried = format!("{carried_repo}:1");
-    let out = manifold(&[
-        "manifest",
-        "create",
-        &carried,
-        &source,
-        "--include-attestations",
-        "--push",
-    ])
-    .await?;
+    let out = manifold(&["manifest", "create", &carried, &source, "--push"]).await?;
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(
         entries(&carried).await?,
@@ -218,6 +185,39 @@ async fn attestation_entries_are_kept_out_unless_asked_for() -> anyhow::Result<(
         "application/vnd.in-toto+json"
     );
 
+    // Left out when asked: the list holds the platform images only, and says what it left.
+    let plain_repo = env.unique_repo("no-attestations");
+    let plain = format!("{plain_repo}:1");
+    let out = manifold(&[
+        "manifest",
+        "create",
+        &plain,
+        &source,
+        "--exclude-attestations",
+        "--push",
+    ])
+    .await?;
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "left out: unknown/unknown {attestation_digest} of list `{source}`: an attestation, left out as --exclude-attestations asks"
+        )),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        entries(&plain).await?,
+        [
+            ("linux/amd64".to_owned(), amd64.clone()),
+            ("linux/arm64".to_owned(), arm64.clone())
+        ]
+    );
+    assert_eq!(
+        skopeo_raw(&plain).await?["mediaType"],
+        OCI_INDEX,
+        "OCI images give an OCI index"
+    );
+
     // A Docker list cannot carry it: refused, nothing written.
     let refused_repo = env.unique_repo("attestations-docker");
     let out = manifold(&[
@@ -225,7 +225,6 @@ async fn attestation_entries_are_kept_out_unless_asked_for() -> anyhow::Result<(
         "create",
         &format!("{refused_repo}:1"),
         &source,
-        "--include-attestations",
         "--media-type",
         "docker",
         "--push",
