@@ -74,7 +74,7 @@ impl Cli {
 pub enum Command {
     /// Build an image for several platforms and push it under one tag
     Build(Box<BuildArgs>),
-    /// List the workers connected to the coordinator (STATUS: ready, draining, unhealthy), or drain one
+    /// List the workers connected to the coordinator (STATUS: ready, draining, paused, unhealthy), or drain, pause or resume one
     Workers(WorkersArgs),
     /// List builds, newest first
     Builds(BuildsArgs),
@@ -377,7 +377,7 @@ pub struct BuildArgs {
     pub context: PathBuf,
 }
 
-/// `manifold workers [drain NAME]`.
+/// `manifold workers [drain|pause|resume NAME]`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct WorkersArgs {
@@ -395,6 +395,10 @@ pub struct WorkersArgs {
 pub enum WorkersAction {
     /// Stop giving a worker jobs: it finishes its running ones, says goodbye and exits (as on SIGTERM)
     Drain(DrainArgs),
+    /// Pause a worker: it stays attached and keeps its running jobs, but takes no new one (owner team or admin)
+    Pause(DrainArgs),
+    /// Resume a paused worker: it takes jobs again (owner team or admin)
+    Resume(DrainArgs),
 }
 
 /// Flags of `manifold workers drain`.
@@ -1041,6 +1045,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["manifold", "workers", "drain"]).is_err());
+        match cli(&["workers", "pause", "mac-1"]).command {
+            Command::Workers(WorkersArgs {
+                action: Some(WorkersAction::Pause(d)),
+                ..
+            }) => assert_eq!(d.name, "mac-1"),
+            other => panic!("{other:?}"),
+        }
+        match cli(&["workers", "resume", "mac-1"]).command {
+            Command::Workers(WorkersArgs {
+                action: Some(WorkersAction::Resume(d)),
+                ..
+            }) => assert_eq!(d.name, "mac-1"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -658,6 +658,31 @@ impl Coordinator {
         Ok(response.into_inner().worker)
     }
 
+    /// `Workers.Pause` (`pause`) or `Workers.Resume`: the worker as the coordinator left it.
+    pub async fn pause_worker(
+        &self,
+        name: &str,
+        pause: bool,
+    ) -> Result<Option<v1::WorkerInfo>, ClientError> {
+        let name = name.to_owned();
+        let response = if pause {
+            self.workers()
+                .pause(v1::PauseWorkerRequest { name })
+                .await
+                .map_err(|s| self.status_error("pausing the worker", s))?
+                .into_inner()
+                .worker
+        } else {
+            self.workers()
+                .resume(v1::ResumeWorkerRequest { name })
+                .await
+                .map_err(|s| self.status_error("resuming the worker", s))?
+                .into_inner()
+                .worker
+        };
+        Ok(response)
+    }
+
     /// `Workers.List`.
     pub async fn list_workers(&self) -> Result<Vec<v1::WorkerInfo>, ClientError> {
         let response = self

@@ -365,6 +365,24 @@ pub async fn drain_worker(coordinator: &Coordinator, name: &str) -> Result<(), C
     Ok(())
 }
 
+/// `manifold workers pause|resume NAME`.
+pub async fn pause_worker(
+    coordinator: &Coordinator,
+    name: &str,
+    pause: bool,
+) -> Result<(), CommandError> {
+    let worker = coordinator.pause_worker(name, pause).await?;
+    let running = worker.map_or(0, |w| w.slots_in_use);
+    if pause {
+        println!(
+            "worker {name}: paused; it takes no new job ({running} running job(s) continue) until `manifold workers resume {name}`"
+        );
+    } else {
+        println!("worker {name}: resumed; it takes jobs again");
+    }
+    Ok(())
+}
+
 /// `manifold builds`.
 pub async fn builds(
     coordinator: &Coordinator,

@@ -90,25 +90,41 @@ pub struct WorkerView {
     pub status: String,
     /// Takes no new job: draining.
     pub draining: bool,
+    /// Paused by its owner: keeps its jobs, takes no new one.
+    pub paused: bool,
+    /// Lends itself to other teams than its owner right now.
+    pub lending: bool,
     /// Why its Docker daemon cannot build, when it cannot.
     pub unhealthy_reason: Option<String>,
     /// The team that owns it; empty for shared capacity.
     pub owner: String,
 }
 
-/// A worker's STATUS: `ready`, `draining`, `unhealthy: REASON` (or draining and unhealthy).
+/// A worker's STATUS: `ready`, `draining`, `paused`, `unhealthy: REASON` (several joined by
+/// `, `), then `, not lending` while it takes only its owner team's jobs.
 pub fn worker_status(w: &v1::WorkerInfo) -> String {
     let reason = if w.unhealthy_reason.is_empty() {
         "no reason given"
     } else {
         w.unhealthy_reason.as_str()
     };
-    match (w.draining, w.unhealthy) {
-        (false, false) => "ready".to_owned(),
-        (true, false) => "draining".to_owned(),
-        (false, true) => format!("unhealthy: {reason}"),
-        (true, true) => format!("draining, unhealthy: {reason}"),
+    let mut parts = Vec::new();
+    if w.draining {
+        parts.push("draining".to_owned());
     }
+    if w.paused {
+        parts.push("paused".to_owned());
+    }
+    if w.unhealthy {
+        parts.push(format!("unhealthy: {reason}"));
+    }
+    if parts.is_empty() {
+        parts.push("ready".to_owned());
+    }
+    if w.not_lending {
+        parts.push("not lending".to_owned());
+    }
+    parts.join(", ")
 }
 
 impl From<&v1::WorkerInfo> for WorkerView {
@@ -129,6 +145,8 @@ impl From<&v1::WorkerInfo> for WorkerView {
                 .collect(),
             status: worker_status(w),
             draining: w.draining,
+            paused: w.paused,
+            lending: !w.not_lending,
             unhealthy_reason: w.unhealthy.then(|| w.unhealthy_reason.clone()),
             owner: w.owner.clone(),
         }

@@ -294,6 +294,7 @@ impl Api {
                 WorkerHealth {
                     draining: false,
                     unhealthy: Some(reason),
+                    paused_lending: None,
                 },
             );
         }
@@ -494,6 +495,8 @@ fn to_worker_wire(m: ToWorker) -> v1::CoordinatorMessage {
             attempt,
         }),
         ToWorker::Drain => Msg::Drain(v1::Drain {}),
+        ToWorker::Pause(true) => Msg::Pause(v1::Pause {}),
+        ToWorker::Pause(false) => Msg::Resume(v1::Resume {}),
     };
     v1::CoordinatorMessage { msg: Some(msg) }
 }
@@ -521,6 +524,8 @@ fn hello_from_wire(h: v1::WorkerHello) -> Result<WorkerHello, Status> {
         draining: h.draining,
         unhealthy: h.unhealthy.then(|| unhealthy_reason(h.unhealthy_reason)),
         owner: None,
+        paused: h.paused,
+        lending: !h.not_lending,
     })
 }
 
@@ -547,6 +552,8 @@ fn worker_to_wire(w: WorkerView) -> v1::WorkerInfo {
         unhealthy: w.unhealthy.is_some(),
         unhealthy_reason: w.unhealthy.unwrap_or_default(),
         owner: w.owner.unwrap_or_default(),
+        paused: w.paused,
+        not_lending: !w.lending,
     }
 }
 
@@ -940,6 +947,7 @@ impl workers_server::Workers for Api {
                                 unhealthy: api.distrust_of(&session.worker).or_else(|| {
                                     h.unhealthy.then(|| unhealthy_reason(h.unhealthy_reason))
                                 }),
+                                paused_lending: Some((h.paused, !h.not_lending)),
                             },
                         ),
                         Some(Msg::Accepted(a)) => {
@@ -1095,6 +1103,34 @@ impl workers_server::Workers for Api {
         Ok(Response::new(v1::ListWorkersResponse { workers }))
     }
 
+    async fn pause(
+        &self,
+        request: Request<v1::PauseWorkerRequest>,
+    ) -> Result<Response<v1::PauseWorkerResponse>, Status> {
+        let caller = self.admitted(self.caller(&request)).await?;
+        let farm = self.farm()?;
+        let name = request.into_inner().name;
+        owner_or_admin(&farm, &caller, &name, "pause")?;
+        let worker = farm.pause(&name, true).map_err(status)?;
+        Ok(Response::new(v1::PauseWorkerResponse {
+            worker: Some(worker_to_wire(worker)),
+        }))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<v1::ResumeWorkerRequest>,
+    ) -> Result<Response<v1::ResumeWorkerResponse>, Status> {
+        let caller = self.admitted(self.caller(&request)).await?;
+        let farm = self.farm()?;
+        let name = request.into_inner().name;
+        owner_or_admin(&farm, &caller, &name, "resume")?;
+        let worker = farm.pause(&name, false).map_err(status)?;
+        Ok(Response::new(v1::ResumeWorkerResponse {
+            worker: Some(worker_to_wire(worker)),
+        }))
+    }
+
     async fn drain(
         &self,
         request: Request<v1::DrainWorkerRequest>,
@@ -1123,4 +1159,25 @@ impl workers_server::Workers for Api {
             worker: Some(worker_to_wire(worker)),
         }))
     }
+}
+
+/// Refuses `action` on worker `name` unless `caller` is an admin or of the team owning it.
+fn owner_or_admin(farm: &Farm, caller: &Caller, name: &str, action: &str) -> Result<(), Status> {
+    if name.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "no worker name given: pass the NAME that `manifold workers` shows",
+        ));
+    }
+    let owner = farm
+        .workers()
+        .into_iter()
+        .find(|w| w.name == name)
+        .and_then(|w| w.owner);
+    if !caller.admin && owner.as_deref() != Some(caller.team.as_str()) {
+        return Err(Status::permission_denied(format!(
+            "only an admin or the team owning worker `{name}` may {action} it; `{}` is in team `{}`",
+            caller.name, caller.team
+        )));
+    }
+    Ok(())
 }

@@ -26,6 +26,8 @@ pub struct Config {
     pub access: crate::access::Access,
     /// Address to serve Prometheus metrics on (`GET /metrics`). Default: none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Address to serve the web dashboard on (TLS when the API has TLS). Default: none.
+    pub dashboard_listen: Option<SocketAddr>,
     /// Bounds on requests and uploads (the config file's `[limits]`).
     pub limits: crate::limits::Limits,
 }

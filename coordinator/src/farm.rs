@@ -107,6 +107,8 @@ pub enum ToWorker {
     },
     /// Take no new job, finish the running ones, say goodbye and exit.
     Drain,
+    /// Pause (`true`: keep the running jobs, take no new one) or resume (`false`).
+    Pause(bool),
 }
 
 /// One attempt of one job, as a worker needs it.
@@ -163,6 +165,10 @@ pub struct WorkerHello {
     pub unhealthy: Option<String>,
     /// The team that owns it, from its client certificate (never from what the worker says).
     pub owner: Option<String>,
+    /// Paused by its owner (it reconnected during a pause).
+    pub paused: bool,
+    /// Lends itself to other teams than its owner.
+    pub lending: bool,
 }
 
 /// What a heartbeat says besides "alive".
@@ -172,6 +178,8 @@ pub struct WorkerHealth {
     pub draining: bool,
     /// Why its Docker daemon cannot build, when it cannot.
     pub unhealthy: Option<String>,
+    /// Paused by its owner, and lending to other teams (`None`: as they were).
+    pub paused_lending: Option<(bool, bool)>,
 }
 
 /// How a worker's attempt ended.
@@ -227,6 +235,10 @@ pub struct WorkerView {
     pub unhealthy: Option<String>,
     /// The team that owns it (its jobs go first on it); `None` for shared capacity.
     pub owner: Option<String>,
+    /// Paused by its owner: keeps its jobs, takes no new one.
+    pub paused: bool,
+    /// Lends itself to other teams than its owner.
+    pub lending: bool,
 }
 
 /// A team's use of the farm, as `manifold teams` shows it.
@@ -542,6 +554,14 @@ impl Farm {
     pub fn drain(&self, name: &str) -> Result<WorkerView, FarmError> {
         let mut sh = self.lock();
         let (view, effects) = sh.state.drain(name)?;
+        self.apply(&mut sh, effects, None);
+        Ok(view)
+    }
+
+    /// `manifold workers pause|resume NAME` ([`FarmState::pause`]).
+    pub fn pause(&self, name: &str, paused: bool) -> Result<WorkerView, FarmError> {
+        let mut sh = self.lock();
+        let (view, effects) = sh.state.pause(name, paused, now())?;
         self.apply(&mut sh, effects, None);
         Ok(view)
     }

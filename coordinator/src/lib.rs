@@ -19,6 +19,7 @@
 //! - [`pki`]: the development CA and the worker identity in client certificates;
 //! - [`api`]: the gRPC services, the only place wire types appear;
 //! - [`metrics`]: Prometheus metrics read from the farm's snapshots and build histories;
+//! - [`dashboard`]: the read-only web dashboard, server-rendered, live by server-sent events;
 //! - [`config`] and [`run`]: what the binary starts (flags and the config file).
 
 pub mod access;
@@ -26,6 +27,7 @@ pub mod api;
 pub mod build;
 pub mod config;
 pub mod contexts;
+pub mod dashboard;
 pub mod farm;
 pub mod leader;
 pub mod limits;
@@ -124,6 +126,23 @@ pub async fn serve(
         tasks.spawn(async move {
             if let Err(e) = metrics::serve(metrics, metrics_listener, stop).await {
                 tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
+    if let Some(addr) = config.dashboard_listen {
+        let tls = match &config.transport {
+            Transport::Tls(tls) => Some(dashboard::tls_acceptor(tls)?),
+            Transport::Plaintext => None,
+        };
+        let dashboard_listener = dashboard::bind(addr, tls.is_some()).await?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, "dashboard on {scheme}://{addr}/");
+        let board =
+            dashboard::Dashboard::new(role_rx.clone(), config.access.clone(), tls.is_some());
+        let stop = term.clone();
+        tasks.spawn(async move {
+            if let Err(e) = dashboard::serve(board, dashboard_listener, tls, stop).await {
+                tracing::error!(error = %e, "the dashboard stopped");
             }
         });
     }

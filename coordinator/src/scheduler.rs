@@ -7,7 +7,8 @@
 //!
 //! Policy:
 //! - a job goes only to a worker that builds its platform, with a free slot, that is not draining,
-//!   not held, and whose Docker daemon answers (a worker reports itself unhealthy when it does not);
+//!   not paused, not held, and whose Docker daemon answers (a worker reports itself unhealthy when
+//!   it does not); a worker that does not lend itself takes only its owner team's jobs;
 //! - owner first: a free slot of a worker owned by a team goes to that team's queued job when it has
 //!   one the worker can run (and the team is below its cap);
 //! - otherwise any team may borrow the slot; between teams with a runnable job the one with the
@@ -136,12 +137,16 @@ pub struct WorkerStatus {
     pub draining: bool,
     /// Why its daemon cannot build, when it cannot.
     pub unhealthy: Option<String>,
+    /// Paused by its owner: no new job, running ones continue.
+    pub paused: bool,
+    /// Whether other teams than its owner may use it.
+    pub lending: bool,
 }
 
 impl WorkerStatus {
-    /// Neither draining nor unhealthy.
+    /// Neither draining, paused nor unhealthy.
     pub fn ready(&self) -> bool {
-        !self.draining && self.unhealthy.is_none()
+        !self.draining && !self.paused && self.unhealthy.is_none()
     }
 }
 
@@ -190,11 +195,20 @@ struct WorkerState {
     held: bool,
     /// The team whose jobs go first on it.
     owner: Option<String>,
+    /// Paused by its owner: it keeps its jobs but takes no new one (see [`Scheduler::set_paused`]).
+    paused: bool,
+    /// Whether teams other than its owner may use it (see [`Scheduler::set_lending`]).
+    lending: bool,
 }
 
 impl WorkerState {
     fn takes_jobs(&self) -> bool {
-        !self.draining && self.unhealthy.is_none()
+        !self.draining && self.unhealthy.is_none() && !self.paused
+    }
+
+    /// Whether a job of `team` may run here: the owner's always, others' while it lends.
+    fn lends_to(&self, team: &str) -> bool {
+        self.lending || self.owner.as_deref() == Some(team)
     }
 
     fn has_free_slot(&self) -> bool {
@@ -294,9 +308,13 @@ impl WorkerIndex {
                     self.free.insert(p.clone(), FreeSlots::default());
                 }
                 let slots = self.free.get_mut(p).expect("just inserted");
-                slots.all.insert(key.clone());
+                // A worker that does not lend is free only for its owner's jobs.
+                if w.lending {
+                    slots.all.insert(key.clone());
+                }
                 match &w.owner {
-                    None => slots.unowned.insert(key.clone()),
+                    None if w.lending => slots.unowned.insert(key.clone()),
+                    None => false,
                     Some(owner) => slots
                         .by_owner
                         .entry(owner.clone())
@@ -467,6 +485,8 @@ impl Scheduler {
             unhealthy: None,
             held: false,
             owner: None,
+            paused: false,
+            lending: true,
         };
         for job in &w.running {
             self.placed.entry(*job).or_default().insert(name.clone());
@@ -494,6 +514,19 @@ impl Scheduler {
         self.update_worker(name, |w| w.draining = true);
     }
 
+    /// Pauses (`true`) or resumes the worker, as its owner asked: a paused worker keeps its
+    /// running jobs and gets no new one; for waiting jobs it counts as absent, like a draining one.
+    pub fn set_paused(&mut self, name: &str, paused: bool) {
+        self.update_worker(name, |w| w.paused = paused);
+    }
+
+    /// Whether the worker lends itself: while it does not, only its owner team's jobs go to it
+    /// (a worker without owner that does not lend gets none). Borrowed jobs already running stay,
+    /// and preemption reclaims their slots for the owner as always. A worker attaches lending.
+    pub fn set_lending(&mut self, name: &str, lending: bool) {
+        self.update_worker(name, |w| w.lending = lending);
+    }
+
     /// Records whether the worker's daemon answers: `Some(reason)` when it does not. An unhealthy
     /// worker keeps its running jobs (they fail or finish on their own) and gets no new one.
     pub fn set_unhealthy(&mut self, name: &str, reason: Option<String>) {
@@ -517,6 +550,8 @@ impl Scheduler {
         self.workers.get(name).map(|w| WorkerStatus {
             draining: w.draining,
             unhealthy: w.unhealthy.clone(),
+            paused: w.paused,
+            lending: w.lending,
         })
     }
 
@@ -747,9 +782,11 @@ impl Scheduler {
                 continue;
             }
             for platform in queues.keys() {
+                // Not `free()`: an owned worker that does not lend is free only under its owner.
                 let first = self
                     .index
-                    .free(platform)
+                    .free
+                    .get(platform)
                     .and_then(|slots| slots.by_owner.get(team))
                     .and_then(|owned| owned.first());
                 if let Some(key) = first
@@ -832,6 +869,7 @@ impl Scheduler {
         if let Some(name) = affinity
             && let Some(w) = self.workers.get(name)
             && w.has_free_slot()
+            && w.lends_to(team)
             && w.platforms.contains(platform)
             && (w.caps.emulated, w.load()) == (emulated, load)
         {

@@ -51,6 +51,7 @@ async fn start_in(farm: FarmConfig, state: std::sync::Arc<tempfile::TempDir>) ->
         transport: manifold_coordinator::Transport::Plaintext,
         access: manifold_coordinator::access::Access::open(),
         metrics_listen: None,
+        dashboard_listen: None,
     };
     let done = tokio::spawn(manifold_coordinator::serve(
         config,
@@ -200,6 +201,7 @@ impl FakeWorker {
             unhealthy: unhealthy.is_some(),
             unhealthy_reason: unhealthy.unwrap_or_default().to_owned(),
             draining,
+            ..Default::default()
         };
     }
 

@@ -16,6 +16,7 @@
 //!
 //! Every process is killed when its handle drops. Nothing listens beyond 127.0.0.1.
 
+pub mod browser;
 pub mod faults;
 pub mod ha;
 pub mod oci;

@@ -4,7 +4,7 @@
 //!
 //! In order:
 //! 1. a draining worker refuses every assignment (uncounted by the coordinator);
-//! 2. an unhealthy one refuses too, naming why;
+//! 2. a paused or unhealthy one refuses too, naming why;
 //! 3. a job for another platform is refused as retryable (the coordinator may place it wrongly
 //!    only through a bug; another worker can build it);
 //! 4. an attempt already running here (a repeated assignment after a reconnect) is acknowledged
@@ -24,6 +24,8 @@ pub struct Situation<'a> {
     pub name: &'a str,
     /// It drains (SIGTERM or `manifold workers drain`).
     pub draining: bool,
+    /// Its owner paused it (`manifold workers pause`).
+    pub paused: bool,
     /// Why its Docker daemon cannot build, when it cannot.
     pub unhealthy: Option<&'a str>,
     /// The platform its daemon builds.
@@ -71,6 +73,11 @@ pub fn admit(
     if situation.draining {
         return refuse(JobFailure::refused(format!(
             "worker draining: `{name}` is shutting down and takes no new jobs"
+        )));
+    }
+    if situation.paused {
+        return refuse(JobFailure::refused(format!(
+            "worker `{name}` is paused by its owner: `manifold workers resume {name}` takes jobs again"
         )));
     }
     if let Some(reason) = situation.unhealthy {
@@ -134,6 +141,7 @@ mod tests {
         let situation = Situation {
             name: "w",
             draining,
+            paused: false,
             unhealthy,
             platform: &own,
             slots: 2,
@@ -161,6 +169,27 @@ mod tests {
             }
         };
         assert_eq!(verdict, expected.1, "{holds:?}");
+    }
+
+    #[test]
+    fn a_paused_worker_refuses_uncounted() {
+        let own = amd64();
+        let situation = Situation {
+            name: "mac",
+            draining: false,
+            paused: true,
+            unhealthy: None,
+            platform: &own,
+            slots: 1,
+        };
+        let got = admit(&situation, JobId::new(), 1, &amd64(), &[]);
+        match got.verdict {
+            Verdict::Refuse(f) => {
+                assert!(f.refused, "{f:?}");
+                assert!(f.message.contains("`mac` is paused"), "{}", f.message);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

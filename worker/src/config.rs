@@ -57,6 +57,10 @@ pub struct Config {
     /// Free bytes the cache dir's file system must keep; below them the worker reports itself
     /// unhealthy and takes no job. Default 0 (off).
     pub min_free_disk: u64,
+    /// Whether other teams' jobs may run here (the owner team's always may). Default: always.
+    pub lend: crate::lending::LendPolicy,
+    /// How often a `--lend when` command is run. Default: 30 s.
+    pub lend_check_interval: Duration,
     /// CA certificate (PEM) trusted for an https:// coordinator's server certificate. Default:
     /// `MANIFOLD_CA_CERT`, else `None`: the system's root certificates.
     pub ca_cert: Option<PathBuf>,
@@ -126,6 +130,8 @@ impl Config {
             reconnect_max: Duration::from_secs(2),
             health_interval: Duration::from_secs(5),
             min_free_disk: 0,
+            lend: crate::lending::LendPolicy::Always,
+            lend_check_interval: Duration::from_secs(30),
             ca_cert: env_path(ENV_CA_CERT),
             identity: ClientIdentity::from_flags(
                 env_path(ENV_WORKER_CERT),

@@ -34,12 +34,13 @@ use tonic::transport::Channel;
 use tracing::Instrument as _;
 
 use crate::admission;
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::context_cache::{CacheError, ContextCache, ContextDigest, SourceError};
 use crate::docker::{DaemonInfo, DescribeError, DockerEngine};
 use crate::health;
 use crate::job::{self, ExecuteOptions, JobFailure, JobSpec, LogSink};
-use crate::push::{PushedImage, jittered};
+use crate::push::PushedImage;
 
 /// Heartbeat interval used when the coordinator's Welcome does not set one.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(3);
@@ -154,7 +155,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         match DockerEngine::connect(&config.docker_host).await {
             Ok(engine) => break engine,
             Err(e) => {
-                let wait = backoff.next();
+                let wait = backoff.next_wait();
                 tracing::warn!(error = %e, "cannot reach the docker daemon; retrying in {wait:?}");
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -167,6 +168,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
     let (health, _) = watch::channel(None);
+    let (lending, _) = watch::channel(config.lend == crate::lending::LendPolicy::Always);
     let shared = Arc::new(Shared {
         options: ExecuteOptions {
             scratch_dir,
@@ -184,10 +186,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         tracker: TaskTracker::new(),
         outbox,
         health,
+        paused: watch::channel(false).0,
+        lending,
         check_health: Notify::new(),
         daemon: Mutex::default(),
     });
     let checker = tokio::spawn(watch_health(shared.clone()));
+    let lend_stop = CancellationToken::new();
+    let lender = tokio::spawn(crate::lending::watch_lending(
+        shared.config.lend.clone(),
+        shared.config.lend_check_interval,
+        shared.lending.clone(),
+        lend_stop.clone(),
+    ));
     let mut worker = Worker {
         shared,
         outbox_rx,
@@ -195,6 +206,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     };
     let served = worker.serve(backoff).await;
     checker.abort();
+    lend_stop.cancel();
+    let _ = lender.await;
     served
 }
 
@@ -235,6 +248,10 @@ struct Shared {
     outbox: mpsc::Sender<v1::WorkerMessage>,
     /// Why the daemon does not answer, while it does not.
     health: watch::Sender<Option<String>>,
+    /// Paused by its owner (a Pause from the coordinator): no new job until a Resume.
+    paused: watch::Sender<bool>,
+    /// Whether other teams' jobs may run here now ([`crate::lending`]).
+    lending: watch::Sender<bool>,
     /// Asks [`watch_health`] to check now.
     check_health: Notify,
     /// What the daemon said about itself the last time it answered, for a hello while it does not.
@@ -383,7 +400,7 @@ impl Worker {
                     return Err(error);
                 }
                 SessionEnd::Lost(reason) => {
-                    let wait = backoff.next();
+                    let wait = backoff.next_wait();
                     tracing::warn!(
                         coordinator = %self.shared.config.coordinator,
                         "not connected to the coordinator: {reason}; reconnecting in {wait:?}"
@@ -415,6 +432,8 @@ impl Worker {
 
         // Subscribed before the hello reads the health, so that no change goes unreported.
         let mut health = shared.health.subscribe();
+        let mut paused = shared.paused.subscribe();
+        let mut lending = shared.lending.subscribe();
         let hello = v1::WorkerHello {
             name: config.name.clone(),
             platforms: vec![(&platform).into()],
@@ -427,6 +446,8 @@ impl Worker {
             draining: self.shutdown.is_cancelled(),
             unhealthy: shared.unhealthy().is_some(),
             unhealthy_reason: shared.unhealthy().unwrap_or_default(),
+            paused: *paused.borrow_and_update(),
+            not_lending: !*lending.borrow_and_update(),
         };
         let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(64);
         tx.send(message(ToCoordinator::Hello(hello)))
@@ -496,6 +517,8 @@ impl Worker {
                 _ = heartbeat.tick() => tx.send(self.heartbeat()).await,
                 // A change of health is news for the scheduler: say it now.
                 Ok(()) = health.changed() => tx.send(self.heartbeat()).await,
+                Ok(()) = paused.changed() => tx.send(self.heartbeat()).await,
+                Ok(()) = lending.changed() => tx.send(self.heartbeat()).await,
                 Some(queued) = self.outbox_rx.recv() => {
                     shared.reported(&queued);
                     tx.send(queued).await
@@ -534,6 +557,8 @@ impl Worker {
             unhealthy: unhealthy.is_some(),
             unhealthy_reason: unhealthy.unwrap_or_default(),
             draining: self.shutdown.is_cancelled(),
+            paused: *self.shared.paused.borrow(),
+            not_lending: !*self.shared.lending.borrow(),
         }))
     }
 
@@ -589,6 +614,16 @@ impl Worker {
                 }
                 Ok(())
             }
+            Some(FromCoordinator::Pause(_)) => {
+                tracing::info!("paused by the coordinator: no new job; running jobs continue");
+                self.shared.paused.send_replace(true);
+                Ok(())
+            }
+            Some(FromCoordinator::Resume(_)) => {
+                tracing::info!("resumed by the coordinator: taking jobs again");
+                self.shared.paused.send_replace(false);
+                Ok(())
+            }
             Some(FromCoordinator::Welcome(_)) | None => Ok(()),
         }
     }
@@ -634,6 +669,7 @@ impl Worker {
         let situation = admission::Situation {
             name: &shared.config.name,
             draining: self.shutdown.is_cancelled(),
+            paused: *shared.paused.borrow(),
             unhealthy: unhealthy.as_deref(),
             platform,
             slots: shared.config.slots,
@@ -958,34 +994,6 @@ pub fn job_spec(assign: &v1::AssignJob) -> Result<JobSpec, String> {
     })
 }
 
-/// Exponential backoff with jitter: `initial`, doubling up to `max`.
-#[derive(Debug, Clone)]
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: initial,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let wait = jittered(self.next).min(self.max);
-        self.next = (self.next * 2).min(self.max);
-        wait
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1039,22 +1047,5 @@ mod tests {
         let mut a = assign();
         a.platform = None;
         assert!(job_spec(&a).unwrap_err().contains("no platform"));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_maximum_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-        let waits: Vec<Duration> = (0..8).map(|_| b.next()).collect();
-        for (i, w) in waits.iter().enumerate() {
-            let nominal = Duration::from_millis(500 * (1 << i)).min(Duration::from_secs(10));
-            assert!(
-                *w >= nominal.mul_f64(0.75)
-                    && *w <= nominal.mul_f64(1.25).min(Duration::from_secs(10)),
-                "{i}: {w:?}"
-            );
-        }
-        assert!(waits[7] <= Duration::from_secs(10));
-        b.reset();
-        assert!(b.next() < Duration::from_millis(650));
     }
 }

@@ -6,11 +6,13 @@
 //!
 //! Layout, in reading order:
 //! - [`config`]: the one typed [`Config`] and its defaults from the environment;
+//! - [`backoff`]: the jittered exponential backoff between two dials of the coordinator;
 //! - [`connection`]: [`run`], the stream to the coordinator (hello, heartbeats, reconnect, dispatch,
 //!   drain, stopping when the coordinator refuses the worker's identity);
 //! - [`admission`]: which assignment starts, which is refused, which older attempt it supersedes
 //!   (pure);
 //! - [`health`]: whether the worker can take a job: the daemon answers, the disk has room;
+//! - [`lending`]: whether other teams' jobs may run here now (`--lend always|never|when CMD`);
 //! - [`metrics`]: Prometheus metrics of the worker's disk and cache (`--metrics-listen`);
 //! - [`tls`]: how the coordinator is dialled: https:// with the worker's client certificate, or
 //!   plaintext to loopback only;
@@ -25,6 +27,7 @@
 //! - [`push`]: the OCI push by digest with oci-client (gzip layers, OCI manifest, retries);
 
 pub mod admission;
+pub mod backoff;
 pub mod buildkit;
 pub mod config;
 pub mod connection;
@@ -33,6 +36,7 @@ pub mod context_view;
 pub mod docker;
 pub mod health;
 pub mod job;
+pub mod lending;
 pub mod metrics;
 pub mod progress;
 pub mod push;

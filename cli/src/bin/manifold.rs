@@ -93,6 +93,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(WorkersAction::Drain(drain)) => {
                     commands::drain_worker(&coordinator, &drain.name).await?
                 }
+                Some(WorkersAction::Pause(w)) => {
+                    commands::pause_worker(&coordinator, &w.name, true).await?
+                }
+                Some(WorkersAction::Resume(w)) => {
+                    commands::pause_worker(&coordinator, &w.name, false).await?
+                }
             }
         }
         Command::Builds(args) => {

@@ -379,6 +379,20 @@ impl Workers for Service {
             worker: Some(worker.clone()),
         }))
     }
+
+    async fn pause(
+        &self,
+        _: Request<v1::PauseWorkerRequest>,
+    ) -> Result<Response<v1::PauseWorkerResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn resume(
+        &self,
+        _: Request<v1::ResumeWorkerRequest>,
+    ) -> Result<Response<v1::ResumeWorkerResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
 }
 
 /// A twin being served; dropping it stops the server.

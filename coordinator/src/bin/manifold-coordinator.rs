@@ -107,6 +107,11 @@ struct Args {
     /// No token is asked: bind it where only your monitoring reaches (README "Metrics").
     #[arg(long, value_name = "ADDR", env = "MANIFOLD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the web dashboard on ADDR, e.g. 0.0.0.0:7780: https with the API's certificate
+    /// (http, and on loopback only, for a --plaintext farm). People sign in with their CLI token
+    /// and see what it may see (README "Dashboard").
+    #[arg(long, value_name = "ADDR", env = "MANIFOLD_DASHBOARD_LISTEN")]
+    dashboard_listen: Option<SocketAddr>,
     /// Address clients and workers should dial to reach this coordinator (told to them by followers).
     /// Default: https://LISTEN (http:// with --plaintext).
     #[arg(long, value_name = "URL")]
@@ -242,6 +247,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         context_repository: args.context_repository,
         context_ttl: args.context_ttl,
         metrics_listen: args.metrics_listen,
+        dashboard_listen: args.dashboard_listen,
         store: if args.etcd.is_empty() {
             StoreConfig::Embedded
         } else {

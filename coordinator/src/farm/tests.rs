@@ -46,6 +46,10 @@ enum Step {
     Health(&'static str, bool, Option<&'static str>),
     /// A message from the worker that is only a sign of life.
     Heartbeat(&'static str),
+    /// `manifold workers pause` (true) or `resume` (false) of the worker.
+    Pause(&'static str, bool),
+    /// A heartbeat saying whether the worker is paused and whether it lends itself.
+    Availability(&'static str, bool, bool),
     /// The worker's stream ended.
     Detach(&'static str),
     /// The list push of the first build ended.
@@ -196,6 +200,16 @@ impl Script {
                 let health = WorkerHealth {
                     draining,
                     unhealthy: unhealthy.map(Into::into),
+                    paused_lending: None,
+                };
+                self.state.health(&s, health, now)
+            }
+            Step::Pause(w, paused) => self.state.pause(w, paused, now).unwrap().1,
+            Step::Availability(w, paused, lending) => {
+                let s = self.session(w);
+                let health = WorkerHealth {
+                    paused_lending: Some((paused, lending)),
+                    ..WorkerHealth::default()
                 };
                 self.state.health(&s, health, now)
             }
@@ -242,6 +256,8 @@ impl Script {
                     format!("cancel {w} {} #{attempt}", self.archs[job])
                 }
                 ToWorker::Drain => format!("drain {w}"),
+                ToWorker::Pause(true) => format!("pause {w}"),
+                ToWorker::Pause(false) => format!("resume {w}"),
             });
         }
         for session in &effects.close {
@@ -327,6 +343,8 @@ fn hello(name: &str, arch: &str, owner: Option<&str>, running: Vec<(JobId, u32)>
         draining: false,
         unhealthy: None,
         owner: owner.map(Into::into),
+        paused: false,
+        lending: true,
     }
 }
 
@@ -880,4 +898,64 @@ fn a_restored_farm_waits_the_lease_for_running_jobs_and_queues_the_others() {
         .unwrap();
     assert_eq!((amd.state, amd.attempt), (JobState::Assigned, 2));
     assert_eq!(amd.error.as_deref(), Some("attempt 1 on x86: worker lost"));
+}
+
+#[test]
+fn a_paused_worker_gets_no_job_until_resumed_and_one_that_does_not_lend_only_its_owners() {
+    use Step::*;
+    let mac = Attach {
+        name: "mac",
+        arch: "amd64",
+        owner: Some("mobile"),
+        running: &[],
+    };
+    let submit = |team| Submit {
+        archs: &["amd64"],
+        team,
+        timeout: 0,
+    };
+    let teams = || FarmConfig {
+        teams: vec![Team::new("mobile"), Team::new("web")],
+        ..config()
+    };
+    // Paused: told so, and the build waits through heartbeats; resumed, it is assigned at once.
+    check(
+        teams(),
+        &[
+            (0, mac.clone(), ""),
+            (0, Pause("mac", true), "pause mac"),
+            (10, submit("mobile"), ""),
+            (1_000, Availability("mac", true, true), ""),
+            (2_000, Tick, ""),
+            (
+                3_000,
+                Pause("mac", false),
+                "resume mac; assign mac amd64 #1",
+            ),
+        ],
+    );
+    // Not lending: another team's build waits; lending again, it is assigned.
+    check(
+        teams(),
+        &[
+            (0, mac.clone(), ""),
+            (0, Availability("mac", false, false), ""),
+            (10, submit("web"), ""),
+            (2_000, Tick, ""),
+            (
+                3_000,
+                Availability("mac", false, true),
+                "assign mac amd64 #1",
+            ),
+        ],
+    );
+    // Not lending: the owner's build still runs there.
+    check(
+        teams(),
+        &[
+            (0, mac, ""),
+            (0, Availability("mac", false, false), ""),
+            (10, submit("mobile"), "assign mac amd64 #1"),
+        ],
+    );
 }

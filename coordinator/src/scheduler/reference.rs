@@ -171,9 +171,12 @@ impl Scheduler {
 
     /// Whether the worker takes jobs; `None` when it is not attached.
     pub fn status(&self, name: &str) -> Option<WorkerStatus> {
+        // Pausing and lending came after this scheduler: its workers always lend.
         self.workers.get(name).map(|w| WorkerStatus {
             draining: w.draining,
             unhealthy: w.unhealthy.clone(),
+            paused: false,
+            lending: true,
         })
     }
 

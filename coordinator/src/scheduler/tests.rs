@@ -242,6 +242,8 @@ struct W {
     caps: WorkerCaps,
     owner: Option<&'static str>,
     busy: Vec<&'static str>,
+    paused: bool,
+    lending: bool,
 }
 
 fn w(name: &str, platform: &str) -> W {
@@ -249,6 +251,8 @@ fn w(name: &str, platform: &str) -> W {
         caps: worker(name, platform, false, 1),
         owner: None,
         busy: Vec::new(),
+        paused: false,
+        lending: true,
     }
 }
 
@@ -263,6 +267,16 @@ impl W {
     }
     fn owner(mut self, team: &'static str) -> Self {
         self.owner = Some(team);
+        self
+    }
+    /// Its owner paused it.
+    fn paused(mut self) -> Self {
+        self.paused = true;
+        self
+    }
+    /// It does not lend itself to other teams.
+    fn not_lending(mut self) -> Self {
+        self.lending = false;
         self
     }
     /// A job of `team` already runs on it.
@@ -349,6 +363,8 @@ fn setup(
             .collect();
         s.add_worker(wk.caps.clone(), busy);
         s.set_worker_owner(&wk.caps.name, wk.owner.map(str::to_owned));
+        s.set_paused(&wk.caps.name, wk.paused);
+        s.set_lending(&wk.caps.name, wk.lending);
     }
     for (i, job) in jobs.iter().enumerate() {
         let id = JobId::new();
@@ -592,4 +608,92 @@ fn a_preempted_job_returns_to_its_place_and_the_owner_gets_the_worker() {
         .collect();
     assert_eq!(got, ["a-box#0->pool"]);
     assert_eq!(s.running_of_team("b"), 1);
+}
+
+#[test]
+fn paused_and_lending_table() {
+    let a = || Team::new("a");
+    let b = || Team::new("b");
+    // A paused worker takes no job, not even its owner's.
+    check_teams(
+        &[a(), b()],
+        &[w("a-box", "linux/amd64").owner("a").paused()],
+        &[j("a1", "a"), j("b1", "b")],
+        &[],
+    );
+    // A paused worker's jobs go to another worker of the platform.
+    check_teams(
+        &[a()],
+        &[w("x86", "linux/amd64").paused(), w("x86-2", "linux/amd64")],
+        &[j("a1", "a")],
+        &["a1->x86-2"],
+    );
+    // Not lending: the owner's job still runs there.
+    check_teams(
+        &[a(), b()],
+        &[w("a-box", "linux/amd64").owner("a").not_lending()],
+        &[j("b1", "b"), j("a1", "a")],
+        &["a1->a-box"],
+    );
+    // Not lending: another team's job waits although the worker is idle...
+    check_teams(
+        &[a(), b()],
+        &[w("a-box", "linux/amd64").owner("a").slots(2).not_lending()],
+        &[j("b1", "b")],
+        &[],
+    );
+    // ...or goes to a worker that lends, even with its cache affinity for the one that does not.
+    check_teams(
+        &[a(), b()],
+        &[
+            w("a-box", "linux/amd64").owner("a").not_lending(),
+            w("pool", "linux/amd64").emulated(),
+        ],
+        &[j("b1", "b").affinity("a-box"), j("a1", "a")],
+        &["a1->a-box", "b1->pool"],
+    );
+    check_teams(
+        &[a(), b()],
+        &[
+            w("a-box", "linux/amd64").owner("a").not_lending(),
+            w("pool", "linux/amd64"),
+        ],
+        &[j("b1", "b").affinity("a-box")],
+        &["b1->pool"],
+    );
+    // A worker without owner that does not lend takes no job at all.
+    check_teams(
+        &[a()],
+        &[w("x86", "linux/amd64").not_lending()],
+        &[j("a1", "a"), j("d1", "-")],
+        &[],
+    );
+    // Lending again: the waiting borrower gets the slot.
+    let (mut s, labels, _) = setup(
+        &[a(), b()],
+        &[w("a-box", "linux/amd64").owner("a").not_lending()],
+        &[j("b1", "b")],
+    );
+    assert!(s.assign().is_empty());
+    s.set_lending("a-box", true);
+    let got: Vec<String> = s
+        .assign()
+        .into_iter()
+        .map(|x| format!("{}->{}", labels[&x.job], x.worker))
+        .collect();
+    assert_eq!(got, ["b1->a-box"]);
+    // Paused, then resumed: the job waits, then runs.
+    let (mut s, labels, _) = setup(&[a()], &[w("x86", "linux/amd64").paused()], &[j("a1", "a")]);
+    assert!(s.assign().is_empty());
+    assert_eq!(
+        s.status("x86").map(|st| (st.ready(), st.paused)),
+        Some((false, true))
+    );
+    s.set_paused("x86", false);
+    let got: Vec<String> = s
+        .assign()
+        .into_iter()
+        .map(|x| format!("{}->{}", labels[&x.job], x.worker))
+        .collect();
+    assert_eq!(got, ["a1->x86"]);
 }

@@ -77,5 +77,7 @@ pub fn amd64_hello(name: &str, owner: Option<&str>) -> WorkerHello {
         draining: false,
         unhealthy: None,
         owner: owner.map(str::to_owned),
+        paused: false,
+        lending: true,
     }
 }

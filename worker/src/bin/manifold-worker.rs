@@ -67,14 +67,24 @@ struct Args {
     /// 127.0.0.1:9701. No token is asked: bind it where only your monitoring reaches.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Whether other teams' jobs may run here (the owner team's always may): `always`, `never`,
+    /// or `when CMD`: while `sh -c CMD` exits 0, checked every --lend-check-interval.
+    #[arg(long, num_args = 1..=2, value_names = ["always|never|when", "CMD"], default_value = "always")]
+    lend: Vec<String>,
+    /// How often the `--lend when` command runs.
+    #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
+    lend_check_interval: Duration,
 }
 
 impl Args {
-    fn into_config(self) -> Result<Config, config::IdentityError> {
+    fn into_config(self) -> Result<Config, String> {
         let mut config = Config::from_env();
         config.coordinator = self.coordinator;
         config.ca_cert = self.ca_cert.filter(|p| !p.as_os_str().is_empty());
-        config.identity = ClientIdentity::from_flags(self.cert, self.key)?;
+        config.identity =
+            ClientIdentity::from_flags(self.cert, self.key).map_err(|e| e.to_string())?;
+        config.lend = manifold_worker::lending::LendPolicy::parse(&self.lend)?;
+        config.lend_check_interval = self.lend_check_interval;
         if let Some(host) = self.docker_host.filter(|h| !h.is_empty()) {
             config.docker_host = host;
         }

@@ -110,6 +110,20 @@ impl Workers for Fake {
     ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
         Err(Status::unimplemented("not in this fake"))
     }
+
+    async fn pause(
+        &self,
+        _: Request<v1::PauseWorkerRequest>,
+    ) -> Result<Response<v1::PauseWorkerResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn resume(
+        &self,
+        _: Request<v1::ResumeWorkerRequest>,
+    ) -> Result<Response<v1::ResumeWorkerResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
 }
 
 impl Fake {

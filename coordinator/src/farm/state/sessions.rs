@@ -24,6 +24,25 @@ impl FarmState {
         Ok((view, self.take_effects()))
     }
 
+    /// `manifold workers pause|resume NAME`: the worker is told to pause (keep its running jobs,
+    /// take no new one) or resume, and the scheduler treats it so at once.
+    pub fn pause(
+        &mut self,
+        name: &str,
+        paused: bool,
+        now: Now,
+    ) -> Result<(WorkerView, Effects), FarmError> {
+        let Some(session) = self.session_of(name) else {
+            return Err(FarmError::UnknownWorker(name.to_owned()));
+        };
+        self.scheduler.set_paused(name, paused);
+        self.pending.send.push((session, ToWorker::Pause(paused)));
+        tracing::info!(worker = %name, paused, "pause requested");
+        let view = self.worker_view(&self.workers[name]);
+        self.dispatch(now);
+        Ok((view, self.take_effects()))
+    }
+
     /// A worker said hello: it gets a session; restated jobs whose attempt is still out are
     /// adopted, the others cancelled on it; jobs of its earlier session it did not restate are
     /// handed back at once.
@@ -130,6 +149,8 @@ impl FarmState {
         }
         self.scheduler
             .set_unhealthy(&hello.name, hello.unhealthy.clone());
+        self.scheduler.set_paused(&hello.name, hello.paused);
+        self.scheduler.set_lending(&hello.name, hello.lending);
         tracing::info!(
             worker = %hello.name,
             platforms = ?hello.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -188,6 +209,13 @@ impl FarmState {
                 None => tracing::info!(worker = %name, "worker healthy again"),
             }
             self.scheduler.set_unhealthy(name, health.unhealthy);
+        }
+        if let Some((paused, lending)) = health.paused_lending
+            && (paused, lending) != (before.paused, before.lending)
+        {
+            tracing::info!(worker = %name, paused, lending, "worker availability changed");
+            self.scheduler.set_paused(name, paused);
+            self.scheduler.set_lending(name, lending);
         }
         self.scheduler.release(name);
         self.dispatch(now);

@@ -142,6 +142,8 @@ impl FarmState {
             docker_version: w.hello.docker_version.clone(),
             labels: w.hello.labels.clone(),
             draining: status.as_ref().is_some_and(|s| s.draining),
+            paused: status.as_ref().is_some_and(|s| s.paused),
+            lending: status.as_ref().is_none_or(|s| s.lending),
             unhealthy: status.and_then(|s| s.unhealthy),
             owner: w.hello.owner.clone(),
         }
