@@ -79,13 +79,41 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// An oci-client for the replica's registry and the Docker config credentials for it.
-    fn client(&self) -> (oci_client::Client, oci_client::secrets::RegistryAuth) {
-        let registry = self.repository.registry();
-        (
-            self.registry.client(registry),
-            manifold_registry::credentials_for(registry),
-        )
+    /// A session (the registry crate's one client and retry policy) for the replica's registry,
+    /// with the Docker config's credentials for it.
+    async fn session(&self) -> Result<manifold_registry::Session, ContextError> {
+        manifold_registry::Session::open(&self.registry, &[self.repository.registry()])
+            .await
+            .map_err(|e| ContextError::Remote(e.to_string()))
+    }
+
+    /// Authenticates for `operation` (a token exchange where the registry uses tokens). Only a
+    /// transient failure is one: a registry that refuses the token request may still serve
+    /// anonymous reads, which the next request finds out.
+    async fn authenticate(
+        &self,
+        session: &manifold_registry::Session,
+        reference: &oci_client::Reference,
+        operation: oci_client::RegistryOperation,
+        action: &str,
+        digest: &str,
+    ) -> Result<(), ContextError> {
+        match session.authenticate(reference, operation, action).await {
+            Err(e) if e.is_transient() => Err(self.error(action, digest, &e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn error(
+        &self,
+        action: &str,
+        digest: &str,
+        e: &manifold_registry::RegistryError,
+    ) -> ContextError {
+        ContextError::Remote(format!(
+            "{action} context {digest} in {}: {e}",
+            self.repository
+        ))
     }
 }
 
@@ -144,26 +172,29 @@ impl ContextStore {
         let Some(remote) = &self.remote else {
             return Ok(false);
         };
-        let (client, auth) = remote.client();
+        let session = remote.session().await?;
         let tagged = oci_client::Reference::with_tag(
             remote.repository.registry().to_owned(),
             remote.repository.repository().to_owned(),
             team_tag(digest, team),
         );
-        // Anonymous registries answer at once; others hand out a pull token.
-        let _ = client
-            .auth(&tagged, &auth, oci_client::RegistryOperation::Pull)
-            .await;
-        match client.fetch_manifest_digest(&tagged, &auth).await {
-            Ok(_) => {}
-            Err(e) if manifold_registry::session::is_not_found(&e) => return Ok(false),
-            Err(e) => return Err(self.remote_error(remote, "checking", digest, &e)),
+        let pull = oci_client::RegistryOperation::Pull;
+        remote
+            .authenticate(&session, &tagged, pull, "checking", digest)
+            .await?;
+        let checking = |e: manifold_registry::RegistryError| remote.error("checking", digest, &e);
+        if !session
+            .manifest_exists(&tagged, "checking")
+            .await
+            .map_err(checking)?
+            || !session
+                .blob_exists(&remote.repository, digest)
+                .await
+                .map_err(checking)?
+        {
+            return Ok(false);
         }
-        let size = match client.blob_exists(&remote.repository, digest).await {
-            Ok(true) => self.size(digest).unwrap_or(0),
-            Ok(false) => return Ok(false),
-            Err(e) => return Err(self.remote_error(remote, "checking", digest, &e)),
-        };
+        let size = self.size(digest).unwrap_or(0);
         self.write_marker(team, digest, size)?;
         Ok(true)
     }
@@ -225,26 +256,22 @@ impl ContextStore {
         let Some(remote) = self.remote.clone() else {
             return Err(ContextError::Unknown(digest.to_owned()));
         };
-        let (client, auth) = remote.client();
+        let session = remote.session().await?;
         let tagged = oci_client::Reference::with_tag(
             remote.repository.registry().to_owned(),
             remote.repository.repository().to_owned(),
             tag_of(digest),
         );
-        // Authenticate for pulls (anonymous registries answer at once).
-        let _ = client
-            .auth(&tagged, &auth, oci_client::RegistryOperation::Pull)
-            .await;
+        let pull = oci_client::RegistryOperation::Pull;
+        remote
+            .authenticate(&session, &tagged, pull, "fetching", digest)
+            .await?;
         let mut upload = self.begin(digest).await?;
-        let mut stream = client
-            .pull_blob_stream(&remote.repository, digest)
+        let mut stream = session
+            .pull_blob_stream(&remote.repository, digest, "fetching")
             .await
-            .map_err(|e| match e {
-                oci_client::errors::OciDistributionError::ImageManifestNotFoundError(_) => {
-                    ContextError::Unknown(digest.to_owned())
-                }
-                e => self.remote_error(&remote, "fetching", digest, &e),
-            })?;
+            .map_err(|e| remote.error("fetching", digest, &e))?
+            .ok_or_else(|| ContextError::Unknown(digest.to_owned()))?;
         use futures::StreamExt as _;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ContextError::Io {
@@ -266,43 +293,34 @@ impl ContextStore {
         };
         let path = self.path(digest)?;
         let size = self.size(digest)?;
-        let (client, auth) = remote.client();
+        let session = remote.session().await?;
         let tagged = oci_client::Reference::with_tag(
             remote.repository.registry().to_owned(),
             remote.repository.repository().to_owned(),
             tag_of(digest),
         );
-        let fail = |e: oci_client::errors::OciDistributionError| {
-            self.remote_error(remote, "replicating", digest, &e)
-        };
-        client
-            .auth(&tagged, &auth, oci_client::RegistryOperation::Push)
+        let fail = |e: manifold_registry::RegistryError| remote.error("replicating", digest, &e);
+        session
+            .authenticate(&tagged, oci_client::RegistryOperation::Push, "replicating")
             .await
             .map_err(fail)?;
-        if !client
+        if !session
             .blob_exists(&remote.repository, digest)
             .await
             .map_err(fail)?
         {
-            let file = tokio::fs::File::open(&path)
-                .await
-                .map_err(|source| ContextError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-            use futures::StreamExt as _;
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map(|r| {
-                r.map_err(|e| {
-                    oci_client::errors::OciDistributionError::GenericError(Some(e.to_string()))
-                })
-            });
-            client
-                .push_blob_stream(&remote.repository, stream, digest, Some(size))
+            session
+                .push_blob_file(&remote.repository, &path, digest, size, "uploading")
                 .await
                 .map_err(fail)?;
         }
-        client
-            .push_blob(&remote.repository, b"{}".to_vec(), EMPTY_JSON_DIGEST)
+        session
+            .push_blob(
+                &remote.repository,
+                bytes::Bytes::from_static(b"{}"),
+                EMPTY_JSON_DIGEST,
+                "uploading the empty config",
+            )
             .await
             .map_err(fail)?;
         let manifest = serde_json::json!({
@@ -327,11 +345,12 @@ impl ContextStore {
             team_tag(digest, team),
         );
         for reference in [&tagged, &team_tagged] {
-            client
-                .push_manifest_raw(
+            session
+                .push_manifest(
                     reference,
-                    manifest.clone(),
-                    http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+                    &manifest,
+                    "application/vnd.oci.image.manifest.v1+json",
+                    "tagging",
                 )
                 .await
                 .map_err(fail)?;
@@ -358,19 +377,6 @@ impl ContextStore {
             });
         }
         removed
-    }
-
-    fn remote_error(
-        &self,
-        remote: &Remote,
-        action: &str,
-        digest: &str,
-        e: &oci_client::errors::OciDistributionError,
-    ) -> ContextError {
-        ContextError::Remote(format!(
-            "{action} context {digest} in {}: {e}",
-            remote.repository
-        ))
     }
 
     /// Where the context with this digest lives (whether or not it exists).

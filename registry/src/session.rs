@@ -2,8 +2,25 @@
 //! [`RegistryConfig::is_insecure`] says so), their credentials from the Docker config, retries of
 //! transient failures, and the translation of every failure into a [`RegistryError`] that names
 //! the registry, what was being done and, for a 401/403, which credentials were tried.
+//!
+//! This is Manifold's one registry client: the coordinator's list push and its context replica,
+//! the worker's push by digest and the CLI's `manifold manifest` all go through a [`Session`].
+//!
+//! **The retry policy** (one for all of them): a request that fails with a transient error
+//! ([`is_transient`]: the connection failed or broke, a timeout, a 5xx, a 429 or
+//! `TOOMANYREQUESTS`) is tried again, [`RETRY_ATTEMPTS`] tries in all, after waits of
+//! [`backoff`]: 0.5 s doubling each time, each scaled by a random factor in [0.75, 1.25) so that
+//! clients do not retry in lockstep (about 15 s of waiting in all: a registry restarting or
+//! briefly overloaded does not fail the task). Any other failure (401/403, 404, a bad request) is
+//! returned at once. A session can be told of each retry ([`Session::on_retry`]), which is how a
+//! worker puts them into the job's output. Connections time out after 10 s; a request whose
+//! response stalls for 300 s fails (as a timeout, so it is retried). An upload streamed from a
+//! source that cannot be replayed ([`Session::push_blob_streamed`]) is tried once; its caller
+//! starts the source again.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -89,7 +106,22 @@ pub enum RegistryError {
         action: String,
         /// The client's error.
         cause: String,
+        /// Whether the last failure was transient (the retries ran out): trying the whole task
+        /// again later may succeed.
+        transient: bool,
     },
+}
+
+impl RegistryError {
+    /// Whether the failure may go away by itself (registry down or overloaded), so that the
+    /// whole task is worth another attempt.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Unreachable { .. } => true,
+            RegistryError::Request { transient, .. } => *transient,
+            _ => false,
+        }
+    }
 }
 
 fn status_text(status: u16) -> &'static str {
@@ -152,10 +184,60 @@ impl RegistryConfig {
         };
         Client::new(ClientConfig {
             protocol,
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(300)),
             ..Default::default()
         })
     }
 }
+
+/// How many times a request is tried while it fails transiently (see the module doc).
+pub const RETRY_ATTEMPTS: u32 = 6;
+
+/// The wait after the `attempt`-th failed try (1-based): 0.5 s doubling, jittered by ±25%.
+pub fn backoff(attempt: u32) -> Duration {
+    jittered(Duration::from_millis(500) * 2u32.saturating_pow(attempt.saturating_sub(1)))
+}
+
+/// `delay` scaled by a random factor in [0.75, 1.25), so that clients do not retry in lockstep.
+pub fn jittered(delay: Duration) -> Duration {
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let factor = 0.75 + (random % 1000) as f64 / 2000.0;
+    delay.mul_f64(factor)
+}
+
+/// A request that failed transiently and is about to be tried again.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    /// host[:port]
+    pub registry: String,
+    /// What was attempted, e.g. `checking blob sha256:…`.
+    pub action: String,
+    /// The try that failed (1-based), of [`RETRY_ATTEMPTS`].
+    pub attempt: u32,
+    /// The failure, with its causes.
+    pub error: String,
+    /// How long until the next try.
+    pub wait: Duration,
+}
+
+impl std::fmt::Display for Retry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "registry {}: {} failed (try {} of {RETRY_ATTEMPTS}): {}; retrying in {:.1}s",
+            self.registry,
+            self.action,
+            self.attempt,
+            self.error,
+            self.wait.as_secs_f64()
+        )
+    }
+}
+
+type RetryObserver = Arc<dyn Fn(&Retry) + Send + Sync>;
 
 /// A manifest as a registry serves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +255,7 @@ pub struct Session {
     config: RegistryConfig,
     client: Client,
     credentials: HashMap<String, Credentials>,
+    on_retry: Option<RetryObserver>,
 }
 
 impl std::fmt::Debug for Session {
@@ -219,7 +302,49 @@ impl Session {
             config: config.clone(),
             client,
             credentials,
+            on_retry: None,
         })
+    }
+
+    /// Calls `observer` before each retry of a request (retries are also logged with tracing).
+    pub fn on_retry(mut self, observer: impl Fn(&Retry) + Send + Sync + 'static) -> Self {
+        self.on_retry = Some(Arc::new(observer));
+        self
+    }
+
+    /// Runs `op` under the retry policy (see the module doc); `action` names it in retries.
+    async fn retry<T, F, Fut>(
+        &self,
+        reference: &Reference,
+        action: &str,
+        mut op: F,
+    ) -> Result<T, OciDistributionError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < RETRY_ATTEMPTS && is_transient(&e) => {
+                    let retry = Retry {
+                        registry: reference.registry().to_owned(),
+                        action: action.to_owned(),
+                        attempt,
+                        error: error_chain(&e),
+                        wait: backoff(attempt),
+                    };
+                    tracing::warn!(registry = %retry.registry, action, attempt, error = %retry.error, "registry request failed; retrying in {:?}", retry.wait);
+                    if let Some(observer) = &self.on_retry {
+                        observer(&retry);
+                    }
+                    tokio::time::sleep(retry.wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The credentials used for `reference`'s registry.
@@ -263,7 +388,8 @@ impl Session {
         RegistryError::Request {
             registry,
             action,
-            cause: e.to_string(),
+            transient: is_transient(&e),
+            cause: error_chain(&e),
         }
     }
 
@@ -276,10 +402,12 @@ impl Session {
         action: &str,
     ) -> Result<(), RegistryError> {
         let auth = self.credentials(reference).auth;
-        retry(|| self.client.auth(reference, &auth, operation))
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error(reference, action, e))
+        self.retry(reference, action, || {
+            self.client.auth(reference, &auth, operation)
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| self.error(reference, action, e))
     }
 
     /// The manifest `reference` names, or `None` when the registry has no such manifest.
@@ -289,11 +417,12 @@ impl Session {
         action: &str,
     ) -> Result<Option<RawManifest>, RegistryError> {
         let auth = self.credentials(reference).auth;
-        match retry(|| {
-            self.client
-                .pull_manifest_raw(reference, &auth, MANIFEST_TYPES)
-        })
-        .await
+        match self
+            .retry(reference, action, || {
+                self.client
+                    .pull_manifest_raw(reference, &auth, MANIFEST_TYPES)
+            })
+            .await
         {
             Ok((bytes, digest)) => {
                 let media_type = media_type_of(&bytes);
@@ -315,7 +444,12 @@ impl Session {
         action: &str,
     ) -> Result<bool, RegistryError> {
         let auth = self.credentials(reference).auth;
-        match retry(|| self.client.fetch_manifest_digest(reference, &auth)).await {
+        match self
+            .retry(reference, action, || {
+                self.client.fetch_manifest_digest(reference, &auth)
+            })
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(self.error(reference, action, e)),
@@ -335,9 +469,10 @@ impl Session {
                 registry: reference.registry().to_owned(),
                 action: action.to_owned(),
                 cause: format!("`{media_type}` is not a valid media type"),
+                transient: false,
             })?;
         let bytes = bytes::Bytes::copy_from_slice(bytes);
-        retry(|| {
+        self.retry(reference, action, || {
             self.client
                 .push_manifest_raw(reference, bytes.clone(), header.clone())
         })
@@ -352,9 +487,12 @@ impl Session {
         reference: &Reference,
         digest: &str,
     ) -> Result<bool, RegistryError> {
-        retry(|| self.client.blob_exists(reference, digest))
-            .await
-            .map_err(|e| self.error(reference, format!("checking blob {digest}"), e))
+        let action = format!("checking blob {digest}");
+        self.retry(reference, &action, || {
+            self.client.blob_exists(reference, digest)
+        })
+        .await
+        .map_err(|e| self.error(reference, action.clone(), e))
     }
 
     /// Blob `digest` of `reference`'s repository, in memory (for configs: at most 4 MiB).
@@ -364,13 +502,14 @@ impl Session {
         digest: &str,
         action: &str,
     ) -> Result<Vec<u8>, RegistryError> {
-        let bytes = retry(|| async {
-            let mut out: Vec<u8> = Vec::new();
-            self.client.pull_blob(reference, digest, &mut out).await?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| self.error(reference, action, e))?;
+        let bytes = self
+            .retry(reference, action, || async {
+                let mut out: Vec<u8> = Vec::new();
+                self.client.pull_blob(reference, digest, &mut out).await?;
+                Ok(out)
+            })
+            .await
+            .map_err(|e| self.error(reference, action, e))?;
         if bytes.len() > MAX_CONFIG_BYTES {
             return Err(RegistryError::Request {
                 registry: reference.registry().to_owned(),
@@ -379,6 +518,7 @@ impl Session {
                     "blob {digest} is {} bytes, too big for a config",
                     bytes.len()
                 ),
+                transient: false,
             });
         }
         Ok(bytes)
@@ -413,7 +553,8 @@ impl Session {
         digest: &str,
         size: u64,
     ) -> Result<(), RegistryError> {
-        retry(|| async {
+        let action = format!("copying blob {digest} from {source}");
+        self.retry(target, &action, || async {
             let stream = self.client.pull_blob_stream(source, digest).await?;
             let stream = stream.map(|chunk| chunk.map_err(OciDistributionError::from));
             self.client
@@ -422,20 +563,100 @@ impl Session {
                 .map(|_| ())
         })
         .await
-        .map_err(|e| self.error(target, format!("copying blob {digest} from {source}"), e))
+        .map_err(|e| self.error(target, action.clone(), e))
+    }
+
+    /// Pushes a small blob (a config) from memory.
+    pub async fn push_blob(
+        &self,
+        reference: &Reference,
+        bytes: bytes::Bytes,
+        digest: &str,
+        action: &str,
+    ) -> Result<(), RegistryError> {
+        self.retry(reference, action, || {
+            self.client.push_blob(reference, bytes.clone(), digest)
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| self.error(reference, action, e))
+    }
+
+    /// Pushes blob `digest` of `size` bytes from the file at `path`, read again for each try.
+    pub async fn push_blob_file(
+        &self,
+        reference: &Reference,
+        path: &std::path::Path,
+        digest: &str,
+        size: u64,
+        action: &str,
+    ) -> Result<(), RegistryError> {
+        self.retry(reference, action, || async {
+            let file = tokio::fs::File::open(path).await?;
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+                .map(|r| r.map_err(OciDistributionError::IoError));
+            self.client
+                .push_blob_stream(reference, stream, digest, Some(size))
+                .await
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| self.error(reference, action, e))
+    }
+
+    /// Uploads a blob from `chunks` as they come (each item one request), its digest computed on
+    /// the way; returns (digest, size). Tried once: a stream cannot be replayed, so on a transient
+    /// failure ([`RegistryError::is_transient`]) the caller produces the bytes again.
+    pub async fn push_blob_streamed(
+        &self,
+        reference: &Reference,
+        chunks: impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+        action: &str,
+    ) -> Result<(String, u64), RegistryError> {
+        let chunks = chunks.map(|r| r.map_err(OciDistributionError::IoError));
+        self.client
+            .push_blob_stream_chunked(reference, chunks)
+            .await
+            .map(|r| (r.blob_digest, r.size))
+            .map_err(|e| self.error(reference, action, e))
+    }
+
+    /// Blob `digest` of `reference`'s repository as a stream (the request is retried; a stream
+    /// that breaks midway is the caller's to start again).
+    pub async fn pull_blob_stream(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        action: &str,
+    ) -> Result<
+        Option<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>>,
+        RegistryError,
+    > {
+        match self
+            .retry(reference, action, || {
+                self.client.pull_blob_stream(reference, digest)
+            })
+            .await
+        {
+            Ok(response) => Ok(Some(response.stream)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.error(reference, action, e)),
+        }
     }
 
     /// The tags of `reference`'s repository (empty when the repository does not exist).
     pub async fn list_tags(&self, reference: &Reference) -> Result<Vec<String>, RegistryError> {
         let auth = self.credentials(reference).auth;
-        match retry(|| self.client.list_tags(reference, &auth, None, None)).await {
+        let action = format!("listing the tags of {}", reference.repository());
+        match self
+            .retry(reference, &action, || {
+                self.client.list_tags(reference, &auth, None, None)
+            })
+            .await
+        {
             Ok(r) => Ok(r.tags),
             Err(e) if is_not_found(&e) => Ok(Vec::new()),
-            Err(e) => Err(self.error(
-                reference,
-                format!("listing the tags of {}", reference.repository()),
-                e,
-            )),
+            Err(e) => Err(self.error(reference, action, e)),
         }
     }
 }
@@ -529,32 +750,11 @@ fn connection_failure(e: &OciDistributionError) -> Option<String> {
     Some(text.to_lowercase())
 }
 
-/// Runs `op` up to four times with exponential backoff (0.5 s, 1 s, 2 s) while it fails with a
-/// transient error (connection failure, 5xx, 429).
-pub(crate) async fn retry<T, F, Fut>(mut op: F) -> Result<T, OciDistributionError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
-{
-    let mut delay = Duration::from_millis(500);
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt < 4 && is_transient(&e) => {
-                tracing::warn!(attempt, error = %e, "registry request failed, retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn is_transient(e: &OciDistributionError) -> bool {
+/// Whether a registry failure is worth retrying: the connection failed or broke, a timeout, a
+/// server error, throttling.
+pub fn is_transient(e: &OciDistributionError) -> bool {
     match e {
-        OciDistributionError::RequestError(_) => true,
+        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => true,
         OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
         OciDistributionError::RegistryError { envelope, .. } => envelope
             .errors
@@ -562,6 +762,21 @@ fn is_transient(e: &OciDistributionError) -> bool {
             .any(|err| err.code == OciErrorCode::Toomanyrequests),
         _ => false,
     }
+}
+
+/// An error with its causes, `: `-separated (reqwest's own message hides the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! command). Missing binaries stop the run with that instruction; binaries older than the sources
 //! are reported in the output.
 //!
-//! Three parts (pass `small`, `context` as arguments after `--` to run only some of them):
+//! Five parts (pass `small`, `context`, `rebuild`, `cold` as arguments after `--` to run only some
+//! of them):
 //!
 //! 1. **small**: the same two-platform build (a few seconds of real work in a `RUN` step, a fresh
 //!    nonce file per build so nothing comes from the cache) through the farm (coordinator + a
@@ -25,10 +26,14 @@
 //!    context to the daemon before step 1): throughput of each and their ratio.
 //! 3. the same context submitted again, unchanged: bytes uploaded (the CLI's line), cross-checked
 //!    against the coordinator's context store (file mtime, "context stored" log lines).
+//! 4. **rebuild** and 5. **cold**, on both engine modes: see [`push`] (the incremental rebuild of
+//!    an image with a cached 256 MiB layer, the first push of a 1 GiB image, the worker's peak
+//!    scratch disk per job).
 //!
 //! Knobs (environment): MANIFOLD_BENCH_ITERATIONS (small builds per path, default 7, plus one
 //! warm-up), MANIFOLD_BENCH_CONTEXT_ITERATIONS (default 3), MANIFOLD_BENCH_CONTEXT_MIB (default
-//! 1024), MANIFOLD_BENCH_WORK_MIB (MiB hashed by the RUN step, default 48) and the
+//! 1024), MANIFOLD_BENCH_WORK_MIB (MiB hashed by the RUN step, default 48), those of [`push`]
+//! (MANIFOLD_BENCH_MODES, MANIFOLD_BENCH_REBUILD_ITERATIONS/_MIB, MANIFOLD_BENCH_COLD_ITERATIONS/_MIB) and the
 //! MANIFOLD_TEST_* variables of the harness. Every step has a timeout; images, processes, temp
 //! dirs and pushed manifests are removed at the end, also after a failure.
 
@@ -44,6 +49,9 @@ use manifold_proto::v1;
 use manifold_tests::{Env, TestFarm, bin};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
+
+#[path = "farm/push.rs"]
+mod push;
 
 /// Debian's docker CLI 20.10: BuildKit builds natively (the other CLI on the machine has no buildx).
 const DOCKER: &str = "/usr/bin/docker";
@@ -61,6 +69,9 @@ struct Config {
     work_mib: u64,
     small: bool,
     context: bool,
+    rebuild: bool,
+    cold: bool,
+    push: push::PushConfig,
 }
 
 impl Config {
@@ -77,10 +88,12 @@ impl Config {
             .skip(1)
             .filter(|a| !a.starts_with('-'))
             .collect();
+        const PARTS: [&str; 4] = ["small", "context", "rebuild", "cold"];
         for p in &parts {
             ensure!(
-                p == "small" || p == "context",
-                "unknown part `{p}`: pass `small` and/or `context`"
+                PARTS.contains(&p.as_str()),
+                "unknown part `{p}`: pass some of {}",
+                PARTS.join(", ")
             );
         }
         let all = parts.is_empty();
@@ -91,6 +104,9 @@ impl Config {
             work_mib: num("MANIFOLD_BENCH_WORK_MIB", 48)?,
             small: all || parts.iter().any(|p| p == "small"),
             context: all || parts.iter().any(|p| p == "context"),
+            rebuild: all || parts.iter().any(|p| p == "rebuild"),
+            cold: all || parts.iter().any(|p| p == "cold"),
+            push: push::PushConfig::from_env(&num)?,
         })
     }
 }
@@ -177,6 +193,18 @@ impl Run {
         }
         if config.context {
             report.context = Some(self.big_context(config).await?);
+        }
+        for &mode in &config.push.modes {
+            if config.rebuild {
+                report
+                    .rebuilds
+                    .push(self.rebuilds(mode, &config.push).await?);
+            }
+            if config.cold {
+                report
+                    .colds
+                    .push(self.cold_pushes(mode, &config.push).await?);
+            }
         }
         report.load_end = load_average();
         let text = report.render(config);
@@ -959,6 +987,8 @@ struct Report {
     header: String,
     small: Option<SmallResults>,
     context: Option<ContextResults>,
+    rebuilds: Vec<push::RebuildResults>,
+    colds: Vec<push::ColdResults>,
     load_end: String,
 }
 
@@ -1245,6 +1275,12 @@ impl Report {
                 if all_checks { "all agree" } else { "DISAGREE" },
                 met(all_checks)
             );
+        }
+        for r in &self.rebuilds {
+            push::render_rebuild(&mut s, r, &config.push);
+        }
+        for r in &self.colds {
+            push::render_cold(&mut s, r, &config.push);
         }
         s
     }

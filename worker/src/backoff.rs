@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::push::jittered;
+use manifold_registry::session::jittered;
 
 /// Exponential backoff with jitter: `initial`, doubling up to `max`.
 #[derive(Debug, Clone)]

@@ -40,6 +40,7 @@ use crate::context_cache::{CacheError, ContextCache, ContextDigest, SourceError}
 use crate::docker::{DaemonInfo, DescribeError, DockerEngine};
 use crate::health;
 use crate::job::{self, ExecuteOptions, JobFailure, JobSpec, LogSink};
+use crate::layers::LayerMap;
 use crate::push::PushedImage;
 
 /// Heartbeat interval used when the coordinator's Welcome does not set one.
@@ -144,11 +145,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         source,
     })?;
 
-    // Leftovers of a previous run that crashed: partial downloads and push scratch files.
+    // Leftovers of a previous run that crashed: partial downloads, and the scratch files of
+    // versions that unpacked images to disk.
     let cache = ContextCache::new(&config.cache_dir);
     cache.remove_partial_downloads();
-    let scratch_dir = config.cache_dir.join("tmp");
-    let _ = std::fs::remove_dir_all(&scratch_dir);
+    let _ = std::fs::remove_dir_all(config.cache_dir.join("tmp"));
 
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
     let engine = loop {
@@ -171,7 +172,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let (lending, _) = watch::channel(config.lend == crate::lending::LendPolicy::Always);
     let shared = Arc::new(Shared {
         options: ExecuteOptions {
-            scratch_dir,
+            layers: LayerMap::new(&config.cache_dir),
             docker_config: config.docker_config.clone(),
             build_platform_override: None,
         },

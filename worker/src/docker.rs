@@ -119,6 +119,9 @@ pub struct BuiltImage {
     pub architecture: String,
     /// See `os`; empty when absent.
     pub variant: String,
+    /// The layers' diff_ids (sha256 of each uncompressed layer tar), base first; empty where
+    /// not read.
+    pub diff_ids: Vec<String>,
 }
 
 impl DockerEngine {
@@ -214,11 +217,13 @@ impl DockerEngine {
             os: inspect.os.unwrap_or_default(),
             architecture: inspect.architecture.unwrap_or_default(),
             variant: inspect.variant.unwrap_or_default(),
+            diff_ids: inspect.root_fs.and_then(|r| r.layers).unwrap_or_default(),
         })
     }
 
-    /// `docker save` of one image: an uncompressed tar with `manifest.json`, the config and the
-    /// layer tars, streamed.
+    /// `docker save` of one image, streamed: on Docker 25+ an OCI layout tar whose
+    /// `blobs/sha256/` entries are the config (named by the image id) and the uncompressed layer
+    /// tars (named by their diff_ids).
     pub fn export(
         &self,
         image: &str,

@@ -3,8 +3,10 @@
 //!
 //! How the image reaches the registry depends on the daemon's image store: with the containerd
 //! store BuildKit pushes it by digest itself, and the worker reads the pushed config back; with a
-//! graphdriver the image goes into the daemon under a local tag, is checked, exported and pushed
-//! by [`crate::push`], and the tag is removed.
+//! graphdriver the image goes into the daemon under a local tag, is checked, and is pushed by
+//! [`crate::push`] (what the registry has or can mount is reused, the rest streamed from the
+//! export), and the tag is removed. Either way the pushed config is read back from the registry
+//! for the platform check.
 //!
 //! [`execute`] needs no coordinator: it takes a context tar, a [`JobSpec`] and a [`LogSink`], which
 //! is how the crate tests drive real builds.
@@ -19,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::buildkit::{self, BuildError, Endpoint, Output, SessionContent, Solve};
 use crate::context_cache::ContextDigest;
 use crate::docker::{BuiltImage, DockerEngine, ImageStore};
+use crate::layers::LayerMap;
 use crate::push::{self, PushError, PushTarget, PushedImage};
 
 /// Where a job's human-readable output lines go (the connection batches them into `JobLog`s).
@@ -143,8 +146,8 @@ impl JobFailure {
 /// Settings of job execution that are not part of the job.
 #[derive(Clone, Debug)]
 pub struct ExecuteOptions {
-    /// Folder for temporary files (the exported image, compressed layers).
-    pub scratch_dir: PathBuf,
+    /// What this worker knows of the layers it pushed (graphdriver engines).
+    pub layers: LayerMap,
     /// Docker config file with registry credentials; `None` pushes anonymously.
     pub docker_config: Option<PathBuf>,
     /// Build for this platform instead of the job's. Only tests set it, to make the daemon produce
@@ -226,6 +229,7 @@ pub async fn execute(
                 os: config.os,
                 architecture: config.architecture,
                 variant: config.variant,
+                diff_ids: Vec::new(),
             };
             check_platform(&image, &job.platform, engine.host()).map_err(JobFailure::permanent)?;
             logs.line(format!(
@@ -306,15 +310,20 @@ async fn check_and_push(
     })?;
     check_platform(&built, &job.platform, engine.host()).map_err(JobFailure::permanent)?;
     logs.line(format!("built image {} for {}", built.id, job.platform));
-    let pushed = push::push_image(
-        engine.export(&built.id),
-        target,
-        &options.scratch_dir,
-        logs,
-        cancel,
-    )
-    .await
-    .map_err(push_failure)?;
+    let pushed = push::push_image(engine, &built, target, &options.layers, logs, cancel)
+        .await
+        .map_err(push_failure)?;
+    let config = push::read_pushed(target, &pushed, logs)
+        .await
+        .map_err(push_failure)?;
+    let image = BuiltImage {
+        id: config.digest,
+        os: config.os,
+        architecture: config.architecture,
+        variant: config.variant,
+        diff_ids: Vec::new(),
+    };
+    check_platform(&image, &job.platform, engine.host()).map_err(JobFailure::permanent)?;
     logs.line(format!(
         "pushed {}@{} ({} bytes, {})",
         job.repository, pushed.digest, pushed.size, pushed.media_type
@@ -371,6 +380,7 @@ mod tests {
             os: os.into(),
             architecture: arch.into(),
             variant: variant.into(),
+            diff_ids: Vec::new(),
         }
     }
 

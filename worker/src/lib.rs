@@ -24,7 +24,9 @@
 //!   credentials, secrets), pushing by digest where the engine can;
 //! - [`docker`]: the daemon through bollard (platform, image store, inspect, export, untag);
 //! - [`progress`]: BuildKit status messages turned into readable log lines;
-//! - [`push`]: the OCI push by digest with oci-client (gzip layers, OCI manifest, retries);
+//! - [`push`]: the push by digest on graphdriver engines (reuse what the registry has or can
+//!   mount, stream the rest from the export), and reading a pushed image back;
+//! - [`layers`]: the worker's map from a layer's diff_id to the blob it was pushed as;
 
 pub mod admission;
 pub mod backoff;
@@ -36,6 +38,7 @@ pub mod context_view;
 pub mod docker;
 pub mod health;
 pub mod job;
+pub mod layers;
 pub mod lending;
 pub mod metrics;
 pub mod progress;

@@ -1,36 +1,45 @@
-//! Pushing a built image to a registry BY DIGEST ONLY (no tag), with oci-client.
+//! Getting an image from a graphdriver engine into its repository BY DIGEST ONLY (no tag), and
+//! reading a pushed image back for the platform check. Every registry request goes through
+//! [`manifold_registry::Session`] (one client, one retry policy; each retry is a line of the job's
+//! output).
 //!
-//! The daemon's `docker save` tar is unpacked into a scratch folder; each layer tar is gzip-compressed
-//! (fast level) to a file while both its digests are computed (a layer the daemon exported already
-//! gzipped is used as is), and checked against the config's `rootfs.diff_ids` (the sha256 of the
-//! uncompressed tars). Blobs the registry lacks are uploaded
-//! from those files as streams, one at a time, so memory stays flat whatever the layer sizes. Then an
-//! OCI image manifest is pushed to `repository@sha256:<digest of the manifest bytes>`.
+//! A push reuses what is known, then streams only what is not:
+//! 1. For each layer (by diff_id, from the daemon's image inspect) the [`LayerMap`] says which
+//!    blob it became when this worker pushed it before. A blob the target repository holds is
+//!    skipped; one this worker pushed to another repository of the same registry is mounted from
+//!    there (the registry checks that our credentials may read it; the layer is this job's own
+//!    output, so nothing crosses between teams). Up to [`PARALLEL_CHECKS`] layers are checked at
+//!    once. The config is one more blob (its digest is the image id), found the same way.
+//! 2. What is left comes from one `docker save` stream (Docker 25+: an OCI layout whose blobs are
+//!    named by digest, layers by their diff_id): each needed layer is gzip-compressed as it is read
+//!    and uploaded while it is compressed, in [`CHUNK_BYTES`] requests, its diff_id checked at its
+//!    end; every other entry is read past. Nothing is written to disk, and memory stays at a few
+//!    chunks whatever the layer sizes. A transient failure of a streamed upload (which cannot be
+//!    replayed) is retried with another export of the missing layers, up to [`EXPORT_PASSES`].
+//! 3. The config (if missing) and an OCI image manifest are pushed; the manifest goes to
+//!    `repository@sha256:<digest of its bytes>`, and the map learns the repository.
 //!
-//! Registry calls are retried on 5xx, 429, timeouts and connection errors with a bounded
-//! exponential backoff (about 15 s in all, so a registry restarting or briefly overloaded does not
-//! fail the job); every retry is a line of the job's output.
+//! The compression is deterministic (fixed gzip header, same level), so the same layer always
+//! becomes the same blob, also after the map is lost.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Stream, TryStreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
+use futures::{StreamExt as _, TryStreamExt as _};
+use manifold_registry::session::{RegistryError, Session, backoff};
+use manifold_registry::{DockerConfig, RegistryConfig};
+use oci_client::{Reference, RegistryOperation};
 use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType};
 use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::DockerError;
+use crate::docker::{BuiltImage, DockerEngine, DockerError};
 use crate::job::LogSink;
-use manifold_registry::auth::{AuthError, DockerConfig};
+use crate::layers::LayerMap;
 
 /// Media type of the manifests the worker pushes.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -39,11 +48,14 @@ pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 /// Media type of the (gzip-compressed) layer blobs.
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
-/// How many times one registry request is tried before the push fails: with
-/// [`REGISTRY_FIRST_DELAY`] doubling, the waits add up to about 15 s.
-const REGISTRY_ATTEMPTS: u32 = 6;
-/// First delay between two tries; it doubles after each.
-const REGISTRY_FIRST_DELAY: Duration = Duration::from_millis(500);
+/// Layers whose presence is checked (or which are mounted) at once.
+pub const PARALLEL_CHECKS: usize = 4;
+/// Compressed bytes per upload request of a streamed layer.
+pub const CHUNK_BYTES: usize = 4 << 20;
+/// Exports of the image a push may make: the first, and one more per transient upload failure.
+pub const EXPORT_PASSES: u32 = 3;
+/// Largest image config read into memory.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 /// Where an image goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,41 +95,13 @@ pub enum PushError {
     /// The daemon could not export the image.
     #[error(transparent)]
     Export(#[from] DockerError),
-    /// `docker save` produced something unexpected.
-    #[error("unexpected `docker save` output: {0}")]
+    /// `docker save` or a pushed document is not what was expected.
+    #[error("unexpected image content: {0}")]
     Archive(String),
-    /// The scratch folder could not be used.
-    #[error(
-        "cannot use the scratch folder {path}: {source}; check free space under the --cache-dir folder"
-    )]
-    Scratch {
-        /// The file or folder concerned.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// Registry credentials could not be read.
+    /// The registry refused or failed a request (after retries, when it looked transient), or
+    /// the credentials could not be read.
     #[error(transparent)]
-    Credentials(#[from] AuthError),
-    /// The registry refused or failed a request (after retries, when it looked transient).
-    #[error(
-        "registry {registry}: {action} failed{}: {}",
-        if *attempts > 1 { format!(" after {attempts} attempts") } else { String::new() },
-        crate::error_chain(source)
-    )]
-    Registry {
-        /// The registry host.
-        registry: String,
-        /// What was being done.
-        action: String,
-        /// How many attempts were made.
-        attempts: u32,
-        /// Whether the last error looked transient (5xx, connection).
-        transient: bool,
-        /// oci-client's error.
-        #[source]
-        source: OciDistributionError,
-    },
+    Registry(#[from] RegistryError),
     /// The push was cancelled.
     #[error("push cancelled")]
     Cancelled,
@@ -127,11 +111,10 @@ impl PushError {
     /// Whether trying the job again (maybe elsewhere) could succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            PushError::InvalidRepository { .. } | PushError::Credentials(_) => false,
-            PushError::Registry { transient, .. } => *transient,
+            PushError::InvalidRepository { .. } | PushError::Cancelled => false,
+            PushError::Registry(e) => e.is_transient(),
             PushError::Export(e) => !e.is_client_error(),
-            PushError::Archive(_) | PushError::Scratch { .. } => true,
-            PushError::Cancelled => false,
+            PushError::Archive(_) => true,
         }
     }
 }
@@ -156,51 +139,6 @@ pub fn parse_repository(repository: &str) -> Result<Reference, PushError> {
     Reference::try_from(probe.as_str()).map_err(|e| bad(&e.to_string()))
 }
 
-/// Pushes the image exported by `export` (a `docker save` tar stream) to `target` by digest,
-/// using `scratch` for temporary files.
-pub async fn push_image(
-    export: impl Stream<Item = Result<Bytes, DockerError>> + Send + 'static,
-    target: &PushTarget,
-    scratch: &Path,
-    logs: &LogSink,
-    cancel: &CancellationToken,
-) -> Result<PushedImage, PushError> {
-    let registry_client = Registry::for_target(target, logs)?;
-
-    tokio::fs::create_dir_all(scratch)
-        .await
-        .map_err(|source| PushError::Scratch {
-            path: scratch.to_owned(),
-            source,
-        })?;
-    let work = tempfile::Builder::new()
-        .prefix("push-")
-        .tempdir_in(scratch)
-        .map_err(|source| PushError::Scratch {
-            path: scratch.to_owned(),
-            source,
-        })?;
-
-    let image = tokio::select! {
-        () = cancel.cancelled() => return Err(PushError::Cancelled),
-        image = unpack_and_compress(export, work.path().to_owned()) => image?,
-    };
-    let layer_bytes: u64 = image.layers.iter().map(|l| l.size).sum();
-    logs.line(format!(
-        "pushing {} layer(s), {} compressed, to {} by digest",
-        image.layers.len(),
-        human_size(layer_bytes),
-        target.repository
-    ));
-
-    let pushed = tokio::select! {
-        () = cancel.cancelled() => return Err(PushError::Cancelled),
-        pushed = registry_client.push(&image, logs) => pushed?,
-    };
-    drop(work);
-    Ok(pushed)
-}
-
 /// The platform fields of an image config in a registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushedConfig {
@@ -214,329 +152,614 @@ pub struct PushedConfig {
     pub variant: String,
 }
 
+/// A registry session for `target`'s registry with the worker's credentials, its retries told
+/// in the job's output, and the reference of `target`'s repository.
+async fn open(target: &PushTarget, logs: &LogSink) -> Result<(Session, Reference), PushError> {
+    let repository = parse_repository(&target.repository)?;
+    let registry = repository.registry().to_owned();
+    let docker = match target.docker_config.clone() {
+        Some(path) => tokio::task::spawn_blocking(move || DockerConfig::load_from(&path))
+            .await
+            .expect("reading the docker config does not panic")
+            .map_err(RegistryError::from)?,
+        None => DockerConfig::default(),
+    };
+    let config = RegistryConfig {
+        insecure: if target.insecure {
+            vec![registry.clone()]
+        } else {
+            Vec::new()
+        },
+    };
+    let logs = logs.clone();
+    let session = Session::open_with(&config, docker, &[&registry])
+        .await?
+        .on_retry(move |retry| logs.line(retry.to_string()));
+    Ok((session, repository))
+}
+
+fn at_digest(repository: &Reference, digest: &str) -> Reference {
+    Reference::with_digest(
+        repository.registry().to_owned(),
+        repository.repository().to_owned(),
+        digest.to_owned(),
+    )
+}
+
 /// Reads back the manifest `pushed` from `target` and its config: the manifest's bytes must hash
 /// to the reported digest and size, and the config's platform fields are returned for the
-/// platform check. This is how an image BuildKit pushed itself is checked.
+/// platform check, whoever pushed the image (BuildKit or this worker).
 pub async fn read_pushed(
     target: &PushTarget,
     pushed: &PushedImage,
     logs: &LogSink,
 ) -> Result<PushedConfig, PushError> {
-    Registry::for_target(target, logs)?
-        .read_config(pushed)
-        .await
+    let (session, repository) = open(target, logs).await?;
+    let by_digest = at_digest(&repository, &pushed.digest);
+    let manifest = session
+        .pull_manifest(&by_digest, &format!("reading the manifest {by_digest}"))
+        .await?
+        .ok_or_else(|| {
+            PushError::Archive(format!(
+                "the manifest {by_digest} was reported pushed but the registry does not have it"
+            ))
+        })?;
+    let actual = sha256_digest(&manifest.bytes);
+    if actual != pushed.digest || manifest.bytes.len() as u64 != pushed.size {
+        return Err(PushError::Archive(format!(
+            "the registry holds {} bytes with digest {actual} under {by_digest}, but {} bytes were reported",
+            manifest.bytes.len(),
+            pushed.size
+        )));
+    }
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        config: Descriptor,
+    }
+    let parsed: Manifest = serde_json::from_slice(&manifest.bytes).map_err(|e| {
+        PushError::Archive(format!(
+            "the pushed manifest {by_digest} is no image manifest: {e}"
+        ))
+    })?;
+    let config_digest = parsed.config.digest().to_string();
+    let config = session
+        .pull_small_blob(
+            &by_digest,
+            &config_digest,
+            &format!("reading the config {config_digest}"),
+        )
+        .await?;
+    platform_of(&config, &config_digest)
 }
 
-/// A layer ready to upload.
-#[derive(Debug)]
-struct PreparedLayer {
-    gz_path: PathBuf,
+fn platform_of(config: &[u8], digest: &str) -> Result<PushedConfig, PushError> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        os: String,
+        #[serde(default)]
+        architecture: String,
+        #[serde(default)]
+        variant: String,
+    }
+    let fields: Config = serde_json::from_slice(config).map_err(|e| {
+        PushError::Archive(format!("the image config {digest} is not understood: {e}"))
+    })?;
+    Ok(PushedConfig {
+        digest: digest.to_owned(),
+        os: fields.os,
+        architecture: fields.architecture,
+        variant: fields.variant,
+    })
+}
+
+/// A compressed layer blob in the target repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Blob {
     digest: String,
     size: u64,
 }
 
-/// An image ready to upload.
-#[derive(Debug)]
-struct PreparedImage {
-    config: Bytes,
-    config_digest: String,
-    layers: Vec<PreparedLayer>,
+/// Pushes `image` (in `engine`, by its id and diff_ids) to `target` by digest: see the module
+/// doc. `layers` is the worker's map of pushed layers, read and updated.
+pub async fn push_image(
+    engine: &DockerEngine,
+    image: &BuiltImage,
+    target: &PushTarget,
+    layers: &LayerMap,
+    logs: &LogSink,
+    cancel: &CancellationToken,
+) -> Result<PushedImage, PushError> {
+    tokio::select! {
+        () = cancel.cancelled() => Err(PushError::Cancelled),
+        pushed = push(engine, image, target, layers, logs) => pushed,
+    }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct SaveManifestEntry {
-    config: String,
-    layers: Vec<String>,
+async fn push(
+    engine: &DockerEngine,
+    image: &BuiltImage,
+    target: &PushTarget,
+    layers: &LayerMap,
+    logs: &LogSink,
+) -> Result<PushedImage, PushError> {
+    let (session, repository) = open(target, logs).await?;
+    session
+        .authenticate(
+            &repository,
+            RegistryOperation::Push,
+            &format!("authenticating to push to {}", target.repository),
+        )
+        .await?;
+    let mut distinct: Vec<&str> = Vec::new();
+    for d in &image.diff_ids {
+        if !distinct.contains(&d.as_str()) {
+            distinct.push(d);
+        }
+    }
+
+    // 1. What the repository holds already, or can mount; and the config if it is there.
+    // Built into a Vec first: a stream over a borrowing closure would make the job's future
+    // lose `Send` (a higher-ranked lifetime rustc cannot prove).
+    let mut lookups = Vec::with_capacity(distinct.len());
+    for diff_id in distinct.iter().map(|d| d.to_string()) {
+        let (session, repository) = (&session, &repository);
+        lookups.push(async move {
+            let found = reuse(session, repository, layers, &diff_id, "layer", logs).await?;
+            Ok::<_, PushError>((diff_id, found))
+        });
+    }
+    let checks = futures::stream::iter(lookups)
+        .buffer_unordered(PARALLEL_CHECKS)
+        .try_collect::<Vec<_>>();
+    let config_check = async {
+        if let Some((blob, _)) =
+            reuse(&session, &repository, layers, &image.id, "config", logs).await?
+        {
+            return Ok::<_, PushError>(Some(blob.size));
+        }
+        if session.blob_exists(&repository, &image.id).await? {
+            let bytes = session
+                .pull_small_blob(
+                    &repository,
+                    &image.id,
+                    &format!("reading the config {}", image.id),
+                )
+                .await?;
+            return Ok(Some(bytes.len() as u64));
+        }
+        Ok(None)
+    };
+    let (checked, config_size) = tokio::try_join!(checks, config_check)?;
+    let mut blobs: HashMap<String, Blob> = HashMap::new();
+    let (mut present, mut mounted) = (0, 0);
+    for (diff_id, found) in checked {
+        match found {
+            Some((blob, Reuse::Present)) => {
+                present += 1;
+                blobs.insert(diff_id, blob);
+            }
+            Some((blob, Reuse::Mounted)) => {
+                mounted += 1;
+                blobs.insert(diff_id, blob);
+            }
+            None => {}
+        }
+    }
+    let missing: HashSet<String> = distinct
+        .iter()
+        .filter(|d| !blobs.contains_key(**d))
+        .map(|d| d.to_string())
+        .collect();
+    logs.line(format!(
+        "pushing {} layer(s) to {} by digest: {present} already there, {mounted} mounted, {} to upload",
+        distinct.len(),
+        target.repository,
+        missing.len()
+    ));
+
+    // 2. The rest from the daemon's export, streamed.
+    let mut missing = missing;
+    let mut config: Option<Bytes> = None;
+    let mut pass = 0;
+    while !missing.is_empty() || (config_size.is_none() && config.is_none()) {
+        pass += 1;
+        let exported = export_pass(
+            engine,
+            &image.id,
+            &missing,
+            config_size.is_none() && config.is_none(),
+            &session,
+            &repository,
+            logs,
+        )
+        .await?;
+        if config.is_none() {
+            config = exported.config;
+        }
+        let mut transient = None;
+        for (diff_id, result) in exported.uploads {
+            match result {
+                Ok(blob) => {
+                    missing.remove(&diff_id);
+                    blobs.insert(diff_id, blob);
+                }
+                Err(e) if e.is_transient() && pass < EXPORT_PASSES => transient = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(e) = transient {
+            let wait = backoff(pass);
+            logs.line(format!(
+                "{e}; exporting the image again for {} layer(s) in {:.1}s (pass {} of {EXPORT_PASSES})",
+                missing.len(),
+                wait.as_secs_f64(),
+                pass + 1
+            ));
+            tokio::time::sleep(wait).await;
+            continue;
+        }
+        if let Some(diff_id) = missing.iter().next() {
+            return Err(PushError::Archive(format!(
+                "the export of image {} has no layer {diff_id}, which its config lists",
+                image.id
+            )));
+        }
+        if config_size.is_none() && config.is_none() {
+            return Err(PushError::Archive(format!(
+                "the export of image {} has no config blob named after it",
+                image.id
+            )));
+        }
+    }
+
+    // 3. Config, manifest; the map learns where each blob now is.
+    let config_size = match (config_size, config) {
+        (Some(size), _) => size,
+        (None, Some(config)) => {
+            session
+                .push_blob(
+                    &repository,
+                    config.clone(),
+                    &image.id,
+                    "uploading the image config",
+                )
+                .await?;
+            config.len() as u64
+        }
+        (None, None) => unreachable!("the loop ends only with the config"),
+    };
+    let ordered = image
+        .diff_ids
+        .iter()
+        .map(|d| blobs.get(d).cloned().expect("every layer has a blob now"))
+        .collect::<Vec<_>>();
+    let manifest = Bytes::from(manifest_bytes(&image.id, config_size, &ordered)?);
+    let digest = sha256_digest(&manifest);
+    let by_digest = at_digest(&repository, &digest);
+    session
+        .push_manifest(
+            &by_digest,
+            &manifest,
+            MANIFEST_MEDIA_TYPE,
+            "pushing the manifest",
+        )
+        .await?;
+    logs.line(format!("pushed manifest {by_digest}"));
+    for (diff_id, blob) in &blobs {
+        layers.record(diff_id, &blob.digest, blob.size, &target.repository);
+    }
+    layers.record(&image.id, &image.id, config_size, &target.repository);
+    Ok(PushedImage {
+        digest,
+        size: manifest.len() as u64,
+        media_type: MANIFEST_MEDIA_TYPE.to_owned(),
+    })
 }
 
-async fn unpack_and_compress(
-    export: impl Stream<Item = Result<Bytes, DockerError>> + Send + 'static,
-    work: PathBuf,
-) -> Result<PreparedImage, PushError> {
+#[derive(Debug, PartialEq, Eq)]
+enum Reuse {
+    Present,
+    Mounted,
+}
+
+/// The blob of `diff_id` (a layer's, or the config's own digest) if the map knows it and the
+/// repository has it or mounted it; `what` names it in the job's output.
+async fn reuse(
+    session: &Session,
+    repository: &Reference,
+    layers: &LayerMap,
+    diff_id: &str,
+    what: &str,
+    logs: &LogSink,
+) -> Result<Option<(Blob, Reuse)>, PushError> {
+    let Some(known) = layers.get(diff_id) else {
+        return Ok(None);
+    };
+    let blob = Blob {
+        digest: known.digest.clone(),
+        size: known.size,
+    };
+    if session.blob_exists(repository, &blob.digest).await? {
+        logs.line(format!(
+            "{what} {} already in the registry",
+            short(&blob.digest)
+        ));
+        return Ok(Some((blob, Reuse::Present)));
+    }
+    let own = format!("{}/{}", repository.registry(), repository.repository());
+    let sources = known.repositories.iter().filter_map(|r| {
+        let (registry, name) = r.split_once('/')?;
+        (registry == repository.registry() && *r != own)
+            .then(|| Reference::with_tag(registry.to_owned(), name.to_owned(), "latest".to_owned()))
+    });
+    for source in sources.take(3) {
+        if session
+            .mount_blob(repository, &source, &blob.digest)
+            .await?
+        {
+            logs.line(format!(
+                "{what} {} mounted from {}",
+                short(&blob.digest),
+                source.repository()
+            ));
+            return Ok(Some((blob, Reuse::Mounted)));
+        }
+    }
+    Ok(None)
+}
+
+/// What one pass over the export gave.
+struct Exported {
+    /// The config, if it was wanted.
+    config: Option<Bytes>,
+    /// Each wanted layer met in the export, and how its upload went.
+    uploads: Vec<(String, Result<Blob, RegistryError>)>,
+}
+
+/// What the export reader hands to the uploader.
+enum Found {
+    Config(Vec<u8>),
+    Layer {
+        diff_id: String,
+        chunks: mpsc::Receiver<std::io::Result<Bytes>>,
+    },
+}
+
+/// One `docker save` of `image_id`, read as a stream: the `wanted` layers are compressed and
+/// uploaded on the way (the next while the last finishes), the config kept if `want_config`.
+async fn export_pass(
+    engine: &DockerEngine,
+    image_id: &str,
+    wanted: &HashSet<String>,
+    want_config: bool,
+    session: &Session,
+    repository: &Reference,
+    logs: &LogSink,
+) -> Result<Exported, PushError> {
     // The export error, if the stream fails, is kept aside: the tar reader only sees an I/O error.
     let export_error = std::sync::Arc::new(std::sync::Mutex::new(None::<DockerError>));
     let slot = export_error.clone();
-    let bytes = Box::pin(export).map_err(move |e| {
+    let bytes = Box::pin(engine.export(image_id)).map_err(move |e| {
         let message = e.to_string();
         *slot.lock().expect("export error lock") = Some(e);
         std::io::Error::other(message)
     });
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(bytes));
-    let result = tokio::task::spawn_blocking(move || prepare(reader, &work))
+    let (found_tx, mut found_rx) = mpsc::channel::<Found>(1);
+    let image_id_owned = image_id.to_owned();
+    let wanted_owned = wanted.clone();
+    let reader_task = tokio::task::spawn_blocking(move || {
+        read_export(
+            reader,
+            &image_id_owned,
+            &wanted_owned,
+            want_config,
+            &found_tx,
+        )
+    });
+
+    let mut config = None;
+    let mut uploads = Vec::new();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut reading = true;
+    while reading || !running.is_empty() {
+        tokio::select! {
+            found = found_rx.recv(), if reading => match found {
+                Some(Found::Config(bytes)) => config = Some(Bytes::from(bytes)),
+                Some(Found::Layer { diff_id, chunks }) => {
+                    running.push(async move {
+                        let started = std::time::Instant::now();
+                        let stream = tokio_stream::wrappers::ReceiverStream::new(chunks);
+                        let result = session
+                            .push_blob_streamed(
+                                repository,
+                                stream,
+                                &format!("uploading layer {diff_id}"),
+                            )
+                            .await
+                            .map(|(digest, size)| Blob { digest, size });
+                        (diff_id, result, started.elapsed())
+                    });
+                }
+                None => reading = false,
+            },
+            Some((diff_id, result, took)) = running.next(), if !running.is_empty() => {
+                if let Ok(blob) = &result {
+                    logs.line(format!(
+                        "pushed layer {} ({}) in {:.1}s",
+                        short(&blob.digest),
+                        human_size(blob.size),
+                        took.as_secs_f64()
+                    ));
+                }
+                uploads.push((diff_id, result));
+            }
+        }
+    }
+    let read = reader_task
         .await
         .map_err(|e| PushError::Archive(format!("the export task failed: {e}")))?;
-    match (
-        result,
-        export_error.lock().expect("export error lock").take(),
-    ) {
+    let exported = export_error.lock().expect("export error lock").take();
+    match (read, exported) {
         (Err(_), Some(export)) => Err(PushError::Export(export)),
-        (result, _) => result,
+        (Err(e), None) => Err(e),
+        (Ok(()), _) => Ok(Exported { config, uploads }),
     }
 }
 
-/// Unpacks a `docker save` tar into `work`, then compresses each layer. Blocking.
-fn prepare(reader: impl Read, work: &Path) -> Result<PreparedImage, PushError> {
-    let scratch = |path: &Path| {
-        let path = path.to_owned();
-        move |source| PushError::Scratch { path, source }
+/// Reads a `docker save` tar (blocking): hands the config and each wanted layer (as compressed
+/// chunks) to `found`, and reads past everything else.
+fn read_export(
+    reader: impl Read,
+    image_id: &str,
+    wanted: &HashSet<String>,
+    want_config: bool,
+    found: &mpsc::Sender<Found>,
+) -> Result<(), PushError> {
+    let archive_error = |e: std::io::Error| {
+        PushError::Archive(format!("cannot read the exported image {image_id}: {e}"))
     };
-    let unpacked = work.join("image");
-    std::fs::create_dir_all(&unpacked).map_err(scratch(&unpacked))?;
     let mut archive = tar::Archive::new(reader);
-    archive
-        .unpack(&unpacked)
-        .map_err(|e| PushError::Archive(format!("cannot unpack the exported image: {e}")))?;
-
-    let manifest_path = unpacked.join("manifest.json");
-    let manifest = std::fs::read(&manifest_path)
-        .map_err(|e| PushError::Archive(format!("no manifest.json in the export: {e}")))?;
-    let mut entries: Vec<SaveManifestEntry> = serde_json::from_slice(&manifest)
-        .map_err(|e| PushError::Archive(format!("manifest.json is not understood: {e}")))?;
-    if entries.len() != 1 {
-        return Err(PushError::Archive(format!(
-            "manifest.json describes {} images, expected exactly one",
-            entries.len()
-        )));
-    }
-    let entry = entries.remove(0);
-
-    let config = std::fs::read(inside(&unpacked, &entry.config)?)
-        .map_err(|e| PushError::Archive(format!("cannot read the config {}: {e}", entry.config)))?;
-    let config_digest = sha256_digest(&config);
-    let diff_ids = diff_ids(&config)?;
-    if diff_ids.len() != entry.layers.len() {
-        return Err(PushError::Archive(format!(
-            "the config lists {} layer diff_ids but the export has {} layers",
-            diff_ids.len(),
-            entry.layers.len()
-        )));
-    }
-
-    let mut done: HashMap<String, usize> = HashMap::new();
-    let mut layers: Vec<PreparedLayer> = Vec::with_capacity(entry.layers.len());
-    for (index, (layer, diff_id)) in entry.layers.iter().zip(&diff_ids).enumerate() {
-        // The same layer twice in one image (e.g. two identical COPY steps) is compressed once.
-        if let Some(&earlier) = done.get(diff_id) {
-            let e = &layers[earlier];
-            layers.push(PreparedLayer {
-                gz_path: e.gz_path.clone(),
-                digest: e.digest.clone(),
-                size: e.size,
-            });
+    let mut seen_layers: HashSet<String> = HashSet::new();
+    for entry in archive.entries().map_err(archive_error)? {
+        let mut entry = entry.map_err(archive_error)?;
+        let path = entry.path().map_err(archive_error)?.into_owned();
+        let Some(hex) = path.to_str().and_then(|p| p.strip_prefix("blobs/sha256/")) else {
             continue;
-        }
-        let source = inside(&unpacked, layer)?;
-        let (uncompressed, gz_path, digest, size) = match layer_compression(&source)? {
-            // Daemons with the containerd image store export their stored, already gzipped blobs.
-            Compression::Gzip => {
-                let (uncompressed, digest, size) = hash_gzipped(&source)?;
-                (uncompressed, source.clone(), digest, size)
-            }
-            Compression::None => {
-                let gz_path = work.join(format!("layer-{index}.tar.gz"));
-                let (uncompressed, digest, size) = compress(&source, &gz_path)?;
-                // The uncompressed copy is no longer needed; free the space early.
-                let _ = std::fs::remove_file(&source);
-                (uncompressed, gz_path, digest, size)
-            }
         };
-        if &uncompressed != diff_id {
-            return Err(PushError::Archive(format!(
-                "layer {layer} hashes to {uncompressed} but the config says {diff_id}"
-            )));
-        }
-        done.insert(diff_id.clone(), layers.len());
-        layers.push(PreparedLayer {
-            gz_path,
-            digest,
-            size,
-        });
-    }
-    Ok(PreparedImage {
-        config: Bytes::from(config),
-        config_digest,
-        layers,
-    })
-}
-
-/// `relative` joined to `root`, refusing paths that climb out of it.
-fn inside(root: &Path, relative: &str) -> Result<PathBuf, PushError> {
-    let rel = Path::new(relative);
-    if rel.is_absolute()
-        || rel
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return Err(PushError::Archive(format!(
-            "manifest.json names a path outside the export: {relative}"
-        )));
-    }
-    Ok(root.join(rel))
-}
-
-fn diff_ids(config: &[u8]) -> Result<Vec<String>, PushError> {
-    #[derive(serde::Deserialize)]
-    struct Config {
-        rootfs: RootFs,
-    }
-    #[derive(serde::Deserialize)]
-    struct RootFs {
-        diff_ids: Vec<String>,
-    }
-    let config: Config = serde_json::from_slice(config)
-        .map_err(|e| PushError::Archive(format!("the image config is not understood: {e}")))?;
-    Ok(config.rootfs.diff_ids)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Compression {
-    None,
-    Gzip,
-}
-
-/// How a layer file of the export is compressed, from its first bytes.
-fn layer_compression(path: &Path) -> Result<Compression, PushError> {
-    let mut magic = [0u8; 4];
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| PushError::Archive(format!("cannot open layer {}: {e}", path.display())))?;
-    let mut read = 0;
-    while read < magic.len() {
-        match file.read(&mut magic[read..]) {
-            Ok(0) => break,
-            Ok(n) => read += n,
-            Err(e) => {
+        let digest = format!("sha256:{hex}");
+        if digest == image_id && want_config {
+            if entry.size() > MAX_CONFIG_BYTES {
                 return Err(PushError::Archive(format!(
-                    "cannot read layer {}: {e}",
-                    path.display()
+                    "the config of image {image_id} is {} bytes, more than {MAX_CONFIG_BYTES}",
+                    entry.size()
                 )));
             }
+            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut bytes).map_err(archive_error)?;
+            if sha256_digest(&bytes) != image_id {
+                return Err(PushError::Archive(format!(
+                    "the exported config of image {image_id} hashes to {}",
+                    sha256_digest(&bytes)
+                )));
+            }
+            let _ = found.blocking_send(Found::Config(bytes));
+        } else if wanted.contains(&digest) && seen_layers.insert(digest.clone()) {
+            let (tx, rx) = mpsc::channel(2);
+            if found
+                .blocking_send(Found::Layer {
+                    diff_id: digest.clone(),
+                    chunks: rx,
+                })
+                .is_err()
+            {
+                return Ok(());
+            }
+            compress_entry(&mut entry, &digest, tx)?;
         }
     }
-    match &magic[..read] {
-        [0x1f, 0x8b, ..] => Ok(Compression::Gzip),
-        [0x28, 0xb5, 0x2f, 0xfd] => Err(PushError::Archive(format!(
-            "layer {} is zstd-compressed, which the worker cannot push yet; use a daemon without the containerd image store",
-            path.display()
-        ))),
-        _ => Ok(Compression::None),
-    }
+    Ok(())
 }
 
-/// For an already gzipped layer: (digest of the uncompressed bytes, digest of the file, its size).
-fn hash_gzipped(path: &Path) -> Result<(String, String, u64), PushError> {
-    let read_error = |e: std::io::Error| {
-        PushError::Archive(format!("cannot read layer {}: {e}", path.display()))
+/// Gzip-compresses one layer entry into `chunks` of about [`CHUNK_BYTES`], checking that its
+/// uncompressed bytes hash to `diff_id`. A mismatch ends the chunks with an error, so the upload
+/// is never committed. If the uploader went away (its upload failed), the rest is read past.
+fn compress_entry(
+    entry: &mut impl Read,
+    diff_id: &str,
+    chunks: mpsc::Sender<std::io::Result<Bytes>>,
+) -> Result<(), PushError> {
+    let sink = ChunkSender {
+        buf: Vec::with_capacity(CHUNK_BYTES),
+        tx: chunks.clone(),
+        gone: false,
     };
-    let file = std::fs::File::open(path).map_err(read_error)?;
-    let mut compressed = HashingReader {
-        inner: std::io::BufReader::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-        read: 0,
-    };
-    let mut uncompressed = HashingWriter {
-        inner: std::io::sink(),
-        hasher: Sha256::new(),
-        written: 0,
-    };
-    let mut decoder = flate2::read::MultiGzDecoder::new(&mut compressed);
-    std::io::copy(&mut decoder, &mut uncompressed).map_err(read_error)?;
-    drop(decoder);
-    // Whatever follows the gzip members is part of the blob too.
-    std::io::copy(&mut compressed, &mut std::io::sink()).map_err(read_error)?;
-    Ok((
-        format!("sha256:{}", hex::encode(uncompressed.hasher.finalize())),
-        format!("sha256:{}", hex::encode(compressed.hasher.finalize())),
-        compressed.read,
-    ))
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    read: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.read += n as u64;
-        Ok(n)
-    }
-}
-
-/// Gzip-compresses `source` into `dest`; returns (digest of the uncompressed bytes, digest of the
-/// compressed bytes, compressed size).
-fn compress(source: &Path, dest: &Path) -> Result<(String, String, u64), PushError> {
-    let mut input = std::fs::File::open(source)
-        .map_err(|e| PushError::Archive(format!("cannot open layer {}: {e}", source.display())))?;
-    let scratch = |source| PushError::Scratch {
-        path: dest.to_owned(),
-        source,
-    };
-    let output = std::fs::File::create(dest).map_err(scratch)?;
-    let hashing = HashingWriter {
-        inner: std::io::BufWriter::with_capacity(1 << 20, output),
-        hasher: Sha256::new(),
-        written: 0,
-    };
-    // A fixed header (no name, mtime 0) makes the same layer compress to the same blob every time,
-    // so a rebuild finds its layers already in the registry.
-    let mut encoder = flate2::GzBuilder::new().write(hashing, flate2::Compression::fast());
+    // A fixed header (no name, mtime 0) and level make the same layer compress to the same blob
+    // every time, so a rebuild finds its layers already in the registry.
+    let mut encoder = flate2::GzBuilder::new().write(sink, flate2::Compression::fast());
     let mut uncompressed = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = input.read(&mut buf).map_err(|e| {
-            PushError::Archive(format!("cannot read layer {}: {e}", source.display()))
+        let n = entry.read(&mut buf).map_err(|e| {
+            PushError::Archive(format!("cannot read layer {diff_id} of the export: {e}"))
         })?;
         if n == 0 {
             break;
         }
         uncompressed.update(&buf[..n]);
-        encoder.write_all(&buf[..n]).map_err(scratch)?;
+        // Writes fail only once the uploader is gone; the entry is then just read to its end.
+        let _ = encoder.write_all(&buf[..n]);
     }
-    let mut hashing = encoder.finish().map_err(scratch)?;
-    hashing.inner.flush().map_err(scratch)?;
-    Ok((
-        format!("sha256:{}", hex::encode(uncompressed.finalize())),
-        format!("sha256:{}", hex::encode(hashing.hasher.finalize())),
-        hashing.written,
-    ))
+    let actual = format!("sha256:{}", hex::encode(uncompressed.finalize()));
+    if actual != diff_id {
+        let _ = chunks.blocking_send(Err(std::io::Error::other(format!(
+            "layer hashes to {actual}, not {diff_id}"
+        ))));
+        return Err(PushError::Archive(format!(
+            "layer {diff_id} of the export hashes to {actual}: the daemon's export does not match the image"
+        )));
+    }
+    if let Ok(mut sink) = encoder.finish() {
+        let _ = sink.flush_chunk();
+    }
+    Ok(())
 }
 
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
+/// Collects compressed bytes into chunks and sends each full one (blocking) to the uploader.
+struct ChunkSender {
+    buf: Vec<u8>,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    gone: bool,
 }
 
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
+impl ChunkSender {
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(CHUNK_BYTES),
+        ));
+        if self.gone || self.tx.blocking_send(Ok(chunk)).is_err() {
+            self.gone = true;
+            return Err(std::io::Error::other("the upload ended"));
+        }
+        Ok(())
     }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.gone {
+            return Err(std::io::Error::other("the upload ended"));
+        }
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.flush_chunk()?;
+        }
+        Ok(data.len())
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+        Ok(())
     }
 }
 
 /// The manifest bytes for a config and its layers.
-fn manifest_bytes(image: &PreparedImage) -> Result<Vec<u8>, PushError> {
+fn manifest_bytes(
+    config_digest: &str,
+    config_size: u64,
+    layers: &[Blob],
+) -> Result<Vec<u8>, PushError> {
     let descriptor = |media_type: MediaType, size: u64, digest: &str| {
         oci_spec::image::Digest::from_str(digest)
             .map(|d| Descriptor::new(media_type, size, d))
             .map_err(|e| PushError::Archive(format!("bad digest {digest}: {e}")))
     };
-    let config = descriptor(
-        MediaType::ImageConfig,
-        image.config.len() as u64,
-        &image.config_digest,
-    )?;
-    let layers = image
-        .layers
+    let config = descriptor(MediaType::ImageConfig, config_size, config_digest)?;
+    let layers = layers
         .iter()
         .map(|l| descriptor(MediaType::ImageLayerGzip, l.size, &l.digest))
         .collect::<Result<Vec<_>, _>>()?;
@@ -553,276 +776,6 @@ fn manifest_bytes(image: &PreparedImage) -> Result<Vec<u8>, PushError> {
 
 fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// One repository of one registry, with the client and credentials to reach it.
-struct Registry {
-    client: Client,
-    reference: Reference,
-    registry: String,
-    auth: RegistryAuth,
-    /// The job's output, where retries are told.
-    logs: LogSink,
-}
-
-impl Registry {
-    /// The client for `target`'s repository, with the credentials of the worker's Docker config
-    /// (`auths`, `credsStore` and `credHelpers`, as the docker CLI reads them).
-    fn for_target(target: &PushTarget, logs: &LogSink) -> Result<Self, PushError> {
-        let reference = parse_repository(&target.repository)?;
-        let registry = reference.registry().to_owned();
-        let auth = match target.docker_config.as_deref() {
-            Some(path) => DockerConfig::load_from(path)?.credentials(&registry)?.auth,
-            None => RegistryAuth::Anonymous,
-        };
-        Ok(Self::new(
-            reference,
-            registry,
-            auth,
-            target.insecure,
-            logs.clone(),
-        ))
-    }
-
-    fn new(
-        reference: Reference,
-        registry: String,
-        auth: RegistryAuth,
-        insecure: bool,
-        logs: LogSink,
-    ) -> Self {
-        let client = Client::new(ClientConfig {
-            protocol: if insecure {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            // One PUT per blob, its body streamed from the compressed file.
-            use_monolithic_push: true,
-            connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(300)),
-            ..ClientConfig::default()
-        });
-        Self {
-            client,
-            reference,
-            registry,
-            auth,
-            logs,
-        }
-    }
-
-    async fn push(&self, image: &PreparedImage, logs: &LogSink) -> Result<PushedImage, PushError> {
-        self.retry("authenticate", || async {
-            self.client
-                .auth(&self.reference, &self.auth, RegistryOperation::Push)
-                .await
-                .map(|_| ())
-        })
-        .await?;
-
-        let mut pushed: Vec<&str> = Vec::new();
-        for layer in &image.layers {
-            if pushed.contains(&layer.digest.as_str()) {
-                continue;
-            }
-            pushed.push(&layer.digest);
-            if self.exists(&layer.digest).await? {
-                logs.line(format!(
-                    "layer {} already in the registry",
-                    short(&layer.digest)
-                ));
-                continue;
-            }
-            let started = std::time::Instant::now();
-            self.retry(&format!("upload layer {}", layer.digest), || async {
-                let file = tokio::fs::File::open(&layer.gz_path).await?;
-                let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
-                    .map_err(OciDistributionError::IoError);
-                self.client
-                    .push_blob_stream(&self.reference, stream, &layer.digest, Some(layer.size))
-                    .await
-                    .map(|_| ())
-            })
-            .await?;
-            logs.line(format!(
-                "pushed layer {} ({}) in {:.1}s",
-                short(&layer.digest),
-                human_size(layer.size),
-                started.elapsed().as_secs_f64()
-            ));
-        }
-
-        if !self.exists(&image.config_digest).await? {
-            self.retry("upload the image config", || async {
-                self.client
-                    .push_blob(&self.reference, image.config.clone(), &image.config_digest)
-                    .await
-                    .map(|_| ())
-            })
-            .await?;
-        }
-
-        let manifest = Bytes::from(manifest_bytes(image)?);
-        let digest = sha256_digest(&manifest);
-        let by_digest = Reference::with_digest(
-            self.reference.registry().to_owned(),
-            self.reference.repository().to_owned(),
-            digest.clone(),
-        );
-        self.retry("push the manifest", || async {
-            self.client
-                .push_manifest_raw(
-                    &by_digest,
-                    manifest.clone(),
-                    MANIFEST_MEDIA_TYPE
-                        .parse()
-                        .expect("the manifest media type is a valid header value"),
-                )
-                .await
-                .map(|_| ())
-        })
-        .await?;
-        logs.line(format!("pushed manifest {by_digest}"));
-        Ok(PushedImage {
-            digest,
-            size: manifest.len() as u64,
-            media_type: MANIFEST_MEDIA_TYPE.to_owned(),
-        })
-    }
-
-    async fn read_config(&self, pushed: &PushedImage) -> Result<PushedConfig, PushError> {
-        let by_digest = Reference::with_digest(
-            self.reference.registry().to_owned(),
-            self.reference.repository().to_owned(),
-            pushed.digest.clone(),
-        );
-        let accepted = [pushed.media_type.as_str(), MANIFEST_MEDIA_TYPE];
-        let (manifest, _) = self
-            .retry(&format!("read the manifest {by_digest}"), || {
-                self.client
-                    .pull_manifest_raw(&by_digest, &self.auth, &accepted)
-            })
-            .await?;
-        let actual = sha256_digest(&manifest);
-        if actual != pushed.digest || manifest.len() as u64 != pushed.size {
-            return Err(PushError::Archive(format!(
-                "the registry holds {} bytes with digest {actual} under {by_digest}, but {} bytes were reported",
-                manifest.len(),
-                pushed.size
-            )));
-        }
-        #[derive(serde::Deserialize)]
-        struct Manifest {
-            config: Descriptor,
-        }
-        let parsed: Manifest = serde_json::from_slice(&manifest).map_err(|e| {
-            PushError::Archive(format!(
-                "the pushed manifest {by_digest} is no image manifest: {e}"
-            ))
-        })?;
-        let config_digest = parsed.config.digest().to_string();
-        let config = self
-            .retry(&format!("read the config {config_digest}"), || async {
-                let mut blob = Vec::new();
-                self.client
-                    .pull_blob(&by_digest, config_digest.as_str(), &mut blob)
-                    .await
-                    .map(|()| blob)
-            })
-            .await?;
-        #[derive(serde::Deserialize)]
-        struct Config {
-            #[serde(default)]
-            os: String,
-            #[serde(default)]
-            architecture: String,
-            #[serde(default)]
-            variant: String,
-        }
-        let fields: Config = serde_json::from_slice(&config).map_err(|e| {
-            PushError::Archive(format!(
-                "the pushed config {config_digest} is not understood: {e}"
-            ))
-        })?;
-        Ok(PushedConfig {
-            digest: config_digest,
-            os: fields.os,
-            architecture: fields.architecture,
-            variant: fields.variant,
-        })
-    }
-
-    async fn exists(&self, digest: &str) -> Result<bool, PushError> {
-        self.retry(&format!("check blob {digest}"), || {
-            self.client.blob_exists(&self.reference, digest)
-        })
-        .await
-    }
-
-    /// Runs `op` until it succeeds, fails for good, or [`REGISTRY_ATTEMPTS`] transient failures.
-    async fn retry<T, F, Fut>(&self, action: &str, mut op: F) -> Result<T, PushError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, OciDistributionError>>,
-    {
-        let mut delay = REGISTRY_FIRST_DELAY;
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(source) => {
-                    let transient = is_transient(&source);
-                    if !transient || attempt >= REGISTRY_ATTEMPTS {
-                        return Err(PushError::Registry {
-                            registry: self.registry.clone(),
-                            action: action.to_owned(),
-                            attempts: attempt,
-                            transient,
-                            source,
-                        });
-                    }
-                    let wait = jittered(delay);
-                    tracing::warn!(registry = %self.registry, action, attempt, error = %source, "registry request failed; retrying in {wait:?}");
-                    self.logs.line(format!(
-                        "registry {}: {action} failed (try {attempt} of {REGISTRY_ATTEMPTS}): {}; retrying in {:.1}s",
-                        self.registry,
-                        crate::error_chain(&source),
-                        wait.as_secs_f64()
-                    ));
-                    tokio::time::sleep(wait).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-            }
-        }
-    }
-}
-
-/// Whether a registry error is worth retrying: server errors, throttling, broken connections.
-pub fn is_transient(error: &OciDistributionError) -> bool {
-    match error {
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
-        OciDistributionError::RequestError(e) => {
-            e.is_connect()
-                || e.is_timeout()
-                || e.is_request()
-                || e.is_body()
-                || e.status()
-                    .is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
-        }
-        OciDistributionError::IoError(_) => true,
-        _ => false,
-    }
-}
-
-/// `delay` scaled by a random factor in [0.75, 1.25), so that workers do not retry in lockstep.
-pub(crate) fn jittered(delay: Duration) -> Duration {
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let factor = 0.75 + (random % 1000) as f64 / 2000.0;
-    delay.mul_f64(factor)
 }
 
 fn short(digest: &str) -> &str {
@@ -866,74 +819,89 @@ mod tests {
         }
     }
 
+    /// Compresses `data` as a layer entry through a chunk channel; returns the chunks' bytes.
+    fn compress(
+        data: &[u8],
+        diff_id: &str,
+    ) -> (Result<(), PushError>, Vec<std::io::Result<Bytes>>) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let result = compress_entry(&mut &data[..], diff_id, tx);
+        let mut chunks = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            chunks.push(c);
+        }
+        (result, chunks)
+    }
+
     #[test]
-    fn compressing_gives_stable_digests_and_the_uncompressed_diff_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("layer.tar");
-        std::fs::write(&src, b"some layer bytes, repeated ".repeat(1000)).unwrap();
-        let (raw, gz1, size1) = compress(&src, &dir.path().join("a.gz")).unwrap();
-        let (_, gz2, size2) = compress(&src, &dir.path().join("b.gz")).unwrap();
-        assert_eq!(raw, sha256_digest(&std::fs::read(&src).unwrap()));
-        assert_eq!(
-            (gz1.clone(), size1),
-            (gz2, size2),
-            "compression must be deterministic"
-        );
-        let gz = std::fs::read(dir.path().join("a.gz")).unwrap();
-        assert_eq!(sha256_digest(&gz), gz1);
-        assert_eq!(gz.len() as u64, size1);
+    fn a_layer_compresses_to_the_same_blob_every_time_and_back_to_its_bytes() {
+        // Incompressible enough to need several chunks.
+        let mut data = Vec::new();
+        let mut x: u64 = 7;
+        while data.len() < 3 * CHUNK_BYTES {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            data.extend_from_slice(&x.to_le_bytes());
+        }
+        let diff_id = sha256_digest(&data);
+        let (ok, first) = compress(&data, &diff_id);
+        ok.unwrap();
+        let (_, second) = compress(&data, &diff_id);
+        let join = |chunks: Vec<std::io::Result<Bytes>>| -> Vec<u8> {
+            chunks
+                .into_iter()
+                .flat_map(|c| c.unwrap().to_vec())
+                .collect()
+        };
+        let (a, b) = (join(first), join(second));
+        assert!(a.len() > 2 * CHUNK_BYTES, "several chunks: {}", a.len());
+        assert_eq!(sha256_digest(&a), sha256_digest(&b), "deterministic");
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..])
+        flate2::read::GzDecoder::new(&a[..])
             .read_to_end(&mut back)
             .unwrap();
-        assert_eq!(back, std::fs::read(&src).unwrap());
+        assert_eq!(back, data);
     }
 
     #[test]
-    fn an_already_gzipped_layer_is_pushed_as_is_with_the_diff_id_of_its_contents() {
-        let dir = tempfile::tempdir().unwrap();
-        let raw = dir.path().join("layer.tar");
-        std::fs::write(&raw, b"tar bytes ".repeat(500)).unwrap();
-        let gz = dir.path().join("blob");
-        let (diff_id, digest, size) = compress(&raw, &gz).unwrap();
-        assert_eq!(layer_compression(&raw).unwrap(), Compression::None);
-        assert_eq!(layer_compression(&gz).unwrap(), Compression::Gzip);
-        assert_eq!(hash_gzipped(&gz).unwrap(), (diff_id, digest, size));
-
-        let zstd = dir.path().join("zstd");
-        std::fs::write(&zstd, [0x28, 0xb5, 0x2f, 0xfd, 0]).unwrap();
-        let err = layer_compression(&zstd).unwrap_err().to_string();
-        assert!(err.contains("zstd"), "{err}");
-        let empty = dir.path().join("empty");
-        std::fs::write(&empty, b"").unwrap();
-        assert_eq!(layer_compression(&empty).unwrap(), Compression::None);
+    fn a_layer_that_is_not_its_diff_id_never_completes_an_upload() {
+        let data = b"layer bytes".repeat(100);
+        let wrong = sha256_digest(b"something else");
+        let (result, chunks) = compress(&data, &wrong);
+        let err = result.unwrap_err().to_string();
+        assert!(
+            err.contains(&wrong) && err.contains(&sha256_digest(&data)),
+            "{err}"
+        );
+        assert!(
+            chunks.last().is_some_and(|c| c.is_err()),
+            "the upload stream ends with an error, so the blob is never committed"
+        );
     }
 
     #[test]
-    fn transient_errors_are_server_errors_and_throttling() {
-        let server = |code| OciDistributionError::ServerError {
-            code,
-            url: "u".into(),
-            message: "m".into(),
+    fn an_upload_that_went_away_lets_the_export_go_on() {
+        let data = vec![1u8; 2 * CHUNK_BYTES];
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        compress_entry(&mut &data[..], &sha256_digest(&data), tx).unwrap();
+    }
+
+    #[test]
+    fn the_manifest_lists_layers_in_order() {
+        let blob = |c: char, size| Blob {
+            digest: format!("sha256:{}", c.to_string().repeat(64)),
+            size,
         };
-        assert!(is_transient(&server(500)));
-        assert!(is_transient(&server(503)));
-        assert!(is_transient(&server(429)));
-        assert!(!is_transient(&server(401)));
-        assert!(!is_transient(&server(404)));
-        assert!(!is_transient(&OciDistributionError::AuthenticationFailure(
-            "denied".into()
-        )));
-    }
-
-    #[test]
-    fn jitter_stays_within_a_quarter_of_the_delay() {
-        for _ in 0..100 {
-            let d = jittered(Duration::from_millis(1000));
-            assert!(
-                d >= Duration::from_millis(750) && d < Duration::from_millis(1250),
-                "{d:?}"
-            );
-        }
+        let bytes = manifest_bytes(&blob('c', 0).digest, 5, &[blob('a', 1), blob('b', 2)]).unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(m["mediaType"], MANIFEST_MEDIA_TYPE);
+        assert_eq!(m["config"]["mediaType"], CONFIG_MEDIA_TYPE);
+        assert_eq!(m["config"]["size"], 5);
+        let layers = m["layers"].as_array().unwrap();
+        assert_eq!(layers[0]["digest"], blob('a', 1).digest);
+        assert_eq!(layers[1]["size"], 2);
+        assert!(layers.iter().all(|l| l["mediaType"] == LAYER_MEDIA_TYPE));
     }
 }

@@ -1,7 +1,9 @@
 //! Real multi-stage builds on the real daemons, in both image-store modes (graphdriver: the worker
 //! pushes from `docker save`; containerd: BuildKit pushes by digest itself), pushed by digest to
 //! the real registry, checked independently with skopeo: the manifest exists under its digest, its
-//! config and its files say the right architecture, and the repository has no tag.
+//! config and its files say the right architecture, and the repository has no tag. On graphdriver
+//! engines a second push finds every layer in the repository, and a push to another repository
+//! mounts every blob from the first.
 
 mod support;
 
@@ -108,12 +110,47 @@ async fn builds_and_pushes(docker_host: &str, platform: &str, uname: &str) {
     assert_eq!(second_pushed.digest, pushed.digest, "{}", second.log());
     if !containerd_store(docker_host).await {
         assert!(second.logged("already in the registry"), "{}", second.log());
+        assert!(
+            second.logged("0 mounted, 0 to upload"),
+            "nothing compressed or uploaded again: {}",
+            second.log()
+        );
+
+        // Another repository of the same registry: every blob is mounted from the first, none
+        // uploaded, and the image there is complete (skopeo reads its files).
+        let other = unique_repository("by-digest-mounted");
+        let mut elsewhere = job.clone();
+        elsewhere.attempt = 3;
+        elsewhere.repository = other.clone();
+        let third = run_job(docker_host, &elsewhere, &ctx, &options(scratch.path())).await;
+        let third_pushed = third.result.as_ref().unwrap_or_else(|f| panic!("{f:?}"));
+        assert_eq!(third_pushed.digest, pushed.digest, "{}", third.log());
+        assert!(third.logged("0 already there"), "{}", third.log());
+        assert!(third.logged("mounted, 0 to upload"), "{}", third.log());
+        assert!(
+            third.logged("config ")
+                && third.logged(&format!(
+                    "mounted from {}",
+                    repository.split_once('/').unwrap().1
+                )),
+            "{}",
+            third.log()
+        );
+        assert!(!third.logged("pushed layer"), "{}", third.log());
+        assert_eq!(
+            file_in_image(&format!("{other}@{}", pushed.digest), "marker")
+                .as_deref()
+                .map(str::trim),
+            Some(marker.as_str())
+        );
     }
-    assert_eq!(
-        std::fs::read_dir(scratch.path()).unwrap().count(),
-        0,
-        "scratch files were left behind"
-    );
+    // The push writes nothing to disk but the layer map.
+    let left: Vec<_> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "layers")
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "scratch files were left behind");
 }
 
 async fn containerd_store(docker_host: &str) -> bool {

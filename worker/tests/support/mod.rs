@@ -123,10 +123,10 @@ pub fn spec(platform: &str, repository: &str, context: &Context) -> JobSpec {
     }
 }
 
-/// Options with a private scratch folder and no credentials.
-pub fn options(scratch: &Path) -> ExecuteOptions {
+/// Options with a private cache folder (the layer map) and no credentials.
+pub fn options(cache: &Path) -> ExecuteOptions {
     ExecuteOptions {
-        scratch_dir: scratch.to_owned(),
+        layers: manifold_worker::layers::LayerMap::new(cache),
         docker_config: None,
         build_platform_override: None,
     }
