@@ -405,6 +405,10 @@ pub struct TeamView {
     pub share: f64,
     /// Its weight over the weights of all teams with work, 0 to 1: what it is entitled to.
     pub weight_share: f64,
+    /// `registry/repository` patterns it may push to; `["*"]` when the farm has no rules.
+    pub repositories: Vec<String>,
+    /// Registries the coordinator holds a login for, for this team.
+    pub login_registries: Vec<String>,
 }
 
 impl From<&v1::TeamInfo> for TeamView {
@@ -417,7 +421,29 @@ impl From<&v1::TeamInfo> for TeamView {
             queued: t.queued,
             share: t.share,
             weight_share: t.weight_share,
+            repositories: if t.push_anywhere {
+                vec!["*".to_owned()]
+            } else {
+                t.repositories.clone()
+            },
+            login_registries: t.login_registries.clone(),
         }
+    }
+}
+
+/// The PUSH TO column: the team's patterns, `any` without rules, `none` when it has none.
+fn push_to(t: &v1::TeamInfo) -> String {
+    let rules = if t.push_anywhere {
+        "any".to_owned()
+    } else if t.repositories.is_empty() {
+        "none".to_owned()
+    } else {
+        t.repositories.join(", ")
+    };
+    if t.login_registries.is_empty() {
+        rules
+    } else {
+        format!("{rules} (login: {})", t.login_registries.join(", "))
     }
 }
 
@@ -432,7 +458,8 @@ fn percent(fraction: f64) -> String {
 }
 
 /// `manifold teams`: TEAM, WEIGHT, CAP (`-`: none), RUNNING, QUEUED, SHARE (`33% (of 25%)`: the
-/// share of running jobs it has, then the share its weight entitles it to).
+/// share of running jobs it has, then the share its weight entitles it to), PUSH TO (its
+/// repository rules, and the registries the farm has a login for).
 pub fn teams_table(teams: &[v1::TeamInfo]) -> String {
     if teams.is_empty() {
         return "no team is declared and nothing runs or waits\n".to_owned();
@@ -451,11 +478,14 @@ pub fn teams_table(teams: &[v1::TeamInfo]) -> String {
                 t.running.to_string(),
                 t.queued.to_string(),
                 format!("{} (of {})", percent(t.share), percent(t.weight_share)),
+                push_to(t),
             ]
         })
         .collect();
     render_table(
-        &["TEAM", "WEIGHT", "CAP", "RUNNING", "QUEUED", "SHARE"],
+        &[
+            "TEAM", "WEIGHT", "CAP", "RUNNING", "QUEUED", "SHARE", "PUSH TO",
+        ],
         &rows,
     )
 }
@@ -704,6 +734,9 @@ mod tests {
                 queued: 4,
                 share: 1.0 / 3.0,
                 weight_share: 0.25,
+                repositories: vec!["r.example/web/**".into()],
+                login_registries: vec!["r.example".into()],
+                ..Default::default()
             },
             v1::TeamInfo {
                 name: "data".into(),
@@ -713,6 +746,8 @@ mod tests {
                 queued: 0,
                 share: 2.0 / 3.0,
                 weight_share: 0.75,
+                repositories: vec!["r.example/data/*".into(), "r.example/shared/*".into()],
+                ..Default::default()
             },
             v1::TeamInfo {
                 name: "idle".into(),
@@ -722,15 +757,25 @@ mod tests {
         ];
         assert_eq!(
             teams_table(&teams),
-            "TEAM  WEIGHT  CAP  RUNNING  QUEUED  SHARE\n\
-             web   1       -    1        4       33% (of 25%)\n\
-             data  3       8    2        0       67% (of 75%)\n\
-             idle  2       -    0        0       0% (of 0%)\n"
+            "TEAM  WEIGHT  CAP  RUNNING  QUEUED  SHARE         PUSH TO\n\
+             web   1       -    1        4       33% (of 25%)  r.example/web/** (login: r.example)\n\
+             data  3       8    2        0       67% (of 75%)  r.example/data/*, r.example/shared/*\n\
+             idle  2       -    0        0       0% (of 0%)    none\n"
         );
+        let open = v1::TeamInfo {
+            name: "default".into(),
+            weight: 1,
+            push_anywhere: true,
+            ..Default::default()
+        };
+        assert!(teams_table(std::slice::from_ref(&open)).ends_with("0% (of 0%)  any\n"));
+        let json: serde_json::Value = serde_json::from_str(&teams_json(&[open])).unwrap();
+        assert_eq!(json["teams"][0]["repositories"][0], "*");
         let json: serde_json::Value = serde_json::from_str(&teams_json(&teams)).unwrap();
         assert_eq!(json["teams"][1]["name"], "data");
         assert_eq!(json["teams"][1]["max_concurrent_jobs"], 8);
         assert_eq!(json["teams"][0]["weight_share"], 0.25);
+        assert_eq!(json["teams"][0]["login_registries"][0], "r.example");
         assert_eq!(
             teams_table(&[]),
             "no team is declared and nothing runs or waits\n"

@@ -45,6 +45,8 @@ async fn teams_shows_each_team_s_share_beside_its_weight_share() {
             queued: 3,
             share: 1.0 / 3.0,
             weight_share: 0.25,
+            push_anywhere: true,
+            ..Default::default()
         },
         v1::TeamInfo {
             name: "data".into(),
@@ -54,14 +56,16 @@ async fn teams_shows_each_team_s_share_beside_its_weight_share() {
             queued: 0,
             share: 2.0 / 3.0,
             weight_share: 0.75,
+            push_anywhere: true,
+            ..Default::default()
         },
     ];
     let served = serve(Arc::clone(&twin)).await;
     assert_eq!(
         ok(&run(&served.address, &["teams"]).await),
-        "TEAM  WEIGHT  CAP  RUNNING  QUEUED  SHARE\n\
-         web   1       4    1        3       33% (of 25%)\n\
-         data  3       -    2        0       67% (of 75%)\n"
+        "TEAM  WEIGHT  CAP  RUNNING  QUEUED  SHARE         PUSH TO\n\
+         web   1       4    1        3       33% (of 25%)  any\n\
+         data  3       -    2        0       67% (of 75%)  any\n"
     );
     let json: serde_json::Value =
         serde_json::from_str(&ok(

@@ -220,6 +220,7 @@ fn status(e: impl Into<ApiError>) -> Status {
         ApiError::Farm(e @ FarmError::UnknownWorker(_)) => Status::not_found(e.to_string()),
         ApiError::Farm(e @ FarmError::DuplicateWorker(_)) => Status::already_exists(e.to_string()),
         ApiError::Farm(e @ FarmError::BadHello(_)) => Status::invalid_argument(e.to_string()),
+        ApiError::Farm(e @ FarmError::Forbidden(_)) => Status::permission_denied(e.to_string()),
         ApiError::Context(e @ (ContextError::BadDigest(_) | ContextError::Mismatch { .. })) => {
             Status::invalid_argument(e.to_string())
         }
@@ -483,6 +484,15 @@ fn job_spec_to_wire(j: JobSpec) -> v1::AssignJob {
             .into_iter()
             .map(|(id, value)| v1::Secret { id, value: value.0 })
             .collect(),
+        registry_logins: j
+            .registry_logins
+            .into_iter()
+            .map(|l| v1::RegistryLogin {
+                registry: l.registry,
+                username: l.username,
+                password: l.password,
+            })
+            .collect(),
     }
 }
 
@@ -719,7 +729,9 @@ impl builds_server::Builds for Api {
         request: Request<v1::ListTeamsRequest>,
     ) -> Result<Response<v1::ListTeamsResponse>, Status> {
         self.admitted(self.caller(&request)).await?;
-        let usage = self.farm()?.teams();
+        let farm = self.farm()?;
+        let usage = farm.teams();
+        let rules = &farm.config().repositories;
         let running: u32 = usage.iter().map(|u| u.running).sum();
         let active_weight: u32 = usage
             .iter()
@@ -743,6 +755,9 @@ impl builds_server::Builds for Api {
                 },
                 running: u.running,
                 queued: u.queued,
+                repositories: rules.patterns(&u.team.name),
+                push_anywhere: !rules.is_enforced(),
+                login_registries: rules.login_registries(&u.team.name),
                 name: u.team.name,
             })
             .collect();
@@ -972,7 +987,7 @@ impl workers_server::Workers for Api {
                                         size: d.size.max(0) as u64,
                                         media_type: d.media_type,
                                     };
-                                    let Some((platform, repository)) =
+                                    let Some((platform, repository, logins)) =
                                         farm.attempt_target(job, r.attempt)
                                     else {
                                         // Not current: the farm ignores it, unchecked.
@@ -987,6 +1002,7 @@ impl workers_server::Workers for Api {
                                             &repository,
                                             &platform,
                                             &reported,
+                                            &logins,
                                         )
                                         .await;
                                         (job, attempt, verdict.map(|()| reported))

@@ -90,6 +90,13 @@ pub enum Transport {
 /// admin = true
 /// sha256 = "…"
 ///
+/// repositories = ["registry.example.com/mobile/**"]   # where it may push (see `repo_rules`)
+///
+/// [[team.login]]              # optional: credentials the farm uses for this team's builds
+/// registry = "registry.example.com"
+/// username = "mobile-ci"
+/// password_file = "/etc/manifold/mobile-registry.password"
+///
 /// [scheduling]
 /// preemption_grace = "5m"     # off unless set
 ///
@@ -126,6 +133,26 @@ pub struct TeamEntry {
     /// Most jobs of the team running at once (default: no cap).
     #[serde(default)]
     pub max_concurrent_jobs: Option<u32>,
+    /// `registry/repository` patterns the team may push to (see [`crate::repo_rules`]). Absent:
+    /// no rule (anywhere while no team has rules; nowhere once one has).
+    #[serde(default)]
+    pub repositories: Option<Vec<String>>,
+    /// Registry logins the farm uses for the team's builds (default: none; the farm's Docker
+    /// config is used).
+    #[serde(default)]
+    pub login: Vec<LoginEntry>,
+}
+
+/// A `[[team.login]]` entry: credentials for one registry, the password in a file of its own.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginEntry {
+    /// host[:port], as image references name it.
+    pub registry: String,
+    /// User name.
+    pub username: String,
+    /// File holding the password or access token (a trailing newline is ignored).
+    pub password_file: PathBuf,
 }
 
 fn one() -> u32 {
@@ -180,6 +207,25 @@ impl FileConfig {
                     t.name
                 ));
             }
+            for pattern in t.repositories.iter().flatten() {
+                crate::repo_rules::Pattern::parse(pattern)
+                    .map_err(|e| format!("team `{}`: {e}", t.name))?;
+            }
+            let mut registries = std::collections::BTreeSet::new();
+            for login in &t.login {
+                if login.registry.is_empty() || login.registry.contains('/') {
+                    return Err(format!(
+                        "team `{}`: login registry `{}` is not a host[:port], e.g. registry.example.com or 127.0.0.1:5000",
+                        t.name, login.registry
+                    ));
+                }
+                if !registries.insert(login.registry.as_str()) {
+                    return Err(format!(
+                        "team `{}` has two logins for registry `{}`; keep one",
+                        t.name, login.registry
+                    ));
+                }
+            }
             if t.max_concurrent_jobs == Some(0) {
                 return Err(format!(
                     "team `{}` has max_concurrent_jobs = 0, so it could never build; remove the cap or set 1 or more",
@@ -233,8 +279,53 @@ impl FileConfig {
                 name: t.name.clone(),
                 weight: t.weight,
                 max_running: t.max_concurrent_jobs,
+                // A team's login must not reach a machine another team owns.
+                borrows: t.login.is_empty(),
             })
             .collect()
+    }
+
+    /// Each team's repository rules and logins, the passwords read from their files.
+    pub fn repo_rules(&self) -> Result<crate::repo_rules::RepoRules, String> {
+        let mut teams = std::collections::BTreeMap::new();
+        for t in &self.team {
+            let repositories = t
+                .repositories
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .map(|p| crate::repo_rules::Pattern::parse(p))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+            let logins = t
+                .login
+                .iter()
+                .map(|l| {
+                    let password = std::fs::read_to_string(&l.password_file).map_err(|e| {
+                        format!(
+                            "team `{}`: cannot read the password_file {} of the login for {}: {e}",
+                            t.name,
+                            l.password_file.display(),
+                            l.registry
+                        )
+                    })?;
+                    Ok(manifold_registry::RegistryLogin {
+                        registry: l.registry.clone(),
+                        username: l.username.clone(),
+                        password: password.trim_end_matches(['\r', '\n']).to_owned(),
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            teams.insert(
+                t.name.clone(),
+                crate::repo_rules::TeamRules {
+                    repositories,
+                    logins,
+                },
+            );
+        }
+        Ok(crate::repo_rules::RepoRules::new(teams))
     }
 
     /// The preemption grace period, if preemption is on.
@@ -351,11 +442,53 @@ mod tests {
                 "invalid duration `soon`",
             ),
             ("[[teams]]\nname = \"a\"", "unknown field `teams`"),
+            (
+                "[[team]]\nname = \"a\"\nrepositories = [\"r.example\"]",
+                "team `a`: repository rule `r.example` names no registry and repository",
+            ),
+            (
+                "[[team]]\nname = \"a\"\n[[team.login]]\nregistry = \"r.example/x\"\nusername = \"u\"\npassword_file = \"/p\"",
+                "login registry `r.example/x` is not a host[:port]",
+            ),
         ];
         for (text, expected) in cases {
             let err = FileConfig::parse(&text.replace("DIGEST", DIGEST)).unwrap_err();
             assert!(err.contains(expected), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn repository_rules_and_logins_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("a.password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let text = format!(
+            r#"
+            [[team]]
+            name = "a"
+            repositories = ["r.example/a/**"]
+            [[team.login]]
+            registry = "r.example"
+            username = "ci"
+            password_file = "{}"
+            [[team]]
+            name = "b"
+            "#,
+            password.display()
+        );
+        let rules = FileConfig::parse(&text).unwrap().repo_rules().unwrap();
+        assert!(rules.is_enforced());
+        assert_eq!(rules.patterns("a"), ["r.example/a/**"]);
+        assert!(rules.patterns("b").is_empty());
+        assert_eq!(rules.login_registries("a"), ["r.example"]);
+
+        let missing = text.replace("a.password", "gone.password");
+        let err = FileConfig::parse(&missing)
+            .unwrap()
+            .repo_rules()
+            .unwrap_err();
+        assert!(err.contains("cannot read the password_file"), "{err}");
+        assert!(err.contains("gone.password"), "{err}");
     }
 
     #[test]

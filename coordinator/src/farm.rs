@@ -68,6 +68,8 @@ pub struct FarmConfig {
     /// How long an owner's job waits for its full worker before a borrowed job there is
     /// preempted (requeued without spending an attempt); `None`: never.
     pub preemption_grace: Option<Duration>,
+    /// Where each team may push, and the registry logins the farm uses for it.
+    pub repositories: crate::repo_rules::RepoRules,
 }
 
 impl FarmConfig {
@@ -89,6 +91,7 @@ impl Default for FarmConfig {
             registry: RegistryConfig::default(),
             teams: Vec::new(),
             preemption_grace: None,
+            repositories: Default::default(),
         }
     }
 }
@@ -140,6 +143,8 @@ pub struct JobSpec {
     pub flags: BuildFlags,
     /// The build's secrets (from memory; empty after a restart lost them).
     pub secrets: Secrets,
+    /// The team's registry logins for the registries the job touches (from the config; memory only).
+    pub registry_logins: Vec<manifold_registry::RegistryLogin>,
 }
 
 /// A worker's hello, as the farm sees it.
@@ -270,6 +275,9 @@ pub enum FarmError {
     /// A hello that cannot be served.
     #[error("invalid worker hello: {0}")]
     BadHello(String),
+    /// The team may not push there.
+    #[error(transparent)]
+    Forbidden(#[from] crate::repo_rules::RuleError),
     /// The state store refused or failed a write.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -469,6 +477,7 @@ impl Farm {
         let spec = tokio::task::spawn_blocking(move || BuildSpec::validate(req, &contexts))
             .await
             .map_err(|e| StoreError::Backend(format!("validating the request: {e}")))??;
+        self.inner.config.repositories.check(&by.team, &spec)?;
         let (id, written) = {
             let mut sh = self.lock();
             let (id, effects) = sh.state.submit(spec, request, secrets, by, now());
@@ -534,8 +543,13 @@ impl Farm {
     }
 
     /// The platform and `registry/repository` of `job` while `attempt` is its current attempt:
-    /// what a worker's reported image is checked against ([`crate::verify`]).
-    pub fn attempt_target(&self, job: JobId, attempt: u32) -> Option<(Platform, String)> {
+    /// what a worker's reported image is checked against ([`crate::verify`]), with the logins of
+    /// its team for reading it.
+    pub fn attempt_target(
+        &self,
+        job: JobId,
+        attempt: u32,
+    ) -> Option<(Platform, String, Vec<manifold_registry::RegistryLogin>)> {
         self.lock().state.attempt_target(job, attempt)
     }
 
@@ -664,11 +678,13 @@ impl Farm {
                         .and_then(|t| registry::tag_template::TagTemplate::parse(t).ok())
                         .unwrap_or_default()
                 });
+                let logins = (farm.inner.config.repositories).logins_for(&build.team, &build.spec);
                 let publish = registry::publish_with(
                     &farm.inner.config.registry,
                     &build.spec.image,
                     &children,
                     template.as_ref(),
+                    &logins,
                 );
                 tokio::select! {
                     result = publish => farm.published(build_id, result),

@@ -14,6 +14,7 @@
 //! - [`contexts`]: build contexts on disk, content-addressed, held per team;
 //! - [`verify`]: what a worker says it pushed, checked in the registry before the farm believes it;
 //! - [`access`]: bearer tokens, teams, who may see what;
+//! - [`repo_rules`]: which repositories each team may push to, and the logins the farm uses for it;
 //! - [`throttle`]: wrong tokens slowed per source address;
 //! - [`limits`]: the bounds on every request and upload, and quoting callers' values in errors;
 //! - [`pki`]: the development CA and the worker identity in client certificates;
@@ -33,6 +34,7 @@ pub mod leader;
 pub mod limits;
 pub mod metrics;
 pub mod pki;
+pub mod repo_rules;
 pub mod scheduler;
 pub mod store;
 pub mod throttle;
@@ -170,6 +172,11 @@ pub async fn serve(
     };
     if config.access.is_open() {
         tracing::warn!("no [[token]] in the config: every caller is an admin");
+    }
+    if !config.farm.repositories.is_enforced() {
+        tracing::warn!(
+            "no [[team]] in the config has `repositories` rules: any team may push to any repository the farm's registry credentials reach"
+        );
     }
     let api = api::Api::new(
         role_rx,

@@ -13,7 +13,8 @@
 //!   one the worker can run (and the team is below its cap);
 //! - otherwise any team may borrow the slot; between teams with a runnable job the one with the
 //!   lowest `running / weight` goes next (ties: the team whose oldest queued job is older); a team at
-//!   its `max_running` cap is skipped;
+//!   its `max_running` cap is skipped; a team that does not borrow (`Team::borrows` false) runs
+//!   only on workers nobody owns and on its own;
 //! - within a team the highest priority goes first, then the oldest (first enqueued);
 //! - the job's worker: native before emulated, then the least loaded, then the job's cache affinity,
 //!   then one nobody else owns, then by name (so the choice is deterministic);
@@ -75,6 +76,9 @@ pub struct Team {
     pub weight: u32,
     /// Most jobs of the team running at once, on any worker (default: no cap).
     pub max_running: Option<u32>,
+    /// Whether its jobs may run on workers another team owns (default true; false for a team
+    /// whose jobs carry its registry logins, which another team's machine must not see).
+    pub borrows: bool,
 }
 
 impl Team {
@@ -84,6 +88,7 @@ impl Team {
             name: name.into(),
             weight: 1,
             max_running: None,
+            borrows: true,
         }
     }
 
@@ -96,6 +101,12 @@ impl Team {
     /// Sets the cap on running jobs.
     pub fn max_running(mut self, cap: u32) -> Self {
         self.max_running = Some(cap);
+        self
+    }
+
+    /// Sets whether its jobs may run on other teams' workers.
+    pub fn borrows(mut self, borrows: bool) -> Self {
+        self.borrows = borrows;
         self
     }
 }
@@ -272,6 +283,13 @@ struct FreeSlots {
     unowned: BTreeSet<FreeKey>,
     /// Those with an owner, by owner.
     by_owner: HashMap<String, BTreeSet<FreeKey>>,
+}
+
+impl FreeSlots {
+    /// Whether one of them is nobody's or `team`'s own.
+    fn usable_without_borrowing(&self, team: &str) -> bool {
+        !self.unowned.is_empty() || self.by_owner.get(team).is_some_and(|o| !o.is_empty())
+    }
 }
 
 /// What is derived from the workers' states, kept in step with them by [`WorkerIndex::add`] and
@@ -822,8 +840,12 @@ impl Scheduler {
             }
             let mut rank: Option<(Rank, &Platform)> = None;
             let mut oldest: Option<Age> = None;
+            let borrows = self.borrows(team);
             for (platform, tq) in queues {
-                if self.index.free(platform).is_none() {
+                let Some(slots) = self.index.free(platform) else {
+                    continue;
+                };
+                if !borrows && !slots.usable_without_borrowing(team) {
                     continue;
                 }
                 let (Some(r), Some(a)) = (tq.by_rank.first(), tq.by_age.first()) else {
@@ -855,6 +877,10 @@ impl Scheduler {
         Some((seq, worker))
     }
 
+    fn borrows(&self, team: &str) -> bool {
+        self.teams.get(team).is_none_or(|t| t.borrows)
+    }
+
     /// The free worker of `platform` for a job of `team`: native before emulated, then the least
     /// loaded, then the job's cache affinity, then one no other team owns, then by name.
     fn best_free_worker(
@@ -864,7 +890,17 @@ impl Scheduler {
         affinity: Option<&str>,
     ) -> Option<String> {
         let slots = self.index.free(platform)?;
-        let first = slots.all.first()?;
+        let own = slots.by_owner.get(team);
+        let borrows = self.borrows(team);
+        // The best worker the team may use: any, or (not borrowing) one nobody owns or its own.
+        let first = if borrows {
+            slots.all.first()?
+        } else {
+            match (slots.unowned.first(), own.and_then(BTreeSet::first)) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b)?,
+            }
+        };
         let (emulated, load) = (first.0, first.1);
         if let Some(name) = affinity
             && let Some(w) = self.workers.get(name)
@@ -872,14 +908,12 @@ impl Scheduler {
             && w.lends_to(team)
             && w.platforms.contains(platform)
             && (w.caps.emulated, w.load()) == (emulated, load)
+            && (borrows || w.owner.as_deref().is_none_or(|o| o == team))
         {
             return Some(name.to_owned());
         }
         let unowned = first_of_group(&slots.unowned, emulated, load);
-        let own = slots
-            .by_owner
-            .get(team)
-            .and_then(|owned| first_of_group(owned, emulated, load));
+        let own = own.and_then(|owned| first_of_group(owned, emulated, load));
         let pick = match (unowned, own) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b).unwrap_or(first),

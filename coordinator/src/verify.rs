@@ -151,12 +151,13 @@ pub fn check_config(expected: &Platform, digest: &str, bytes: &[u8]) -> Result<(
 }
 
 /// Reads the reported manifest and its config from `repository` (`registry/repository`) and checks
-/// them against the job's `platform`.
+/// them against the job's `platform`; with the build team's login for that registry, if any.
 pub async fn verify(
     config: &RegistryConfig,
     repository: &str,
     platform: &Platform,
     reported: &Reported,
+    logins: &[manifold_registry::RegistryLogin],
 ) -> Result<(), VerifyError> {
     let missing = || VerifyError::Missing {
         digest: reported.digest.clone(),
@@ -165,7 +166,7 @@ pub async fn verify(
     let reference: oci_client::Reference = format!("{repository}@{}", reported.digest)
         .parse()
         .map_err(|_| missing())?;
-    let session = Session::open(config, &[reference.registry()]).await?;
+    let session = Session::open_with_logins(config, &[reference.registry()], logins).await?;
     session
         .authenticate(
             &reference,

@@ -101,6 +101,11 @@ pub enum CredentialOrigin {
         /// The user name it gave.
         username: String,
     },
+    /// A `[[team.login]]` of the coordinator's config, for the build's team.
+    Farm {
+        /// The user name.
+        username: String,
+    },
 }
 
 impl fmt::Display for CredentialOrigin {
@@ -120,6 +125,10 @@ impl fmt::Display for CredentialOrigin {
             CredentialOrigin::Helper { program, username } => {
                 write!(f, "user `{username}` from credential helper {program}")
             }
+            CredentialOrigin::Farm { username } => write!(
+                f,
+                "user `{username}`, the login the coordinator holds for the build's team"
+            ),
         }
     }
 }
@@ -140,6 +149,53 @@ impl Credentials {
             auth: RegistryAuth::Anonymous,
             origin: CredentialOrigin::Anonymous { config },
         }
+    }
+}
+
+/// Credentials for one registry that the coordinator holds for a team (its config's
+/// `[[team.login]]`) and hands to the worker with each of that team's jobs, in memory only. Its
+/// `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryLogin {
+    /// host[:port], as image references name it.
+    pub registry: String,
+    /// User name.
+    pub username: String,
+    /// Password or access token.
+    pub password: String,
+}
+
+impl fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryLogin")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryLogin {
+    /// What oci-client sends, and where it came from.
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            auth: RegistryAuth::Basic(self.username.clone(), self.password.clone()),
+            origin: CredentialOrigin::Farm {
+                username: self.username.clone(),
+            },
+        }
+    }
+
+    /// The login of `logins` for `registry` (host[:port]; Docker Hub under any of its names).
+    pub fn find<'a>(logins: &'a [RegistryLogin], registry: &str) -> Option<&'a RegistryLogin> {
+        let hub = |r: &str| {
+            matches!(
+                r,
+                "docker.io" | "index.docker.io" | "registry-1.docker.io" | DOCKER_HUB_SERVER
+            )
+        };
+        logins
+            .iter()
+            .find(|l| l.registry == registry || (hub(&l.registry) && hub(registry)))
     }
 }
 

@@ -5,7 +5,8 @@
 //! Layout, in reading order:
 //! - [`manifest`]: pure assembly of a Docker manifest list / OCI image index from per-platform images;
 //! - [`tag_template`]: per-arch tag names (`TAG-x86_64`, `TAG-aarch64`, or a template);
-//! - [`auth`]: credentials from the Docker config file and Docker credential helpers;
+//! - [`auth`]: credentials from the Docker config file and Docker credential helpers, and the
+//!   per-team logins a coordinator holds;
 //! - [`session`]: one oci-client for the registries a task touches (plain HTTP for loopback and
 //!   `--insecure-registry`), retries, and errors that name the registry and the credentials tried;
 //! - [`publish`]: pushing a list under a tag, the tag last — the coordinator's merge and
@@ -21,7 +22,7 @@ pub mod publish;
 pub mod session;
 pub mod tag_template;
 
-pub use auth::{Credentials, DockerConfig};
+pub use auth::{Credentials, DockerConfig, RegistryLogin};
 pub use manifest::{ChildImage, ListKind, ManifestError, ManifestList, assemble};
 pub use oci_client::Reference;
 pub use publish::{

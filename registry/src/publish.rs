@@ -7,6 +7,7 @@
 use oci_client::{Reference, RegistryOperation};
 use sha2::{Digest as _, Sha256};
 
+use crate::auth::RegistryLogin;
 use crate::manifest::{self, ChildImage, DOCKER_MANIFEST, ExtraEntry, ManifestList, OCI_MANIFEST};
 use crate::session::Session;
 use crate::tag_template::{TagTemplate, TagTemplateError};
@@ -27,15 +28,17 @@ pub struct Published {
 }
 
 /// Pushes the list of `children` under `target` (a tagged reference), the tag last; with
-/// `arch_tags`, each child is also tagged by that template (e.g. `{tag}-{arch}`).
+/// `arch_tags`, each child is also tagged by that template (e.g. `{tag}-{arch}`). A login of
+/// `logins` for the target's registry is used instead of the Docker config's credentials.
 pub async fn publish_with(
     config: &RegistryConfig,
     target: &Reference,
     children: &[ChildImage],
     arch_tags: Option<&TagTemplate>,
+    logins: &[RegistryLogin],
 ) -> Result<Published, RegistryError> {
     let list = manifest::assemble(children)?;
-    let session = Session::open(config, &[target.registry()]).await?;
+    let session = Session::open_with_logins(config, &[target.registry()], logins).await?;
     publish_assembled(&session, target, children, &[], &list, arch_tags).await
 }
 

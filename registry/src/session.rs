@@ -28,7 +28,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::{Client, Reference, RegistryOperation};
 
-use crate::auth::{AuthError, Credentials, DockerConfig};
+use crate::auth::{AuthError, Credentials, DockerConfig, RegistryLogin};
 use crate::manifest::{
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, ManifestError, OCI_INDEX, OCI_MANIFEST,
 };
@@ -276,20 +276,48 @@ impl Session {
         Self::open_with(config, docker, registries).await
     }
 
+    /// A session for `registries` that uses the login of `logins` naming a registry (a team's
+    /// `[[team.login]]`, from the coordinator), and the Docker config file for the others.
+    pub async fn open_with_logins(
+        config: &RegistryConfig,
+        registries: &[&str],
+        logins: &[RegistryLogin],
+    ) -> Result<Self, RegistryError> {
+        let docker = tokio::task::spawn_blocking(DockerConfig::load)
+            .await
+            .expect("reading the docker config does not panic")?;
+        Self::open_from(config, docker, registries, logins).await
+    }
+
     /// A session for `registries` with credentials from `docker` (credential helpers run here).
     pub async fn open_with(
         config: &RegistryConfig,
         docker: DockerConfig,
         registries: &[&str],
     ) -> Result<Self, RegistryError> {
+        Self::open_from(config, docker, registries, &[]).await
+    }
+
+    /// A session for `registries` with the login of `logins` naming a registry, else credentials
+    /// from `docker`.
+    pub async fn open_from(
+        config: &RegistryConfig,
+        docker: DockerConfig,
+        registries: &[&str],
+        logins: &[RegistryLogin],
+    ) -> Result<Self, RegistryError> {
         let mut keys: Vec<String> = registries.iter().map(|r| resolve(r).to_owned()).collect();
         keys.sort();
         keys.dedup();
         let lookup = keys.clone();
+        let logins = logins.to_vec();
         let credentials = tokio::task::spawn_blocking(move || {
             lookup
                 .into_iter()
-                .map(|r| docker.credentials(&r).map(|c| (r, c)))
+                .map(|r| match RegistryLogin::find(&logins, &r) {
+                    Some(login) => Ok((r, login.credentials())),
+                    None => docker.credentials(&r).map(|c| (r, c)),
+                })
                 .collect::<Result<HashMap<_, _>, _>>()
         })
         .await

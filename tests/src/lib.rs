@@ -20,6 +20,8 @@ pub mod browser;
 pub mod faults;
 pub mod ha;
 pub mod oci;
+pub mod private_registry;
+pub mod rogue;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

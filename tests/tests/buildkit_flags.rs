@@ -6,9 +6,9 @@
 //! the config read).
 
 use std::path::Path;
-use std::time::Duration;
 
-use manifold_tests::{Env, TestFarm, context_dir, free_port, run, show, wait_until};
+use manifold_tests::private_registry::PrivateRegistry;
+use manifold_tests::{Env, TestFarm, context_dir, run, show};
 use sha2::Digest as _;
 
 /// Every file under `dir` whose bytes contain `needle`.
@@ -175,69 +175,12 @@ async fn a_secret_reaches_the_run_step_and_nothing_else() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A registry with htpasswd authentication on a free loopback port, holding a copy of the
-/// multi-arch base image; stopped when dropped.
-struct PrivateRegistry {
-    address: String,
-    _dir: tempfile::TempDir,
-    _process: tokio::process::Child,
-}
-
-async fn private_registry(env: &Env) -> anyhow::Result<PrivateRegistry> {
-    let dir = tempfile::tempdir()?;
-    let address = format!("127.0.0.1:{}", free_port());
-    let htpasswd = run("htpasswd", &["-Bbn", "builder", "pa55word"]).await?;
-    std::fs::write(dir.path().join("htpasswd"), htpasswd)?;
-    let config = format!(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: {address}\nauth:\n  htpasswd:\n    realm: manifold-test\n    path: {htpasswd}\n",
-        root = dir.path().join("data").display(),
-        htpasswd = dir.path().join("htpasswd").display()
-    );
-    std::fs::write(dir.path().join("config.yml"), config)?;
-    let process = tokio::process::Command::new("docker-registry")
-        .arg("serve")
-        .arg(dir.path().join("config.yml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    wait_until(Duration::from_secs(20), "the private registry", || async {
-        let url = format!("http://{address}/v2/");
-        let out = tokio::process::Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
-            .output()
-            .await
-            .ok()?;
-        (String::from_utf8_lossy(&out.stdout) == "401").then_some(())
-    })
-    .await?;
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "--all",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            "builder:pa55word",
-            &format!("docker://{}", env.base_image),
-            &format!("docker://{address}/private/busybox:1"),
-        ],
-    )
-    .await?;
-    Ok(PrivateRegistry {
-        address,
-        _dir: dir,
-        _process: process,
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_from_behind_a_login_uses_the_workers_docker_config_or_says_what_is_missing()
 -> anyhow::Result<()> {
     use base64::Engine as _;
     let env = Env::from_env();
-    let registry = private_registry(&env).await?;
+    let registry = PrivateRegistry::start(&env).await?;
     let logged_in = tempfile::tempdir()?;
     let auth = base64::engine::general_purpose::STANDARD.encode("builder:pa55word");
     std::fs::write(

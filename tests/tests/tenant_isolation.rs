@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use manifold_proto::v1;
+use manifold_tests::rogue::RogueWorker;
 use manifold_tests::{
     Env, TestFarm, context_dir, issue_token, show, skopeo_tags, wait_until, with_token,
 };
@@ -305,61 +306,6 @@ async fn a_worker_downloads_only_the_context_of_a_job_it_holds() -> anyhow::Resu
     Ok(())
 }
 
-/// A program holding worker `name`'s certificate that speaks the worker protocol itself.
-struct Rogue {
-    to_farm: futures::channel::mpsc::UnboundedSender<v1::WorkerMessage>,
-    from_farm: tonic::Streaming<v1::CoordinatorMessage>,
-}
-
-impl Rogue {
-    /// Attaches as a native worker of `platform` with one slot, heartbeating every 2 s.
-    async fn attach(farm: &TestFarm, name: &str, platform: v1::Platform) -> anyhow::Result<Self> {
-        use v1::worker_message::Msg;
-        let (to_farm, rx) = futures::channel::mpsc::unbounded();
-        let hello = v1::WorkerHello {
-            name: name.to_owned(),
-            platforms: vec![platform],
-            slots: 1,
-            docker_version: "26.1.5".into(),
-            ..Default::default()
-        };
-        to_farm.unbounded_send(v1::WorkerMessage {
-            msg: Some(Msg::Hello(hello)),
-        })?;
-        let beat = to_farm.clone();
-        tokio::spawn(async move {
-            let heartbeat = || v1::WorkerMessage {
-                msg: Some(Msg::Heartbeat(v1::Heartbeat::default())),
-            };
-            while beat.unbounded_send(heartbeat()).is_ok() {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        });
-        let mut c = v1::workers_client::WorkersClient::new(farm.worker_channel(name).await?);
-        let from_farm = c.attach(rx).await?.into_inner();
-        Ok(Self { to_farm, from_farm })
-    }
-
-    /// The next assignment (skipping the welcome).
-    async fn assignment(&mut self) -> anyhow::Result<v1::AssignJob> {
-        use v1::coordinator_message::Msg;
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(60), self.from_farm.message())
-                .await??
-                .ok_or_else(|| anyhow::anyhow!("the coordinator closed the rogue's stream"))?;
-            if let Some(Msg::Assign(a)) = m.msg {
-                return Ok(a);
-            }
-        }
-    }
-
-    fn send(&self, msg: v1::worker_message::Msg) -> anyhow::Result<()> {
-        Ok(self
-            .to_farm
-            .unbounded_send(v1::WorkerMessage { msg: Some(msg) })?)
-    }
-}
-
 #[tokio::test]
 async fn a_rogue_workers_wrong_platform_image_fails_its_attempt_and_never_reaches_the_index()
 -> anyhow::Result<()> {
@@ -383,7 +329,7 @@ async fn a_rogue_workers_wrong_platform_image_fails_its_attempt_and_never_reache
         architecture: "arm64".into(),
         variant: String::new(),
     };
-    let mut rogue = Rogue::attach(&farm, "rogue", arm64).await?;
+    let mut rogue = RogueWorker::attach(&farm, "rogue", arm64).await?;
     wait_until(Duration::from_secs(30), "the rogue to attach", || async {
         let workers = farm.attached_workers().await.ok()?;
         workers.iter().any(|(n, _)| n == "rogue").then_some(())

@@ -992,6 +992,15 @@ pub fn job_spec(assign: &v1::AssignJob) -> Result<JobSpec, String> {
             .iter()
             .map(|s| (s.id.clone(), manifold_proto::SecretValue(s.value.clone())))
             .collect(),
+        registry_logins: assign
+            .registry_logins
+            .iter()
+            .map(|l| manifold_registry::RegistryLogin {
+                registry: l.registry.clone(),
+                username: l.username.clone(),
+                password: l.password.clone(),
+            })
+            .collect(),
     })
 }
 

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use manifold_proto::{BuildFlags, BuildId, JobId, Platform, Secrets};
+use manifold_registry::RegistryLogin;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -77,6 +78,9 @@ pub struct JobSpec {
     pub flags: BuildFlags,
     /// `--secret` values by id: in memory only, offered to BuildKit through the session.
     pub secrets: Secrets,
+    /// Registry logins the coordinator holds for the build's team: used for their registries
+    /// instead of the worker's Docker config, in memory only.
+    pub registry_logins: Vec<RegistryLogin>,
 }
 
 impl JobSpec {
@@ -207,6 +211,7 @@ pub async fn execute(
     let content = SessionContent {
         view,
         docker_config: options.docker_config.clone(),
+        registry_logins: job.registry_logins.clone(),
         secrets: job.secrets.clone(),
         session_id: uuid::Uuid::new_v4().simple().to_string(),
     };
@@ -214,6 +219,9 @@ pub async fn execute(
         repository: job.repository.clone(),
         insecure: job.insecure_registry,
         docker_config: options.docker_config.clone(),
+        login: push::parse_repository(&job.repository)
+            .ok()
+            .and_then(|r| RegistryLogin::find(&job.registry_logins, r.registry()).cloned()),
     };
     let built = buildkit::build(&endpoint, &solve, content, logs, cancel).await;
     match store {

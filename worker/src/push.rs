@@ -66,6 +66,9 @@ pub struct PushTarget {
     pub insecure: bool,
     /// Docker config file to read credentials from; `None` pushes anonymously.
     pub docker_config: Option<PathBuf>,
+    /// The build team's login for this registry, from the coordinator: used instead of the
+    /// Docker config.
+    pub login: Option<manifold_registry::RegistryLogin>,
 }
 
 /// A manifest that is now in the registry.
@@ -152,8 +155,9 @@ pub struct PushedConfig {
     pub variant: String,
 }
 
-/// A registry session for `target`'s registry with the worker's credentials, its retries told
-/// in the job's output, and the reference of `target`'s repository.
+/// A registry session for `target`'s registry with the team's login the coordinator sent, else
+/// the worker's credentials, its retries told in the job's output, and the reference of
+/// `target`'s repository.
 async fn open(target: &PushTarget, logs: &LogSink) -> Result<(Session, Reference), PushError> {
     let repository = parse_repository(&target.repository)?;
     let registry = repository.registry().to_owned();
@@ -172,7 +176,8 @@ async fn open(target: &PushTarget, logs: &LogSink) -> Result<(Session, Reference
         },
     };
     let logs = logs.clone();
-    let session = Session::open_with(&config, docker, &[&registry])
+    let logins: Vec<_> = target.login.iter().cloned().collect();
+    let session = Session::open_from(&config, docker, &[&registry], &logins)
         .await?
         .on_retry(move |retry| logs.line(retry.to_string()));
     Ok((session, repository))

@@ -274,6 +274,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             },
             teams: file.teams(),
             preemption_grace: file.preemption_grace().map_err(anyhow::Error::msg)?,
+            repositories: file.repo_rules().map_err(|e| {
+                anyhow::anyhow!(
+                    "config file {}: {e}",
+                    args.config
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display()
+                )
+            })?,
         },
     };
     if let Some(path) = args.config.clone() {

@@ -784,6 +784,15 @@ impl FarmState {
                 .registry
                 .is_insecure(entry.build.spec.image.registry());
             let spec = entry.build.spec.clone();
+            // Never to a machine another team owns (the scheduler keeps such jobs off them).
+            let owner = self
+                .workers
+                .get(&a.worker)
+                .and_then(|w| w.hello.owner.as_deref());
+            let registry_logins = match owner {
+                Some(owner) if owner != entry.build.team => Vec::new(),
+                _ => (self.config.repositories).logins_for(&entry.build.team, &spec),
+            };
             let j = job_mut(&mut entry.build, a.job);
             j.attempt += 1;
             j.state = JobState::Assigned;
@@ -802,6 +811,7 @@ impl FarmState {
                 insecure_registry: insecure,
                 flags: spec.flags.clone(),
                 secrets: self.secrets.get(&build_id).cloned().unwrap_or_default(),
+                registry_logins,
             };
             let ev = EventKind::JobState {
                 platform: j.platform.clone(),

@@ -74,6 +74,7 @@ enum Op {
         team: usize,
         weight: u32,
         cap: Option<u32>,
+        borrows: bool,
     },
     Grace(Option<u64>),
 }
@@ -124,8 +125,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Tick),
         1 => (0..200u64).prop_map(Op::Starved),
         3 => (0..100u64).prop_map(Op::Advance),
-        1 => (0..TEAMS.len(), 0..4u32, prop::option::of(0..4u32))
-            .prop_map(|(team, weight, cap)| Op::SetTeam { team, weight, cap }),
+        1 => (0..TEAMS.len(), 0..4u32, prop::option::of(0..4u32), prop::bool::weighted(0.8))
+            .prop_map(|(team, weight, cap, borrows)| Op::SetTeam { team, weight, cap, borrows }),
         1 => prop::option::weighted(0.8, 0..90u64).prop_map(Op::Grace),
     ]
 }
@@ -155,8 +156,8 @@ fn preemption_op() -> impl Strategy<Value = Op> {
         3 => (0..20u64).prop_map(Op::Advance),
         2 => j.prop_map(Op::Finished),
         1 => (0..WORKERS, prop::option::of(0..3usize)).prop_map(|(w, t)| Op::Owner(w, t)),
-        1 => (0..3usize, 0..3u32, prop::option::of(0..4u32))
-            .prop_map(|(team, weight, cap)| Op::SetTeam { team, weight, cap }),
+        1 => (0..3usize, 0..3u32, prop::option::of(0..4u32), prop::bool::weighted(0.8))
+            .prop_map(|(team, weight, cap, borrows)| Op::SetTeam { team, weight, cap, borrows }),
     ]
 }
 
@@ -272,8 +273,13 @@ macro_rules! step {
                 }
                 Op::Starved(wait) => Returned::Starved(s.starved(now, Duration::from_secs(*wait))),
                 Op::Advance(_) => Returned::Nothing,
-                Op::SetTeam { team, weight, cap } => {
-                    let mut t = Team::new(TEAMS[*team]).weight(*weight);
+                Op::SetTeam {
+                    team,
+                    weight,
+                    cap,
+                    borrows,
+                } => {
+                    let mut t = Team::new(TEAMS[*team]).weight(*weight).borrows(*borrows);
                     t.max_running = *cap;
                     s.set_team(t);
                     Returned::Nothing
@@ -353,6 +359,7 @@ fn a_preemption_scenario_agrees() {
             team: 0,
             weight: 2,
             cap: None,
+            borrows: true,
         },
         Op::Attach {
             worker: 0,

@@ -380,6 +380,13 @@ impl Scheduler {
             .map_or(1, |t| u64::from(t.weight.max(1)))
     }
 
+    /// Whether a job of `team` may run on `w`: a team that does not borrow uses only workers
+    /// nobody owns and its own.
+    fn may_use(&self, team: &str, w: &WorkerState) -> bool {
+        self.teams.get(team).is_none_or(|t| t.borrows)
+            || w.owner.as_deref().is_none_or(|o| o == team)
+    }
+
     fn at_cap(&self, team: &str, by_team: &BTreeMap<String, u32>) -> bool {
         let running = by_team.get(team).copied().unwrap_or(0);
         self.teams
@@ -424,7 +431,9 @@ impl Scheduler {
         let mut candidates: BTreeMap<&str, (&Queued, (Instant, u64))> = BTreeMap::new();
         for q in self.queue.values() {
             if self.at_cap(q.team(), by_team)
-                || !free.iter().any(|w| w.caps.platforms.contains(&q.platform))
+                || !free
+                    .iter()
+                    .any(|w| w.caps.platforms.contains(&q.platform) && self.may_use(q.team(), w))
             {
                 continue;
             }
@@ -455,7 +464,7 @@ impl Scheduler {
         let team = job.team();
         let worker = free
             .into_iter()
-            .filter(|w| w.caps.platforms.contains(&job.platform))
+            .filter(|w| w.caps.platforms.contains(&job.platform) && self.may_use(team, w))
             .min_by_key(|w| {
                 (
                     w.caps.emulated,

@@ -408,6 +408,31 @@ fn team_assignment_table() {
         &[j("b1", "b")],
         &["b1->pool"],
     );
+    // A team that does not borrow waits rather than run on another team's worker ...
+    check_teams(
+        &[a(), b().borrows(false)],
+        &[w("a-box", "linux/amd64").owner("a")],
+        &[j("b1", "b")],
+        &[],
+    );
+    // ... and takes common capacity or its own, even where a borrowed worker would be better.
+    check_teams(
+        &[a(), b().borrows(false)],
+        &[
+            w("a-box", "linux/amd64").owner("a"),
+            w("pool", "linux/amd64").emulated(),
+            w("b-box", "linux/arm64").owner("b"),
+        ],
+        &[j("b1", "b"), j("b2", "b").platform("linux/arm64")],
+        &["b2->b-box", "b1->pool"],
+    );
+    // Its waiting job does not hold back the others: a borrower still gets the worker.
+    check_teams(
+        &[a(), b().borrows(false), Team::new("c")],
+        &[w("a-box", "linux/amd64").owner("a")],
+        &[j("b1", "b"), j("c1", "c")],
+        &["c1->a-box"],
+    );
     // The owner's job only goes first for a platform its worker builds.
     check_teams(
         &[a(), b()],

@@ -5,8 +5,9 @@
 //!   The Dockerfile frontend receives it as `http://buildkit-session/<id>` and unpacks it, as it
 //!   does for `docker buildx build - < context.tar`.
 //! - **FileSync**: the Dockerfile, on its own ([`super::dockerfile_source`]).
-//! - **Auth**: registry credentials for the hosts BuildKit pulls from or pushes to, from the
-//!   worker's Docker config and credential helpers (`manifold_registry::auth`). Hosts asked for
+//! - **Auth**: registry credentials for the hosts BuildKit pulls from or pushes to: the build
+//!   team's login when the coordinator sent one for the host, else from the worker's Docker
+//!   config and credential helpers (`manifold_registry::auth`). Hosts asked for
 //!   without an answer are remembered, so a failed pull can name the registry and the config read.
 //! - **Secrets**: the job's `--secret` values, in memory only.
 //! - **Health**: BuildKit checks the session is alive.
@@ -33,7 +34,7 @@ use bollard::moby::upload::v1::BytesMessage;
 use bollard::moby::upload::v1::upload_server::{Upload, UploadServer};
 use futures::Stream;
 use manifold_proto::Secrets;
-use manifold_registry::auth::{CredentialOrigin, DockerConfig};
+use manifold_registry::auth::{CredentialOrigin, DockerConfig, RegistryLogin};
 use oci_client::secrets::RegistryAuth;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
@@ -83,6 +84,8 @@ pub struct SessionContent {
     pub view: ContextView,
     /// The worker's Docker config file (credentials); `None`: anonymous.
     pub docker_config: Option<PathBuf>,
+    /// The build team's logins from the coordinator: preferred for their registries.
+    pub registry_logins: Vec<RegistryLogin>,
     /// `--secret` values by id.
     pub secrets: Secrets,
     /// The session's id, which names the context upload.
@@ -215,10 +218,12 @@ impl Auth for AuthProvider {
         let host = request.into_inner().host;
         let config_path = self.content.docker_config.clone();
         let key = config_key(&host).to_owned();
+        let login = RegistryLogin::find(&self.content.registry_logins, &host).cloned();
         // A credential helper is a program: run it off the async threads.
-        let found = tokio::task::spawn_blocking(move || match &config_path {
-            None => Ok(manifold_registry::auth::Credentials::anonymous(None)),
-            Some(path) => match DockerConfig::load_from(path) {
+        let found = tokio::task::spawn_blocking(move || match (login, &config_path) {
+            (Some(login), _) => Ok(login.credentials()),
+            (None, None) => Ok(manifold_registry::auth::Credentials::anonymous(None)),
+            (None, Some(path)) => match DockerConfig::load_from(path) {
                 Ok(config) => config.credentials(&key),
                 Err(e) => Err(e),
             },

@@ -120,6 +120,7 @@ pub fn spec(platform: &str, repository: &str, context: &Context) -> JobSpec {
         insecure_registry: true,
         flags: Default::default(),
         secrets: Default::default(),
+        registry_logins: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use manifold_proto::{BuildId, JobId, Platform};
+use manifold_registry::RegistryLogin;
 
 use super::{FarmState, WorkerConn};
 use crate::access::Caller;
@@ -107,12 +108,18 @@ impl FarmState {
         })
     }
 
-    /// The platform and `registry/repository` of `job` while `attempt` is its current attempt.
-    pub fn attempt_target(&self, job: JobId, attempt: u32) -> Option<(Platform, String)> {
+    /// The platform and `registry/repository` of `job` while `attempt` is its current attempt,
+    /// and the logins of its team for that registry.
+    pub fn attempt_target(
+        &self,
+        job: JobId,
+        attempt: u32,
+    ) -> Option<(Platform, String, Vec<RegistryLogin>)> {
         let build_id = self.current_build(job, attempt)?;
         let build = &self.builds[&build_id].build;
         let platform = build.jobs.iter().find(|j| j.id == job)?.platform.clone();
-        Some((platform, build.spec.repository()))
+        let logins = (self.config.repositories).logins_for(&build.team, &build.spec);
+        Some((platform, build.spec.repository(), logins))
     }
 
     /// Contexts that unfinished builds still need (garbage collection keeps them).
