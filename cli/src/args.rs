@@ -264,6 +264,9 @@ pub enum ProgressMode {
     Plain,
     /// Nothing but the final digest
     Quiet,
+    /// Every event as one JSON object per line (also accepted as `rawjson`, buildx's name)
+    #[value(alias = "rawjson")]
+    Json,
 }
 
 /// How listings are printed.
@@ -278,9 +281,10 @@ pub enum Format {
 /// Flags of `manifold build`, as typed.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Image to push the multi-platform manifest list to, e.g. registry.example.com/team/app:1.0
-    #[arg(short = 't', long = "tag", value_name = "REF")]
-    pub tag: String,
+    /// Image to push the multi-platform manifest list to, e.g. registry.example.com/team/app:1.0;
+    /// repeat for more tags (the same list under each, every tag written last)
+    #[arg(short = 't', long = "tag", value_name = "REF", required = true)]
+    pub tags: Vec<String>,
 
     /// Platforms to build, comma-separated and/or repeated, e.g. linux/amd64,linux/arm64
     #[arg(long = "platform", value_name = "PLATFORMS", required = true)]
@@ -371,6 +375,15 @@ pub struct BuildArgs {
     /// Size of /dev/shm in RUN steps, e.g. 64m, 1g
     #[arg(long = "shm-size", value_name = "SIZE")]
     pub shm_size: Option<String>,
+
+    /// Write the build's result as JSON to FILE (buildx's keys: containerimage.digest,
+    /// image.name; plus manifold.build.id and each platform's manifest digest)
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+
+    /// Write the manifest list digest to FILE
+    #[arg(long = "iidfile", value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
 
     /// Build context directory
     #[arg(value_name = "CONTEXT")]
@@ -585,13 +598,25 @@ pub enum ArgsError {
         "invalid tag `{0}`: expected an image reference such as registry.example.com/team/app:1.0"
     )]
     Tag(String),
+    /// More `-t` than a build takes.
+    #[error(
+        "{0} tags given with -t; a build takes at most {max}: push the others with `manifold manifest create`",
+        max = build_flags::MAX_TAGS
+    )]
+    TooManyTags(usize),
 }
 
 /// `manifold build`'s flags, checked: normalised platforms, Dockerfiles found in the context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildPlan {
-    /// Where the manifest list is pushed.
+    /// Where the manifest list is pushed: the first `-t`.
     pub image: String,
+    /// The other `-t`s, in order, without duplicates.
+    pub extra_tags: Vec<String>,
+    /// `--metadata-file`.
+    pub metadata_file: Option<PathBuf>,
+    /// `--iidfile`.
+    pub iidfile: Option<PathBuf>,
     /// Platforms in the order given, without duplicates.
     pub platforms: Vec<Platform>,
     /// The canonical context directory.
@@ -628,10 +653,20 @@ impl BuildPlan {
     /// Checks `args` against the file system (context and Dockerfiles) and the environment (bare
     /// `--build-arg KEY`).
     pub fn from_args(args: &BuildArgs) -> Result<Self, ArgsError> {
-        let image = args.tag.trim();
-        if image.is_empty() || image.contains(char::is_whitespace) {
-            return Err(ArgsError::Tag(args.tag.clone()));
+        let mut tags: Vec<String> = Vec::with_capacity(args.tags.len());
+        for tag in &args.tags {
+            let trimmed = tag.trim();
+            if trimmed.is_empty() || trimmed.contains(char::is_whitespace) {
+                return Err(ArgsError::Tag(tag.clone()));
+            }
+            if !tags.iter().any(|t| t == trimmed) {
+                tags.push(trimmed.to_owned());
+            }
         }
+        if tags.len() > build_flags::MAX_TAGS {
+            return Err(ArgsError::TooManyTags(tags.len()));
+        }
+        let image = tags.remove(0);
         let platforms = parse_platforms(&args.platforms)?;
         let (common, per_platform) = parse_file_flags(&args.files, &platforms)?;
         let context = args
@@ -676,7 +711,10 @@ impl BuildPlan {
         let secrets =
             crate::build_flags::parse_secrets(&args.secrets, |var| std::env::var_os(var))?;
         Ok(Self {
-            image: image.to_owned(),
+            image,
+            extra_tags: tags,
+            metadata_file: args.metadata_file.clone(),
+            iidfile: args.iidfile.clone(),
             platforms,
             context,
             dockerfile,
@@ -742,6 +780,7 @@ impl BuildPlan {
                     value: value.0.clone(),
                 })
                 .collect(),
+            extra_tags: self.extra_tags.clone(),
         }
     }
 }
@@ -1165,13 +1204,42 @@ mod tests {
             "-q",
             ".",
         ]);
-        assert_eq!(b.tag, "reg/app:1");
+        assert_eq!(b.tags, ["reg/app:1"]);
         assert_eq!(b.platforms, ["linux/amd64,linux/arm64", "arm/v7"]);
         assert_eq!(b.files, ["linux/arm64=Dockerfile.arm64"]);
         assert_eq!(b.build_args, ["A=1", "B=x=y"]);
         assert!(b.arch_tags && b.quiet && !b.detach);
         assert_eq!(b.context, PathBuf::from("."));
         assert_eq!(b.progress, ProgressMode::Auto);
+    }
+
+    #[test]
+    fn several_tags_give_one_image_and_the_others_in_order_without_duplicates() {
+        let dir = context_with(&["Dockerfile"]);
+        let ctx = dir.path().to_str().unwrap();
+        let plan = |tags: &[&str]| {
+            let mut args = vec!["build", "--platform", "linux/amd64"];
+            for t in tags {
+                args.extend_from_slice(&["-t", t]);
+            }
+            args.push(ctx);
+            BuildPlan::from_args(&build_args(&args))
+        };
+        let p = plan(&["r/app:1", "r/app:latest", "r/app:1", "other/app:1"]).unwrap();
+        assert_eq!(p.image, "r/app:1");
+        assert_eq!(p.extra_tags, ["r/app:latest", "other/app:1"]);
+        assert_eq!(
+            p.request("sha256:x").extra_tags,
+            ["r/app:latest", "other/app:1"]
+        );
+        let many: Vec<String> = (0..=build_flags::MAX_TAGS)
+            .map(|i| format!("r/app:{i}"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let e = plan(&many).unwrap_err().to_string();
+        assert!(e.contains("17 tags") && e.contains("at most 16"), "{e}");
+        let e = plan(&["r/app:1", "bad ref"]).unwrap_err().to_string();
+        assert!(e.contains("`bad ref`"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::client::{ClientError, Coordinator};
 use crate::context::{self, ContextError, ContextSource, SendOutcome};
 use crate::listing;
 use crate::progress::{Progress, failure_report, platform_name};
+use crate::result_files;
 
 /// How many times a lost watch stream is re-opened before giving up.
 const WATCH_RETRIES: u32 = 5;
@@ -49,6 +50,9 @@ pub enum CommandError {
         /// The build, if it had been submitted.
         id: Option<BuildId>,
     },
+    /// `--iidfile` or `--metadata-file` could not be written.
+    #[error(transparent)]
+    ResultFile(#[from] crate::result_files::WriteError),
     /// The watch stream could not be re-opened.
     #[error("lost the progress of build {id}: {reason}; re-attach with `manifold watch {id}`")]
     WatchLost {
@@ -202,7 +206,34 @@ pub async fn build(
     ));
     progress.add_platforms(&plan.platforms);
     let finished = follow(coordinator, id, &mut progress, &mut interrupts).await?;
-    conclude(coordinator, id, finished, progress).await
+    let outcome = conclude(coordinator, id, finished, progress).await?;
+    if let BuildOutcome::Succeeded { digest, .. } = &outcome {
+        write_result_files(coordinator, plan, id, digest).await?;
+    }
+    Ok(outcome)
+}
+
+/// `--iidfile` gets the list digest (as buildx writes it, no newline); `--metadata-file` the
+/// build's result document (see [`crate::result_files`]).
+async fn write_result_files(
+    coordinator: &Coordinator,
+    plan: &BuildPlan,
+    id: BuildId,
+    digest: &str,
+) -> Result<(), CommandError> {
+    if let Some(path) = &plan.iidfile {
+        result_files::write("--iidfile", path, digest)?;
+    }
+    if let Some(path) = &plan.metadata_file {
+        let build = coordinator.get_build(id).await?;
+        let tags: Vec<String> = std::iter::once(plan.image.clone())
+            .chain(plan.extra_tags.iter().cloned())
+            .collect();
+        let document = result_files::metadata(&build, &tags);
+        let text = serde_json::to_string_pretty(&document).expect("a JSON value serialises");
+        result_files::write("--metadata-file", path, &text)?;
+    }
+    Ok(())
 }
 
 /// `manifold watch ID`: the same display as `build`, for a build submitted earlier.

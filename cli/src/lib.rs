@@ -20,6 +20,7 @@
 //! - [`progress`]: rendering build events (plain lines, live lines per platform, or quiet);
 //! - [`listing`]: the tables and JSON documents of `workers`, `builds`, `build-status`, `teams`
 //!   and `queue`, and the text of `logs`;
+//! - [`result_files`]: `--iidfile` and `--metadata-file`, written once a build succeeded;
 //! - [`commands`]: one function per subcommand;
 //! - [`manifest`]: `manifold manifest inspect/create/push/rm`, straight against registries with
 //!   `manifold-registry` (no coordinator, no Docker daemon), and `manifold completion`.
@@ -34,3 +35,4 @@ pub mod context;
 pub mod listing;
 pub mod manifest;
 pub mod progress;
+pub mod result_files;

@@ -1,5 +1,6 @@
 //! Showing a build's events: plain lines prefixed with the platform, a live line per platform on a
-//! terminal, or nothing. All of it goes to stderr; stdout is kept for the result (the digest).
+//! terminal, one JSON object per line for programs ([`event_json`]), or nothing. All of it goes to
+//! stderr; stdout is kept for the result (the digest).
 //!
 //! Parallel platforms interleave; plain mode therefore prefixes every line with its platform so
 //! the output stays readable and greppable (`grep '^\[linux/arm64\]'`).
@@ -104,6 +105,40 @@ pub fn format_event(event: &v1::BuildEvent) -> Option<String> {
     }
 }
 
+/// One event as `--progress json` prints it, one object per line:
+/// `{"sequence":4,"at_ms":…,"platform":"linux/arm64","log":"#5 RUN uname -m"}`,
+/// `{"sequence":5,…,"platform":"linux/arm64","state":"succeeded","worker":"w1","attempt":1,"message":"sha256:…"}`,
+/// `{"sequence":9,…,"finished":"succeeded","digest":"sha256:…"}` (or `"error"`).
+pub fn event_json(event: &v1::BuildEvent) -> serde_json::Value {
+    let mut out = serde_json::json!({ "sequence": event.sequence, "at_ms": event.at_ms });
+    let fields = match event.event.as_ref() {
+        Some(Event::Log(log)) => serde_json::json!({
+            "platform": platform_name(log.platform.as_ref()),
+            "log": log.line.trim_end(),
+        }),
+        Some(Event::JobState(change)) => serde_json::json!({
+            "platform": platform_name(change.platform.as_ref()),
+            "state": job_state_name(change.state),
+            "worker": change.worker,
+            "attempt": change.attempt,
+            "message": change.message.trim_end(),
+        }),
+        Some(Event::Finished(f)) if f.manifest_digest.is_empty() => serde_json::json!({
+            "finished": build_state_name(f.state),
+            "error": f.error,
+        }),
+        Some(Event::Finished(f)) => serde_json::json!({
+            "finished": build_state_name(f.state),
+            "digest": f.manifest_digest,
+        }),
+        None => serde_json::json!({}),
+    };
+    if let (Some(out), serde_json::Value::Object(fields)) = (out.as_object_mut(), fields) {
+        out.extend(fields);
+    }
+    out
+}
+
 fn format_finished(finished: &v1::BuildFinished) -> String {
     let state = build_state_name(finished.state);
     let detail = if !finished.manifest_digest.is_empty() {
@@ -166,6 +201,7 @@ pub struct Progress {
 enum Inner {
     Quiet,
     Plain,
+    Json,
     Live(Live),
 }
 
@@ -176,6 +212,7 @@ impl Progress {
         let inner = match mode {
             ProgressMode::Quiet => Inner::Quiet,
             ProgressMode::Plain => Inner::Plain,
+            ProgressMode::Json => Inner::Json,
             ProgressMode::Auto if std::io::stderr().is_terminal() => {
                 Inner::Live(Live::new(platforms))
             }
@@ -201,6 +238,7 @@ impl Progress {
         match &self.inner {
             Inner::Quiet => {}
             Inner::Plain => eprintln!("{line}"),
+            Inner::Json => eprintln!("{}", serde_json::json!({"note": line})),
             Inner::Live(live) => {
                 if live.multi.println(line).is_err() {
                     eprintln!("{line}");
@@ -218,6 +256,7 @@ impl Progress {
                     eprintln!("{line}");
                 }
             }
+            Inner::Json => eprintln!("{}", event_json(event)),
             Inner::Live(live) => live.event(event),
         }
     }
@@ -417,6 +456,38 @@ mod tests {
             message: message.into(),
         })))
         .unwrap()
+    }
+
+    #[test]
+    fn json_progress_is_one_object_per_event_with_its_platform() {
+        let mut log = event(Event::Log(v1::LogLine {
+            platform: wire("linux/arm64"),
+            line: "#5 RUN uname -m\n".into(),
+        }));
+        log.sequence = 4;
+        log.at_ms = 1700;
+        assert_eq!(
+            event_json(&log).to_string(),
+            r##"{"at_ms":1700,"log":"#5 RUN uname -m","platform":"linux/arm64","sequence":4}"##
+        );
+        let done = event_json(&event(Event::JobState(v1::JobStateChanged {
+            platform: wire("linux/amd64"),
+            state: v1::JobState::Succeeded as i32,
+            worker: "w1".into(),
+            attempt: 1,
+            message: "sha256:ab".into(),
+        })));
+        assert_eq!(done["state"], "succeeded");
+        assert_eq!(done["worker"], "w1");
+        assert_eq!(done["message"], "sha256:ab");
+        let failed = event_json(&event(Event::Finished(v1::BuildFinished {
+            state: v1::BuildState::Failed as i32,
+            manifest_digest: String::new(),
+            error: "linux/arm64 failed".into(),
+        })));
+        assert_eq!(failed["finished"], "failed");
+        assert_eq!(failed["error"], "linux/arm64 failed");
+        assert!(!event_json(&log).to_string().contains('\n'));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::pin::Pin;
 use futures::Stream;
 use manifold_proto::v1::{self, builds_server, contexts_server, workers_server};
 use manifold_proto::{BuildId, JobId, Platform};
+use oci_client::Reference;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -351,6 +352,7 @@ fn request_from_wire(r: v1::SubmitBuildRequest) -> Result<BuildRequest, Status> 
         priority: r.priority,
         flags,
         secrets,
+        extra_tags: r.extra_tags,
     })
 }
 
@@ -371,6 +373,7 @@ fn request_to_wire(r: &BuildRequest, spec: &build::BuildSpec) -> v1::SubmitBuild
         // Secrets are never returned; the flags as the build keeps them.
         flags: Some(manifold_proto::build_flags::to_wire(&spec.flags)),
         secrets: Vec::new(),
+        extra_tags: spec.extra_tags.iter().map(Reference::whole).collect(),
     }
 }
 

@@ -37,6 +37,9 @@ pub struct BuildSpec {
     /// `--no-cache`, `--pull`, caches, network... and the ids (never the values) of the secrets.
     #[serde(default)]
     pub flags: BuildFlags,
+    /// The further `-t`s: the same list goes under each (children brought into their repositories).
+    #[serde(default, with = "reference_texts")]
+    pub extra_tags: Vec<Reference>,
 }
 
 /// How long a build may take, queueing included, when the request does not say (1 hour).
@@ -79,6 +82,9 @@ pub struct BuildRequest {
     /// holds them in memory only.
     #[serde(skip)]
     pub secrets: Secrets,
+    /// Further tags (`-t` given more than once), as received.
+    #[serde(default)]
+    pub extra_tags: Vec<String>,
 }
 
 /// Why a request was refused; each message names the bad value and the fix.
@@ -94,6 +100,12 @@ pub enum InvalidRequest {
         /// Why.
         reason: String,
     },
+    /// More tags than a build takes.
+    #[error(
+        "{0} tags requested; a build takes at most {max}: add the others with `manifold manifest create`",
+        max = manifold_proto::build_flags::MAX_TAGS
+    )]
+    TooManyTags(usize),
     /// No platform.
     #[error("no platform requested: pass --platform, e.g. --platform linux/amd64,linux/arm64")]
     NoPlatform,
@@ -157,6 +169,16 @@ impl BuildSpec {
     /// Validates `req` against what the coordinator holds.
     pub fn validate(req: BuildRequest, contexts: &ContextStore) -> Result<Self, InvalidRequest> {
         let image = parse_image(&req.image)?;
+        if req.extra_tags.len() + 1 > manifold_proto::build_flags::MAX_TAGS {
+            return Err(InvalidRequest::TooManyTags(req.extra_tags.len() + 1));
+        }
+        let mut extra_tags: Vec<Reference> = Vec::new();
+        for tag in &req.extra_tags {
+            let tag = parse_image(tag)?;
+            if tag != image && !extra_tags.contains(&tag) {
+                extra_tags.push(tag);
+            }
+        }
         if req.platforms.is_empty() {
             return Err(InvalidRequest::NoPlatform);
         }
@@ -260,6 +282,7 @@ impl BuildSpec {
                 secret_ids: req.secrets.keys().cloned().collect(),
                 ..req.flags
             },
+            extra_tags,
         })
     }
 
@@ -307,6 +330,23 @@ mod reference_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Reference, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serialises a list of image references as their texts.
+mod reference_texts {
+    use oci_client::Reference;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(refs: &[Reference], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(refs.iter().map(Reference::whole))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Reference>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| t.parse().map_err(serde::de::Error::custom))
+            .collect()
     }
 }
 
@@ -807,6 +847,37 @@ mod tests {
         );
         assert_eq!(spec.repository(), "127.0.0.1:5000/team/app");
         assert_eq!(spec.image.tag(), Some("1.0"));
+    }
+
+    #[test]
+    fn extra_tags_are_references_with_tags_without_repeats() {
+        let ctx = context(&["Dockerfile"]);
+        let mut req = request(&ctx);
+        req.extra_tags = vec![
+            "127.0.0.1:5000/team/app:latest".into(),
+            "127.0.0.1:5000/team/app:1.0".into(),
+            "127.0.0.1:5000/other/app".into(),
+            "127.0.0.1:5000/team/app:latest".into(),
+        ];
+        let spec = BuildSpec::validate(req, &ctx.store).unwrap();
+        let tags: Vec<String> = spec.extra_tags.iter().map(Reference::whole).collect();
+        assert_eq!(
+            tags,
+            [
+                "127.0.0.1:5000/team/app:latest",
+                "127.0.0.1:5000/other/app:latest"
+            ]
+        );
+        check_err(
+            &ctx,
+            |r| r.extra_tags = vec!["127.0.0.1:5000/team/app@sha256:".to_owned() + &"a".repeat(64)],
+            "a build writes a tag, not a digest",
+        );
+        check_err(
+            &ctx,
+            |r| r.extra_tags = (0..16).map(|i| format!("127.0.0.1:5000/t/a:{i}")).collect(),
+            "17 tags requested; a build takes at most 16",
+        );
     }
 
     #[test]

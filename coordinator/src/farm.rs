@@ -682,6 +682,7 @@ impl Farm {
                 let publish = registry::publish_with(
                     &farm.inner.config.registry,
                     &build.spec.image,
+                    &build.spec.extra_tags,
                     &children,
                     template.as_ref(),
                     &logins,

@@ -197,8 +197,8 @@ impl RepoRules {
             .unwrap_or_default()
     }
 
-    /// Whether a build of `team` may push where `spec` says: its image's repository and every
-    /// `--cache-to` registry reference.
+    /// Whether a build of `team` may push where `spec` says: its image's repository, every
+    /// further `-t` and every `--cache-to` registry reference.
     pub fn check(&self, team: &str, spec: &BuildSpec) -> Result<(), RuleError> {
         if !self.is_enforced() {
             return Ok(());
@@ -234,6 +234,7 @@ impl RepoRules {
             return Vec::new();
         };
         let mut hosts = vec![spec.image.registry().to_owned()];
+        hosts.extend(spec.extra_tags.iter().map(|t| t.registry().to_owned()));
         for c in spec.flags.cache_from.iter().chain(&spec.flags.cache_to) {
             if let Some(r) = cache_repository(c) {
                 hosts.push(r.registry().to_owned());
@@ -260,9 +261,15 @@ fn cache_repository(c: &manifold_proto::build_flags::CacheSpec) -> Option<oci_cl
     c.attrs.get("ref")?.parse().ok()
 }
 
-/// What a build pushes to: (`the image` / `--cache-to REF`, `registry/repository`).
+/// What a build pushes to: (`the image` / `-t REF` / `--cache-to REF`, `registry/repository`).
 fn push_targets(spec: &BuildSpec) -> Result<Vec<(String, String)>, RuleError> {
     let mut out = vec![("the image".to_owned(), spec.repository())];
+    for t in &spec.extra_tags {
+        out.push((
+            format!("-t {}", t.whole()),
+            format!("{}/{}", t.registry(), t.repository()),
+        ));
+    }
     for c in spec.flags.cache_to.iter().filter(|c| c.kind == "registry") {
         let text = c.attrs.get("ref").cloned().unwrap_or_default();
         let r = cache_repository(c).ok_or_else(|| RuleError::BadCacheRef(text.clone()))?;
@@ -363,6 +370,7 @@ mod tests {
                     .collect(),
                 ..Default::default()
             },
+            extra_tags: Vec::new(),
         }
     }
 
@@ -385,6 +393,31 @@ mod tests {
             ),
             ("b".to_owned(), TeamRules::default()),
         ]))
+    }
+
+    #[test]
+    fn every_tag_of_a_build_is_checked() {
+        let rules = rules();
+        let mut s = spec("r.example/a/app:1", &[]);
+        s.extra_tags = vec![
+            "r.example/a/app:latest".parse().unwrap(),
+            "r.example/b/app:1".parse().unwrap(),
+        ];
+        assert_eq!(
+            rules.check("a", &s),
+            Err(RuleError::Outside {
+                team: "a".into(),
+                repository: "r.example/b/app".into(),
+                what: "-t r.example/b/app:1".into(),
+                rules: vec!["r.example/a/**".into()],
+            })
+        );
+        s.extra_tags = vec!["other.example/a/app:1".parse().unwrap()];
+        assert!(rules.check("a", &s).is_err());
+        let logins = rules.logins_for("a", &s);
+        assert!(logins.iter().any(|l| l.registry == "other.example"), "{logins:?}");
+        s.extra_tags = vec!["r.example/a/deep/app:1".parse().unwrap()];
+        assert_eq!(rules.check("a", &s), Ok(()));
     }
 
     #[test]

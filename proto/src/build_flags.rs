@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 pub const MAX_CACHE_ENTRIES: usize = 16;
 /// Most `--add-host` entries one build takes.
 pub const MAX_ADD_HOSTS: usize = 64;
+/// Most `-t` tags one build takes (the first and the extra ones).
+pub const MAX_TAGS: usize = 16;
 /// Most `--secret`s one build takes.
 pub const MAX_SECRETS: usize = 64;
 /// Largest secret value (BuildKit's own limit is 500 KiB).

@@ -31,7 +31,8 @@ use crate::manifest::{
     self, ChildImage, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, ExtraEntry, ListKind, ManifestError,
     ManifestList, OCI_INDEX, OCI_MANIFEST,
 };
-use crate::publish::{self, Published};
+pub use crate::publish::Transfer;
+use crate::publish::{self, Published, bring};
 use crate::session::{RegistryConfig, RegistryError, Session};
 use crate::tag_template::{TagTemplate, TagTemplateError};
 
@@ -336,27 +337,6 @@ impl Plan {
     pub fn digest(&self) -> String {
         format!("sha256:{}", hex::encode(Sha256::digest(&self.list.bytes)))
     }
-}
-
-/// What [`push`] did (or, in a dry run, would do) for one child.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Transfer {
-    /// The child's platform (`attestation` for a carried attestation).
-    pub platform: String,
-    /// Its digest.
-    pub digest: String,
-    /// Where it comes from.
-    pub from: String,
-    /// It was already in the target repository.
-    pub already_there: bool,
-    /// Blobs already in the target repository.
-    pub blobs_present: usize,
-    /// Blobs mounted from the source repository (same registry).
-    pub blobs_mounted: usize,
-    /// Blobs copied through this process.
-    pub blobs_copied: usize,
-    /// Bytes copied.
-    pub bytes_copied: u64,
 }
 
 /// What [`push`] wrote.
@@ -908,94 +888,20 @@ pub async fn push(
             }),
         }
     }
-    let published =
-        publish::publish_assembled(session, &plan.target, &children, &others, &plan.list, None)
-            .await?;
+    let published = publish::publish_assembled(
+        session,
+        &plan.target,
+        &[],
+        &children,
+        &others,
+        &plan.list,
+        None,
+    )
+    .await?;
     Ok(PushReport {
         transfers,
         published: Some(published),
     })
-}
-
-/// Makes the manifest `origin` names present in `target`'s repository under its digest.
-async fn bring(
-    session: &Session,
-    target: &Reference,
-    origin: &Reference,
-    dry_run: bool,
-    t: &mut Transfer,
-) -> Result<(), CreateError> {
-    let digest = origin
-        .digest()
-        .expect("origins are pinned by digest")
-        .to_owned();
-    let there = target.clone_with_digest(digest.clone());
-    if same_repository(target, origin)
-        || session
-            .manifest_exists(&there, &format!("checking {digest}"))
-            .await?
-    {
-        t.already_there = true;
-        return Ok(());
-    }
-    let manifest = session
-        .pull_manifest(origin, &format!("reading {origin}"))
-        .await?
-        .ok_or_else(|| CreateError::SourceNotFound {
-            image: origin.to_string(),
-            registry: origin.registry().to_owned(),
-        })?;
-    let Content::Image(image) = inspect::parse_manifest(&manifest.bytes, &manifest.media_type)
-        .map_err(|message| CreateError::Malformed {
-            image: origin.to_string(),
-            message,
-        })?
-    else {
-        return Err(CreateError::Malformed {
-            image: origin.to_string(),
-            message: "a list entry is itself a list; nested lists are not supported".to_owned(),
-        });
-    };
-    let same_registry = target.registry() == origin.registry();
-    for blob in std::iter::once(&image.config).chain(&image.layers) {
-        if blob.foreign || session.blob_exists(target, &blob.digest).await? {
-            t.blobs_present += 1;
-            continue;
-        }
-        if dry_run {
-            if same_registry {
-                t.blobs_mounted += 1;
-            } else {
-                t.blobs_copied += 1;
-                t.bytes_copied += blob.size;
-            }
-            continue;
-        }
-        if same_registry && session.mount_blob(target, origin, &blob.digest).await? {
-            t.blobs_mounted += 1;
-            continue;
-        }
-        session
-            .copy_blob(target, origin, &blob.digest, blob.size)
-            .await?;
-        t.blobs_copied += 1;
-        t.bytes_copied += blob.size;
-    }
-    if !dry_run {
-        session
-            .push_manifest(
-                &there,
-                &manifest.bytes,
-                &manifest.media_type,
-                &format!("pushing {digest} into {}", target.repository()),
-            )
-            .await?;
-    }
-    Ok(())
-}
-
-fn same_repository(a: &Reference, b: &Reference) -> bool {
-    a.registry() == b.registry() && a.repository() == b.repository()
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! Publishing a finished build: the manifest list pushed under the user's tag with oci-client.
 //!
-//! Invariant: the tag moves last. Every child is checked to be in the target repository first, the
-//! optional per-arch tags are written next, and only then the list goes under the requested tag, so
-//! a client never pulls a tag whose children are missing.
+//! Invariant: the tags move last. Every child is checked to be in the target repository first, the
+//! optional per-arch tags are written next, every child is brought into the repository of each
+//! further tag (`-t` given more than once: mounted or copied from the target repository), and only
+//! then the list goes under the requested tag and each further tag, so a client never pulls a tag
+//! whose children are missing. Every tag holds the same list bytes: one digest.
 
 use oci_client::{Reference, RegistryOperation};
 use sha2::{Digest as _, Sha256};
 
 use crate::auth::RegistryLogin;
+use crate::inspect::{self, Content};
 use crate::manifest::{self, ChildImage, DOCKER_MANIFEST, ExtraEntry, ManifestList, OCI_MANIFEST};
 use crate::session::Session;
 use crate::tag_template::{TagTemplate, TagTemplateError};
@@ -27,27 +30,35 @@ pub struct Published {
     pub arch_tags: Vec<String>,
 }
 
-/// Pushes the list of `children` under `target` (a tagged reference), the tag last; with
-/// `arch_tags`, each child is also tagged by that template (e.g. `{tag}-{arch}`). A login of
-/// `logins` for the target's registry is used instead of the Docker config's credentials.
+/// Pushes the list of `children` under `target` (a tagged reference) and each of `also` (more
+/// tagged references, any repository), the tags last; with `arch_tags`, each child is also tagged
+/// in `target`'s repository by that template (e.g. `{tag}-{arch}`). A login of `logins` for a
+/// registry is used instead of the Docker config's credentials.
 pub async fn publish_with(
     config: &RegistryConfig,
     target: &Reference,
+    also: &[Reference],
     children: &[ChildImage],
     arch_tags: Option<&TagTemplate>,
     logins: &[RegistryLogin],
 ) -> Result<Published, RegistryError> {
     let list = manifest::assemble(children)?;
-    let session = Session::open_with_logins(config, &[target.registry()], logins).await?;
-    publish_assembled(&session, target, children, &[], &list, arch_tags).await
+    let mut registries = vec![target.registry()];
+    registries.extend(also.iter().map(Reference::registry));
+    registries.sort_unstable();
+    registries.dedup();
+    let session = Session::open_with_logins(config, &registries, logins).await?;
+    publish_assembled(&session, target, also, children, &[], &list, arch_tags).await
 }
 
-/// The one way a list reaches its tag, shared by the coordinator's merge and `manifold manifest
+/// The one way a list reaches its tags, shared by the coordinator's merge and `manifold manifest
 /// create`: checks that every child (and carried extra entry) is in `target`'s repository, writes
-/// the per-arch tags if asked, then pushes `list` under `target`'s tag, last.
+/// the per-arch tags if asked, brings every entry into the repository of each of `also`, then
+/// pushes `list` under `target`'s tag and each of `also`, last.
 pub async fn publish_assembled(
     session: &Session,
     target: &Reference,
+    also: &[Reference],
     children: &[ChildImage],
     extras: &[ExtraEntry],
     list: &ManifestList,
@@ -135,18 +146,148 @@ pub async fn publish_assembled(
         written.push(name);
     }
 
+    let entries: Vec<&String> = children
+        .iter()
+        .map(|c| &c.digest)
+        .chain(extras.iter().map(|e| &e.digest))
+        .collect();
+    for other in also {
+        if !same_repository(other, target) {
+            session
+                .authenticate(
+                    other,
+                    RegistryOperation::Push,
+                    &format!("pushing to {}/{}", other.registry(), other.repository()),
+                )
+                .await?;
+            for digest in &entries {
+                let origin = target.clone_with_digest((*digest).clone());
+                bring(session, other, &origin, false, &mut Transfer::default()).await?;
+            }
+        }
+    }
+
     let tagged = Reference::with_tag(registry.clone(), repository.clone(), tag.clone());
-    session
-        .push_manifest(
-            &tagged,
-            &list.bytes,
-            list.media_type,
-            &format!("pushing the manifest list under {tag}"),
-        )
-        .await?;
+    for t in std::iter::once(&tagged).chain(also) {
+        let shown = format!(
+            "{}/{}:{}",
+            t.registry(),
+            t.repository(),
+            t.tag().unwrap_or("latest")
+        );
+        session
+            .push_manifest(
+                t,
+                &list.bytes,
+                list.media_type,
+                &format!("pushing the manifest list under {shown}"),
+            )
+            .await?;
+    }
     Ok(Published {
         digest: format!("sha256:{}", hex::encode(Sha256::digest(&list.bytes))),
         media_type: list.media_type,
         arch_tags: written,
     })
+}
+
+/// What [`bring`] did (or, in a dry run, would do) for one child.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Transfer {
+    /// The child's platform (`attestation` for a carried attestation).
+    pub platform: String,
+    /// Its digest.
+    pub digest: String,
+    /// Where it comes from.
+    pub from: String,
+    /// It was already in the target repository.
+    pub already_there: bool,
+    /// Blobs already in the target repository.
+    pub blobs_present: usize,
+    /// Blobs mounted from the source repository (same registry).
+    pub blobs_mounted: usize,
+    /// Blobs copied through this process.
+    pub blobs_copied: usize,
+    /// Bytes copied.
+    pub bytes_copied: u64,
+}
+
+/// Makes the manifest `origin` names present in `target`'s repository under its digest.
+pub async fn bring(
+    session: &Session,
+    target: &Reference,
+    origin: &Reference,
+    dry_run: bool,
+    t: &mut Transfer,
+) -> Result<(), RegistryError> {
+    let digest = origin
+        .digest()
+        .expect("origins are pinned by digest")
+        .to_owned();
+    let there = target.clone_with_digest(digest.clone());
+    if same_repository(target, origin)
+        || session
+            .manifest_exists(&there, &format!("checking {digest}"))
+            .await?
+    {
+        t.already_there = true;
+        return Ok(());
+    }
+    let manifest = session
+        .pull_manifest(origin, &format!("reading {origin}"))
+        .await?
+        .ok_or_else(|| RegistryError::MissingImage {
+            image: origin.to_string(),
+        })?;
+    let Content::Image(image) = inspect::parse_manifest(&manifest.bytes, &manifest.media_type)
+        .map_err(|message| RegistryError::Malformed {
+            image: origin.to_string(),
+            message,
+        })?
+    else {
+        return Err(RegistryError::Malformed {
+            image: origin.to_string(),
+            message: "a list entry is itself a list; nested lists are not supported".to_owned(),
+        });
+    };
+    let same_registry = target.registry() == origin.registry();
+    for blob in std::iter::once(&image.config).chain(&image.layers) {
+        if blob.foreign || session.blob_exists(target, &blob.digest).await? {
+            t.blobs_present += 1;
+            continue;
+        }
+        if dry_run {
+            if same_registry {
+                t.blobs_mounted += 1;
+            } else {
+                t.blobs_copied += 1;
+                t.bytes_copied += blob.size;
+            }
+            continue;
+        }
+        if same_registry && session.mount_blob(target, origin, &blob.digest).await? {
+            t.blobs_mounted += 1;
+            continue;
+        }
+        session
+            .copy_blob(target, origin, &blob.digest, blob.size)
+            .await?;
+        t.blobs_copied += 1;
+        t.bytes_copied += blob.size;
+    }
+    if !dry_run {
+        session
+            .push_manifest(
+                &there,
+                &manifest.bytes,
+                &manifest.media_type,
+                &format!("pushing {digest} into {}", target.repository()),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn same_repository(a: &Reference, b: &Reference) -> bool {
+    a.registry() == b.registry() && a.repository() == b.repository()
 }

@@ -61,6 +61,22 @@ pub enum RegistryError {
         /// Target repository.
         repository: String,
     },
+    /// An image to copy is not in the repository it is copied from.
+    #[error(
+        "{image} is not in its registry any more: it was deleted meanwhile; build or push it again"
+    )]
+    MissingImage {
+        /// The pinned reference.
+        image: String,
+    },
+    /// A manifest to copy cannot be read.
+    #[error("{image} cannot be read: {message}")]
+    Malformed {
+        /// The pinned reference.
+        image: String,
+        /// Why.
+        message: String,
+    },
     /// The registry refused the credentials (401) or the access (403).
     #[error(
         "registry {registry} refused {action} ({}) with {tried}; {}",

@@ -114,6 +114,7 @@ pub(crate) mod suite {
                     secret_ids: vec!["npm".into()],
                     ..Default::default()
                 },
+                extra_tags: vec!["127.0.0.1:5000/team/app:latest".parse().unwrap()],
             },
             request: BuildRequest {
                 image: "127.0.0.1:5000/team/app:1.0".into(),

@@ -377,6 +377,19 @@ pub fn solve_request(solve: &Solve<'_>, session_id: &str, build_ref: &str) -> So
             })
             .collect::<Vec<_>>()
     };
+    let imports = entries(&flags.cache_from);
+    if !imports.is_empty() {
+        // The Dockerfile frontend solves the build itself: it finds the cache to import only in
+        // its attributes, as BuildKit's client puts them there (JSON of Type/Attrs entries).
+        let json: Vec<serde_json::Value> = imports
+            .iter()
+            .map(|e| serde_json::json!({ "Type": e.r#type, "Attrs": e.attrs }))
+            .collect();
+        attrs.insert(
+            "cache-imports".into(),
+            serde_json::Value::Array(json).to_string(),
+        );
+    }
     SolveRequest {
         r#ref: build_ref.to_owned(),
         definition: None,
@@ -395,7 +408,7 @@ pub fn solve_request(solve: &Solve<'_>, session_id: &str, build_ref: &str) -> So
             import_refs_deprecated: Vec::new(),
             export_attrs_deprecated: HashMap::new(),
             exports: entries(&flags.cache_to),
-            imports: entries(&flags.cache_from),
+            imports,
         }),
         entitlements,
         frontend_inputs: HashMap::new(),
@@ -589,6 +602,11 @@ mod tests {
         assert_eq!(cache.imports[0].r#type, "registry");
         // Kept apart per platform.
         assert_eq!(cache.imports[0].attrs["ref"], "r/c:amd64-linux-arm64");
+        let in_attrs: serde_json::Value = serde_json::from_str(&a["cache-imports"]).unwrap();
+        assert_eq!(
+            in_attrs,
+            serde_json::json!([{"Type": "registry", "Attrs": {"ref": "r/c:amd64-linux-arm64"}}])
+        );
         assert!(cache.exports.is_empty());
     }
 
