@@ -376,6 +376,11 @@ pub struct BuildArgs {
     #[arg(long = "shm-size", value_name = "SIZE")]
     pub shm_size: Option<String>,
 
+    /// Extra named context for the Dockerfile (FROM NAME, COPY --from=NAME):
+    /// NAME=docker-image://REF, a Git or HTTP(S) URL, or target:STAGE
+    #[arg(long = "build-context", value_name = "NAME=SOURCE")]
+    pub build_contexts: Vec<String>,
+
     /// Write the build's result as JSON to FILE (buildx's keys: containerimage.digest,
     /// image.name; plus manifold.build.id and each platform's manifest digest)
     #[arg(long = "metadata-file", value_name = "FILE")]

@@ -1,5 +1,5 @@
 //! The buildx flags of `manifold build` beyond Dockerfile, arguments and labels, read from the
-//! command line: caches, network, extra hosts, shm size ([`parse_flags`]) and the `--secret`
+//! command line: caches, network, extra hosts, shm size, named contexts ([`parse_flags`]) and the `--secret`
 //! values, read from their files or variables on this machine ([`parse_secrets`]).
 
 use std::path::Path;
@@ -38,6 +38,20 @@ pub fn parse_flags(args: &BuildArgs) -> Result<BuildFlags, ArgsError> {
             .map(build_flags::parse_shm_size)
             .transpose()?,
         secret_ids: Vec::new(),
+        build_contexts: {
+            if args.build_contexts.len() > build_flags::MAX_BUILD_CONTEXTS {
+                return Err(build_flags::FlagError {
+                    flag: "--build-context",
+                    value: format!("{} entries", args.build_contexts.len()),
+                    reason: format!("at most {} are taken", build_flags::MAX_BUILD_CONTEXTS),
+                }
+                .into());
+            }
+            args.build_contexts
+                .iter()
+                .map(|c| build_flags::parse_build_context(c))
+                .collect::<Result<_, _>>()?
+        },
     })
 }
 

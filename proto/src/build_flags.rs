@@ -1,12 +1,13 @@
 //! The buildx flags a build carries past the Dockerfile, arguments and labels: `--no-cache`,
-//! `--pull`, `--cache-from`/`--cache-to`, `--network`, `--add-host`, `--shm-size`, and the ids of
-//! `--secret`s. Parsed here once, with buildx's syntax, for the CLI, the coordinator and the worker.
+//! `--pull`, `--cache-from`/`--cache-to`, `--network`, `--add-host`, `--shm-size`,
+//! `--build-context`, and the ids of `--secret`s. Parsed here once, with buildx's syntax, for the CLI, the coordinator and the worker.
 //!
 //! Secret values are not part of [`BuildFlags`]: they never reach the state store. Only their ids
 //! are kept, so that a build whose secrets were lost (a coordinator restart) can say so.
 //!
 //! Bounds: at most [`MAX_CACHE_ENTRIES`] cache imports and exports each, [`MAX_ADD_HOSTS`] extra
-//! hosts, [`MAX_SECRETS`] secrets of at most [`MAX_SECRET_BYTES`] each.
+//! hosts, [`MAX_SECRETS`] secrets of at most [`MAX_SECRET_BYTES`] each, [`MAX_BUILD_CONTEXTS`]
+//! named contexts of at most [`MAX_BUILD_CONTEXT_BYTES`] each.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,10 @@ use std::collections::BTreeMap;
 pub const MAX_CACHE_ENTRIES: usize = 16;
 /// Most `--add-host` entries one build takes.
 pub const MAX_ADD_HOSTS: usize = 64;
+/// Most `--build-context`s one build takes.
+pub const MAX_BUILD_CONTEXTS: usize = 32;
+/// Longest `--build-context NAME=SOURCE`.
+pub const MAX_BUILD_CONTEXT_BYTES: usize = 1024;
 /// Most `-t` tags one build takes (the first and the extra ones).
 pub const MAX_TAGS: usize = 16;
 /// Most `--secret`s one build takes.
@@ -41,6 +46,8 @@ pub struct BuildFlags {
     pub shm_size: Option<u64>,
     /// The ids of the build's `--secret`s (their values live in memory only).
     pub secret_ids: Vec<String>,
+    /// `--build-context NAME=SOURCE` by name.
+    pub build_contexts: BTreeMap<String, String>,
 }
 
 /// A secret's bytes. Its `Debug` shows only the length, and it has no `Serialize`: it cannot reach
@@ -218,6 +225,7 @@ pub fn to_wire(flags: &BuildFlags) -> crate::v1::BuildFlags {
         network: flags.network.clone().unwrap_or_default(),
         add_hosts: flags.add_hosts.clone(),
         shm_size: flags.shm_size.unwrap_or_default(),
+        build_contexts: flags.build_contexts.clone().into_iter().collect(),
     }
 }
 
@@ -247,6 +255,18 @@ pub fn from_wire(wire: &crate::v1::BuildFlags) -> Result<BuildFlags, FlagError> 
     if wire.add_hosts.len() > MAX_ADD_HOSTS {
         return Err(too_many("--add-host", wire.add_hosts.len(), MAX_ADD_HOSTS));
     }
+    if wire.build_contexts.len() > MAX_BUILD_CONTEXTS {
+        return Err(too_many(
+            "--build-context",
+            wire.build_contexts.len(),
+            MAX_BUILD_CONTEXTS,
+        ));
+    }
+    let mut build_contexts = BTreeMap::new();
+    for (name, source) in &wire.build_contexts {
+        let (name, source) = parse_build_context(&format!("{name}={source}"))?;
+        build_contexts.insert(name, source);
+    }
     Ok(BuildFlags {
         no_cache: wire.no_cache,
         pull: wire.pull,
@@ -271,7 +291,55 @@ pub fn from_wire(wire: &crate::v1::BuildFlags) -> Result<BuildFlags, FlagError> 
             .collect::<Result<_, _>>()?,
         shm_size: Some(wire.shm_size).filter(|n| *n > 0),
         secret_ids: Vec::new(),
+        build_contexts,
     })
+}
+
+/// Parses `--build-context NAME=SOURCE` as buildx does, for the sources a farm can hand to a
+/// worker: `docker-image://REF`, a Git or HTTP(S) URL, `target:STAGE`. A local directory lives
+/// on the CLI's machine, which no worker can reach: refused, saying what to do instead.
+pub fn parse_build_context(text: &str) -> Result<(String, String), FlagError> {
+    let bad = |reason: String| FlagError::new("--build-context", text, reason);
+    if text.len() > MAX_BUILD_CONTEXT_BYTES {
+        return Err(bad(format!(
+            "{} bytes; at most {MAX_BUILD_CONTEXT_BYTES} are taken",
+            text.len()
+        )));
+    }
+    let (name, source) = text
+        .split_once('=')
+        .ok_or_else(|| bad("expected NAME=SOURCE, e.g. base=docker-image://alpine:3".into()))?;
+    let name_ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:@".contains(c));
+    if !name_ok {
+        return Err(bad(format!(
+            "the name `{name}` is empty or holds other characters than letters, digits and -_./:@"
+        )));
+    }
+    let remote = [
+        "docker-image://",
+        "https://",
+        "http://",
+        "git://",
+        "git@",
+        "target:",
+    ];
+    let rest = remote.iter().find_map(|p| source.strip_prefix(p));
+    match rest {
+        Some(rest) if !rest.is_empty() && !source.contains(char::is_whitespace) => {}
+        Some(_) => return Err(bad(format!("`{source}` names nothing after its scheme"))),
+        None => {
+            return Err(bad(
+                "a farm builds on other machines, so the source must be docker-image://REF, a Git \
+                 or HTTP(S) URL or target:STAGE; push a local directory as an image and name it \
+                 with docker-image://"
+                    .into(),
+            ));
+        }
+    }
+    Ok((name.to_owned(), source.to_owned()))
 }
 
 /// Checks the `--secret`s of a request: ids, count and sizes; the error names the bad one.
@@ -388,6 +456,41 @@ pub fn check_secret_id(id: &str) -> Result<(), FlagError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn build_contexts_take_remote_sources_and_refuse_local_directories() {
+        use super::parse_build_context as p;
+        assert_eq!(
+            p("base=docker-image://127.0.0.1:5000/base/busybox:1").unwrap(),
+            (
+                "base".to_owned(),
+                "docker-image://127.0.0.1:5000/base/busybox:1".to_owned()
+            )
+        );
+        assert!(p("src=https://github.com/o/r.git#main").is_ok());
+        assert!(p("src=git@github.com:o/r.git").is_ok());
+        assert!(p("deps=target:deps").is_ok());
+        for (bad, says) in [
+            ("base=./vendor", "push a local directory as an image"),
+            ("base=/abs/dir", "push a local directory as an image"),
+            ("base", "expected NAME=SOURCE"),
+            ("=docker-image://x", "the name `` is empty"),
+            ("a b=docker-image://x", "the name `a b`"),
+            ("base=docker-image://", "names nothing after its scheme"),
+            ("base=docker-image://a b", "names nothing after its scheme"),
+        ] {
+            let e = p(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(says) && e.contains("--build-context"),
+                "{bad}: {e}"
+            );
+        }
+        let long = format!(
+            "x=docker-image://{}",
+            "a".repeat(super::MAX_BUILD_CONTEXT_BYTES)
+        );
+        assert!(p(&long).unwrap_err().to_string().contains("at most 1024"));
+    }
+
     use super::*;
 
     #[track_caller]

@@ -1,7 +1,7 @@
 //! What `manifold build` leaves for people and programs, on both engine modes, checked with
 //! skopeo: several `-t` (one list under every tag, also in another repository, children brought
 //! there first), `--iidfile` and `--metadata-file` (buildx's keys, each platform's digest),
-//! `--progress json` (one object per line); and a registry cache written by one pair of daemons
+//! `--progress json` (one object per line), `--build-context NAME=docker-image://REF`; and a registry cache written by one pair of daemons
 //! (`--cache-to`) that two other daemons of the other engine mode reuse (`--cache-from`).
 
 use manifold_tests::{Env, TestFarm, context_dir, run, show};
@@ -43,7 +43,8 @@ async fn tags_metadata_and_json_progress(store: &str) -> anyhow::Result<()> {
     let farm = farm_on(&env, store).await?;
     let ctx = context_dir(&[(
         "Dockerfile",
-        &format!("FROM {}\nRUN echo built > /built\n", env.base_image),
+        // `stem` is no image anywhere: only --build-context makes it the base image.
+        "FROM stem\nRUN echo built > /built\n",
     )])?;
     let repo = env.unique_repo(&format!("tags-{store}"));
     let other = env.unique_repo(&format!("tags-other-{store}"));
@@ -68,6 +69,8 @@ async fn tags_metadata_and_json_progress(store: &str) -> anyhow::Result<()> {
             "linux/amd64,linux/arm64",
             "--progress",
             "json",
+            "--build-context",
+            &format!("stem=docker-image://{}", env.base_image),
             "--metadata-file",
             &metadata_file.display().to_string(),
             "--iidfile",

@@ -321,6 +321,7 @@ fn spec(archs: &[&str], timeout: u64) -> (BuildSpec, BuildRequest) {
         arch_tags: false,
         arch_tag_template: None,
         flags: Default::default(),
+        extra_tags: Vec::new(),
     };
     let request = BuildRequest {
         image: "127.0.0.1:5000/team/app:1.0".into(),

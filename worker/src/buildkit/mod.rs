@@ -347,6 +347,9 @@ pub fn solve_request(solve: &Solve<'_>, session_id: &str, build_ref: &str) -> So
     if let Some(bytes) = flags.shm_size {
         attrs.insert("shm-size".into(), bytes.to_string());
     }
+    for (name, source) in &flags.build_contexts {
+        attrs.insert(format!("context:{name}"), source.clone());
+    }
     let (exporter, exporter_attrs) = match &solve.output {
         Output::DaemonTag { tag } => ("moby", HashMap::from([("name".to_owned(), tag.clone())])),
         Output::PushByDigest {
@@ -588,6 +591,7 @@ mod tests {
                 }],
                 cache_to: vec![],
                 secret_ids: vec![],
+                build_contexts: [("base".to_owned(), "docker-image://r/base:1".to_owned())].into(),
             },
             Output::DaemonTag { tag: "t".into() },
         );
@@ -597,6 +601,7 @@ mod tests {
         assert_eq!(a["force-network-mode"], "host");
         assert_eq!(a["add-hosts"], "db:10.0.0.2,cache:10.0.0.3");
         assert_eq!(a["shm-size"], "1073741824");
+        assert_eq!(a["context:base"], "docker-image://r/base:1");
         assert_eq!(r.entitlements, vec!["network.host".to_owned()]);
         let cache = r.cache.unwrap();
         assert_eq!(cache.imports[0].r#type, "registry");
