@@ -415,7 +415,10 @@ mod tests {
         s.extra_tags = vec!["other.example/a/app:1".parse().unwrap()];
         assert!(rules.check("a", &s).is_err());
         let logins = rules.logins_for("a", &s);
-        assert!(logins.iter().any(|l| l.registry == "other.example"), "{logins:?}");
+        assert!(
+            logins.iter().any(|l| l.registry == "other.example"),
+            "{logins:?}"
+        );
         s.extra_tags = vec!["r.example/a/deep/app:1".parse().unwrap()];
         assert_eq!(rules.check("a", &s), Ok(()));
     }
