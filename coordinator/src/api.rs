@@ -195,6 +195,20 @@ impl Api {
         Ok(Some(identity))
     }
 
+    /// Pauses (or resumes) worker `name` for its owner team or an admin: the one path of both
+    /// `Workers.Pause` and `Workers.Resume`.
+    fn set_paused(
+        &self,
+        caller: &Caller,
+        name: &str,
+        paused: bool,
+    ) -> Result<v1::WorkerInfo, Status> {
+        let farm = self.farm()?;
+        owner_or_admin(&farm, caller, name, if paused { "pause" } else { "resume" })?;
+        let worker = farm.pause(name, paused).map_err(status)?;
+        Ok(worker_to_wire(worker))
+    }
+
     /// The farm, when this coordinator leads; otherwise `Unavailable` naming the leader.
     fn farm(&self) -> Result<Farm, Status> {
         match &*self.role.borrow() {
@@ -1127,12 +1141,9 @@ impl workers_server::Workers for Api {
         request: Request<v1::PauseWorkerRequest>,
     ) -> Result<Response<v1::PauseWorkerResponse>, Status> {
         let caller = self.admitted(self.caller(&request)).await?;
-        let farm = self.farm()?;
-        let name = request.into_inner().name;
-        owner_or_admin(&farm, &caller, &name, "pause")?;
-        let worker = farm.pause(&name, true).map_err(status)?;
+        let worker = self.set_paused(&caller, &request.into_inner().name, true)?;
         Ok(Response::new(v1::PauseWorkerResponse {
-            worker: Some(worker_to_wire(worker)),
+            worker: Some(worker),
         }))
     }
 
@@ -1141,12 +1152,9 @@ impl workers_server::Workers for Api {
         request: Request<v1::ResumeWorkerRequest>,
     ) -> Result<Response<v1::ResumeWorkerResponse>, Status> {
         let caller = self.admitted(self.caller(&request)).await?;
-        let farm = self.farm()?;
-        let name = request.into_inner().name;
-        owner_or_admin(&farm, &caller, &name, "resume")?;
-        let worker = farm.pause(&name, false).map_err(status)?;
+        let worker = self.set_paused(&caller, &request.into_inner().name, false)?;
         Ok(Response::new(v1::ResumeWorkerResponse {
-            worker: Some(worker_to_wire(worker)),
+            worker: Some(worker),
         }))
     }
 
