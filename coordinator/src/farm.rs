@@ -716,6 +716,9 @@ impl Farm {
 /// Applies batches in order: each build record is written (retrying backend errors with backoff),
 /// then the batch's worker messages are sent. A fenced write means another coordinator leads now:
 /// nothing more is written or sent, and the term is cancelled so the coordinator steps down.
+/// Batches queued before the term ended are still attempted (biased towards the queue): whether
+/// they land is the store's fence to decide, not this task's timing, and a shutdown loses nothing
+/// the farm already accepted.
 async fn write_loop(
     store: Arc<dyn StateStore>,
     mut batches: mpsc::UnboundedReceiver<Batch>,
@@ -723,6 +726,7 @@ async fn write_loop(
 ) {
     loop {
         let batch = tokio::select! {
+            biased;
             b = batches.recv() => match b {
                 Some(b) => b,
                 None => return,

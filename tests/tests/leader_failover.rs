@@ -233,15 +233,19 @@ async fn a_leader_paused_past_its_lease_has_its_writes_rejected_and_steps_down()
     })
     .await?;
 
-    // Pause the leader well past its 3 s lease: c2 takes over while c1 sleeps, and the job's
-    // result reaches the sleeping c1.
+    // Pause the leader past its 3 s lease (and its worker's 3 s lease), but for less than the
+    // three TTLs after which its keep-alive timer alone gives up: c2 takes over while c1 sleeps.
+    // On waking, c1's overdue farm timers act at once (the worker is declared lost), before its
+    // keep-alive hears from etcd that the lease is gone, so a write reaches etcd's fence.
     c1.signal("STOP").await?;
+    let paused = std::time::Instant::now();
     wait_until(Duration::from_secs(30), "c2 to lead", || async {
         c2.is_leader().await.then_some(())
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     c1.signal("CONT").await?;
+    let pause = paused.elapsed();
 
     // Waking up, c1 acts on what it missed; etcd rejects its writes and it steps down.
     wait_until(
@@ -250,7 +254,7 @@ async fn a_leader_paused_past_its_lease_has_its_writes_rejected_and_steps_down()
         || async { c1.log().contains("state write rejected").then_some(()) },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e}\n--- c1 ---\n{}", c1.log()))?;
+    .map_err(|e| anyhow::anyhow!("{e} (paused for {pause:?})\n--- c1 ---\n{}", c1.log()))?;
     wait_until(Duration::from_secs(30), "c1 to step down", || async {
         (!c1.is_leader().await).then_some(())
     })
