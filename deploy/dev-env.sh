@@ -6,6 +6,8 @@
 #     whose RUN steps execute under qemu-user-static (our stand-in for an ARM server or Mac in tests);
 #   * Docker daemons #3 and #4: the same amd64 and arm64 machines with the containerd image store
 #     (Docker Desktop's and Docker Engine 29's default), so the build path is tested in both modes;
+#   * Docker daemon #5 at $MANIFOLD_TEST_PRUNE_DOCKER: amd64, graphdriver, for the tests that prune
+#     the build cache (the other four keep theirs: tests assert CACHED steps on them);
 #   * QEMU binfmt for aarch64;
 #   * the CNCF distribution registry (Debian's docker-registry) on 127.0.0.1:$MANIFOLD_REGISTRY_PORT;
 #   * a multi-arch base image $REGISTRY/base/busybox:1 (linux/amd64 + linux/arm64), built from Debian's
@@ -20,6 +22,7 @@ ARM_DIR=${MANIFOLD_ARM_DIR:-/var/tmp/md2}
 ARM_SOCK=$ARM_DIR/docker.sock
 CD_AMD64_DIR=${MANIFOLD_CD_AMD64_DIR:-/var/tmp/md3}
 CD_ARM64_DIR=${MANIFOLD_CD_ARM64_DIR:-/var/tmp/md4}
+PRUNE_DIR=${MANIFOLD_PRUNE_DIR:-/var/tmp/md5}
 mkdir -p "$STATE" "$ARM_DIR"
 
 log() { echo "dev-env: $*" >&2; }
@@ -77,6 +80,8 @@ start_daemon arm64 "$ARM_DIR" br-m1 172.31.0.1/16 graphdriver
 # #3 and #4: the same two machines with the containerd image store.
 start_daemon cd-amd64 "$CD_AMD64_DIR" br-m3 172.30.0.1/16 containerd
 start_daemon cd-arm64 "$CD_ARM64_DIR" br-m4 172.29.0.1/16 containerd
+# #5: an amd64 machine whose build cache the prune tests may empty.
+start_daemon prune "$PRUNE_DIR" br-m5 172.28.0.1/16 graphdriver
 
 # --- Registry --------------------------------------------------------------------------------------
 if ! curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1; then
@@ -140,4 +145,5 @@ export MANIFOLD_TEST_AMD64_DOCKER=unix:///var/run/docker.sock
 export MANIFOLD_TEST_ARM64_DOCKER=unix://$ARM_SOCK
 export MANIFOLD_TEST_CD_AMD64_DOCKER=unix://$CD_AMD64_DIR/docker.sock
 export MANIFOLD_TEST_CD_ARM64_DOCKER=unix://$CD_ARM64_DIR/docker.sock
+export MANIFOLD_TEST_PRUNE_DOCKER=unix://$PRUNE_DIR/docker.sock
 EOF

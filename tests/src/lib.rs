@@ -47,6 +47,9 @@ pub struct Env {
     pub cd_amd64_docker: String,
     /// Docker daemon running arm64 under QEMU, with the containerd image store.
     pub cd_arm64_docker: String,
+    /// Docker daemon building amd64 natively (graphdriver) whose build cache tests may prune; the
+    /// other four keep theirs, since tests assert cached steps on them.
+    pub prune_docker: String,
 }
 
 impl Env {
@@ -68,6 +71,10 @@ impl Env {
             cd_arm64_docker: var(
                 "MANIFOLD_TEST_CD_ARM64_DOCKER",
                 "unix:///var/tmp/md4/docker.sock",
+            ),
+            prune_docker: var(
+                "MANIFOLD_TEST_PRUNE_DOCKER",
+                "unix:///var/tmp/md5/docker.sock",
             ),
         }
     }

@@ -57,6 +57,9 @@ pub struct Config {
     /// Free bytes the cache dir's file system must keep; below them the worker reports itself
     /// unhealthy and takes no job. Default 0 (off).
     pub min_free_disk: u64,
+    /// How much BuildKit cache the engine keeps (`--cache-max-size`, `--cache-max-age`), pruned
+    /// after jobs and on a timer. Default: no limit.
+    pub cache_policy: crate::buildkit::prune::CachePolicy,
     /// Whether other teams' jobs may run here (the owner team's always may). Default: always.
     pub lend: crate::lending::LendPolicy,
     /// How often a `--lend when` command is run. Default: 30 s.
@@ -130,6 +133,7 @@ impl Config {
             reconnect_max: Duration::from_secs(2),
             health_interval: Duration::from_secs(5),
             min_free_disk: 0,
+            cache_policy: Default::default(),
             lend: crate::lending::LendPolicy::Always,
             lend_check_interval: Duration::from_secs(30),
             ca_cert: env_path(ENV_CA_CERT),

@@ -53,12 +53,6 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 const FAREWELL_ATTEMPTS: u32 = 3;
 /// Messages waiting for a stream (results, log batches).
 const OUTBOX_CAPACITY: usize = 1024;
-/// A log batch is sent when it holds this many lines, or every [`LOG_FLUSH`].
-const LOG_BATCH_LINES: usize = 500;
-/// See [`LOG_BATCH_LINES`].
-const LOG_FLUSH: Duration = Duration::from_millis(100);
-/// Longer lines are cut, so a batch stays far below the message size limit.
-const MAX_LINE_BYTES: usize = 16 * 1024;
 /// How long the daemon has to answer a health check.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the daemon has to answer `info` when the worker says hello.
@@ -190,6 +184,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         paused: watch::channel(false).0,
         lending,
         check_health: Notify::new(),
+        job_ended: Arc::new(Notify::new()),
         daemon: Mutex::default(),
     });
     let checker = tokio::spawn(watch_health(shared.clone()));
@@ -200,6 +195,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         shared.lending.clone(),
         lend_stop.clone(),
     ));
+    let prune_stop = CancellationToken::new();
+    let pruner = crate::buildkit::Endpoint::moby(&shared.config.docker_host).map(|endpoint| {
+        let running = Arc::downgrade(&shared);
+        tokio::spawn(crate::buildkit::prune::keep_pruned(
+            endpoint,
+            shared.config.cache_policy,
+            shared.job_ended.clone(),
+            move || running.upgrade().map_or(0, |s| s.slots_in_use() as usize),
+            prune_stop.clone(),
+        ))
+    });
     let mut worker = Worker {
         shared,
         outbox_rx,
@@ -208,7 +214,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let served = worker.serve(backoff).await;
     checker.abort();
     lend_stop.cancel();
+    prune_stop.cancel();
     let _ = lender.await;
+    if let Ok(pruner) = pruner {
+        let _ = pruner.await;
+    }
     served
 }
 
@@ -255,6 +265,8 @@ struct Shared {
     lending: watch::Sender<bool>,
     /// Asks [`watch_health`] to check now.
     check_health: Notify,
+    /// Told when a job ends, so the BuildKit cache is pruned ([`crate::buildkit::prune`]).
+    job_ended: Arc<Notify>,
     /// What the daemon said about itself the last time it answered, for a hello while it does not.
     daemon: Mutex<Option<DaemonInfo>>,
 }
@@ -751,7 +763,7 @@ impl Worker {
                     drop(logs);
                     result
                 };
-                let forward = forward_logs(
+                let forward = crate::log_batches::forward(
                     lines,
                     job_shared.outbox.clone(),
                     spec.job_id.to_string(),
@@ -769,6 +781,7 @@ impl Worker {
                     .lock()
                     .expect("jobs lock")
                     .remove(&(spec.job_id, spec.attempt));
+                job_shared.job_ended.notify_one();
                 let outcome = result_message(&spec.job_id.to_string(), spec.attempt, result);
                 if job_shared.outbox.send(outcome).await.is_err() {
                     tracing::error!("the outbox is closed: the job's result is lost");
@@ -858,66 +871,6 @@ fn describe_status(status: &tonic::Status) -> String {
         }
     }
     text
-}
-
-/// Batches a job's lines into `JobLog` messages, flushed every [`LOG_FLUSH`] or when full, until
-/// every sender of `lines` is gone.
-async fn forward_logs(
-    mut lines: mpsc::UnboundedReceiver<String>,
-    outbox: mpsc::Sender<v1::WorkerMessage>,
-    job_id: String,
-    attempt: u32,
-) {
-    let mut batch: Vec<String> = Vec::new();
-    let mut dropped = 0usize;
-    let mut flush = tokio::time::interval(LOG_FLUSH);
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut send = |batch: &mut Vec<String>| {
-        if batch.is_empty() {
-            return;
-        }
-        let lines = std::mem::take(batch);
-        let count = lines.len();
-        let log = message(ToCoordinator::Log(v1::JobLog {
-            job_id: job_id.clone(),
-            attempt,
-            lines,
-        }));
-        if outbox.try_send(log).is_err() {
-            if dropped == 0 {
-                tracing::warn!("the coordinator is not keeping up: dropping log lines");
-            }
-            dropped += count;
-        }
-    };
-    loop {
-        tokio::select! {
-            line = lines.recv() => match line {
-                Some(mut line) => {
-                    if line.len() > MAX_LINE_BYTES {
-                        let mut cut = MAX_LINE_BYTES;
-                        while !line.is_char_boundary(cut) {
-                            cut -= 1;
-                        }
-                        line.truncate(cut);
-                        line.push_str(" [cut]");
-                    }
-                    batch.push(line);
-                    if batch.len() >= LOG_BATCH_LINES {
-                        send(&mut batch);
-                    }
-                }
-                None => {
-                    send(&mut batch);
-                    break;
-                }
-            },
-            _ = flush.tick() => send(&mut batch),
-        }
-    }
-    if dropped > 0 {
-        tracing::warn!(dropped, "log lines were dropped");
-    }
 }
 
 fn message(msg: ToCoordinator) -> v1::WorkerMessage {

@@ -16,6 +16,7 @@
 //! - [`metrics`]: Prometheus metrics of the worker's disk and cache (`--metrics-listen`);
 //! - [`tls`]: how the coordinator is dialled: https:// with the worker's client certificate, or
 //!   plaintext to loopback only;
+//! - [`log_batches`]: a job's log lines batched for the coordinator;
 //! - [`job`]: one job end to end once its context is on disk ([`job::execute`]);
 //! - [`context_cache`]: build contexts on disk, verified by sha256 while downloading;
 //! - [`context_view`]: what BuildKit is served of a context: its `.dockerignore` applied (so an
@@ -40,6 +41,7 @@ pub mod health;
 pub mod job;
 pub mod layers;
 pub mod lending;
+pub mod log_batches;
 pub mod metrics;
 pub mod progress;
 pub mod push;

@@ -63,6 +63,15 @@ struct Args {
     /// reports itself unhealthy, takes no job, and `manifold workers` shows why. 0: no check.
     #[arg(long, default_value = "0", value_parser = manifold_worker::health::parse_size)]
     min_free_disk: u64,
+    /// Most bytes BuildKit's build cache may hold (e.g. 20GiB, 500MB; at most 1 EiB); the least
+    /// recently used records go after each job and every 10 minutes. 0 keeps no unused cache.
+    /// [default: no limit]
+    #[arg(long, value_name = "SIZE", value_parser = manifold_worker::health::parse_size)]
+    cache_max_size: Option<u64>,
+    /// Build cache records not used for this long are removed (e.g. 48h, at most 8760h).
+    /// [default: no limit]
+    #[arg(long, value_name = "DURATION", value_parser = manifold_worker::buildkit::prune::parse_max_age)]
+    cache_max_age: Option<Duration>,
     /// Serve Prometheus metrics (free disk, cache size) on http://ADDR/metrics, e.g.
     /// 127.0.0.1:9701. No token is asked: bind it where only your monitoring reaches.
     #[arg(long, value_name = "ADDR")]
@@ -101,6 +110,10 @@ impl Args {
         config.reconnect_initial = config.reconnect_initial.min(self.reconnect_max);
         config.health_interval = self.health_interval;
         config.min_free_disk = self.min_free_disk;
+        config.cache_policy = manifold_worker::buildkit::prune::CachePolicy {
+            max_size: self.cache_max_size,
+            max_age: self.cache_max_age,
+        };
         Ok(config)
     }
 }

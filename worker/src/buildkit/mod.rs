@@ -19,6 +19,7 @@
 
 pub mod dockerfile_source;
 pub mod hijack;
+pub mod prune;
 pub mod session;
 
 use std::collections::{BTreeMap, HashMap};
