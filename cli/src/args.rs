@@ -442,9 +442,17 @@ pub struct BuildsArgs {
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Table)]
     pub format: Format,
 
-    /// How many builds to show (0: the coordinator's default, 100)
+    /// How many builds to show, newest first (0: the coordinator's default, 100; at most 1000)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub limit: u32,
+
+    /// Only builds submitted before this one (the last id of the previous page)
+    #[arg(long, value_name = "ID")]
+    pub before: Option<BuildId>,
+
+    /// Only builds created since T: an RFC 3339 time (2026-12-01T08:00:00Z) or a duration ago (90s, 15m, 2h, 7d)
+    #[arg(long, value_name = "T")]
+    pub since: Option<crate::since::Since>,
 }
 
 /// Flags of `manifold build-status`.
@@ -1377,7 +1385,9 @@ mod tests {
             c.command,
             Command::Builds(BuildsArgs {
                 format: Format::Json,
-                limit: 5
+                limit: 5,
+                before: None,
+                since: None,
             })
         ));
         let err = Cli::try_parse_from(["manifold", "workers", "--format", "yaml"]).unwrap_err();

@@ -375,7 +375,10 @@ impl Coordinator {
             };
             let probe = coordinator
                 .builds()
-                .list(v1::ListBuildsRequest { limit: 1 })
+                .list(v1::ListBuildsRequest {
+                    limit: 1,
+                    ..Default::default()
+                })
                 .await;
             match probe {
                 Err(status) if status.code() == Code::Unavailable => {
@@ -624,14 +627,18 @@ impl Coordinator {
         Ok(response.into_inner())
     }
 
-    /// `Builds.List`: newest first; `limit` 0 means the coordinator's default.
-    pub async fn list_builds(&self, limit: u32) -> Result<Vec<v1::Build>, ClientError> {
+    /// `Builds.List`: one page, newest first.
+    pub async fn list_builds(&self, q: ListQuery) -> Result<v1::ListBuildsResponse, ClientError> {
         let response = self
             .builds()
-            .list(v1::ListBuildsRequest { limit })
+            .list(v1::ListBuildsRequest {
+                limit: q.limit,
+                before: q.before.map(|id| id.to_string()).unwrap_or_default(),
+                since_ms: q.since_ms.unwrap_or(0),
+            })
             .await
             .map_err(|s| self.status_error("listing builds", s))?;
-        Ok(response.into_inner().builds)
+        Ok(response.into_inner())
     }
 
     /// `Builds.Cancel`: returns the build as the coordinator left it.
@@ -894,6 +901,17 @@ fn simplify_reason(message: &str) -> String {
         Some(i) => lower[..i].to_owned(),
         None => lower,
     }
+}
+
+/// Which page of builds `Builds.List` answers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListQuery {
+    /// Page size; 0 means the coordinator's default (100), at most 1000.
+    pub limit: u32,
+    /// Only builds submitted before this one.
+    pub before: Option<BuildId>,
+    /// Only builds created at or after this Unix time in ms.
+    pub since_ms: Option<i64>,
 }
 
 #[cfg(test)]

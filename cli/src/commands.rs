@@ -9,8 +9,9 @@ use manifold_proto::BuildId;
 use manifold_proto::v1::{self, build_event::Event};
 use tokio::sync::watch;
 
+use crate::args::BuildsArgs;
 use crate::args::{BuildPlan, Format, ProgressMode};
-use crate::client::{ClientError, Coordinator};
+use crate::client::{ClientError, Coordinator, ListQuery};
 use crate::context::{self, ContextError, ContextSource, SendOutcome};
 use crate::listing;
 use crate::progress::{Progress, failure_report, platform_name};
@@ -414,16 +415,31 @@ pub async fn pause_worker(
     Ok(())
 }
 
-/// `manifold builds`.
-pub async fn builds(
-    coordinator: &Coordinator,
-    format: Format,
-    limit: u32,
-) -> Result<(), CommandError> {
-    let builds = coordinator.list_builds(limit).await?;
-    match format {
-        Format::Table => print!("{}", listing::builds_table(&builds, now_ms())),
-        Format::Json => println!("{}", listing::builds_json(&builds)),
+/// `manifold builds`: one page, newest first; where more builds match, stderr says how to get
+/// the next page.
+pub async fn builds(coordinator: &Coordinator, args: &BuildsArgs) -> Result<(), CommandError> {
+    let now = now_ms();
+    let page = coordinator
+        .list_builds(ListQuery {
+            limit: args.limit,
+            before: args.before,
+            since_ms: args.since.map(|s| s.resolve(now)),
+        })
+        .await?;
+    match args.format {
+        Format::Table => print!("{}", listing::builds_table(&page.builds, now)),
+        Format::Json => println!("{}", listing::builds_json(&page.builds, &page.next_before)),
+    }
+    if !page.next_before.is_empty() {
+        let same = if args.since.is_some() {
+            " and the same --since"
+        } else {
+            ""
+        };
+        eprintln!(
+            "more builds: manifold builds --before {}{same}",
+            page.next_before
+        );
     }
     Ok(())
 }

@@ -36,3 +36,4 @@ pub mod listing;
 pub mod manifest;
 pub mod progress;
 pub mod result_files;
+pub mod since;

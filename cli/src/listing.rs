@@ -314,14 +314,18 @@ pub fn builds_table(builds: &[v1::Build], now_ms: i64) -> String {
     )
 }
 
-/// `manifold builds --format json`.
-pub fn builds_json(builds: &[v1::Build]) -> String {
+/// `manifold builds --format json`: the page, and `next_before` (the `--before` of the next page)
+/// when more builds match.
+pub fn builds_json(builds: &[v1::Build], next_before: &str) -> String {
     #[derive(Serialize)]
-    struct Doc {
+    struct Doc<'a> {
         builds: Vec<BuildView>,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        next_before: &'a str,
     }
     to_json(&Doc {
         builds: builds.iter().map(BuildView::from).collect(),
+        next_before,
     })
 }
 
@@ -898,11 +902,11 @@ mod tests {
             "{text}"
         );
         let json: serde_json::Value =
-            serde_json::from_str(&builds_json(std::slice::from_ref(&with_team))).unwrap();
+            serde_json::from_str(&builds_json(std::slice::from_ref(&with_team), "")).unwrap();
         assert_eq!(json["builds"][0]["team"], "web");
         assert_eq!(json["builds"][0]["submitted_by"], "ci-bot");
         let json: serde_json::Value =
-            serde_json::from_str(&builds_json(std::slice::from_ref(&b))).unwrap();
+            serde_json::from_str(&builds_json(std::slice::from_ref(&b), "")).unwrap();
         assert_eq!(json["builds"][0]["state"], "failed");
         assert_eq!(json["builds"][0]["jobs"][0]["digest"], "sha256:aa");
     }

@@ -25,9 +25,10 @@ use crate::contexts::ContextError;
 use crate::farm::{
     Farm, FarmError, JobOutcome, JobSpec, ToWorker, WorkerHealth, WorkerHello, WorkerView,
 };
+use crate::paging::PageQuery;
 
 /// Most builds one `Builds.List` answers (a larger `limit` is cut to this).
-pub const MAX_LIST_BUILDS: usize = 1000;
+pub const MAX_LIST_BUILDS: usize = crate::paging::MAX_PAGE;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -669,16 +670,20 @@ impl builds_server::Builds for Api {
         request: Request<v1::ListBuildsRequest>,
     ) -> Result<Response<v1::ListBuildsResponse>, Status> {
         let caller = self.admitted(self.caller(&request)).await?;
-        let limit = match request.get_ref().limit {
-            0 => 100,
-            n => (n as usize).min(MAX_LIST_BUILDS),
+        let r = request.get_ref();
+        let q = PageQuery {
+            limit: r.limit as usize,
+            before: match r.before.as_str() {
+                "" => None,
+                id => Some(parse_build_id(id)?),
+            },
+            since_ms: (r.since_ms != 0).then_some(r.since_ms),
         };
         // A listing carries summaries: no build args, labels or output tails (`Builds.Get` has
         // them), so that its size is bounded by the number of builds.
-        let builds = self
-            .farm()?
-            .list(limit, &caller)
-            .iter()
+        let page = (self.farm()?.list(&q, &caller))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let builds = (page.items.iter())
             .map(|b| {
                 let mut b = build_to_wire(b);
                 if let Some(r) = b.request.as_mut() {
@@ -691,7 +696,13 @@ impl builds_server::Builds for Api {
                 b
             })
             .collect();
-        Ok(Response::new(v1::ListBuildsResponse { builds }))
+        Ok(Response::new(v1::ListBuildsResponse {
+            builds,
+            next_before: page
+                .next_before
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+        }))
     }
 
     async fn cancel(

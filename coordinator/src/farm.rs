@@ -37,6 +37,7 @@ use tokio_util::task::TaskTracker;
 use crate::access::Caller;
 use crate::build::{Build, BuildRequest, BuildSpec, Event, InvalidRequest, now_ms};
 use crate::contexts::ContextStore;
+use crate::paging::{Page, PageError, PageQuery};
 use crate::scheduler::{QueuedJob, Team};
 use crate::store::{StateStore, StoreError};
 use manifold_registry::ChildImage;
@@ -492,9 +493,9 @@ impl Farm {
         self.lock().state.get(id)
     }
 
-    /// The newest `limit` builds that `by` may see, newest first.
-    pub fn list(&self, limit: usize, by: &Caller) -> Vec<Build> {
-        self.lock().state.list(limit, by)
+    /// The page of the builds that `by` may see that `q` asks for, newest first.
+    pub fn list(&self, q: &PageQuery, by: &Caller) -> Result<Page<Build>, PageError> {
+        self.lock().state.list(q, by)
     }
 
     /// Usage per team: the configured teams and any other team with running or queued jobs.

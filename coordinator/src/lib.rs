@@ -33,6 +33,7 @@ pub mod farm;
 pub mod leader;
 pub mod limits;
 pub mod metrics;
+pub mod paging;
 pub mod pki;
 pub mod repo_rules;
 pub mod scheduler;

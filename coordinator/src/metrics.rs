@@ -36,6 +36,7 @@ use crate::access::Caller;
 use crate::api::Role;
 use crate::build::{BuildState, Event, EventKind, JobState, now_ms};
 use crate::farm::Farm;
+use crate::paging::PageQuery;
 
 /// Why a job left its worker and went back to the queue, read from the farm's requeue event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -475,16 +476,20 @@ impl Tracker {
             admin: true,
         };
         // New builds, newest first, up to the newest one already seen.
-        let mut limit = 64;
-        let fresh = loop {
-            let builds = farm.list(limit, &admin);
-            let known = builds.iter().position(|b| Some(b.id) == self.newest);
-            if known.is_some() || builds.len() < limit {
-                let n = known.unwrap_or(builds.len());
-                break builds.into_iter().take(n).collect::<Vec<_>>();
+        let mut fresh = Vec::new();
+        let mut q = PageQuery::newest(64);
+        loop {
+            let Ok(page) = farm.list(&q, &admin) else {
+                break;
+            };
+            let known = page.items.iter().position(|b| Some(b.id) == self.newest);
+            let n = known.unwrap_or(page.items.len());
+            fresh.extend(page.items.into_iter().take(n));
+            match page.next_before {
+                Some(before) if known.is_none() => q.before = Some(before),
+                _ => break,
             }
-            limit *= 4;
-        };
+        }
         if let Some(b) = fresh.first() {
             self.newest = Some(b.id);
         }

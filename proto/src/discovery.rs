@@ -116,7 +116,13 @@ pub async fn connect_leader_with(
             }
         };
         let mut client = v1::builds_client::BuildsClient::new(channel.clone());
-        match client.list(v1::ListBuildsRequest { limit: 1 }).await {
+        match client
+            .list(v1::ListBuildsRequest {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+        {
             Ok(_) => return Ok((address, channel)),
             Err(status) => {
                 last = format!("{address}: {}", status.message());

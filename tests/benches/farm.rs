@@ -769,7 +769,10 @@ impl FarmPhases {
 async fn farm_phases(farm: &TestFarm, cli_start: i64, cli_end: i64) -> anyhow::Result<FarmPhases> {
     let mut client = farm.builds().await?;
     let build = client
-        .list(v1::ListBuildsRequest { limit: 1 })
+        .list(v1::ListBuildsRequest {
+            limit: 1,
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .builds

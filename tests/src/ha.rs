@@ -133,7 +133,12 @@ impl Coordinator {
         let Ok(mut c) = v1::builds_client::BuildsClient::connect(self.url.clone()).await else {
             return false;
         };
-        c.list(v1::ListBuildsRequest { limit: 1 }).await.is_ok()
+        c.list(v1::ListBuildsRequest {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .is_ok()
     }
 }
 

@@ -283,10 +283,13 @@ impl TestFarm {
             "the coordinator to answer",
             || async {
                 let mut c = v1::builds_client::BuildsClient::new(self.channel().await.ok()?);
-                c.list(self.as_admin(v1::ListBuildsRequest { limit: 1 }))
-                    .await
-                    .ok()
-                    .map(|_| ())
+                c.list(self.as_admin(v1::ListBuildsRequest {
+                    limit: 1,
+                    ..Default::default()
+                }))
+                .await
+                .ok()
+                .map(|_| ())
             },
         )
         .await

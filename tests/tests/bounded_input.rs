@@ -190,7 +190,10 @@ async fn oversized_requests_are_refused_naming_the_limit_and_listing_keeps_worki
     let list = farm
         .builds()
         .await?
-        .list(farm.as_admin(v1::ListBuildsRequest { limit: 5000 }))
+        .list(farm.as_admin(v1::ListBuildsRequest {
+            limit: 5000,
+            ..Default::default()
+        }))
         .await?
         .into_inner();
     assert_eq!(list.builds.len(), 1, "only the accepted build");
@@ -313,7 +316,10 @@ async fn a_context_tar_that_leaves_its_root_is_refused_at_submit() -> anyhow::Re
     let list = farm
         .builds()
         .await?
-        .list(farm.as_admin(v1::ListBuildsRequest { limit: 10 }))
+        .list(farm.as_admin(v1::ListBuildsRequest {
+            limit: 10,
+            ..Default::default()
+        }))
         .await?
         .into_inner();
     assert_eq!(list.builds.len(), 1, "only the good context became a build");

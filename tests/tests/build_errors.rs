@@ -168,7 +168,10 @@ async fn a_failing_run_step_on_one_platform_fails_the_build_and_cancels_the_othe
     // The amd64 job was cancelled, not left running.
     let mut builds = farm.builds().await?;
     let list = builds
-        .list(manifold_proto::v1::ListBuildsRequest { limit: 1 })
+        .list(manifold_proto::v1::ListBuildsRequest {
+            limit: 1,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     let build = &list.builds[0];

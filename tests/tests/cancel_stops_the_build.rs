@@ -188,7 +188,10 @@ async fn ctrl_c_on_manifold_build_cancels_the_build() -> anyhow::Result<()> {
         || async {
             let mut builds = farm.builds().await.ok()?;
             let list = builds
-                .list(v1::ListBuildsRequest { limit: 1 })
+                .list(v1::ListBuildsRequest {
+                    limit: 1,
+                    ..Default::default()
+                })
                 .await
                 .ok()?
                 .into_inner();
@@ -249,7 +252,10 @@ async fn a_build_whose_cli_went_away_keeps_running_and_watch_re_attaches() -> an
         || async {
             let mut builds = farm.builds().await.ok()?;
             let list = builds
-                .list(v1::ListBuildsRequest { limit: 1 })
+                .list(v1::ListBuildsRequest {
+                    limit: 1,
+                    ..Default::default()
+                })
                 .await
                 .ok()?
                 .into_inner();

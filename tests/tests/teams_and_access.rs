@@ -168,7 +168,10 @@ async fn a_wrong_token_is_unauthenticated_and_submits_nothing() -> anyhow::Resul
     let builds = farm
         .builds()
         .await?
-        .list(farm.as_admin(v1::ListBuildsRequest { limit: 10 }))
+        .list(farm.as_admin(v1::ListBuildsRequest {
+            limit: 10,
+            ..Default::default()
+        }))
         .await?
         .into_inner()
         .builds;

@@ -85,7 +85,10 @@ async fn build_ids(farm: &TestFarm) -> anyhow::Result<Vec<String>> {
     let list = farm
         .builds()
         .await?
-        .list(farm.as_admin(v1::ListBuildsRequest { limit: 100 }))
+        .list(farm.as_admin(v1::ListBuildsRequest {
+            limit: 100,
+            ..Default::default()
+        }))
         .await?
         .into_inner();
     Ok(list.builds.into_iter().map(|b| b.id).collect())
@@ -455,7 +458,13 @@ async fn wrong_tokens_are_logged_by_their_hash_prefix_and_slowed_per_source() ->
             let mut c = farm.builds().await.expect("channel");
             let started = std::time::Instant::now();
             let r = c
-                .list(with_token(&token, v1::ListBuildsRequest { limit: 1 }))
+                .list(with_token(
+                    &token,
+                    v1::ListBuildsRequest {
+                        limit: 1,
+                        ..Default::default()
+                    },
+                ))
                 .await;
             (r.map(|_| ()), started.elapsed())
         }

@@ -103,7 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Builds(args) => {
             let coordinator = connect(&flags).await?;
-            commands::builds(&coordinator, args.format, args.limit).await?;
+            commands::builds(&coordinator, &args).await?;
         }
         Command::BuildStatus(args) => {
             let coordinator = connect(&flags).await?;

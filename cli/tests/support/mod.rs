@@ -256,6 +256,7 @@ impl Builds for Service {
     ) -> Result<Response<v1::ListBuildsResponse>, Status> {
         Ok(Response::new(v1::ListBuildsResponse {
             builds: vec![self.0.build.lock().unwrap().clone()],
+            next_before: String::new(),
         }))
     }
 

@@ -9,6 +9,7 @@ use super::{FarmState, WorkerConn};
 use crate::access::Caller;
 use crate::build::{Build, Event, EventKind, JobState};
 use crate::farm::{FarmError, TeamUsage, WorkerView};
+use crate::paging::{self, Page, PageError, PageQuery};
 use crate::scheduler::{QueuedJob, Team, WorkerStatus};
 
 impl FarmState {
@@ -20,16 +21,16 @@ impl FarmState {
             .ok_or(FarmError::UnknownBuild(id))
     }
 
-    /// The newest `limit` builds that `by` may see, newest first.
-    pub fn list(&self, limit: usize, by: &Caller) -> Vec<Build> {
-        self.order
-            .iter()
-            .rev()
+    /// The page of the builds that `by` may see that `q` asks for, newest first.
+    pub fn list(&self, q: &PageQuery, by: &Caller) -> Result<Page<Build>, PageError> {
+        let visible = (self.order.iter().rev())
             .filter_map(|id| self.builds.get(id))
-            .filter(|e| by.sees(&e.build.team))
-            .take(limit)
-            .map(|e| e.build.clone())
-            .collect()
+            .filter(|e| by.sees(&e.build.team));
+        let p = paging::page(visible, |e| (e.build.id, e.build.created_at_ms), q)?;
+        Ok(Page {
+            items: p.items.into_iter().map(|e| e.build.clone()).collect(),
+            next_before: p.next_before,
+        })
     }
 
     /// Usage per team: the configured teams and any other team with running or queued jobs.
