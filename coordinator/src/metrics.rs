@@ -478,10 +478,7 @@ impl Tracker {
         // New builds, newest first, up to the newest one already seen.
         let mut fresh = Vec::new();
         let mut q = PageQuery::newest(64);
-        loop {
-            let Ok(page) = farm.list(&q, &admin) else {
-                break;
-            };
+        while let Ok(page) = farm.list(&q, &admin) {
             let known = page.items.iter().position(|b| Some(b.id) == self.newest);
             let n = known.unwrap_or(page.items.len());
             fresh.extend(page.items.into_iter().take(n));

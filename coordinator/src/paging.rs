@@ -110,7 +110,8 @@ mod tests {
             since_ms,
         };
         // (limit, since, expected pages of creation times)
-        let table: &[(usize, Option<i64>, &[&[i64]])] = &[
+        type Row<'a> = (usize, Option<i64>, &'a [&'a [i64]]);
+        let table: &[Row] = &[
             (4, None, &[&[10, 9, 8, 7], &[6, 5, 4, 3], &[2, 1]]),
             (5, None, &[&[10, 9, 8, 7, 6], &[5, 4, 3, 2, 1]]),
             (20, None, &[&[10, 9, 8, 7, 6, 5, 4, 3, 2, 1]]),

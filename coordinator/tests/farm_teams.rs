@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use manifold_coordinator::access::Caller;
 use manifold_coordinator::build::{BuildRequest, JobState};
 use manifold_coordinator::farm::{FarmConfig, JobOutcome, ToWorker};
+use manifold_coordinator::paging::PageQuery;
 use manifold_coordinator::scheduler::Team;
 use manifold_proto::BuildId;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -84,7 +85,9 @@ async fn builds_belong_to_the_submitters_team_and_lists_show_only_the_callers_te
     );
     let seen: Vec<BuildId> = f
         .farm
-        .list(10, &member("mobile"))
+        .list(&PageQuery::newest(10), &member("mobile"))
+        .unwrap()
+        .items
         .iter()
         .map(|b| b.id)
         .collect();
@@ -93,7 +96,14 @@ async fn builds_belong_to_the_submitters_team_and_lists_show_only_the_callers_te
         admin: true,
         ..member("mobile")
     };
-    assert_eq!(f.farm.list(10, &admin).len(), 2);
+    assert_eq!(
+        f.farm
+            .list(&PageQuery::newest(10), &admin)
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
     let queue = f.farm.queue();
     assert_eq!(queue.len(), 2);
     assert_eq!(queue[0].1.id, mobile);

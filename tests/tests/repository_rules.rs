@@ -39,7 +39,10 @@ async fn build_ids(farm: &TestFarm) -> anyhow::Result<Vec<String>> {
     let list = farm
         .builds()
         .await?
-        .list(farm.as_admin(v1::ListBuildsRequest { limit: 100 }))
+        .list(farm.as_admin(v1::ListBuildsRequest {
+            limit: 100,
+            ..Default::default()
+        }))
         .await?
         .into_inner();
     Ok(list.builds.into_iter().map(|b| b.id).collect())

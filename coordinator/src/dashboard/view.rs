@@ -276,7 +276,14 @@ impl Overview {
             row.jobs += 1;
             row.oldest_wait_ms = row.oldest_wait_ms.max(waited);
         }
-        let builds = farm.list(crate::api::MAX_LIST_BUILDS, caller);
+        // The newest page: the dashboard shows running builds and the last finished ones.
+        let builds = farm
+            .list(
+                &crate::paging::PageQuery::newest(crate::paging::MAX_PAGE),
+                caller,
+            )
+            .map(|p| p.items)
+            .unwrap_or_default();
         let mut workers: Vec<WorkerRow> = farm.workers().iter().map(WorkerRow::of).collect();
         workers.sort_by(|a, b| a.name.cmp(&b.name));
         Self::new(
