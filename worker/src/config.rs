@@ -62,6 +62,9 @@ pub struct Config {
     pub cache_policy: crate::buildkit::prune::CachePolicy,
     /// Whether other teams' jobs may run here (the owner team's always may). Default: always.
     pub lend: crate::lending::LendPolicy,
+    /// A daily window in local time outside which the worker does not lend (`--lend-hours`).
+    /// Default: none, any hour.
+    pub lend_hours: Option<crate::lending::LendHours>,
     /// How often a `--lend when` command is run. Default: 30 s.
     pub lend_check_interval: Duration,
     /// CA certificate (PEM) trusted for an https:// coordinator's server certificate. Default:
@@ -135,6 +138,7 @@ impl Config {
             min_free_disk: 0,
             cache_policy: Default::default(),
             lend: crate::lending::LendPolicy::Always,
+            lend_hours: None,
             lend_check_interval: Duration::from_secs(30),
             ca_cert: env_path(ENV_CA_CERT),
             identity: ClientIdentity::from_flags(

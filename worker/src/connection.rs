@@ -163,7 +163,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
     let (health, _) = watch::channel(None);
-    let (lending, _) = watch::channel(config.lend == crate::lending::LendPolicy::Always);
+    // Not lending until the window is read, when there is one.
+    let lends = config.lend == crate::lending::LendPolicy::Always && config.lend_hours.is_none();
+    let (lending, _) = watch::channel(lends);
     let shared = Arc::new(Shared {
         options: ExecuteOptions {
             layers: LayerMap::new(&config.cache_dir),
@@ -191,6 +193,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let lend_stop = CancellationToken::new();
     let lender = tokio::spawn(crate::lending::watch_lending(
         shared.config.lend.clone(),
+        shared.config.lend_hours,
         shared.config.lend_check_interval,
         shared.lending.clone(),
         lend_stop.clone(),

@@ -80,6 +80,10 @@ struct Args {
     /// or `when CMD`: while `sh -c CMD` exits 0, checked every --lend-check-interval.
     #[arg(long, num_args = 1..=2, value_names = ["always|never|when", "CMD"], default_value = "always")]
     lend: Vec<String>,
+    /// Lend only inside this daily window of the worker's local time, HH:MM-HH:MM (crossing
+    /// midnight allowed, e.g. 19:00-08:00), and then only as --lend says [default: any hour].
+    #[arg(long, value_name = "HH:MM-HH:MM", value_parser = manifold_worker::lending::LendHours::parse)]
+    lend_hours: Option<manifold_worker::lending::LendHours>,
     /// How often the `--lend when` command runs.
     #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
     lend_check_interval: Duration,
@@ -94,6 +98,11 @@ impl Args {
             ClientIdentity::from_flags(self.cert, self.key).map_err(|e| e.to_string())?;
         config.lend = manifold_worker::lending::LendPolicy::parse(&self.lend)?;
         config.lend_check_interval = self.lend_check_interval;
+        config.lend_hours = self.lend_hours;
+        if config.lend_hours.is_some() && config.lend == manifold_worker::lending::LendPolicy::Never
+        {
+            return Err("--lend-hours with --lend never would never lend: drop one of them".into());
+        }
         if let Some(host) = self.docker_host.filter(|h| !h.is_empty()) {
             config.docker_host = host;
         }
