@@ -734,19 +734,14 @@ impl builds_server::Builds for Api {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let farm = self.farm()?;
         self.visible_build(&farm, id, &caller)?;
-        let (events, _, _) = farm.events(id, 0).map_err(status)?;
-        let lines = events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::Log { platform, line }
-                    if only.as_ref().is_none_or(|p| p == platform) =>
-                {
-                    Some(v1::LogLine {
-                        platform: Some(platform.into()),
-                        line: line.clone(),
-                    })
-                }
-                _ => None,
+        let lines = farm
+            .logs(id, only.as_ref())
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|(platform, line)| v1::LogLine {
+                platform: Some((&platform).into()),
+                line,
             })
             .collect();
         Ok(Response::new(v1::BuildLogsResponse { lines }))

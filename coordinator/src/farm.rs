@@ -21,6 +21,7 @@
 mod retry;
 pub mod state;
 mod timers;
+mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -37,12 +38,14 @@ use tokio_util::task::TaskTracker;
 use crate::access::Caller;
 use crate::build::{Build, BuildRequest, BuildSpec, Event, InvalidRequest, now_ms};
 use crate::contexts::ContextStore;
+use crate::logs::{self, LogLines};
 use crate::paging::{Page, PageError, PageQuery};
 use crate::scheduler::{QueuedJob, Team};
 use crate::store::{StateStore, StoreError};
 use manifold_registry::ChildImage;
 use manifold_registry::{self as registry, RegistryConfig};
 pub use state::{Effects, FarmState, Now, Session};
+use writer::{Batch, durable, write_loop};
 
 /// Tunables of the farm.
 #[derive(Clone, Debug)]
@@ -296,6 +299,8 @@ struct Inner {
     shared: Mutex<Shared>,
     tasks: TaskTracker,
     writes: mpsc::UnboundedSender<Batch>,
+    /// Where the writer writes; read for stored logs.
+    store: Arc<dyn StateStore>,
     /// Cancelled when this farm's term ends (shutdown, lost leadership, fenced write).
     term: CancellationToken,
 }
@@ -312,13 +317,6 @@ struct Shared {
     publishing: HashMap<BuildId, CancellationToken>,
 }
 
-/// What one farm operation must persist, then send.
-struct Batch {
-    builds: Vec<Build>,
-    messages: Vec<(mpsc::UnboundedSender<ToWorker>, ToWorker)>,
-    done: Option<oneshot::Sender<Result<(), StoreError>>>,
-}
-
 impl Farm {
     /// A farm holding what `store` holds: unfinished builds resume (queued jobs are queued again,
     /// running ones wait `worker_lease` for their worker to restate them, fully built ones are
@@ -333,7 +331,7 @@ impl Farm {
     ) -> Result<Self, FarmError> {
         let builds = store.load().await?;
         let (writes, rx) = mpsc::unbounded_channel();
-        tasks.spawn(write_loop(store, rx, term.clone()));
+        tasks.spawn(write_loop(store.clone(), rx, term.clone()));
         let farm = Self {
             inner: Arc::new(Inner {
                 contexts,
@@ -346,6 +344,7 @@ impl Farm {
                 config,
                 tasks,
                 writes,
+                store,
                 term,
             }),
         };
@@ -391,6 +390,7 @@ impl Farm {
             publish,
             stop_publishing,
             close,
+            logs,
         } = effects;
         for (id, len) in history {
             sh.histories
@@ -423,12 +423,14 @@ impl Farm {
                 (*current == session).then(|| (tx.clone(), message))
             })
             .collect();
-        if persist.is_empty() && messages.is_empty() && done.is_none() {
+        if persist.is_empty() && messages.is_empty() && logs.is_empty() && done.is_none() {
             return;
         }
         let batch = Batch {
             builds: persist,
             messages,
+            logs,
+            flush_logs: false,
             done,
         };
         if let Err(mpsc::error::SendError(batch)) = self.inner.writes.send(batch)
@@ -524,6 +526,28 @@ impl Farm {
             .or_insert_with(|| watch::channel(len).0)
             .subscribe();
         Ok((events, changed, ended))
+    }
+
+    /// A build's stored output (of `only` when given), oldest first, with a marker where the
+    /// per-platform bound dropped lines ([`crate::logs`]); lines still buffered are written first.
+    pub async fn logs(
+        &self,
+        id: BuildId,
+        only: Option<&Platform>,
+    ) -> Result<Vec<(Platform, String)>, FarmError> {
+        let (tx, rx) = oneshot::channel();
+        let flush = Batch {
+            builds: Vec::new(),
+            messages: Vec::new(),
+            logs: Vec::<LogLines>::new(),
+            flush_logs: true,
+            done: Some(tx),
+        };
+        if self.inner.writes.send(flush).is_ok() {
+            durable(rx).await?;
+        }
+        let chunks = self.inner.store.load_logs(id).await?;
+        Ok(logs::render(chunks, only))
     }
 
     /// Cancels a build: unfinished jobs stop, no tag is written.
@@ -712,77 +736,6 @@ impl Farm {
         let effects = sh.state.published(build_id, result, now());
         self.apply(&mut sh, effects, None);
     }
-}
-
-/// Applies batches in order: each build record is written (retrying backend errors with backoff),
-/// then the batch's worker messages are sent. A fenced write means another coordinator leads now:
-/// nothing more is written or sent, and the term is cancelled so the coordinator steps down.
-/// Batches queued before the term ended are still attempted (biased towards the queue): whether
-/// they land is the store's fence to decide, not this task's timing, and a shutdown loses nothing
-/// the farm already accepted.
-async fn write_loop(
-    store: Arc<dyn StateStore>,
-    mut batches: mpsc::UnboundedReceiver<Batch>,
-    term: CancellationToken,
-) {
-    loop {
-        let batch = tokio::select! {
-            biased;
-            b = batches.recv() => match b {
-                Some(b) => b,
-                None => return,
-            },
-            _ = term.cancelled() => return,
-        };
-        let mut outcome = Ok(());
-        for build in &batch.builds {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match store.save(build).await {
-                    Ok(()) => break,
-                    Err(StoreError::Stale {
-                        id,
-                        stored,
-                        attempted,
-                    }) => {
-                        // A newer record is already there (a replay after an ambiguous write).
-                        tracing::debug!(build = %id, stored, attempted, "skipping a stale write");
-                        break;
-                    }
-                    Err(e @ StoreError::Fenced(_)) => {
-                        tracing::error!(error = %e, "state write rejected; stepping down");
-                        term.cancel();
-                        if let Some(done) = batch.done {
-                            let _ = done.send(Err(e));
-                        }
-                        return;
-                    }
-                    Err(e) if delay <= Duration::from_secs(5) => {
-                        tracing::warn!(build = %build.id, error = %e, "state write failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                    }
-                    Err(e) => {
-                        tracing::error!(build = %build.id, error = %e, "state write failed");
-                        outcome = Err(e);
-                        break;
-                    }
-                }
-            }
-        }
-        for (tx, msg) in batch.messages {
-            let _ = tx.send(msg);
-        }
-        if let Some(done) = batch.done {
-            let _ = done.send(outcome);
-        }
-    }
-}
-
-async fn durable(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), FarmError> {
-    rx.await
-        .unwrap_or_else(|_| Err(StoreError::Backend("the state writer has stopped".into())))?;
-    Ok(())
 }
 
 /// The time now, for a transition.

@@ -10,6 +10,7 @@
 //!   handle that applies its effects (persist, then send), publishing finished builds with
 //!   `manifold_registry`;
 //! - [`store`]: the state store seam: redb (default), etcd, in-memory;
+//! - [`logs`]: durable build output: chunks beside the records, bounded per platform;
 //! - [`leader`]: leader election on etcd, fencing, stepping down;
 //! - [`contexts`]: build contexts on disk, content-addressed, held per team;
 //! - [`verify`]: what a worker says it pushed, checked in the registry before the farm believes it;
@@ -32,6 +33,7 @@ pub mod dashboard;
 pub mod farm;
 pub mod leader;
 pub mod limits;
+pub mod logs;
 pub mod metrics;
 pub mod paging;
 pub mod pki;

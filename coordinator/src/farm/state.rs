@@ -77,6 +77,8 @@ pub struct Effects {
     pub stop_publishing: Vec<BuildId>,
     /// Sessions the farm is done with (silent or detached workers): end their streams.
     pub close: Vec<Session>,
+    /// Output lines of current attempts, for the durable logs (written in batches).
+    pub logs: Vec<crate::logs::LogLines>,
 }
 
 /// The farm's state; see the module documentation.

@@ -1,7 +1,8 @@
 //! Table tests of the pure farm at exact times: each script is a list of (milliseconds after
 //! t0, step, the effects the step must have), the effects written as text by [`render`]:
 //! `assign W ARCH #N`, `cancel W ARCH #N`, `drain W` (messages, in order), `close W` (a session
-//! ended), `publish`, `stop-publishing`, `ended STATE` (the build reached a final state).
+//! ended), `publish`, `stop-publishing`, `ended STATE` (the build reached a final state), `log ARCH
+//! N` (N lines for the durable logs).
 //! Nothing else happens in a step whose expectation is empty.
 
 use std::collections::{BTreeMap, HashMap};
@@ -269,6 +270,9 @@ impl Script {
         for _ in &effects.stop_publishing {
             out.push("stop-publishing".into());
         }
+        for l in &effects.logs {
+            out.push(format!("log {} {}", self.archs[&l.job], l.lines.len()));
+        }
         // Nothing is recorded after a build's end, so a final record is persisted only by the
         // transition that ended the build.
         for b in effects.persist.iter().filter(|b| b.state.is_final()) {
@@ -426,7 +430,7 @@ fn output_keeps_an_attempt_alive_and_silence_for_stuck_after_requeues_it() {
             (0, attach("x86"), ""),
             (0, AMD, "assign x86 amd64 #1"),
             (1_000, Accept("x86", "amd64", 1), ""),
-            (300_000, Log("x86", "amd64", 1), ""),
+            (300_000, Log("x86", "amd64", 1), "log amd64 1"),
             // 600 s after the acknowledgement: the line kept it alive.
             (601_000, Tick, ""),
             (700_000, Heartbeat("x86"), ""),

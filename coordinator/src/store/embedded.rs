@@ -9,10 +9,16 @@ use async_trait::async_trait;
 use manifold_proto::BuildId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{StateStore, StoreError, build_key, decode, encode};
+use super::{
+    StateStore, StoreError, build_key, decode, decode_chunk, encode, encode_chunk, log_key,
+    log_prefix,
+};
 use crate::build::Build;
+use crate::logs::{LogChunk, LogWrite};
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+/// Log chunks, apart from the records: `load` never reads them.
+const LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("logs");
 const PREFIX: &str = "manifold";
 
 /// redb-backed store.
@@ -34,6 +40,7 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(backend)?;
         tx.open_table(STATE).map_err(backend)?;
+        tx.open_table(LOGS).map_err(backend)?;
         tx.commit().map_err(backend)?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -106,8 +113,58 @@ impl StateStore for EmbeddedStore {
                 table
                     .remove(build_key(PREFIX, id).as_str())
                     .map_err(backend)?;
+                let mut logs = tx.open_table(LOGS).map_err(backend)?;
+                let prefix = log_prefix(PREFIX, id);
+                // Every key under `.../<id>/` sorts before `.../<id>0` ('0' follows '/').
+                let end = format!("{}0", prefix.trim_end_matches('/'));
+                logs.retain_in(prefix.as_str()..end.as_str(), |_, _| false)
+                    .map_err(backend)?;
             }
             tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn write_logs(&self, write: &LogWrite) -> Result<(), StoreError> {
+        let put: Vec<(String, Vec<u8>)> = write
+            .put
+            .iter()
+            .map(|c| (log_key(PREFIX, c.build, c.seq), encode_chunk(c)))
+            .collect();
+        let drop: Vec<String> = (write.drop.iter())
+            .map(|(b, seq)| log_key(PREFIX, *b, *seq))
+            .collect();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            {
+                let mut logs = tx.open_table(LOGS).map_err(backend)?;
+                for key in &drop {
+                    logs.remove(key.as_str()).map_err(backend)?;
+                }
+                for (key, value) in &put {
+                    logs.insert(key.as_str(), value.as_slice())
+                        .map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn load_logs(&self, id: BuildId) -> Result<Vec<LogChunk>, StoreError> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let logs = tx.open_table(LOGS).map_err(backend)?;
+            let prefix = log_prefix(PREFIX, id);
+            let mut out = Vec::new();
+            for item in logs.range(prefix.as_str()..).map_err(backend)? {
+                let (k, v) = item.map_err(backend)?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                out.push(decode_chunk(k.value(), v.value())?);
+            }
+            Ok(out)
         })
         .await
     }

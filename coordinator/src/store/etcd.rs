@@ -16,11 +16,22 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+};
 use manifold_proto::BuildId;
 
-use super::{StateStore, StoreError, build_key, decode, encode};
+use super::{
+    StateStore, StoreError, build_key, decode, decode_chunk, encode, encode_chunk, log_key,
+    log_prefix,
+};
 use crate::build::Build;
+use crate::logs::{LogChunk, LogWrite};
+
+/// Operations per log transaction: under etcd's default `--max-txn-ops` (128).
+const LOG_OPS_PER_TXN: usize = 100;
+/// Bytes of chunks per log transaction: under etcd's default request limit (1.5 MiB).
+const LOG_BYTES_PER_TXN: usize = 1024 * 1024;
 
 /// The leadership a fenced store writes under.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,6 +218,60 @@ impl StateStore for EtcdStore {
 
     async fn delete(&self, id: BuildId) -> Result<(), StoreError> {
         let key = build_key(&self.prefix, id);
+        let logs = log_prefix(&self.prefix, id);
+        self.fenced_txn(vec![
+            TxnOp::delete(key, None),
+            TxnOp::delete(logs, Some(DeleteOptions::new().with_prefix())),
+        ])
+        .await?;
+        self.revisions.lock().unwrap().remove(&id);
+        Ok(())
+    }
+
+    async fn write_logs(&self, write: &LogWrite) -> Result<(), StoreError> {
+        let mut ops: Vec<TxnOp> = Vec::new();
+        let mut bytes = 0;
+        let drops = (write.drop.iter()).map(|(b, seq)| (log_key(&self.prefix, *b, *seq), None));
+        let puts = (write.put.iter()).map(|c| (log_key(&self.prefix, c.build, c.seq), Some(c)));
+        for (key, chunk) in drops.chain(puts) {
+            let op = match chunk {
+                Some(c) => {
+                    let value = encode_chunk(c);
+                    bytes += key.len() + value.len();
+                    TxnOp::put(key, value, None)
+                }
+                None => TxnOp::delete(key, None),
+            };
+            if !ops.is_empty() && (ops.len() == LOG_OPS_PER_TXN || bytes > LOG_BYTES_PER_TXN) {
+                self.fenced_txn(std::mem::take(&mut ops)).await?;
+                bytes = 0;
+            }
+            ops.push(op);
+        }
+        if !ops.is_empty() {
+            self.fenced_txn(ops).await?;
+        }
+        Ok(())
+    }
+
+    async fn load_logs(&self, id: BuildId) -> Result<Vec<LogChunk>, StoreError> {
+        let prefix = log_prefix(&self.prefix, id);
+        let resp = self
+            .client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(backend)?;
+        resp.kvs()
+            .iter()
+            .map(|kv| decode_chunk(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
+    }
+}
+
+impl EtcdStore {
+    /// Runs `ops` in one transaction, under the fence when there is one.
+    async fn fenced_txn(&self, ops: Vec<TxnOp>) -> Result<(), StoreError> {
         let mut txn = Txn::new();
         if let Some(c) = self.fence_compare() {
             txn = txn.when(vec![c]);
@@ -214,13 +279,12 @@ impl StateStore for EtcdStore {
         let resp = self
             .client
             .clone()
-            .txn(txn.and_then(vec![TxnOp::delete(key, None)]))
+            .txn(txn.and_then(ops))
             .await
             .map_err(backend)?;
         if !resp.succeeded() {
             return Err(StoreError::Fenced("the leader key is gone".into()));
         }
-        self.revisions.lock().unwrap().remove(&id);
         Ok(())
     }
 }

@@ -8,11 +8,13 @@ use manifold_proto::BuildId;
 
 use super::{StateStore, StoreError};
 use crate::build::Build;
+use crate::logs::{LogChunk, LogWrite};
 
 /// Builds in a map, with the same version rule as the durable stores.
 #[derive(Default)]
 pub struct MemoryStore {
     builds: Mutex<BTreeMap<BuildId, Build>>,
+    logs: Mutex<BTreeMap<(BuildId, u64), LogChunk>>,
 }
 
 impl MemoryStore {
@@ -45,7 +47,27 @@ impl StateStore for MemoryStore {
 
     async fn delete(&self, id: BuildId) -> Result<(), StoreError> {
         self.builds.lock().unwrap().remove(&id);
+        self.logs.lock().unwrap().retain(|(b, _), _| *b != id);
         Ok(())
+    }
+
+    async fn write_logs(&self, write: &LogWrite) -> Result<(), StoreError> {
+        let mut logs = self.logs.lock().unwrap();
+        for key in &write.drop {
+            logs.remove(key);
+        }
+        for c in &write.put {
+            logs.insert((c.build, c.seq), c.clone());
+        }
+        Ok(())
+    }
+
+    async fn load_logs(&self, id: BuildId) -> Result<Vec<LogChunk>, StoreError> {
+        let logs = self.logs.lock().unwrap();
+        Ok(logs
+            .range((id, 0)..=(id, u64::MAX))
+            .map(|(_, c)| c.clone())
+            .collect())
     }
 }
 

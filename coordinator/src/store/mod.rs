@@ -7,12 +7,16 @@
 //! - [`memory::MemoryStore`]: for unit tests.
 //!
 //! What is stored: one record per build (the build, its request, and each job's state, attempt,
-//! worker, pushed image and log tail: a few KiB, far below etcd's 1.5 MiB request limit). Logs beyond
-//! the tail and build contexts never go into the store. Every state transition of a build is one
-//! write of its whole record, in one transaction.
+//! worker, pushed image and log tail: a few KiB, far below etcd's 1.5 MiB request limit), and,
+//! apart from the records, each build's output as log chunks ([`crate::logs`]: at most 64 KiB
+//! each, at most 1 MiB per platform, written in batches). Build contexts never go into the store.
+//! Every state transition of a build is one write of its whole record, in one transaction.
 //!
-//! Key layout (etcd; redb uses the same keys in one table):
+//! Key layout (etcd; redb uses the same keys, records in its `state` table and log chunks in its
+//! own `logs` table):
 //! - `<prefix>/builds/<build-id>` → JSON of [`crate::build::Build`];
+//! - `<prefix>/logs/<build-id>/<seq, 20 digits>` → JSON of [`crate::logs::LogChunk`]; deleting a
+//!   build deletes them in the same transaction;
 //! - `<prefix>/leader/<lease-id>` → address of a candidate; the lowest create-revision leads
 //!   (etcd's election protocol).
 //!
@@ -28,6 +32,7 @@ use async_trait::async_trait;
 use manifold_proto::BuildId;
 
 use crate::build::Build;
+use crate::logs::{LogChunk, LogWrite};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +70,34 @@ pub trait StateStore: Send + Sync + 'static {
     async fn load(&self) -> Result<Vec<Build>, StoreError>;
     /// Writes a build's record in one transaction, if its version is newer than the stored one.
     async fn save(&self, build: &Build) -> Result<(), StoreError>;
-    /// Removes a build's record (retention).
+    /// Removes a build's record and its log chunks, in one transaction (retention).
     async fn delete(&self, id: BuildId) -> Result<(), StoreError>;
+    /// Writes log chunks and deletes the dropped ones (one transaction; on etcd as few as its
+    /// limits on operations and request size allow).
+    async fn write_logs(&self, write: &LogWrite) -> Result<(), StoreError>;
+    /// A build's stored log chunks, oldest first.
+    async fn load_logs(&self, id: BuildId) -> Result<Vec<LogChunk>, StoreError>;
+}
+
+fn encode_chunk(chunk: &LogChunk) -> Vec<u8> {
+    serde_json::to_vec(chunk).expect("log chunks always serialise")
+}
+
+fn decode_chunk(key: &str, bytes: &[u8]) -> Result<LogChunk, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        cause: e.to_string(),
+    })
+}
+
+/// The key of a build's log chunk `seq` under `prefix` (zero-padded, so keys sort by `seq`).
+pub fn log_key(prefix: &str, id: BuildId, seq: u64) -> String {
+    format!("{prefix}/logs/{id}/{seq:020}")
+}
+
+/// The prefix of every log chunk key of a build.
+pub fn log_prefix(prefix: &str, id: BuildId) -> String {
+    format!("{prefix}/logs/{id}/")
 }
 
 fn encode(build: &Build) -> Vec<u8> {
@@ -148,6 +179,86 @@ pub(crate) mod suite {
         a_newer_version_replaces_an_older_one(fresh()).await;
         an_older_or_equal_version_is_refused(fresh()).await;
         deleted_builds_are_gone(fresh()).await;
+        log_chunks_load_back_in_order_apart_from_the_records(fresh()).await;
+        dropped_chunks_and_deleted_builds_lose_their_logs(fresh()).await;
+    }
+
+    fn chunk(build: BuildId, seq: u64, line: &str) -> LogChunk {
+        LogChunk {
+            build,
+            seq,
+            job: JobId::new(),
+            platform: Platform::linux_amd64(),
+            first: seq,
+            lines: vec![line.to_owned()],
+        }
+    }
+
+    async fn log_chunks_load_back_in_order_apart_from_the_records(store: impl StateStore) {
+        let b = build(1);
+        store.save(&b).await.unwrap();
+        let other = BuildId::new();
+        // Written out of order, in two batches; 12 sorts after 2 only if keys are padded.
+        let write = LogWrite {
+            put: vec![
+                chunk(b.id, 12, "c"),
+                chunk(b.id, 2, "b"),
+                chunk(other, 0, "x"),
+            ],
+            drop: vec![],
+        };
+        store.write_logs(&write).await.unwrap();
+        let write = LogWrite {
+            put: vec![chunk(b.id, 0, "a")],
+            drop: vec![],
+        };
+        store.write_logs(&write).await.unwrap();
+        let loaded = store.load_logs(b.id).await.unwrap();
+        let lines: Vec<&str> = loaded.iter().map(|c| c.lines[0].as_str()).collect();
+        assert_eq!(lines, ["a", "b", "c"]);
+        assert_eq!(loaded[2], chunk(b.id, 12, "c").with_job(loaded[2].job));
+        // Logs are not records.
+        assert_eq!(store.load().await.unwrap(), vec![b]);
+        assert!(store.load_logs(BuildId::new()).await.unwrap().is_empty());
+    }
+
+    async fn dropped_chunks_and_deleted_builds_lose_their_logs(store: impl StateStore) {
+        let (a, b) = (build(1), build(1));
+        store.save(&a).await.unwrap();
+        store.save(&b).await.unwrap();
+        let many: Vec<LogChunk> = (0..150).map(|i| chunk(a.id, i, "line")).collect();
+        store
+            .write_logs(&LogWrite {
+                put: many,
+                drop: vec![],
+            })
+            .await
+            .unwrap();
+        store
+            .write_logs(&LogWrite {
+                put: vec![chunk(a.id, 150, "new"), chunk(b.id, 0, "kept")],
+                drop: (0..149).map(|i| (a.id, i)).collect(),
+            })
+            .await
+            .unwrap();
+        let left: Vec<u64> = store
+            .load_logs(a.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(left, [149, 150]);
+        store.delete(a.id).await.unwrap();
+        assert!(store.load_logs(a.id).await.unwrap().is_empty());
+        assert_eq!(store.load_logs(b.id).await.unwrap().len(), 1);
+    }
+
+    impl LogChunk {
+        fn with_job(mut self, job: JobId) -> Self {
+            self.job = job;
+            self
+        }
     }
 
     async fn a_saved_build_loads_back_equal(store: impl StateStore) {

@@ -272,6 +272,12 @@ impl FarmState {
         };
         let entry = self.builds.get_mut(&build_id).expect("current build");
         let platform = job_mut(&mut entry.build, job).platform.clone();
+        self.pending.logs.push(crate::logs::LogLines {
+            build: build_id,
+            job,
+            platform: platform.clone(),
+            lines: lines.clone(),
+        });
         for line in lines {
             let j = job_mut(&mut entry.build, job);
             if j.log_tail.len() == LOG_TAIL_LINES {
