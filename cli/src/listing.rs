@@ -98,6 +98,27 @@ pub struct WorkerView {
     pub unhealthy_reason: Option<String>,
     /// The team that owns it; empty for shared capacity.
     pub owner: String,
+    /// Its disk at its last heartbeat; `null` until it reports one.
+    pub disk: Option<DiskView>,
+}
+
+/// A worker's disk as `manifold workers --format json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiskView {
+    /// Bytes free on the file system of its cache dir.
+    pub free_bytes: u64,
+    /// Bytes under its cache dir (build contexts, scratch space).
+    pub cache_bytes: u64,
+    /// Bytes of its Docker daemon's BuildKit cache; `null` when the worker does not measure it.
+    pub build_cache_bytes: Option<u64>,
+}
+
+/// A worker's DISK: `41.2 GiB free, cache 3.1 GiB`, or `-` until it reports one.
+pub fn worker_disk(w: &v1::WorkerInfo) -> String {
+    w.disk
+        .as_ref()
+        .map(|d| manifold_proto::DiskUsage::from(d).to_string())
+        .unwrap_or_else(|| "-".to_owned())
 }
 
 /// A worker's STATUS: `ready`, `draining`, `paused`, `unhealthy: REASON` (several joined by
@@ -149,6 +170,11 @@ impl From<&v1::WorkerInfo> for WorkerView {
             lending: !w.not_lending,
             unhealthy_reason: w.unhealthy.then(|| w.unhealthy_reason.clone()),
             owner: w.owner.clone(),
+            disk: w.disk.as_ref().map(|d| DiskView {
+                free_bytes: d.free_bytes,
+                cache_bytes: d.cache_bytes,
+                build_cache_bytes: d.build_cache_bytes,
+            }),
         }
     }
 }
@@ -249,7 +275,7 @@ impl From<&v1::Build> for BuildView {
 }
 
 /// `manifold workers`: NAME, STATUS, OWNER, PLATFORMS, NATIVE/EMULATED, SLOTS, LAST HEARTBEAT,
-/// DOCKER.
+/// DOCKER, DISK (last: its cells hold spaces).
 pub fn workers_table(workers: &[v1::WorkerInfo], now_ms: i64) -> String {
     let rows: Vec<Vec<String>> = workers
         .iter()
@@ -263,6 +289,7 @@ pub fn workers_table(workers: &[v1::WorkerInfo], now_ms: i64) -> String {
                 format!("{}/{}", w.slots_in_use, w.slots),
                 ago(now_ms, w.last_heartbeat_ms),
                 or_dash(&w.docker_version),
+                worker_disk(w),
             ]
         })
         .collect();
@@ -276,6 +303,7 @@ pub fn workers_table(workers: &[v1::WorkerInfo], now_ms: i64) -> String {
             "SLOTS",
             "LAST HEARTBEAT",
             "DOCKER",
+            "DISK",
         ],
         &rows,
     )
@@ -679,12 +707,17 @@ mod tests {
             slots_in_use: 1,
             last_heartbeat_ms: 97_000,
             docker_version: "27.1.0".into(),
+            disk: Some(v1::DiskUsage {
+                free_bytes: (412 << 30) / 10,
+                cache_bytes: (31 << 30) / 10,
+                build_cache_bytes: None,
+            }),
             ..Default::default()
         }];
         assert_eq!(
             workers_table(&workers, 100_000),
-            "NAME        STATUS  OWNER  PLATFORMS              NATIVE/EMULATED  SLOTS  LAST HEARTBEAT  DOCKER\n\
-             worker-x86  ready   -      linux/amd64,linux/386  native           1/4    3s ago          27.1.0\n"
+            "NAME        STATUS  OWNER  PLATFORMS              NATIVE/EMULATED  SLOTS  LAST HEARTBEAT  DOCKER  DISK\n\
+             worker-x86  ready   -      linux/amd64,linux/386  native           1/4    3s ago          27.1.0  41.2 GiB free, cache 3.1 GiB\n"
         );
         let json: serde_json::Value = serde_json::from_str(&workers_json(&workers)).unwrap();
         assert_eq!(json["workers"][0]["name"], "worker-x86");
@@ -692,6 +725,25 @@ mod tests {
         assert_eq!(json["workers"][0]["slots_in_use"], 1);
         assert_eq!(json["workers"][0]["status"], "ready");
         assert_eq!(json["workers"][0]["owner"], "");
+        assert_eq!(
+            json["workers"][0]["disk"]["free_bytes"],
+            (412u64 << 30) / 10
+        );
+        assert_eq!(
+            json["workers"][0]["disk"]["build_cache_bytes"],
+            serde_json::Value::Null
+        );
+        // A worker that has not reported its disk yet.
+        let silent = [v1::WorkerInfo::default()];
+        assert!(
+            workers_table(&silent, 0)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("  -")
+        );
+        let json: serde_json::Value = serde_json::from_str(&workers_json(&silent)).unwrap();
+        assert_eq!(json["workers"][0]["disk"], serde_json::Value::Null);
     }
 
     #[test]

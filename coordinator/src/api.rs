@@ -311,7 +311,7 @@ impl Api {
                 WorkerHealth {
                     draining: false,
                     unhealthy: Some(reason),
-                    paused_lending: None,
+                    ..WorkerHealth::default()
                 },
             );
         }
@@ -554,6 +554,7 @@ fn hello_from_wire(h: v1::WorkerHello) -> Result<WorkerHello, Status> {
         owner: None,
         paused: h.paused,
         lending: !h.not_lending,
+        disk: h.disk.as_ref().map(Into::into),
     })
 }
 
@@ -582,6 +583,7 @@ fn worker_to_wire(w: WorkerView) -> v1::WorkerInfo {
         owner: w.owner.unwrap_or_default(),
         paused: w.paused,
         not_lending: !w.lending,
+        disk: w.disk.as_ref().map(Into::into),
     }
 }
 
@@ -986,6 +988,7 @@ impl workers_server::Workers for Api {
                                     h.unhealthy.then(|| unhealthy_reason(h.unhealthy_reason))
                                 }),
                                 paused_lending: Some((h.paused, !h.not_lending)),
+                                disk: h.disk.as_ref().map(Into::into),
                             },
                         ),
                         Some(Msg::Accepted(a)) => {

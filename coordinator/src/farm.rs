@@ -21,6 +21,7 @@
 mod retry;
 pub mod state;
 mod timers;
+mod workers;
 mod writer;
 
 #[cfg(test)]
@@ -45,6 +46,7 @@ use crate::store::{StateStore, StoreError};
 use manifold_registry::ChildImage;
 use manifold_registry::{self as registry, RegistryConfig};
 pub use state::{Effects, FarmState, Now, Session};
+pub use workers::{WorkerHealth, WorkerHello, WorkerView};
 use writer::{Batch, durable, write_loop};
 
 /// Tunables of the farm.
@@ -151,46 +153,6 @@ pub struct JobSpec {
     pub registry_logins: Vec<manifold_registry::RegistryLogin>,
 }
 
-/// A worker's hello, as the farm sees it.
-#[derive(Clone, Debug)]
-pub struct WorkerHello {
-    /// Unique name.
-    pub name: String,
-    /// Platforms.
-    pub platforms: Vec<Platform>,
-    /// Emulated?
-    pub emulated: bool,
-    /// Slots.
-    pub slots: u32,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Docker server version.
-    pub docker_version: String,
-    /// Jobs it is running (job, attempt).
-    pub running: Vec<(JobId, u32)>,
-    /// It is draining already (it reconnected during a drain).
-    pub draining: bool,
-    /// Why its Docker daemon cannot build, when it cannot.
-    pub unhealthy: Option<String>,
-    /// The team that owns it, from its client certificate (never from what the worker says).
-    pub owner: Option<String>,
-    /// Paused by its owner (it reconnected during a pause).
-    pub paused: bool,
-    /// Lends itself to other teams than its owner.
-    pub lending: bool,
-}
-
-/// What a heartbeat says besides "alive".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WorkerHealth {
-    /// The worker drains.
-    pub draining: bool,
-    /// Why its Docker daemon cannot build, when it cannot.
-    pub unhealthy: Option<String>,
-    /// Paused by its owner, and lending to other teams (`None`: as they were).
-    pub paused_lending: Option<(bool, bool)>,
-}
-
 /// How a worker's attempt ended.
 #[derive(Clone, Debug)]
 pub enum JobOutcome {
@@ -215,39 +177,6 @@ pub enum JobOutcome {
         /// unhealthy). Requeued without counting an attempt.
         refused: bool,
     },
-}
-
-/// A worker as `manifold workers` shows it.
-#[derive(Clone, Debug)]
-pub struct WorkerView {
-    /// Name.
-    pub name: String,
-    /// Platforms.
-    pub platforms: Vec<Platform>,
-    /// Emulated?
-    pub emulated: bool,
-    /// Slots.
-    pub slots: u32,
-    /// Slots in use.
-    pub slots_in_use: u32,
-    /// Unix ms of its last message.
-    pub last_heartbeat_ms: i64,
-    /// Unix ms of its hello.
-    pub connected_at_ms: i64,
-    /// Docker version.
-    pub docker_version: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Draining: no new job.
-    pub draining: bool,
-    /// Why its Docker daemon cannot build, when it cannot.
-    pub unhealthy: Option<String>,
-    /// The team that owns it (its jobs go first on it); `None` for shared capacity.
-    pub owner: Option<String>,
-    /// Paused by its owner: keeps its jobs, takes no new one.
-    pub paused: bool,
-    /// Lends itself to other teams than its owner.
-    pub lending: bool,
 }
 
 /// A team's use of the farm, as `manifold teams` shows it.

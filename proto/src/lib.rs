@@ -5,6 +5,7 @@
 //! - [`build_flags`]: [`BuildFlags`], the buildx flags a build carries (`--no-cache`, caches, network...);
 //! - [`platform`]: [`Platform`], parsing and normalising what users type (`x86_64`, `arm64/v8`, `armhf` ...);
 //! - [`ids`]: the newtype ids of builds and jobs;
+//! - [`disk`]: [`DiskUsage`], a worker's free disk and cache size as heartbeats carry them;
 //! - [`discovery`]: finding the leading coordinator among several addresses;
 //! - [`dockerignore`]: `.dockerignore` applied byte for byte as `docker build` applies it (the CLI
 //!   packs with it, the worker applies it again to the context tar).
@@ -14,11 +15,13 @@
 
 pub mod build_flags;
 pub mod discovery;
+pub mod disk;
 pub mod dockerignore;
 pub mod ids;
 pub mod platform;
 
 pub use build_flags::{BuildFlags, CacheSpec, SecretValue, Secrets};
+pub use disk::DiskUsage;
 pub use ids::{BuildId, JobId};
 pub use platform::{Platform, PlatformError, PlatformSpec};
 

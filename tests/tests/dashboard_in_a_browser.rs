@@ -87,13 +87,14 @@ async fn a_build_submitted_by_the_cli_appears_and_turns_succeeded() -> anyhow::R
     let refusal = text(&browser, "#login-error").await?;
     assert!(refusal.contains("not valid for this farm"), "{refusal}");
 
-    // Alice signs in and sees the farm: the worker, native, with its slot, ready.
+    // Alice signs in and sees the farm: the worker, native, with its slot, ready, its disk.
     sign_in(&browser, &base, &alice).await?;
     assert_eq!(browser.current_url().await?, format!("{base}/"));
     let who = text(&browser, "#who").await?;
     assert!(who.contains("alice") && who.contains("mobile"), "{who}");
     let worker = text(&browser, "tr[data-worker=\"x86\"]").await?;
-    for want in ["linux/amd64", "native", "0/1", "ready"] {
+    // The Disk column shows what the worker measured (its hello carries it).
+    for want in ["linux/amd64", "native", "0/1", "ready", " free, cache "] {
         assert!(worker.contains(want), "{want} in the worker row: {worker}");
     }
 

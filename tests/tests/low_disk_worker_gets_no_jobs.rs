@@ -2,7 +2,8 @@
 //! 8 MiB tmpfs under a 64 MiB threshold) reports itself unhealthy, naming the free space and the
 //! threshold: `manifold workers` shows why, a build submitted while it is the only worker waits,
 //! and once another worker attaches the build runs there. The small worker never gets the job.
-//! Each worker's `--metrics-listen` shows its free disk (as `df` reports it) and its cache.
+//! Each worker's `--metrics-listen` shows its free disk (as `df` reports it) and its cache, and so
+//! do its heartbeats (`manifold workers`' DISK column).
 
 use std::process::Command;
 use std::time::Duration;
@@ -89,6 +90,17 @@ async fn a_worker_short_of_disk_gets_no_job_while_another_takes_it() -> anyhow::
         "manifold workers shows why:\n{}",
         show(&listing)
     );
+    // Its DISK column: the free space of the 8 MiB tmpfs, and its (empty) cache.
+    assert!(
+        row.contains(" MiB free, cache ") || row.contains(" KiB free, cache "),
+        "manifold workers shows the disk:\n{}",
+        show(&listing)
+    );
+    let disk = w.disk.expect("the heartbeat carries the disk");
+    assert!(
+        disk.free_bytes <= 8 << 20 && disk.cache_bytes < 1 << 20,
+        "{disk:?}"
+    );
 
     // Its metrics say the same as df, and the threshold.
     let df = run(
@@ -97,6 +109,11 @@ async fn a_worker_short_of_disk_gets_no_job_while_another_takes_it() -> anyhow::
     )
     .await?;
     let df: f64 = df.lines().nth(1).unwrap().trim().parse()?;
+    assert!(
+        (disk.free_bytes as f64 - df).abs() < (1 << 20) as f64,
+        "the heartbeat's free disk {} is what df says, {df}",
+        disk.free_bytes
+    );
     assert_eq!(
         metric(&small_metrics, "manifold_worker_disk_free_bytes").await?,
         df
@@ -131,6 +148,13 @@ async fn a_worker_short_of_disk_gets_no_job_while_another_takes_it() -> anyhow::
         .arg(&big_metrics)
         .spawn()
         .await?;
+    // The big worker's heartbeats carry its daemon's BuildKit cache too.
+    let big = farm
+        .wait_worker("big", Duration::from_secs(30), |w| {
+            w.disk.is_some_and(|d| d.build_cache_bytes.is_some())
+        })
+        .await?;
+    assert!(big.disk.unwrap().free_bytes > 8 << 20, "{big:?}");
     let done = farm.wait_build_end(&id, Duration::from_secs(120)).await?;
     assert_eq!(done.state, v1::BuildState::Succeeded as i32, "{done:?}");
     let job = &done.jobs[0];

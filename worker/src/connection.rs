@@ -53,8 +53,6 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 const FAREWELL_ATTEMPTS: u32 = 3;
 /// Messages waiting for a stream (results, log batches).
 const OUTBOX_CAPACITY: usize = 1024;
-/// How long the daemon has to answer a health check.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the daemon has to answer `info` when the worker says hello.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -162,7 +160,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     backoff.reset();
 
     let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
-    let (health, _) = watch::channel(None);
+    let dir = config.cache_dir.clone();
+    let disk = tokio::task::spawn_blocking(move || health::measure(&dir))
+        .await
+        .ok()
+        .flatten();
     // Not lending until the window is read, when there is one.
     let lends = config.lend == crate::lending::LendPolicy::Always && config.lend_hours.is_none();
     let (lending, _) = watch::channel(lends);
@@ -182,14 +184,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         unreported: Mutex::default(),
         tracker: TaskTracker::new(),
         outbox,
-        health,
+        health: health::Monitor::new(disk),
         paused: watch::channel(false).0,
         lending,
-        check_health: Notify::new(),
         job_ended: Arc::new(Notify::new()),
         daemon: Mutex::default(),
     });
-    let checker = tokio::spawn(watch_health(shared.clone()));
+    let checker = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let config = &shared.config;
+            let (dir, min, every) = (
+                &config.cache_dir,
+                config.min_free_disk,
+                config.health_interval,
+            );
+            let buildkit = crate::buildkit::Endpoint::moby(&config.docker_host).ok();
+            let health = &shared.health;
+            health
+                .watch(&shared.engine, buildkit.as_ref(), dir, min, every)
+                .await
+        })
+    };
     let lend_stop = CancellationToken::new();
     let lender = tokio::spawn(crate::lending::watch_lending(
         shared.config.lend.clone(),
@@ -225,22 +241,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     served
 }
 
-/// Checks the daemon and the disk ([`health`]) every `health_interval`, and at once when a job
-/// failed on the infrastructure; the session reports every change to the coordinator at once.
-async fn watch_health(shared: Arc<Shared>) {
-    loop {
-        let reason = match shared.engine.ping(HEALTH_TIMEOUT).await {
-            Err(reason) => Some(reason),
-            Ok(()) => health::check_disk(&shared.config.cache_dir, shared.config.min_free_disk),
-        };
-        health::publish(&shared.health, reason);
-        tokio::select! {
-            () = tokio::time::sleep(shared.config.health_interval) => {}
-            () = shared.check_health.notified() => {}
-        }
-    }
-}
-
 /// What every job task shares with the connection.
 struct Shared {
     config: Config,
@@ -260,14 +260,12 @@ struct Shared {
     unreported: Mutex<std::collections::HashSet<(String, u32)>>,
     tracker: TaskTracker,
     outbox: mpsc::Sender<v1::WorkerMessage>,
-    /// Why the daemon does not answer, while it does not.
-    health: watch::Sender<Option<String>>,
+    /// Why the worker takes no job (daemon, disk), and its disk; the session reports changes.
+    health: health::Monitor,
     /// Paused by its owner (a Pause from the coordinator): no new job until a Resume.
     paused: watch::Sender<bool>,
     /// Whether other teams' jobs may run here now ([`crate::lending`]).
     lending: watch::Sender<bool>,
-    /// Asks [`watch_health`] to check now.
-    check_health: Notify,
     /// Told when a job ends, so the BuildKit cache is pruned ([`crate::buildkit::prune`]).
     job_ended: Arc<Notify>,
     /// What the daemon said about itself the last time it answered, for a hello while it does not.
@@ -305,11 +303,6 @@ impl Shared {
         self.jobs.lock().expect("jobs lock").len() as u32
     }
 
-    /// Why the daemon cannot build right now, if it cannot.
-    fn unhealthy(&self) -> Option<String> {
-        self.health.borrow().clone()
-    }
-
     /// The daemon's platform and version: asked afresh, or as last seen when it does not answer.
     async fn describe_daemon(&self) -> Result<DaemonInfo, String> {
         let config = &self.config;
@@ -332,7 +325,7 @@ impl Shared {
                 self.engine.host()
             ),
         };
-        self.check_health.notify_one();
+        self.health.check_soon();
         match self.daemon.lock().expect("daemon lock").clone() {
             Some(info) => {
                 tracing::warn!(%error, "attaching as unhealthy with what the daemon said before");
@@ -460,10 +453,11 @@ impl Worker {
             running: shared.running(),
             worker_version: env!("CARGO_PKG_VERSION").to_owned(),
             draining: self.shutdown.is_cancelled(),
-            unhealthy: shared.unhealthy().is_some(),
-            unhealthy_reason: shared.unhealthy().unwrap_or_default(),
+            unhealthy: shared.health.unhealthy().is_some(),
+            unhealthy_reason: shared.health.unhealthy().unwrap_or_default(),
             paused: *paused.borrow_and_update(),
             not_lending: !*lending.borrow_and_update(),
+            disk: shared.health.disk().as_ref().map(Into::into),
         };
         let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(64);
         tx.send(message(ToCoordinator::Hello(hello)))
@@ -567,7 +561,7 @@ impl Worker {
 
     /// A heartbeat saying how the worker is: slots in use, draining, daemon health.
     fn heartbeat(&self) -> v1::WorkerMessage {
-        let unhealthy = self.shared.unhealthy();
+        let unhealthy = self.shared.health.unhealthy();
         message(ToCoordinator::Heartbeat(v1::Heartbeat {
             slots_in_use: self.shared.slots_in_use(),
             unhealthy: unhealthy.is_some(),
@@ -575,6 +569,7 @@ impl Worker {
             draining: self.shutdown.is_cancelled(),
             paused: *self.shared.paused.borrow(),
             not_lending: !*self.shared.lending.borrow(),
+            disk: self.shared.health.disk().as_ref().map(Into::into),
         }))
     }
 
@@ -681,7 +676,7 @@ impl Worker {
             Ok(spec) => spec,
             Err(reason) => return tx.send(refuse(JobFailure::permanent(reason))).await,
         };
-        let unhealthy = shared.unhealthy();
+        let unhealthy = shared.health.unhealthy();
         let situation = admission::Situation {
             name: &shared.config.name,
             draining: self.shutdown.is_cancelled(),
@@ -752,7 +747,7 @@ impl Worker {
                         Err(failure) => {
                             if failure.retryable {
                                 // Maybe the daemon went away: the coordinator should know now.
-                                job_shared.check_health.notify_one();
+                                job_shared.health.check_soon();
                             }
                             logs.line(format!("error: {}", failure.message));
                             tracing::warn!(

@@ -1,11 +1,135 @@
 //! Whether this worker can take a job: its Docker daemon answers, and its cache dir's file system
 //! has at least `--min-free-disk` free (contexts and scratch space live there). A worker that
 //! cannot is reported unhealthy with the reason in its heartbeats, so the coordinator sends its
-//! jobs elsewhere and `manifold workers` shows why.
+//! jobs elsewhere and `manifold workers` shows why. Each check also measures the disk (free
+//! space, bytes under the cache dir, the daemon's BuildKit cache), which every heartbeat carries.
 
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use manifold_proto::DiskUsage;
+pub use manifold_proto::disk::human_bytes;
+use tokio::sync::{Notify, watch};
+
+use crate::buildkit::Endpoint;
+use crate::docker::DockerEngine;
+
+/// How long the daemon has to answer a health check.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often BuildKit's cache is measured for the heartbeats (`Control.DiskUsage`).
+pub const BUILD_CACHE_EVERY: Duration = Duration::from_secs(30);
+
+/// The worker's health as the session reports it: the reason it takes no job (if any), and its
+/// disk at the last check. [`Monitor::watch`] keeps both current.
+#[derive(Debug)]
+pub struct Monitor {
+    reason: watch::Sender<Option<String>>,
+    disk: Mutex<Option<DiskUsage>>,
+    check_now: Notify,
+}
+
+impl Monitor {
+    /// A healthy monitor whose disk is `disk` until the first check (the hello reports it).
+    pub fn new(disk: Option<DiskUsage>) -> Self {
+        Self {
+            reason: watch::channel(None).0,
+            disk: Mutex::new(disk),
+            check_now: Notify::new(),
+        }
+    }
+
+    /// Why the worker cannot build right now, if it cannot.
+    pub fn unhealthy(&self) -> Option<String> {
+        self.reason.borrow().clone()
+    }
+
+    /// Changes of [`Monitor::unhealthy`].
+    pub fn subscribe(&self) -> watch::Receiver<Option<String>> {
+        self.reason.subscribe()
+    }
+
+    /// The disk at the last check; `None` before the first or when it cannot be read.
+    pub fn disk(&self) -> Option<DiskUsage> {
+        *self.disk.lock().expect("disk lock")
+    }
+
+    /// Asks [`Monitor::watch`] to check now (a job failed on the infrastructure).
+    pub fn check_soon(&self) {
+        self.check_now.notify_one();
+    }
+
+    /// Checks the daemon and the disk every `interval`, and at once when asked, until dropped.
+    /// BuildKit's cache (through `buildkit`, when given) is measured at most every
+    /// [`BUILD_CACHE_EVERY`].
+    pub async fn watch(
+        &self,
+        engine: &DockerEngine,
+        buildkit: Option<&Endpoint>,
+        cache_dir: &Path,
+        min_free: u64,
+        interval: Duration,
+    ) {
+        let mut build_cache: Option<(Instant, u64)> = None;
+        loop {
+            let dir = cache_dir.to_owned();
+            let mut disk = tokio::task::spawn_blocking(move || measure(&dir))
+                .await
+                .ok()
+                .flatten();
+            if let Some(endpoint) = buildkit
+                && build_cache.is_none_or(|(at, _)| at.elapsed() >= BUILD_CACHE_EVERY)
+            {
+                match crate::buildkit::prune::disk_usage(endpoint).await {
+                    Ok(usage) => build_cache = Some((Instant::now(), usage.bytes)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "build cache not measured");
+                        build_cache = None;
+                    }
+                }
+            }
+            if let Some(d) = disk.as_mut() {
+                d.build_cache_bytes = build_cache.map(|(_, bytes)| bytes);
+            }
+            *self.disk.lock().expect("disk lock") = disk;
+            let reason = match engine.ping(PING_TIMEOUT).await {
+                Err(reason) => Some(reason),
+                Ok(()) => check_disk(cache_dir, min_free),
+            };
+            publish(&self.reason, reason);
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = self.check_now.notified() => {}
+            }
+        }
+    }
+}
+
+/// The disk of `cache_dir`: free space on its file system, bytes under it; `None` when the
+/// free space cannot be read.
+pub fn measure(cache_dir: &Path) -> Option<DiskUsage> {
+    Some(DiskUsage {
+        free_bytes: free_bytes(cache_dir).ok()?,
+        cache_bytes: tree_bytes(cache_dir),
+        build_cache_bytes: None,
+    })
+}
+
+/// Bytes of the files under `path` (not following symbolic links).
+pub fn tree_bytes(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_file() {
+        return meta.len();
+    }
+    if !meta.is_dir() {
+        return 0;
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| tree_bytes(&e.path())).sum())
+        .unwrap_or(0)
+}
 
 /// Bytes free to unprivileged users on the file system holding `dir`.
 pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
@@ -40,7 +164,7 @@ pub fn check_disk(dir: &Path, min_free: u64) -> Option<String> {
 }
 
 /// Publishes `reason` (None: healthy) to the session, logging each change once.
-pub fn publish(health: &watch::Sender<Option<String>>, reason: Option<String>) {
+fn publish(health: &watch::Sender<Option<String>>, reason: Option<String>) {
     health.send_if_modified(|current| {
         if *current == reason {
             return false;
@@ -52,21 +176,6 @@ pub fn publish(health: &watch::Sender<Option<String>>, reason: Option<String>) {
         *current = reason;
         true
     });
-}
-
-/// `512 B`, `1.5 KiB`, `20.0 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// Parses a size such as `10GiB`, `500MB`, `2G` or `0`; bounded to 1 EiB.
@@ -159,9 +268,15 @@ mod tests {
     }
 
     #[test]
-    fn bytes_read_like_df_h() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(20 << 30), "20.0 GiB");
+    fn the_disk_is_measured_under_the_cache_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("contexts/sha256")).unwrap();
+        std::fs::write(dir.path().join("contexts/sha256/ab"), vec![0u8; 3000]).unwrap();
+        std::fs::write(dir.path().join("other"), vec![0u8; 500]).unwrap();
+        let disk = measure(dir.path()).unwrap();
+        assert_eq!(disk.cache_bytes, 3500);
+        assert!(disk.free_bytes > 0);
+        assert_eq!(disk.build_cache_bytes, None);
+        assert_eq!(measure(Path::new("/no/such/dir")), None);
     }
 }

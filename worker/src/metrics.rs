@@ -61,7 +61,7 @@ pub fn render(cache_dir: &Path, min_free_disk: u64) -> String {
             };
             cache
                 .get_or_create(&KindLabels { kind: kind.into() })
-                .inc_by(clamp(tree_bytes(&entry.path())));
+                .inc_by(clamp(crate::health::tree_bytes(&entry.path())));
         }
     }
     let mut out = String::new();
@@ -69,22 +69,6 @@ pub fn render(cache_dir: &Path, min_free_disk: u64) -> String {
         let _ = writeln!(out, "# encoding failed: {e}");
     }
     out
-}
-
-/// Bytes of the files under `path` (not following symbolic links).
-fn tree_bytes(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if meta.is_file() {
-        return meta.len();
-    }
-    if !meta.is_dir() {
-        return 0;
-    }
-    std::fs::read_dir(path)
-        .map(|entries| entries.flatten().map(|e| tree_bytes(&e.path())).sum())
-        .unwrap_or(0)
 }
 
 /// Binds the metrics address, naming it when that fails.

@@ -202,7 +202,7 @@ impl WorkerRow {
                 (None, true) => "draining".into(),
                 (None, false) => "ready".into(),
             },
-            disk: None,
+            disk: w.disk.map(|d| d.to_string()),
         }
     }
 }
@@ -847,6 +847,37 @@ mod tests {
         check("#9 [0/0]", None);
         check("plain output [a/b]", None);
         check("", None);
+    }
+
+    #[test]
+    fn a_worker_row_shows_its_disk_once_reported() {
+        let mut w = WorkerView {
+            name: "w".into(),
+            platforms: vec![manifold_proto::Platform::linux_amd64()],
+            emulated: false,
+            slots: 1,
+            slots_in_use: 0,
+            last_heartbeat_ms: 0,
+            connected_at_ms: 0,
+            docker_version: String::new(),
+            labels: BTreeMap::new(),
+            draining: false,
+            unhealthy: None,
+            owner: None,
+            paused: false,
+            lending: true,
+            disk: None,
+        };
+        assert_eq!(WorkerRow::of(&w).disk, None);
+        w.disk = Some(manifold_proto::DiskUsage {
+            free_bytes: 5 << 30,
+            cache_bytes: 3 << 20,
+            build_cache_bytes: None,
+        });
+        assert_eq!(
+            WorkerRow::of(&w).disk.as_deref(),
+            Some("5.0 GiB free, cache 3.0 MiB")
+        );
     }
 
     #[test]

@@ -127,6 +127,8 @@ struct WorkerConn {
     connected_at_ms: i64,
     last_seen: Instant,
     last_seen_ms: i64,
+    /// Its disk as last reported (hello, then heartbeats).
+    disk: Option<manifold_proto::DiskUsage>,
 }
 
 impl FarmState {

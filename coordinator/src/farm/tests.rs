@@ -201,7 +201,7 @@ impl Script {
                 let health = WorkerHealth {
                     draining,
                     unhealthy: unhealthy.map(Into::into),
-                    paused_lending: None,
+                    ..WorkerHealth::default()
                 };
                 self.state.health(&s, health, now)
             }
@@ -350,6 +350,7 @@ fn hello(name: &str, arch: &str, owner: Option<&str>, running: Vec<(JobId, u32)>
         owner: owner.map(Into::into),
         paused: false,
         lending: true,
+        disk: None,
     }
 }
 
@@ -963,4 +964,33 @@ fn a_paused_worker_gets_no_job_until_resumed_and_one_that_does_not_lend_only_its
             (10, submit("mobile"), "assign mac amd64 #1"),
         ],
     );
+}
+
+#[test]
+fn a_worker_s_disk_is_what_its_last_report_said() {
+    use manifold_proto::DiskUsage;
+    let mut s = check(config(), &[(0, attach("x86"), "")]);
+    let disk = |free: u64| DiskUsage {
+        free_bytes: free,
+        cache_bytes: 7,
+        build_cache_bytes: None,
+    };
+    let views = |s: &Script| s.state.workers()[0].disk;
+    assert_eq!(views(&s), None, "not reported yet");
+    let session = s.session("x86");
+    let report = |disk: Option<DiskUsage>| WorkerHealth {
+        disk,
+        ..WorkerHealth::default()
+    };
+    let _ = s
+        .state
+        .health(&session, report(Some(disk(100))), s.at(1_000));
+    assert_eq!(views(&s), Some(disk(100)));
+    // A heartbeat without a measurement (the disk could not be read) keeps the last one.
+    let _ = s.state.health(&session, report(None), s.at(2_000));
+    assert_eq!(views(&s), Some(disk(100)));
+    let _ = s
+        .state
+        .health(&session, report(Some(disk(50))), s.at(3_000));
+    assert_eq!(views(&s), Some(disk(50)));
 }

@@ -79,5 +79,6 @@ pub fn amd64_hello(name: &str, owner: Option<&str>) -> WorkerHello {
         owner: owner.map(str::to_owned),
         paused: false,
         lending: true,
+        disk: None,
     }
 }

@@ -164,6 +164,7 @@ impl FarmState {
             hello.name.clone(),
             WorkerConn {
                 session: session.id,
+                disk: hello.disk,
                 hello,
                 connected_at_ms: now.ms,
                 last_seen: now.at,
@@ -193,6 +194,11 @@ impl FarmState {
         }
         self.heartbeat(session, now);
         let name = session.worker.as_str();
+        if let Some(w) = self.workers.get_mut(name)
+            && health.disk.is_some()
+        {
+            w.disk = health.disk;
+        }
         let before = self
             .scheduler
             .status(name)

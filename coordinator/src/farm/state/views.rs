@@ -154,6 +154,7 @@ impl FarmState {
             lending: status.as_ref().is_none_or(|s| s.lending),
             unhealthy: status.and_then(|s| s.unhealthy),
             owner: w.hello.owner.clone(),
+            disk: w.disk,
         }
     }
 }
