@@ -71,6 +71,7 @@ impl Monitor {
         interval: Duration,
     ) {
         let mut build_cache: Option<(Instant, u64)> = None;
+        let mut warned = false;
         loop {
             let dir = cache_dir.to_owned();
             let mut disk = tokio::task::spawn_blocking(move || measure(&dir))
@@ -83,7 +84,11 @@ impl Monitor {
                 match crate::buildkit::prune::disk_usage(endpoint).await {
                     Ok(usage) => build_cache = Some((Instant::now(), usage.bytes)),
                     Err(e) => {
-                        tracing::debug!(error = %e, "build cache not measured");
+                        // Said once, not at every check.
+                        if build_cache.is_some() || !warned {
+                            tracing::warn!(error = %e, "the build cache is not measured");
+                        }
+                        warned = true;
                         build_cache = None;
                     }
                 }
