@@ -57,6 +57,9 @@ pub struct Config {
     /// Free bytes the cache dir's file system must keep; below them the worker reports itself
     /// unhealthy and takes no job. Default 0 (off).
     pub min_free_disk: u64,
+    /// Most bytes of build contexts kept in the cache dir beyond those running jobs hold; the
+    /// least recently used go first. Default: [`crate::context_cache::DEFAULT_MAX_BYTES`] (10 GiB).
+    pub context_cache_max_size: u64,
     /// How much BuildKit cache the engine keeps (`--cache-max-size`, `--cache-max-age`), pruned
     /// after jobs and on a timer. Default: no limit.
     pub cache_policy: crate::buildkit::prune::CachePolicy,
@@ -136,6 +139,7 @@ impl Config {
             reconnect_max: Duration::from_secs(2),
             health_interval: Duration::from_secs(5),
             min_free_disk: 0,
+            context_cache_max_size: crate::context_cache::DEFAULT_MAX_BYTES,
             cache_policy: Default::default(),
             lend: crate::lending::LendPolicy::Always,
             lend_hours: None,

@@ -4,11 +4,18 @@
 //! Architecture invariant: a file under that name always holds bytes whose sha256 is its name. A
 //! download is written to a temporary file beside it while its digest is computed, and renamed into
 //! place only when the digest matches; a failed, corrupted or abandoned download leaves nothing.
+//!
+//! The cache is kept under a byte budget (`--context-cache-max-size`): after each download, and
+//! when the worker starts, the least recently used contexts are removed until the rest fit
+//! ([`to_evict`], pure). A context's last use is its file's modification time, set on every use, so
+//! it survives a restart. A context a job holds ([`ContextCache::hold`]) is never removed, even
+//! when the held ones alone exceed the budget.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -96,21 +103,132 @@ pub struct SourceError {
     pub not_found: bool,
 }
 
+/// Default of `--context-cache-max-size`: 10 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 10 << 30;
+
+/// A cached context as eviction sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Its file name (the digest's hex).
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When a job last used it.
+    pub last_used: SystemTime,
+}
+
+/// The entries to remove so that the rest fit in `budget` bytes: least recently used first (ties
+/// by name), never one in `in_use`. When the held entries alone exceed the budget, every other
+/// one goes and the cache stays over it until they are released.
+pub fn to_evict(entries: &[Entry], in_use: &HashSet<String>, budget: u64) -> Vec<String> {
+    let mut total: u64 = entries.iter().map(|e| e.size).sum();
+    let mut oldest_first: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| !in_use.contains(&e.name))
+        .collect();
+    oldest_first.sort_by(|a, b| (a.last_used, &a.name).cmp(&(b.last_used, &b.name)));
+    let mut evict = Vec::new();
+    for e in oldest_first {
+        if total <= budget {
+            break;
+        }
+        total -= e.size;
+        evict.push(e.name.clone());
+    }
+    evict
+}
+
 /// The context cache rooted at a worker's cache folder.
 #[derive(Clone, Debug)]
 pub struct ContextCache {
     dir: PathBuf,
+    max_bytes: u64,
     // One lock per digest, so that concurrent jobs of one build download their context once.
     in_flight: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    // How many jobs hold each context (by hex): those are never evicted.
+    held: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A job's hold on a context: while it lives, the context is not evicted.
+#[derive(Debug)]
+pub struct Hold {
+    hex: String,
+    held: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().expect("context holds lock");
+        if let Some(n) = held.get_mut(&self.hex) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.hex);
+            }
+        }
+    }
 }
 
 impl ContextCache {
-    /// A cache under `<cache_dir>/contexts/sha256/`; the folder is made on first use.
-    pub fn new(cache_dir: &Path) -> Self {
+    /// A cache under `<cache_dir>/contexts/sha256/` of at most `max_bytes` (beyond what jobs
+    /// hold); the folder is made on first use.
+    pub fn new(cache_dir: &Path, max_bytes: u64) -> Self {
         Self {
             dir: cache_dir.join("contexts").join("sha256"),
+            max_bytes,
             in_flight: Arc::default(),
+            held: Arc::default(),
         }
+    }
+
+    /// Holds the context of `digest` (cached or not yet) against eviction until the hold drops.
+    pub fn hold(&self, digest: &ContextDigest) -> Hold {
+        let hex = digest.hex().to_owned();
+        *self
+            .held
+            .lock()
+            .expect("context holds lock")
+            .entry(hex.clone())
+            .or_default() += 1;
+        Hold {
+            hex,
+            held: self.held.clone(),
+        }
+    }
+
+    /// Removes the least recently used contexts until the cache fits its budget (held ones
+    /// stay); returns the names removed. Files it cannot read or remove are skipped.
+    pub fn evict(&self) -> Vec<String> {
+        let Ok(files) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let entries: Vec<Entry> = files
+            .flatten()
+            .filter_map(|f| {
+                let name = f.file_name().into_string().ok()?;
+                let meta = f.metadata().ok()?;
+                (meta.is_file() && !name.starts_with(PARTIAL_PREFIX)).then(|| Entry {
+                    name,
+                    size: meta.len(),
+                    last_used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                })
+            })
+            .collect();
+        let in_use: HashSet<String> = self
+            .held
+            .lock()
+            .expect("context holds lock")
+            .keys()
+            .cloned()
+            .collect();
+        let mut removed = to_evict(&entries, &in_use, self.max_bytes);
+        removed.retain(|name| {
+            let gone = std::fs::remove_file(self.dir.join(name)).is_ok();
+            if gone {
+                tracing::info!(context = %name, budget = self.max_bytes, "evicted a least recently used build context");
+            }
+            gone
+        });
+        removed
     }
 
     /// Removes what downloads interrupted by a crash left behind. The cache folder must belong to
@@ -155,6 +273,10 @@ impl ContextCache {
         let path = self.path_for(digest);
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
             tracing::debug!(%digest, "build context found in the cache");
+            // Its last use, for eviction.
+            if let Ok(file) = std::fs::File::options().append(true).open(&path) {
+                let _ = file.set_modified(SystemTime::now());
+            }
             return Ok(path);
         }
         let download = |e: SourceError| CacheError::Download {
@@ -171,6 +293,10 @@ impl ContextCache {
             .lock()
             .expect("context cache lock poisoned")
             .remove(digest.hex());
+        if result.is_ok() {
+            let cache = self.clone();
+            let _ = tokio::task::spawn_blocking(move || cache.evict()).await;
+        }
         result
     }
 
@@ -259,7 +385,7 @@ mod tests {
     #[tokio::test]
     async fn a_verified_download_is_stored_under_its_digest_and_reused() {
         let root = tempfile::tempdir().unwrap();
-        let cache = ContextCache::new(root.path());
+        let cache = ContextCache::new(root.path(), DEFAULT_MAX_BYTES);
         let digest = digest_of(b"hello context");
         let path = cache
             .get_or_fetch(&digest, || async { Ok(chunks(&[b"hello ", b"context"])) })
@@ -285,7 +411,7 @@ mod tests {
     #[tokio::test]
     async fn a_corrupted_download_is_rejected_and_leaves_no_file() {
         let root = tempfile::tempdir().unwrap();
-        let cache = ContextCache::new(root.path());
+        let cache = ContextCache::new(root.path(), DEFAULT_MAX_BYTES);
         let digest = digest_of(b"the real bytes");
         let err = cache
             .get_or_fetch(&digest, || async { Ok(chunks(&[b"the ", b"fake bytes"])) })
@@ -310,7 +436,7 @@ mod tests {
     #[tokio::test]
     async fn a_download_that_breaks_midway_leaves_no_file() {
         let root = tempfile::tempdir().unwrap();
-        let cache = ContextCache::new(root.path());
+        let cache = ContextCache::new(root.path(), DEFAULT_MAX_BYTES);
         let digest = digest_of(b"whatever");
         let broken = futures::stream::iter(vec![
             Ok(Bytes::from_static(b"what")),
@@ -328,6 +454,104 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(files_under(root.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn the_least_recently_used_go_first_and_held_ones_never() {
+        let t = |secs: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let e = |name: &str, size: u64, used: u64| Entry {
+            name: name.into(),
+            size,
+            last_used: t(used),
+        };
+        let entries = [
+            e("a", 40, 10),
+            e("b", 30, 30),
+            e("c", 20, 20),
+            e("d", 10, 40),
+        ];
+        #[track_caller]
+        fn check(entries: &[Entry], held: &[&str], budget: u64, want: &[&str]) {
+            let held = held.iter().map(|h| h.to_string()).collect();
+            assert_eq!(to_evict(entries, &held, budget), want, "budget {budget}");
+        }
+        // 100 bytes in all.
+        check(&entries, &[], 100, &[]);
+        check(&entries, &[], 99, &["a"]);
+        check(&entries, &[], 60, &["a"]);
+        check(&entries, &[], 59, &["a", "c"]);
+        check(&entries, &[], 0, &["a", "c", "b", "d"]);
+        // The oldest is held: the next oldest go instead.
+        check(&entries, &["a"], 60, &["c", "b"]);
+        // Held ones alone exceed the budget: all others go, the held stay.
+        check(&entries, &["a", "b"], 10, &["c", "d"]);
+        // Equal times: by name, so the decision is the same on every run.
+        let ties = [e("y", 10, 5), e("x", 10, 5)];
+        check(&ties, &[], 10, &["x"]);
+        check(&[], &[], 0, &[]);
+    }
+
+    #[tokio::test]
+    async fn a_real_cache_keeps_its_budget_by_last_use_and_spares_held_contexts() {
+        let root = tempfile::tempdir().unwrap();
+        // Room for two 1000-byte contexts.
+        let cache = ContextCache::new(root.path(), 2500);
+        let body = |c: u8| vec![c; 1000];
+        let fetch = |cache: &ContextCache, c: u8| {
+            let cache = cache.clone();
+            async move {
+                let bytes = Bytes::from(body(c));
+                let digest = digest_of(&bytes);
+                cache
+                    .get_or_fetch(&digest, || async move {
+                        Ok(futures::stream::iter(vec![Ok(bytes)]))
+                    })
+                    .await
+                    .unwrap();
+                digest
+            }
+        };
+        let a = fetch(&cache, b'a').await;
+        let b = fetch(&cache, b'b').await;
+        // a is used again later than b: b is now the least recently used.
+        let old = SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .append(true)
+            .open(cache.path_for(&b))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::fs::File::options()
+            .append(true)
+            .open(cache.path_for(&a))
+            .unwrap()
+            .set_modified(old - std::time::Duration::from_secs(60))
+            .unwrap();
+        fetch(&cache, b'a').await; // a hit: a's last use is now
+        let c = fetch(&cache, b'c').await;
+        let present = |d: &ContextDigest| cache.path_for(d).exists();
+        assert!(present(&a) && !present(&b) && present(&c), "b went");
+
+        // A held context stays even when it is the oldest and the budget is exceeded.
+        let hold = cache.hold(&a);
+        std::fs::File::options()
+            .append(true)
+            .open(cache.path_for(&a))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let d = fetch(&cache, b'd').await;
+        assert!(
+            present(&a) && !present(&c) && present(&d),
+            "c went, not held a"
+        );
+        drop(hold);
+        assert_eq!(cache.evict(), Vec::<String>::new(), "within budget again");
+        let e = fetch(&cache, b'e').await;
+        assert!(
+            !present(&a) && present(&d) && present(&e),
+            "a went once released"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`backoff`]: the jittered exponential backoff between two dials of the coordinator;
 //! - [`connection`]: [`run`], the stream to the coordinator (hello, heartbeats, reconnect, dispatch,
 //!   drain, stopping when the coordinator refuses the worker's identity);
+//! - [`assignment`]: an assignment's wire form checked and turned into a [`job::JobSpec`];
 //! - [`admission`]: which assignment starts, which is refused, which older attempt it supersedes
 //!   (pure);
 //! - [`health`]: whether the worker can take a job: the daemon answers, the disk has room;
@@ -30,6 +31,7 @@
 //! - [`layers`]: the worker's map from a layer's diff_id to the blob it was pushed as;
 
 pub mod admission;
+pub mod assignment;
 pub mod backoff;
 pub mod buildkit;
 pub mod config;

@@ -63,6 +63,10 @@ struct Args {
     /// reports itself unhealthy, takes no job, and `manifold workers` shows why. 0: no check.
     #[arg(long, default_value = "0", value_parser = manifold_worker::health::parse_size)]
     min_free_disk: u64,
+    /// Most bytes of build contexts kept in the cache dir (e.g. 10GiB, 500MB; at most 1 EiB); the
+    /// least recently used go when a new one arrives. Contexts of running jobs always stay.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = manifold_worker::health::parse_size)]
+    context_cache_max_size: u64,
     /// Most bytes BuildKit's build cache may hold (e.g. 20GiB, 500MB; at most 1 EiB); the least
     /// recently used records go after each job and every 10 minutes. 0 keeps no unused cache.
     /// [default: no limit]
@@ -119,6 +123,7 @@ impl Args {
         config.reconnect_initial = config.reconnect_initial.min(self.reconnect_max);
         config.health_interval = self.health_interval;
         config.min_free_disk = self.min_free_disk;
+        config.context_cache_max_size = self.context_cache_max_size;
         config.cache_policy = manifold_worker::buildkit::prune::CachePolicy {
             max_size: self.cache_max_size,
             max_age: self.cache_max_age,
