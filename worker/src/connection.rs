@@ -159,6 +159,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         }
     };
     backoff.reset();
+    // Tags of jobs a crash interrupted (the previous run's scratch space is removed above).
+    crate::local_tags::LocalTags::new(&config.cache_dir)
+        .remove_leftovers(&engine)
+        .await;
 
     let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
     let dir = config.cache_dir.clone();
@@ -172,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let shared = Arc::new(Shared {
         options: ExecuteOptions {
             layers: LayerMap::new(&config.cache_dir),
+            local_tags: crate::local_tags::LocalTags::new(&config.cache_dir),
             docker_config: config.docker_config.clone(),
             build_platform_override: None,
         },

@@ -152,6 +152,8 @@ impl JobFailure {
 pub struct ExecuteOptions {
     /// What this worker knows of the layers it pushed (graphdriver engines).
     pub layers: LayerMap,
+    /// The daemon-local tags it made and has not removed yet (graphdriver engines).
+    pub local_tags: crate::local_tags::LocalTags,
     /// Docker config file with registry credentials; `None` pushes anonymously.
     pub docker_config: Option<PathBuf>,
     /// Build for this platform instead of the job's. Only tests set it, to make the daemon produce
@@ -223,6 +225,11 @@ pub async fn execute(
             .ok()
             .and_then(|r| RegistryLogin::find(&job.registry_logins, r.registry()).cloned()),
     };
+    if store == ImageStore::Graphdriver
+        && let Err(e) = options.local_tags.record(&tag)
+    {
+        tracing::warn!(%tag, error = %e, "cannot record the local tag: a crash would leave it");
+    }
     let built = buildkit::build(&endpoint, &solve, content, logs, cancel).await;
     match store {
         ImageStore::Containerd => {
@@ -252,8 +259,9 @@ pub async fn execute(
                 Err(e) => Err(build_failure(e)),
             };
             // The tag may exist even after a failure (e.g. the push failed); remove it in every case.
-            if let Err(e) = engine.untag(&tag).await {
-                tracing::warn!(%tag, error = %e, "cannot remove the daemon-local tag");
+            match engine.untag(&tag).await {
+                Ok(()) => options.local_tags.forget(&tag),
+                Err(e) => tracing::warn!(%tag, error = %e, "cannot remove the daemon-local tag"),
             }
             result
         }

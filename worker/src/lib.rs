@@ -28,6 +28,7 @@
 //! - [`progress`]: BuildKit status messages turned into readable log lines;
 //! - [`push`]: the push by digest on graphdriver engines (reuse what the registry has or can
 //!   mount, stream the rest from the export), and reading a pushed image back;
+//! - [`local_tags`]: the daemon-local tags this worker made, so that it removes its leftovers at start;
 //! - [`layers`]: the worker's map from a layer's diff_id to the blob it was pushed as;
 
 pub mod admission;
@@ -43,6 +44,7 @@ pub mod health;
 pub mod job;
 pub mod layers;
 pub mod lending;
+pub mod local_tags;
 pub mod log_batches;
 pub mod metrics;
 pub mod progress;

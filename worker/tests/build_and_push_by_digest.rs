@@ -42,6 +42,11 @@ async fn builds_and_pushes(docker_host: &str, platform: &str, uname: &str) {
         Ok(pushed) => pushed.clone(),
         Err(failure) => panic!("{platform} job failed: {failure:?}\n{}", outcome.log()),
     };
+    // The daemon-local tag is gone, and so is its record (nothing for a restart to remove).
+    assert_eq!(
+        manifold_worker::local_tags::LocalTags::new(scratch.path()).recorded(),
+        Vec::<String>::new()
+    );
 
     // The log reads like BuildKit's plain progress, including the RUN step's own line.
     assert!(
@@ -144,11 +149,12 @@ async fn builds_and_pushes(docker_host: &str, platform: &str, uname: &str) {
             Some(marker.as_str())
         );
     }
-    // The push writes nothing to disk but the layer map.
+    // The push writes nothing to disk but the layer map (and the local tags' folder, empty again
+    // as checked above).
     let left: Vec<_> = std::fs::read_dir(scratch.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "layers")
+        .filter(|n| n != "layers" && n != "local-tags")
         .collect();
     assert_eq!(left, Vec::<String>::new(), "scratch files were left behind");
 }

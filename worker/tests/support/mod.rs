@@ -128,6 +128,7 @@ pub fn spec(platform: &str, repository: &str, context: &Context) -> JobSpec {
 pub fn options(cache: &Path) -> ExecuteOptions {
     ExecuteOptions {
         layers: manifold_worker::layers::LayerMap::new(cache),
+        local_tags: manifold_worker::local_tags::LocalTags::new(cache),
         docker_config: None,
         build_platform_override: None,
     }
