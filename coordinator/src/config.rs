@@ -164,7 +164,8 @@ fn one() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct Scheduling {
     /// How long an owner's job waits for its own full worker before a borrowed job there is
-    /// preempted (requeued without spending an attempt). Unset: no preemption.
+    /// preempted (requeued without spending an attempt), and how long borrowed jobs may stay on a
+    /// worker after it stopped lending. Unset: no preemption.
     #[serde(default)]
     pub preemption_grace: Option<String>,
 }

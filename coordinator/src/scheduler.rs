@@ -21,6 +21,9 @@
 //! - optionally (off by default), an owner whose job has waited at least the grace period while its
 //!   worker is full of borrowed jobs reclaims a slot: [`Scheduler::preemptions`] names the borrowed
 //!   job to cancel and [`Scheduler::preempt`] puts it back in the queue, in its old place;
+//! - under the same grace period, a worker that stops lending (its owner took the machine back)
+//!   keeps borrowed jobs that long at most: those still running then are preempted the same way,
+//!   whether or not its owner has a job waiting;
 //! - a queued job whose platform no attached worker can build (none attached, or only draining or
 //!   unhealthy ones) for longer than the configured wait is reported as starved, so the farm can
 //!   fail it with a message naming the platform.
@@ -137,8 +140,19 @@ pub struct Preemption {
     pub job: JobId,
     /// The worker it runs on.
     pub worker: String,
-    /// The owner team reclaiming the slot.
+    /// The owner team reclaiming the slot (empty for a worker nobody owns that stopped lending).
     pub team: String,
+    /// Why.
+    pub cause: PreemptCause,
+}
+
+/// Why a borrowed job is preempted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreemptCause {
+    /// A job of the worker's owner waited the grace period while the worker was full.
+    OwnerWaited,
+    /// The worker stopped lending (its owner took it back) at least the grace period ago.
+    LendingStopped,
 }
 
 /// Whether a worker takes jobs, as `manifold workers` shows it.
@@ -210,6 +224,8 @@ struct WorkerState {
     paused: bool,
     /// Whether teams other than its owner may use it (see [`Scheduler::set_lending`]).
     lending: bool,
+    /// Since when it does not lend, while it does not.
+    not_lending_since: Option<Instant>,
 }
 
 impl WorkerState {
@@ -304,6 +320,8 @@ struct WorkerIndex {
     capable: BTreeMap<Platform, u32>,
     /// Owned workers that take jobs and are full, by name.
     full_and_owned: BTreeSet<String>,
+    /// Workers that do not lend, by name.
+    not_lending: BTreeSet<String>,
 }
 
 impl WorkerIndex {
@@ -344,6 +362,9 @@ impl WorkerIndex {
         if w.full_and_owned() {
             self.full_and_owned.insert(w.caps.name.clone());
         }
+        if !w.lending {
+            self.not_lending.insert(w.caps.name.clone());
+        }
     }
 
     /// Undoes [`WorkerIndex::add`] for a worker in the same state.
@@ -373,6 +394,9 @@ impl WorkerIndex {
         }
         if w.full_and_owned() {
             self.full_and_owned.remove(&w.caps.name);
+        }
+        if !w.lending {
+            self.not_lending.remove(&w.caps.name);
         }
     }
 
@@ -505,6 +529,7 @@ impl Scheduler {
             owner: None,
             paused: false,
             lending: true,
+            not_lending_since: None,
         };
         for job in &w.running {
             self.placed.entry(*job).or_default().insert(name.clone());
@@ -538,11 +563,19 @@ impl Scheduler {
         self.update_worker(name, |w| w.paused = paused);
     }
 
-    /// Whether the worker lends itself: while it does not, only its owner team's jobs go to it
-    /// (a worker without owner that does not lend gets none). Borrowed jobs already running stay,
-    /// and preemption reclaims their slots for the owner as always. A worker attaches lending.
-    pub fn set_lending(&mut self, name: &str, lending: bool) {
-        self.update_worker(name, |w| w.lending = lending);
+    /// Whether the worker lends itself, as of `now`: while it does not, only its owner team's jobs
+    /// go to it (a worker without owner that does not lend gets none). Borrowed jobs already
+    /// running stay up to the preemption grace period (see [`Scheduler::preemptions`]); without
+    /// one they finish. A worker attaches lending.
+    pub fn set_lending(&mut self, name: &str, lending: bool, now: Instant) {
+        self.update_worker(name, |w| {
+            w.not_lending_since = match (lending, w.not_lending_since) {
+                (true, _) => None,
+                (false, Some(since)) => Some(since),
+                (false, None) => Some(now),
+            };
+            w.lending = lending;
+        });
     }
 
     /// Records whether the worker's daemon answers: `Some(reason)` when it does not. An unhealthy
@@ -677,8 +710,9 @@ impl Scheduler {
 
     /// Borrowed jobs to cancel so that owners get their workers back: for each full worker with an
     /// owner, one borrowed job per owner job that has waited at least the grace period for a
-    /// worker of that owner (lowest priority, then most recently queued, borrowed job first). Empty
-    /// when preemption is disabled. Pure: nothing changes until [`Scheduler::preempt`].
+    /// worker of that owner (lowest priority, then most recently queued, borrowed job first); then
+    /// every borrowed job still on a worker that stopped lending at least the grace period ago.
+    /// Empty when preemption is disabled. Pure: nothing changes until [`Scheduler::preempt`].
     pub fn preemptions(&self, now: Instant) -> Vec<Preemption> {
         let Some(grace) = self.preemption_grace else {
             return Vec::new();
@@ -726,6 +760,37 @@ impl Scheduler {
                     job,
                     worker: w.caps.name.clone(),
                     team: owner.to_owned(),
+                    cause: PreemptCause::OwnerWaited,
+                });
+            }
+        }
+        let chosen: BTreeSet<JobId> = out.iter().map(|p| p.job).collect();
+        for name in &self.index.not_lending {
+            let w = &self.workers[name];
+            if !w
+                .not_lending_since
+                .is_some_and(|since| waited(now, since, grace))
+            {
+                continue;
+            }
+            let owner = w.owner.as_deref();
+            // In the owner rule's order: lowest priority, then most recently queued, first.
+            let mut borrowed: Vec<(i32, Reverse<u64>, JobId)> = w
+                .running
+                .iter()
+                .filter(|job| !chosen.contains(job) && Some(self.team_of_running(**job)) != owner)
+                .map(|job| match self.running.get(job) {
+                    Some(q) => (q.meta.priority, Reverse(q.seq), *job),
+                    None => (0, Reverse(u64::MAX), *job),
+                })
+                .collect();
+            borrowed.sort();
+            for (_, _, job) in borrowed {
+                out.push(Preemption {
+                    job,
+                    worker: name.clone(),
+                    team: owner.unwrap_or_default().to_owned(),
+                    cause: PreemptCause::LendingStopped,
                 });
             }
         }

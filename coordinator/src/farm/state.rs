@@ -33,7 +33,7 @@ use crate::access::Caller;
 use crate::build::{
     Build, BuildRequest, BuildSpec, BuildState, Event, EventKind, Job, JobState, human_duration,
 };
-use crate::scheduler::{JobMeta, Preemption, Scheduler};
+use crate::scheduler::{JobMeta, PreemptCause, Preemption, Scheduler};
 
 mod sessions;
 mod views;
@@ -597,13 +597,10 @@ impl FarmState {
             state: JobState::Queued,
             worker: None,
             attempt,
-            message: format!(
-                "preempted: worker {} belongs to team {}, whose job waited past the grace period; requeued without counting the attempt",
-                p.worker, p.team
-            ),
+            message: preemption_message(p),
         };
         record(entry, ev, now);
-        tracing::info!(build = %build_id, job = %p.job, worker = %p.worker, owner = %p.team, "borrowed job preempted");
+        tracing::info!(build = %build_id, job = %p.job, worker = %p.worker, owner = %p.team, cause = ?p.cause, "borrowed job preempted");
     }
 
     /// Forgets the timers and the slot of `job`'s attempt, which is over.
@@ -930,4 +927,18 @@ fn job_mut(build: &mut Build, job: JobId) -> &mut Job {
         .iter_mut()
         .find(|j| j.id == job)
         .expect("job belongs to its build")
+}
+
+/// What a preempted job's history says about why it went back to the queue.
+fn preemption_message(p: &Preemption) -> String {
+    match p.cause {
+        PreemptCause::OwnerWaited => format!(
+            "preempted: worker {} belongs to team {}, whose job waited past the grace period; requeued without counting the attempt",
+            p.worker, p.team
+        ),
+        PreemptCause::LendingStopped => format!(
+            "preempted: worker {} stopped lending (its owner took it back) longer ago than the grace period; requeued without counting the attempt",
+            p.worker
+        ),
+    }
 }

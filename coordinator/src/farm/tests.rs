@@ -994,3 +994,83 @@ fn a_worker_s_disk_is_what_its_last_report_said() {
         .health(&session, report(Some(disk(50))), s.at(3_000));
     assert_eq!(views(&s), Some(disk(50)));
 }
+
+#[test]
+fn an_owner_taking_the_machine_back_preempts_borrowed_jobs_past_the_grace_period() {
+    use Step::*;
+    let mac = Attach {
+        name: "mac",
+        arch: "amd64",
+        owner: Some("mobile"),
+        running: &[],
+    };
+    let borrowed = Submit {
+        archs: &["amd64"],
+        team: "web",
+        timeout: 0,
+    };
+    let config = |grace: Option<u64>| FarmConfig {
+        teams: vec![Team::new("mobile"), Team::new("web")],
+        preemption_grace: grace.map(Duration::from_secs),
+        max_attempts: 1,
+        ..config()
+    };
+    // The owner stops lending at 10 s, with no job of its own: the borrowed attempt is called off
+    // once the grace period has passed, and its job waits (the machine is no longer lent).
+    let s = check(
+        config(Some(60)),
+        &[
+            (0, mac.clone(), ""),
+            (0, borrowed.clone(), "assign mac amd64 #1"),
+            (1_000, Accept("mac", "amd64", 1), ""),
+            (10_000, Availability("mac", false, false), ""),
+            (40_000, Availability("mac", false, false), ""),
+            (69_999, Tick, ""),
+            (70_000, Tick, "cancel mac amd64 #1"),
+            (71_000, Stopped("mac", "amd64", 1), ""),
+            (80_000, Tick, ""),
+            // Lent again: the job runs there as attempt 2, although max_attempts is 1: the
+            // preempted attempt did not count.
+            (
+                90_000,
+                Availability("mac", false, true),
+                "assign mac amd64 #2",
+            ),
+        ],
+    );
+    let b = s.build();
+    assert_eq!(
+        (b.jobs[0].state, b.jobs[0].attempt),
+        (JobState::Assigned, 2)
+    );
+    let (events, _) = s.state.events(b.id, 0).unwrap();
+    assert!(
+        events.iter().any(|e| format!("{:?}", e.kind)
+            .contains("preempted: worker mac stopped lending (its owner took it back)")),
+        "{events:?}"
+    );
+    // Lending again within the grace period: nothing is called off.
+    check(
+        config(Some(60)),
+        &[
+            (0, mac.clone(), ""),
+            (0, borrowed.clone(), "assign mac amd64 #1"),
+            (1_000, Accept("mac", "amd64", 1), ""),
+            (10_000, Availability("mac", false, false), ""),
+            (50_000, Availability("mac", false, true), ""),
+            (200_000, Tick, ""),
+        ],
+    );
+    // Without a grace period (preemption off, the default) the borrowed job finishes.
+    check(
+        config(None),
+        &[
+            (0, mac, ""),
+            (0, borrowed, "assign mac amd64 #1"),
+            (1_000, Accept("mac", "amd64", 1), ""),
+            (10_000, Availability("mac", false, false), ""),
+            (300_000, Tick, ""),
+            (301_000, Pushed("mac", "amd64", 1), "publish"),
+        ],
+    );
+}

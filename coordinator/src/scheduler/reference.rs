@@ -327,6 +327,7 @@ impl Scheduler {
                     job,
                     worker: w.caps.name.clone(),
                     team: owner.to_owned(),
+                    cause: super::PreemptCause::OwnerWaited,
                 });
             }
         }

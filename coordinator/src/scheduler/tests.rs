@@ -364,7 +364,7 @@ fn setup(
         s.add_worker(wk.caps.clone(), busy);
         s.set_worker_owner(&wk.caps.name, wk.owner.map(str::to_owned));
         s.set_paused(&wk.caps.name, wk.paused);
-        s.set_lending(&wk.caps.name, wk.lending);
+        s.set_lending(&wk.caps.name, wk.lending, t0);
     }
     for (i, job) in jobs.iter().enumerate() {
         let id = JobId::new();
@@ -635,6 +635,149 @@ fn a_preempted_job_returns_to_its_place_and_the_owner_gets_the_worker() {
     assert_eq!(s.running_of_team("b"), 1);
 }
 
+/// The workers stop lending at t0 (setup); then `changes` (seconds after t0, lending) apply, and
+/// the preemptions at `at` seconds are "job@worker cause team".
+#[track_caller]
+fn check_taken_back(
+    grace: Option<u64>,
+    workers: &[W],
+    jobs: &[J],
+    changes: &[(u64, &str, bool)],
+    at: u64,
+    expected: &[&str],
+) {
+    let teams = [Team::new("a"), Team::new("b")];
+    let (mut s, labels, t0) = setup(&teams, workers, jobs);
+    s.set_preemption_grace(grace.map(Duration::from_secs));
+    for (after, worker, lending) in changes {
+        s.set_lending(worker, *lending, t0 + Duration::from_secs(*after));
+    }
+    let got: Vec<String> = s
+        .preemptions(t0 + Duration::from_secs(at))
+        .into_iter()
+        .map(|p| format!("{}@{} {:?} {}", labels[&p.job], p.worker, p.cause, p.team))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn a_worker_taken_back_keeps_borrowed_jobs_for_the_grace_period_only() {
+    let taken_back = || {
+        w("a-box", "linux/amd64")
+            .owner("a")
+            .slots(3)
+            .busy("b")
+            .busy("a")
+            .busy("b")
+            .not_lending()
+    };
+    // The most recently queued borrowed job first.
+    let both = [
+        "a-box#2@a-box LendingStopped a",
+        "a-box#0@a-box LendingStopped a",
+    ];
+    // Without a grace period (preemption off, the default) borrowed jobs finish.
+    check_taken_back(None, &[taken_back()], &[], &[], 3600, &[]);
+    // Before the grace period: they stay; from its end: every borrowed job goes, the owner's stays.
+    check_taken_back(Some(300), &[taken_back()], &[], &[], 299, &[]);
+    check_taken_back(Some(300), &[taken_back()], &[], &[], 300, &both);
+    // Repeated heartbeats saying "not lending" do not restart the clock.
+    check_taken_back(
+        Some(300),
+        &[taken_back()],
+        &[],
+        &[(100, "a-box", false), (200, "a-box", false)],
+        300,
+        &both,
+    );
+    // Lending again within the grace period: nothing is preempted; stopping again restarts it.
+    check_taken_back(
+        Some(300),
+        &[taken_back()],
+        &[],
+        &[(100, "a-box", true)],
+        600,
+        &[],
+    );
+    check_taken_back(
+        Some(300),
+        &[taken_back()],
+        &[],
+        &[(100, "a-box", true), (200, "a-box", false)],
+        499,
+        &[],
+    );
+    check_taken_back(
+        Some(300),
+        &[taken_back()],
+        &[],
+        &[(100, "a-box", true), (200, "a-box", false)],
+        500,
+        &both,
+    );
+    // A worker nobody owns that stops lending: every job there is borrowed.
+    check_taken_back(
+        Some(60),
+        &[w("x86", "linux/amd64").busy("a").not_lending()],
+        &[],
+        &[],
+        60,
+        &["x86#0@x86 LendingStopped "],
+    );
+    // A worker that lends is never taken back, and one owner job waiting on a full worker takes
+    // the first borrowed job as before; the other goes because the worker stopped lending.
+    check_taken_back(
+        Some(300),
+        &[w("pool", "linux/amd64").busy("b")],
+        &[],
+        &[],
+        3600,
+        &[],
+    );
+    check_taken_back(
+        Some(300),
+        &[taken_back()],
+        &[j("a1", "a")],
+        &[],
+        300,
+        &[
+            "a-box#2@a-box OwnerWaited a",
+            "a-box#0@a-box LendingStopped a",
+        ],
+    );
+}
+
+#[test]
+fn a_job_taken_back_runs_elsewhere_never_again_on_the_worker_that_stopped_lending() {
+    let (mut s, labels, t0) = setup(
+        &[Team::new("a"), Team::new("b")],
+        &[
+            w("a-box", "linux/amd64").owner("a").busy("b").not_lending(),
+            w("pool", "linux/amd64").busy("b"),
+        ],
+        &[],
+    );
+    s.set_preemption_grace(Some(Duration::from_secs(60)));
+    let p = s.preemptions(t0 + Duration::from_secs(60));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(s.preempt(p[0].job));
+    assert_eq!(s.slots_in_use("a-box"), 0);
+    // The pool is full, the owner's worker idle but not lent: the job waits.
+    assert!(s.assign().is_empty());
+    assert!(s.preemptions(t0 + Duration::from_secs(120)).is_empty());
+    let pool_job = labels
+        .iter()
+        .find(|(_, l)| *l == "pool#0")
+        .map(|(id, _)| *id);
+    s.finished(pool_job.unwrap());
+    let got: Vec<String> = s
+        .assign()
+        .into_iter()
+        .map(|a| format!("{}->{}", labels[&a.job], a.worker))
+        .collect();
+    assert_eq!(got, ["a-box#0->pool"]);
+}
+
 #[test]
 fn paused_and_lending_table() {
     let a = || Team::new("a");
@@ -694,13 +837,13 @@ fn paused_and_lending_table() {
         &[],
     );
     // Lending again: the waiting borrower gets the slot.
-    let (mut s, labels, _) = setup(
+    let (mut s, labels, t0) = setup(
         &[a(), b()],
         &[w("a-box", "linux/amd64").owner("a").not_lending()],
         &[j("b1", "b")],
     );
     assert!(s.assign().is_empty());
-    s.set_lending("a-box", true);
+    s.set_lending("a-box", true, t0);
     let got: Vec<String> = s
         .assign()
         .into_iter()

@@ -150,7 +150,8 @@ impl FarmState {
         self.scheduler
             .set_unhealthy(&hello.name, hello.unhealthy.clone());
         self.scheduler.set_paused(&hello.name, hello.paused);
-        self.scheduler.set_lending(&hello.name, hello.lending);
+        self.scheduler
+            .set_lending(&hello.name, hello.lending, now.at);
         tracing::info!(
             worker = %hello.name,
             platforms = ?hello.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -221,7 +222,7 @@ impl FarmState {
         {
             tracing::info!(worker = %name, paused, lending, "worker availability changed");
             self.scheduler.set_paused(name, paused);
-            self.scheduler.set_lending(name, lending);
+            self.scheduler.set_lending(name, lending, now.at);
         }
         self.scheduler.release(name);
         self.dispatch(now);
