@@ -377,15 +377,18 @@ impl Run {
             config.cold_iterations
         );
         for i in 0..=config.cold_iterations {
-            // A registry of this iteration only: no blob to skip or mount, for either path.
-            let registry = PrivateRegistry::start().await?;
+            // A registry per path and iteration: no blob to skip or mount, for either path (the
+            // containerd store compresses as BuildKit does, so in a shared registry the second
+            // path would find every blob of the first and upload nothing).
+            let farm_registry = PrivateRegistry::start().await?;
+            let direct_registry = PrivateRegistry::start().await?;
             let load = load_average();
             let farm_first = i % 2 == 0;
             let run_farm = async {
                 sync_disks().await;
                 let sampler = ScratchSampler::start(dirs.clone());
                 let start_ms = now_ms();
-                let tag = format!("{}/bench/cold-farm:{i}", registry.host);
+                let tag = format!("{}/bench/cold-farm:{i}", farm_registry.host);
                 let run = timed(
                     &bin("manifold"),
                     &[
@@ -420,7 +423,7 @@ impl Run {
             };
             let run_direct = async {
                 sync_disks().await;
-                let tag = format!("{}/bench/cold-direct:{i}", registry.host);
+                let tag = format!("{}/bench/cold-direct:{i}", direct_registry.host);
                 direct_build_push(&amd64, PLATFORMS[0].0, &tag, &self.label(), &ctx).await
             };
             let ((farm_time, farm_push_ms, scratch_peak), (direct_build, direct_push)) =
@@ -431,7 +434,7 @@ impl Run {
                     let d = run_direct.await?;
                     (run_farm.await?, d)
                 };
-            drop(registry);
+            drop((farm_registry, direct_registry));
             let it = ColdIteration {
                 farm: farm_time,
                 direct_build,
