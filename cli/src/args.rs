@@ -84,6 +84,8 @@ pub enum Command {
     Watch(WatchArgs),
     /// Cancel a build: every unfinished platform stops and no tag is written
     Cancel(IdArgs),
+    /// Push the manifest list of a build that failed only at publishing again, without rebuilding
+    Publish(IdArgs),
     /// Print a build's recorded output, every platform's or one's
     Logs(LogsArgs),
     /// Show each team's weight, cap, running and queued jobs, and share of the running jobs

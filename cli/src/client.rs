@@ -653,6 +653,18 @@ impl Coordinator {
         Ok(response.into_inner().build)
     }
 
+    /// `Builds.Publish`: pushes the list of a build that failed at publishing again.
+    pub async fn publish_build(&self, id: BuildId) -> Result<Option<v1::Build>, ClientError> {
+        let response = self
+            .builds()
+            .publish(v1::PublishBuildRequest {
+                build_id: id.to_string(),
+            })
+            .await
+            .map_err(|s| self.status_error("publishing the build", s))?;
+        Ok(response.into_inner().build)
+    }
+
     /// `Workers.Drain`: the worker as the coordinator left it.
     pub async fn drain_worker(&self, name: &str) -> Result<Option<v1::WorkerInfo>, ClientError> {
         let response = self

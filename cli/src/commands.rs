@@ -206,7 +206,7 @@ pub async fn build(
         platforms.join(", ")
     ));
     progress.add_platforms(&plan.platforms);
-    let finished = follow(coordinator, id, &mut progress, &mut interrupts).await?;
+    let finished = follow(coordinator, id, &mut progress, &mut interrupts, false).await?;
     let outcome = conclude(coordinator, id, finished, progress).await?;
     if let BuildOutcome::Succeeded { digest, .. } = &outcome {
         write_result_files(coordinator, plan, id, digest).await?;
@@ -251,17 +251,44 @@ pub async fn watch(
         .filter_map(|p| manifold_proto::Platform::try_from(p).ok())
         .collect();
     let mut progress = Progress::new(mode, &platforms);
-    let finished = follow(coordinator, id, &mut progress, &mut Interrupts::none()).await?;
+    let finished = follow(
+        coordinator,
+        id,
+        &mut progress,
+        &mut Interrupts::none(),
+        true,
+    )
+    .await?;
+    conclude(coordinator, id, finished, progress).await
+}
+
+/// `manifold publish ID`: pushes the list of a build that failed at publishing again, then
+/// follows it to its end (the digest on stdout).
+pub async fn publish(coordinator: &Coordinator, id: BuildId) -> Result<BuildOutcome, CommandError> {
+    coordinator.publish_build(id).await?;
+    eprintln!("build {id}: pushing its manifest list again");
+    let mut progress = Progress::new(ProgressMode::Quiet, &[]);
+    let finished = follow(
+        coordinator,
+        id,
+        &mut progress,
+        &mut Interrupts::none(),
+        true,
+    )
+    .await?;
     conclude(coordinator, id, finished, progress).await
 }
 
 /// Follows `Builds.Watch` until BuildFinished, re-opening a lost stream and skipping the history
-/// already shown. Ctrl-C: the first cancels the build, the second gives up.
+/// already shown. With `reopenable` (a build `manifold publish` may have reopened: its history
+/// holds more than one BuildFinished), a BuildFinished is the end only if the build, read again,
+/// still ended that way. Ctrl-C: the first cancels the build, the second gives up.
 async fn follow(
     coordinator: &Coordinator,
     id: BuildId,
     progress: &mut Progress,
     interrupts: &mut Interrupts,
+    reopenable: bool,
 ) -> Result<v1::BuildFinished, CommandError> {
     let mut last_sequence: Option<u64> = None;
     let mut cancel_requested = false;
@@ -287,7 +314,9 @@ async fn follow(
                             }
                             last_sequence = Some(event.sequence);
                             progress.event(&event);
-                            if let Some(Event::Finished(finished)) = event.event {
+                            if let Some(Event::Finished(finished)) = event.event
+                                && (!reopenable || ended_so(coordinator, id, &finished).await?)
+                            {
                                 return Ok(finished);
                             }
                         }
@@ -316,6 +345,18 @@ async fn follow(
             .unless_interrupted(2, Some(id), tokio::time::sleep(backoff))
             .await?;
     }
+}
+
+/// Whether build `id` is still ended as `finished` says (not published again since).
+async fn ended_so(
+    coordinator: &Coordinator,
+    id: BuildId,
+    finished: &v1::BuildFinished,
+) -> Result<bool, CommandError> {
+    let b = coordinator.get_build(id).await?;
+    Ok(b.state == finished.state
+        && b.error == finished.error
+        && b.manifest_digest == finished.manifest_digest)
 }
 
 async fn request_cancel(coordinator: &Coordinator, id: BuildId, progress: &Progress) {

@@ -225,6 +225,8 @@ pub struct BuildView {
     pub manifest_media_type: String,
     /// Why it failed or was cancelled.
     pub error: String,
+    /// While its list is being pushed: `publishing`, or `publishing (retrying: ...)`.
+    pub publishing: String,
     /// Creation time, Unix milliseconds.
     pub created_at_ms: i64,
     /// End time, Unix milliseconds; 0 while running.
@@ -267,6 +269,7 @@ impl From<&v1::Build> for BuildView {
             manifest_digest: b.manifest_digest.clone(),
             manifest_media_type: b.manifest_media_type.clone(),
             error: b.error.clone(),
+            publishing: b.publishing.clone(),
             created_at_ms: b.created_at_ms,
             finished_at_ms: b.finished_at_ms,
             jobs: b.jobs.iter().map(JobView::from).collect(),
@@ -326,9 +329,15 @@ pub fn builds_table(builds: &[v1::Build], now_ms: i64) -> String {
         .iter()
         .map(|b| {
             let view = BuildView::from(b);
+            // `publishing (retrying)`: the cause is in `manifold build-status`.
+            let state = match view.publishing.split_once(" (") {
+                Some((phase, _)) => format!("{phase} (retrying)"),
+                None if !view.publishing.is_empty() => view.publishing.clone(),
+                None => view.state,
+            };
             vec![
                 view.id,
-                view.state,
+                state,
                 or_dash(&view.team),
                 or_dash(&view.image),
                 or_dash(&view.platforms.join(",")),
@@ -363,7 +372,14 @@ pub fn build_status_text(build: &v1::Build, now_ms: i64) -> String {
     let mut fields = vec![
         ("build", view.id.clone()),
         ("image", or_dash(&view.image)),
-        ("state", view.state.clone()),
+        (
+            "state",
+            if view.publishing.is_empty() {
+                view.state.clone()
+            } else {
+                view.publishing.clone()
+            },
+        ),
         ("platforms", or_dash(&view.platforms.join(","))),
         ("created", ago(now_ms, view.created_at_ms)),
     ];

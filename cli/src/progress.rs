@@ -102,6 +102,7 @@ pub fn format_event(event: &v1::BuildEvent) -> Option<String> {
             Some(line)
         }
         Event::Finished(finished) => Some(format_finished(finished)),
+        Event::Publishing(p) => Some(format!("publishing: {}", p.message.trim_end())),
     }
 }
 
@@ -123,6 +124,7 @@ pub fn event_json(event: &v1::BuildEvent) -> serde_json::Value {
             "attempt": change.attempt,
             "message": change.message.trim_end(),
         }),
+        Some(Event::Publishing(p)) => serde_json::json!({ "publishing": p.message.trim_end() }),
         Some(Event::Finished(f)) if f.manifest_digest.is_empty() => serde_json::json!({
             "finished": build_state_name(f.state),
             "error": f.error,
@@ -366,6 +368,11 @@ impl Live {
                 // Below the finished lines, which no longer move.
                 self.finish();
                 eprintln!("{}", format_finished(finished));
+            }
+            Some(Event::Publishing(p)) => {
+                let _ = self
+                    .multi
+                    .println(format!("publishing: {}", printable(&p.message)));
             }
             None => {}
         }

@@ -237,6 +237,9 @@ fn status(e: impl Into<ApiError>) -> Status {
         ApiError::Farm(e @ FarmError::DuplicateWorker(_)) => Status::already_exists(e.to_string()),
         ApiError::Farm(e @ FarmError::BadHello(_)) => Status::invalid_argument(e.to_string()),
         ApiError::Farm(e @ FarmError::Forbidden(_)) => Status::permission_denied(e.to_string()),
+        ApiError::Farm(e @ FarmError::NotPublishable { .. }) => {
+            Status::failed_precondition(e.to_string())
+        }
         ApiError::Context(e @ (ContextError::BadDigest(_) | ContextError::Mismatch { .. })) => {
             Status::invalid_argument(e.to_string())
         }
@@ -443,6 +446,7 @@ fn build_to_wire(b: &build::Build) -> v1::Build {
         finished_at_ms: b.finished_at_ms.unwrap_or_default(),
         team: b.team.clone(),
         submitted_by: b.submitted_by.clone(),
+        publishing: b.publishing.clone().unwrap_or_default(),
     }
 }
 
@@ -465,6 +469,9 @@ fn event_to_wire(e: &Event) -> v1::BuildEvent {
         EventKind::Log { platform, line } => E::Log(v1::LogLine {
             platform: Some(platform.into()),
             line: line.clone(),
+        }),
+        EventKind::Publishing { message } => E::Publishing(v1::BuildPublishing {
+            message: message.clone(),
         }),
         EventKind::Finished {
             state,
@@ -717,6 +724,21 @@ impl builds_server::Builds for Api {
         self.visible_build(&farm, id, &caller)?;
         let b = farm.cancel(id).await.map_err(status)?;
         Ok(Response::new(v1::CancelBuildResponse {
+            build: Some(build_to_wire(&b)),
+        }))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<v1::PublishBuildRequest>,
+    ) -> Result<Response<v1::PublishBuildResponse>, Status> {
+        let caller = self.admitted(self.caller(&request)).await?;
+        let id = parse_build_id(&request.get_ref().build_id)?;
+        let farm = self.farm()?;
+        // Same team or admin: another team's build is PermissionDenied before the farm acts.
+        self.visible_build(&farm, id, &caller)?;
+        let b = farm.republish(id, &caller).await.map_err(status)?;
+        Ok(Response::new(v1::PublishBuildResponse {
             build: Some(build_to_wire(&b)),
         }))
     }

@@ -588,6 +588,9 @@ pub struct Build {
     /// The name of the token that submitted it (never the token).
     #[serde(default)]
     pub submitted_by: String,
+    /// While its list is being pushed: `publishing`, or `publishing (retrying: ...)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publishing: Option<String>,
 }
 
 impl Build {
@@ -658,7 +661,13 @@ pub enum EventKind {
         /// The line.
         line: String,
     },
-    /// The build ended; always the last event.
+    /// The list push of a fully built build (re)started, or waits to retry.
+    Publishing {
+        /// What happens, e.g. `retrying: ...; next try in 8s, giving up in 9m`.
+        message: String,
+    },
+    /// The build ended; the last event (a `manifold publish` of a build that failed at
+    /// publishing goes on with `Publishing` and a second `Finished`).
     Finished {
         /// Final state.
         state: BuildState,

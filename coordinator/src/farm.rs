@@ -18,6 +18,8 @@
 //! - a message goes only to the session the state addressed: a worker that reattached meanwhile
 //!   does not get its earlier session's messages.
 
+mod publish_retry;
+mod publisher;
 mod retry;
 pub mod state;
 mod timers;
@@ -43,9 +45,8 @@ use crate::logs::{self, LogLines};
 use crate::paging::{Page, PageError, PageQuery};
 use crate::scheduler::{QueuedJob, Team};
 use crate::store::{StateStore, StoreError};
-use manifold_registry::ChildImage;
-use manifold_registry::{self as registry, RegistryConfig};
-pub use state::{Effects, FarmState, Now, Session};
+use manifold_registry::RegistryConfig;
+pub use state::{Effects, FarmState, Now, PublishFailure, Session};
 pub use workers::{WorkerHealth, WorkerHello, WorkerView};
 use writer::{Batch, durable, write_loop};
 
@@ -76,6 +77,9 @@ pub struct FarmConfig {
     pub preemption_grace: Option<Duration>,
     /// Where each team may push, and the registry logins the farm uses for it.
     pub repositories: crate::repo_rules::RepoRules,
+    /// How long a fully built build keeps retrying its list push after transient registry
+    /// failures before it fails (its platforms kept for `manifold publish`); default 10 min.
+    pub publish_window: Duration,
 }
 
 impl FarmConfig {
@@ -98,6 +102,7 @@ impl Default for FarmConfig {
             teams: Vec::new(),
             preemption_grace: None,
             repositories: Default::default(),
+            publish_window: publish_retry::DEFAULT_WINDOW,
         }
     }
 }
@@ -211,6 +216,14 @@ pub enum FarmError {
     /// The team may not push there.
     #[error(transparent)]
     Forbidden(#[from] crate::repo_rules::RuleError),
+    /// `manifold publish` of a build that did not fail at publishing.
+    #[error("build {id} cannot be published again: {reason}")]
+    NotPublishable {
+        /// The build.
+        id: BuildId,
+        /// Why not, e.g. `it is running, not failed`.
+        reason: String,
+    },
     /// The state store refused or failed a write.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -419,6 +432,17 @@ impl Farm {
         Ok(id)
     }
 
+    /// `manifold publish ID` ([`FarmState::republish`]); returns once the build is durable.
+    pub async fn republish(&self, id: BuildId, by: &Caller) -> Result<Build, FarmError> {
+        let (build, written) = {
+            let mut sh = self.lock();
+            let (build, effects) = sh.state.republish(id, &by.name, now())?;
+            (build, self.apply_and_release(sh, effects))
+        };
+        durable(written).await?;
+        Ok(build)
+    }
+
     /// A snapshot of a build.
     pub fn get(&self, id: BuildId) -> Result<Build, FarmError> {
         self.lock().state.get(id)
@@ -610,60 +634,6 @@ impl Farm {
                 _ = interval.tick() => self.tick(now().at),
             }
         }
-    }
-
-    /// Pushes the list of a build whose platforms all succeeded, in its own task. Ending the build
-    /// meanwhile (a cancel) stops the push where it is, so no tag is written after the cancel.
-    fn spawn_publish(&self, sh: &mut Shared, build: Build) {
-        let farm = self.clone();
-        let build_id = build.id;
-        let stop = self.inner.term.child_token();
-        sh.publishing.insert(build_id, stop.clone());
-        let span = tracing::info_span!("publish", build = %build_id);
-        self.inner.tasks.spawn(tracing::Instrument::instrument(
-            async move {
-                let children: Vec<ChildImage> =
-                    build.jobs.iter().filter_map(|j| j.image.clone()).collect();
-                let template = build.spec.arch_tags.then(|| {
-                    build
-                        .spec
-                        .arch_tag_template
-                        .as_deref()
-                        .and_then(|t| registry::tag_template::TagTemplate::parse(t).ok())
-                        .unwrap_or_default()
-                });
-                let logins = (farm.inner.config.repositories).logins_for(&build.team, &build.spec);
-                let publish = registry::publish_with(
-                    &farm.inner.config.registry,
-                    &build.spec.image,
-                    &build.spec.extra_tags,
-                    &children,
-                    template.as_ref(),
-                    &logins,
-                );
-                tokio::select! {
-                    result = publish => farm.published(build_id, result),
-                    _ = stop.cancelled() => {
-                        tracing::info!("manifest list push stopped: the build ended (or this coordinator stepped down)");
-                    }
-                }
-            },
-            span,
-        ));
-    }
-
-    fn published(
-        &self,
-        build_id: BuildId,
-        result: Result<registry::Published, registry::RegistryError>,
-    ) {
-        let result = result
-            .map(|p| (p.digest, p.media_type.to_owned()))
-            .map_err(|e| e.to_string());
-        let mut sh = self.lock();
-        sh.publishing.remove(&build_id);
-        let effects = sh.state.published(build_id, result, now());
-        self.apply(&mut sh, effects, None);
     }
 }
 

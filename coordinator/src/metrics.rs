@@ -368,7 +368,7 @@ impl Tracker {
         for event in events {
             cursor.next = cursor.next.max(event.sequence as usize + 1);
             match &event.kind {
-                EventKind::Log { .. } => {}
+                EventKind::Log { .. } | EventKind::Publishing { .. } => {}
                 EventKind::JobState {
                     platform,
                     state,

@@ -21,6 +21,7 @@ pub mod faults;
 pub mod ha;
 pub mod oci;
 pub mod private_registry;
+pub mod registry_proxy;
 pub mod rogue;
 
 use std::net::TcpListener;

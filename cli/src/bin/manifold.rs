@@ -122,6 +122,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let coordinator = connect(&flags).await?;
             commands::cancel(&coordinator, args.id).await?;
         }
+        Command::Publish(args) => {
+            let coordinator = connect(&flags).await?;
+            commands::publish(&coordinator, args.id).await?;
+        }
         Command::Logs(args) => {
             let coordinator = connect(&flags).await?;
             commands::logs(&coordinator, args.id, args.platform.as_ref()).await?;

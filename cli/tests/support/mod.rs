@@ -286,6 +286,13 @@ impl Builds for Service {
         }))
     }
 
+    async fn publish(
+        &self,
+        _request: Request<v1::PublishBuildRequest>,
+    ) -> Result<Response<v1::PublishBuildResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
     async fn logs(
         &self,
         request: Request<v1::BuildLogsRequest>,

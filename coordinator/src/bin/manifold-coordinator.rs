@@ -81,6 +81,11 @@ struct Args {
     /// on its worker and requeued (the attempt counts).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     stuck_after: Duration,
+    /// How long a build whose platforms are all built keeps retrying its manifest list push after
+    /// transient registry failures (5xx, 429, connection, timeout) before it fails; its built
+    /// platforms are kept, and `manifold publish ID` pushes the list again later.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    publish_window: Duration,
     /// Keep state in etcd instead of the state dir, and elect a leader among the coordinators that
     /// share it: comma-separated member URLs, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379.
     #[arg(
@@ -269,6 +274,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             max_attempts: args.max_attempts,
             assign_timeout: args.assign_timeout,
             stuck_after: args.stuck_after,
+            publish_window: args.publish_window,
             registry: RegistryConfig {
                 insecure: args.insecure_registries,
             },

@@ -21,7 +21,7 @@
 //!   build after `wait_for_workers`;
 //! - a build's last event is `Finished`, and nothing is recorded after it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use manifold_proto::{BuildId, JobId, Platform, Secrets};
@@ -35,8 +35,11 @@ use crate::build::{
 };
 use crate::scheduler::{JobMeta, PreemptCause, Preemption, Scheduler};
 
+mod publishing;
 mod sessions;
 mod views;
+
+pub use publishing::PublishFailure;
 
 /// Log lines kept in a build's history; later lines still reach the job's tail.
 pub const MAX_LOG_EVENTS: usize = 50_000;
@@ -106,8 +109,8 @@ pub struct FarmState {
     /// The worker that last built each (repository, platform): its layer cache is warm for the
     /// next build of that image (in memory; a restart starts cold).
     warm: HashMap<(String, Platform), String>,
-    /// Builds whose manifest list is being pushed.
-    publishing: HashSet<BuildId>,
+    /// Builds in their publishing phase: the list is being pushed, or waits for its next try.
+    publishing: HashMap<BuildId, publishing::PublishTry>,
     /// Effects gathered by the current transition.
     pending: Effects,
 }
@@ -153,7 +156,7 @@ impl FarmState {
             refusals: HashMap::new(),
             next_session: 0,
             warm: HashMap::new(),
-            publishing: HashSet::new(),
+            publishing: HashMap::new(),
             pending: Effects::default(),
         }
     }
@@ -229,7 +232,7 @@ impl FarmState {
             self.order.push(id);
         }
         for id in to_publish {
-            self.publish(id);
+            self.publish(id, now);
         }
         // Secrets were held in memory by the coordinator before this one: a build that still
         // has a job to start cannot get them back.
@@ -291,6 +294,7 @@ impl FarmState {
             version: 0,
             team: by.team.clone(),
             submitted_by: by.name.clone(),
+            publishing: None,
         };
         self.deadlines.insert(id, build.deadline_ms());
         self.builds.insert(
@@ -441,6 +445,7 @@ impl FarmState {
             tracing::warn!(build = %id, %error, "build timed out");
             self.end_build(id, BuildState::Failed, Some(error), None, now);
         }
+        self.publish_due(now);
         for p in self.scheduler.preemptions(now.at) {
             self.preempt(&p, now);
         }
@@ -462,50 +467,6 @@ impl FarmState {
         self.take_effects()
     }
 
-    /// The list push of a build ended: `Ok((digest, media type))` or the error's text.
-    pub fn published(
-        &mut self,
-        build_id: BuildId,
-        result: Result<(String, String), String>,
-        now: Now,
-    ) -> Effects {
-        self.deadlines.remove(&build_id);
-        self.publishing.remove(&build_id);
-        let Some(entry) = self.builds.get_mut(&build_id) else {
-            return self.take_effects();
-        };
-        if entry.build.state.is_final() {
-            // Cancelled while publishing: the list may have been written; say so.
-            tracing::warn!(build = %build_id, "build ended while its manifest list was being pushed");
-            return self.take_effects();
-        }
-        match result {
-            Ok((digest, media_type)) => {
-                entry.build.state = BuildState::Succeeded;
-                entry.build.manifest = Some((digest.clone(), media_type));
-                entry.build.finished_at_ms = Some(now.ms);
-                tracing::info!(build = %build_id, %digest, "manifest list pushed");
-                record(
-                    entry,
-                    EventKind::Finished {
-                        state: BuildState::Succeeded,
-                        manifest_digest: Some(digest),
-                        error: None,
-                    },
-                    now,
-                );
-            }
-            Err(e) => {
-                let error = format!(
-                    "every platform was built, but pushing the manifest list to {} failed: {e}",
-                    entry.build.spec.image
-                );
-                self.end_build(build_id, BuildState::Failed, Some(error), None, now);
-            }
-        }
-        self.take_effects()
-    }
-
     /// Gathers what the transition changed: each dirty build is persisted (its version bumped),
     /// each grown history announced.
     fn take_effects(&mut self) -> Effects {
@@ -522,16 +483,6 @@ impl FarmState {
             }
         }
         effects
-    }
-
-    /// Starts pushing the list of a build whose platforms all succeeded.
-    fn publish(&mut self, build_id: BuildId) {
-        self.publishing.insert(build_id);
-        // Every job is built: no worker needs the secrets any more.
-        self.secrets.remove(&build_id);
-        self.pending
-            .publish
-            .push(self.builds[&build_id].build.clone());
     }
 
     /// Why no worker took a starved job of `platform`.
@@ -745,7 +696,12 @@ impl FarmState {
             tracing::info!(build = %build_id, ?state, "build ended");
         }
         self.deadlines.remove(&build_id);
-        if self.publishing.remove(&build_id) {
+        self.builds
+            .get_mut(&build_id)
+            .expect("build exists")
+            .build
+            .publishing = None;
+        if self.publishing.remove(&build_id).is_some() {
             // A push asked for in this very transition never starts.
             let before = self.pending.publish.len();
             self.pending.publish.retain(|b| b.id != build_id);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use manifold_proto::{BuildId, JobId, Platform};
 
-use super::state::{Effects, FarmState, Now, Session};
+use super::state::{Effects, FarmState, Now, PublishFailure, Session};
 use super::{FarmConfig, JobOutcome, ToWorker, WorkerHealth, WorkerHello};
 use crate::access::Caller;
 use crate::build::{Build, BuildRequest, BuildSpec, BuildState, JobState};
@@ -53,8 +53,13 @@ enum Step {
     Availability(&'static str, bool, bool),
     /// The worker's stream ended.
     Detach(&'static str),
-    /// The list push of the first build ended.
+    /// The list push of the first build ended: its digest, or a failure that waiting does not
+    /// fix (401/403, a missing child).
     Published(Result<&'static str, &'static str>),
+    /// A try of the list push failed transiently (5xx, connection).
+    PublishFailed(&'static str),
+    /// `manifold publish` of the first build, by a user named `ops`.
+    Republish,
     /// The user cancels the first build.
     Cancel,
     /// Housekeeping.
@@ -232,9 +237,24 @@ impl Script {
                             "application/vnd.oci.image.index.v1+json".into(),
                         )
                     })
-                    .map_err(Into::into),
+                    .map_err(|e| PublishFailure {
+                        message: e.into(),
+                        transient: false,
+                    }),
                 now,
             ),
+            Step::PublishFailed(e) => self.state.published(
+                self.builds[0],
+                Err(PublishFailure {
+                    message: e.into(),
+                    transient: true,
+                }),
+                now,
+            ),
+            Step::Republish => match self.state.republish(self.builds[0], "ops", now) {
+                Ok((_, effects)) => effects,
+                Err(e) => panic!("republish refused: {e}"),
+            },
             Step::Cancel => self.state.cancel(self.builds[0], now).unwrap().1,
             Step::Tick => self.state.tick(now),
         }
@@ -701,7 +721,10 @@ fn a_failed_list_push_fails_the_build() {
     );
     assert_eq!(
         s.build().error.unwrap(),
-        "every platform was built, but pushing the manifest list to 127.0.0.1:5000/team/app:1.0 failed: registry answered 500"
+        format!(
+            "every platform was built, but pushing the manifest list to 127.0.0.1:5000/team/app:1.0 failed: registry answered 500; the built platforms are kept: `manifold publish {}` pushes the list again",
+            s.builds[0]
+        )
     );
 }
 
@@ -1072,5 +1095,189 @@ fn an_owner_taking_the_machine_back_preempts_borrowed_jobs_past_the_grace_period
             (300_000, Tick, ""),
             (301_000, Pushed("mac", "amd64", 1), "publish"),
         ],
+    );
+}
+
+#[test]
+fn a_list_push_failing_transiently_waits_and_tries_again_within_the_window() {
+    use Step::*;
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (1_000, Pushed("x86", "amd64", 1), "publish"),
+            (16_000, PublishFailed("registry answered 500"), ""),
+            (17_999, Tick, ""),
+            (18_000, Tick, "publish"),
+            (18_250, Tick, ""),
+            (33_000, PublishFailed("registry answered 500"), ""),
+            (36_999, Tick, ""),
+            (37_000, Tick, "publish"),
+            (40_000, Published(Ok("sha256:list")), "ended Succeeded"),
+        ],
+    );
+    let b = s.build();
+    assert_eq!(b.manifest.unwrap().0, "sha256:list");
+    assert_eq!((b.publishing, b.error), (None, None));
+    assert_eq!(b.jobs[0].attempt, 1, "published without rebuilding");
+}
+
+#[test]
+fn a_waiting_list_push_says_so_in_the_build_and_its_history() {
+    use Step::*;
+    let mut s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (1_000, Pushed("x86", "amd64", 1), "publish"),
+        ],
+    );
+    assert_eq!(s.build().publishing.as_deref(), Some("publishing"));
+    let _ = s.step(16_000, &PublishFailed("registry R answered 500"));
+    let expected = "retrying: registry R answered 500; next try in 2s, giving up in 9m45s";
+    assert_eq!(
+        s.build().publishing.unwrap(),
+        format!("publishing ({expected})")
+    );
+    let (events, ended) = s.state.events(s.builds[0], 0).unwrap();
+    assert!(!ended);
+    assert!(matches!(
+        &events.last().unwrap().kind,
+        crate::build::EventKind::Publishing { message } if message == expected
+    ));
+}
+
+#[test]
+fn a_list_push_failing_past_the_window_fails_the_build_and_manifold_publish_pushes_it_later() {
+    use Step::*;
+    let window = FarmConfig {
+        publish_window: Duration::from_secs(30),
+        ..config()
+    };
+    let s = check(
+        window,
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (1_000, Pushed("x86", "amd64", 1), "publish"),
+            (16_000, PublishFailed("registry answered 500"), ""),
+            (18_000, Tick, "publish"),
+            // 30 s after the first try started: the wait is cut to the window's end.
+            (29_000, PublishFailed("registry answered 500"), ""),
+            (31_000, Tick, "publish"),
+            (
+                46_000,
+                PublishFailed("registry answered 500"),
+                "ended Failed",
+            ),
+            (50_000, Tick, ""),
+            (100_000, Republish, "publish"),
+            (101_000, Published(Ok("sha256:list")), "ended Succeeded"),
+        ],
+    );
+    let b = s.build();
+    assert_eq!(b.state, BuildState::Succeeded);
+    assert_eq!(b.jobs[0].attempt, 1, "published without rebuilding");
+    assert_eq!(b.jobs[0].state, JobState::Succeeded);
+    let (events, ended) = s.state.events(s.builds[0], 0).unwrap();
+    assert!(ended);
+    let finished: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            crate::build::EventKind::Finished { state, .. } => Some(format!("{state:?}")),
+            crate::build::EventKind::Publishing { message } if message.contains("again") => {
+                Some(message.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        finished,
+        [
+            "Failed",
+            "publishing the manifest list again (`manifold publish`, by ops)",
+            "Succeeded"
+        ]
+    );
+}
+
+#[test]
+fn the_failure_after_the_window_names_it_and_the_way_out() {
+    use Step::*;
+    let window = FarmConfig {
+        publish_window: Duration::from_secs(10),
+        ..config()
+    };
+    let s = check(
+        window,
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (1_000, Pushed("x86", "amd64", 1), "publish"),
+            (
+                16_000,
+                PublishFailed("registry answered 500"),
+                "ended Failed",
+            ),
+        ],
+    );
+    let b = s.build();
+    assert_eq!(
+        b.error.unwrap(),
+        format!(
+            "every platform was built, but pushing the manifest list to 127.0.0.1:5000/team/app:1.0 failed (retried for 15s, --publish-window): registry answered 500; the built platforms are kept: `manifold publish {}` pushes the list again",
+            s.builds[0]
+        )
+    );
+    assert!(b.jobs[0].image.is_some(), "the built platform is kept");
+    assert_eq!(b.publishing, None);
+}
+
+#[test]
+fn a_cancel_while_a_list_push_waits_ends_the_build_and_no_try_follows() {
+    use Step::*;
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (1_000, Pushed("x86", "amd64", 1), "publish"),
+            (16_000, PublishFailed("registry answered 500"), ""),
+            (17_000, Cancel, "stop-publishing; ended Cancelled"),
+            (18_000, Tick, ""),
+            (30_000, Tick, ""),
+        ],
+    );
+    assert_eq!(s.build().state, BuildState::Cancelled);
+    assert_eq!(s.build().publishing, None);
+}
+
+#[test]
+fn only_a_build_that_failed_at_publishing_can_be_published_again() {
+    use Step::*;
+    let mut s = check(
+        config(),
+        &[(0, attach("x86"), ""), (0, AMD, "assign x86 amd64 #1")],
+    );
+    let id = s.builds[0];
+    let refused = |s: &mut Script, ms| {
+        let now = s.at(ms);
+        match s.state.republish(id, "ops", now) {
+            Ok(_) => panic!("published again"),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert_eq!(
+        refused(&mut s, 500),
+        format!("build {id} cannot be published again: it is queued, not failed")
+    );
+    let _ = s.step(1_000, &Failed("x86", "amd64", 1, false, false));
+    assert_eq!(
+        refused(&mut s, 2_000),
+        format!(
+            "build {id} cannot be published again: its linux/amd64 platform was not built (failed); submit the build again"
+        )
     );
 }

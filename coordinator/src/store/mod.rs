@@ -170,6 +170,7 @@ pub(crate) mod suite {
             version,
             team: "mobile".into(),
             submitted_by: "alice".into(),
+            publishing: None,
         }
     }
 

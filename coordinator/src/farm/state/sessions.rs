@@ -357,7 +357,7 @@ impl FarmState {
                 self.attempt_over(job);
                 self.refusals.remove(&job);
                 if all_built {
-                    self.publish(build_id);
+                    self.publish(build_id, now);
                 }
             }
             JobOutcome::Failed {
