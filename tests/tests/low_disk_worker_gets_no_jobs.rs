@@ -5,39 +5,11 @@
 //! Each worker's `--metrics-listen` shows its free disk (as `df` reports it) and its cache, and so
 //! do its heartbeats (`manifold workers`' DISK column).
 
-use std::process::Command;
 use std::time::Duration;
 
 use manifold_proto::v1;
+use manifold_tests::faults::Tmpfs;
 use manifold_tests::{Env, TestFarm, context_dir, free_port, run, show};
-
-/// A tmpfs mounted on a folder for the test's lifetime.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs on {} (the tests run as root): {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(dir.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy: the worker may still hold files there while it is being killed.
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// The value of the sample `series` in the worker's metrics at `addr`.
 async fn metric(addr: &str, series: &str) -> anyhow::Result<f64> {

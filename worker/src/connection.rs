@@ -798,7 +798,7 @@ impl Worker {
 }
 
 /// Fetches the job's context into the cache, then builds and pushes.
-async fn run_job(
+async fn fetch_and_execute(
     shared: &Shared,
     spec: &JobSpec,
     logs: &LogSink,
@@ -830,6 +830,25 @@ async fn run_job(
         cancel,
     )
     .await
+}
+
+/// [`fetch_and_execute`], with running out of disk reported as such: this worker then takes no
+/// job for a while (before the result leaves), so that the retry goes elsewhere.
+async fn run_job(
+    shared: &Shared,
+    spec: &JobSpec,
+    logs: &LogSink,
+    cancel: &CancellationToken,
+) -> Result<PushedImage, JobFailure> {
+    fetch_and_execute(shared, spec, logs, cancel)
+        .await
+        .map_err(|failure| match job::out_of_disk(&failure) {
+            Some(out_of_disk) => {
+                shared.health.ran_out_of_disk();
+                out_of_disk
+            }
+            None => failure,
+        })
 }
 
 /// Opens `Workers.DownloadContext` for `digest`.

@@ -17,6 +17,9 @@ use crate::docker::DockerEngine;
 
 /// How long the daemon has to answer a health check.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a worker takes no job after one ran out of disk on it, so that the retry goes to
+/// another worker (and its other queued jobs too) while the space is freed.
+pub const OUT_OF_DISK_HOLD: Duration = Duration::from_secs(60);
 /// How often BuildKit's cache is measured for the heartbeats (`Control.DiskUsage`).
 pub const BUILD_CACHE_EVERY: Duration = Duration::from_secs(30);
 
@@ -27,6 +30,8 @@ pub struct Monitor {
     reason: watch::Sender<Option<String>>,
     disk: Mutex<Option<DiskUsage>>,
     check_now: Notify,
+    /// When a job last ran out of disk here.
+    out_of_disk: Mutex<Option<Instant>>,
 }
 
 impl Monitor {
@@ -36,6 +41,7 @@ impl Monitor {
             reason: watch::channel(None).0,
             disk: Mutex::new(disk),
             check_now: Notify::new(),
+            out_of_disk: Mutex::default(),
         }
     }
 
@@ -52,6 +58,14 @@ impl Monitor {
     /// The disk at the last check; `None` before the first or when it cannot be read.
     pub fn disk(&self) -> Option<DiskUsage> {
         *self.disk.lock().expect("disk lock")
+    }
+
+    /// A job ran out of disk here: unhealthy at once (before its result leaves, so that the
+    /// retry is not sent back here) and for [`OUT_OF_DISK_HOLD`].
+    pub fn ran_out_of_disk(&self) {
+        let now = Instant::now();
+        *self.out_of_disk.lock().expect("out of disk lock") = Some(now);
+        publish(&self.reason, out_of_disk_hold(Some(now), now));
     }
 
     /// Asks [`Monitor::watch`] to check now (a job failed on the infrastructure).
@@ -99,7 +113,10 @@ impl Monitor {
             *self.disk.lock().expect("disk lock") = disk;
             let reason = match engine.ping(PING_TIMEOUT).await {
                 Err(reason) => Some(reason),
-                Ok(()) => check_disk(cache_dir, min_free),
+                Ok(()) => check_disk(cache_dir, min_free).or_else(|| {
+                    let since = *self.out_of_disk.lock().expect("out of disk lock");
+                    out_of_disk_hold(since, Instant::now())
+                }),
             };
             publish(&self.reason, reason);
             tokio::select! {
@@ -108,6 +125,19 @@ impl Monitor {
             }
         }
     }
+}
+
+/// Why a worker on which a job ran out of disk at `since` takes no job at `now`: for
+/// [`OUT_OF_DISK_HOLD`] after it. The text does not change within the hold (each change is a
+/// heartbeat).
+pub fn out_of_disk_hold(since: Option<Instant>, now: Instant) -> Option<String> {
+    let since = since?;
+    (now.saturating_duration_since(since) < OUT_OF_DISK_HOLD).then(|| {
+        format!(
+            "a job ran out of disk here: taking no job for {}s after it, so that it is retried on another worker; free disk on this worker (`docker builder prune`, a smaller --context-cache-max-size or --cache-max-size)",
+            OUT_OF_DISK_HOLD.as_secs()
+        )
+    })
 }
 
 /// The disk of `cache_dir`: free space on its file system, bytes under it; `None` when the
@@ -270,6 +300,22 @@ mod tests {
         let free = free_bytes(dir.path()).unwrap();
         assert!(free > 0);
         assert!(check_disk(dir.path(), free.saturating_mul(1024).max(1 << 50)).is_some());
+    }
+
+    #[test]
+    fn a_worker_out_of_disk_takes_no_job_for_the_hold() {
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        assert_eq!(out_of_disk_hold(None, at(0)), None);
+        let held = out_of_disk_hold(Some(t0), at(0)).unwrap();
+        assert!(
+            held.starts_with("a job ran out of disk here: taking no job for 60s"),
+            "{held}"
+        );
+        assert_eq!(out_of_disk_hold(Some(t0), at(59)), Some(held));
+        assert_eq!(out_of_disk_hold(Some(t0), at(60)), None);
+        // A clock read before the failure (another thread) counts as within the hold.
+        assert!(out_of_disk_hold(Some(at(5)), at(0)).is_some());
     }
 
     #[test]

@@ -366,6 +366,30 @@ pub fn check_platform(
     }
 }
 
+/// The failure to report when `failure` says a disk of this worker is full (`no space left on
+/// device`, ENOSPC, or a disk quota, as the kernel, BuildKit and the engine word it): retryable,
+/// since another worker has room, and naming what to do here. `None` for any other failure, and
+/// for a RUN step's own process failing (its message holds the command a tenant wrote, which is
+/// no evidence about the disk).
+pub fn out_of_disk(failure: &JobFailure) -> Option<JobFailure> {
+    let message = failure.message.to_ascii_lowercase();
+    let says_full = [
+        "no space left on device",
+        "disk quota exceeded",
+        "os error 28",
+    ]
+    .iter()
+    .any(|m| message.contains(m));
+    (says_full && !failure.cancelled && !message.contains("did not complete successfully")).then(
+        || {
+            JobFailure::retryable(format!(
+                "this worker ran out of disk: {}; the job is retried on another worker. Free disk on this worker (`docker builder prune`, a smaller --context-cache-max-size or --cache-max-size) or give it a larger one",
+                failure.message
+            ))
+        },
+    )
+}
+
 fn build_failure(error: BuildError) -> JobFailure {
     match error {
         BuildError::Cancelled => JobFailure::cancelled(),
@@ -439,6 +463,63 @@ mod tests {
                 "built image declares os ``, architecture ``, variant ``, which is no known platform, but the job is for linux/amd64: check the base image built on the daemon at unix:///d.sock",
             ),
         );
+    }
+
+    #[test]
+    fn running_out_of_disk_is_retryable_elsewhere_and_says_so() {
+        #[track_caller]
+        fn check(failure: JobFailure, out_of_disk: bool) {
+            let got = super::out_of_disk(&failure);
+            assert_eq!(got.is_some(), out_of_disk, "{failure:?}");
+            if let Some(got) = got {
+                assert!(got.retryable && !got.cancelled && !got.refused, "{got:?}");
+                assert!(
+                    got.message.starts_with("this worker ran out of disk: ")
+                        && got.message.contains(&failure.message)
+                        && got.message.contains("retried on another worker"),
+                    "{got:?}"
+                );
+            }
+        }
+        // BuildKit's snapshotter and exporter, the engine, the context cache.
+        check(
+            build_failure(BuildError::Failed {
+                step: Some("[2/3] COPY big /big".into()),
+                message: "failed to copy files: copy file range failed: no space left on device"
+                    .into(),
+            }),
+            true,
+        );
+        check(build_failure(BuildError::Engine {
+            host: "unix:///var/run/docker.sock".into(),
+            action: "solving".into(),
+            message: "failed to solve: write /var/lib/docker/buildkit/content/ingest/x/data: no space left on device".into(),
+        }), true);
+        check(
+            JobFailure::retryable(
+                "cannot write the context cache at /c/contexts/sha256/.download-1: No space left on device (os error 28); check the --cache-dir folder",
+            ),
+            true,
+        );
+        check(
+            JobFailure::permanent(
+                "push failed: registry 127.0.0.1:5000 answered 500: disk quota exceeded",
+            ),
+            true,
+        );
+        // A RUN step whose own process fails, whatever it printed: the tenant's build fails.
+        check(build_failure(BuildError::Failed {
+            step: Some("[2/2] RUN echo no space left on device; exit 1".into()),
+            message: "process \"/bin/sh -c echo no space left on device; exit 1\" did not complete successfully: exit code: 1".into(),
+        }), false);
+        check(
+            build_failure(BuildError::Failed {
+                step: Some("[2/2] RUN exit 3".into()),
+                message: "exit code: 3".into(),
+            }),
+            false,
+        );
+        check(JobFailure::cancelled(), false);
     }
 
     #[test]
