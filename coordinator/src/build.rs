@@ -591,6 +591,19 @@ pub struct Build {
     /// While its list is being pushed: `publishing`, or `publishing (retrying: ...)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publishing: Option<String>,
+    /// Built by another, identical build of its team instead of by workers of its own
+    /// (`crate::farm` reuse: joined while that one ran, or its images reused after it succeeded).
+    #[serde(default)]
+    pub reused: Option<Reused>,
+}
+
+/// How a build got its images from an identical build of its team.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Reused {
+    /// It follows this unfinished build: same progress, same images, then its own list and tags.
+    Joined(BuildId),
+    /// It took the per-platform images of this succeeded build and wrote only its list and tags.
+    From(BuildId),
 }
 
 impl Build {

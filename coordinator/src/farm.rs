@@ -21,6 +21,7 @@
 mod publish_retry;
 mod publisher;
 mod retry;
+pub mod reuse;
 pub mod state;
 mod timers;
 mod workers;

@@ -19,6 +19,8 @@
 //!   do not count ([`super::retry`]); build failures end the build at once;
 //! - a build past its timeout fails and its jobs are cancelled; a job nobody can take fails its
 //!   build after `wait_for_workers`;
+//! - a build identical to an unfinished or succeeded build of its team joins it or reuses its
+//!   images instead of building (`state::joins`, the key in [`super::reuse`]);
 //! - a build's last event is `Finished`, and nothing is recorded after it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +37,7 @@ use crate::build::{
 };
 use crate::scheduler::{JobMeta, PreemptCause, Preemption, Scheduler};
 
+mod joins;
 mod publishing;
 mod sessions;
 mod views;
@@ -113,6 +116,10 @@ pub struct FarmState {
     publishing: HashMap<BuildId, publishing::PublishTry>,
     /// Effects gathered by the current transition.
     pending: Effects,
+    /// Builds that identical builds can join or reuse ([`super::reuse`]).
+    reuse: super::reuse::ReuseIndex,
+    /// The monotonic time of the latest transition that dispatched (for followers' requeues).
+    last_at: Option<Instant>,
 }
 
 struct BuildEntry {
@@ -158,6 +165,8 @@ impl FarmState {
             warm: HashMap::new(),
             publishing: HashMap::new(),
             pending: Effects::default(),
+            reuse: Default::default(),
+            last_at: None,
         }
     }
 
@@ -183,7 +192,8 @@ impl FarmState {
             };
             for j in entry.build.jobs.clone() {
                 self.job_build.insert(j.id, id);
-                if !entry.build.state.is_final() {
+                // A build following another has no attempt of its own ([`joins`]).
+                if !entry.build.state.is_final() && entry.build.reused.is_none() {
                     match j.state {
                         JobState::Queued => {
                             let meta = job_meta(&entry.build, &j.platform, &self.warm);
@@ -231,6 +241,7 @@ impl FarmState {
             self.builds.insert(id, entry);
             self.order.push(id);
         }
+        to_publish.extend(self.relink_after_restore(now));
         for id in to_publish {
             self.publish(id, now);
         }
@@ -295,6 +306,7 @@ impl FarmState {
             team: by.team.clone(),
             submitted_by: by.name.clone(),
             publishing: None,
+            reused: None,
         };
         self.deadlines.insert(id, build.deadline_ms());
         self.builds.insert(
@@ -312,6 +324,13 @@ impl FarmState {
         }
         for j in &jobs {
             self.job_build.insert(j.id, id);
+        }
+        if self.reuse_at_submit(id, now) {
+            tracing::info!(build = %id, team = %by.team, by = %by.name, reused = ?self.builds[&id].build.reused, "build submitted");
+            self.dispatch(now);
+            return (id, self.take_effects());
+        }
+        for j in &jobs {
             let meta = job_meta(&self.builds[&id].build, &j.platform, &self.warm);
             self.scheduler
                 .enqueue_job(j.id, j.platform.clone(), meta, now.at);
@@ -470,6 +489,7 @@ impl FarmState {
     /// Gathers what the transition changed: each dirty build is persisted (its version bumped),
     /// each grown history announced.
     fn take_effects(&mut self) -> Effects {
+        self.propagate();
         let mut effects = std::mem::take(&mut self.pending);
         for (id, entry) in &mut self.builds {
             if entry.dirty {
@@ -648,7 +668,11 @@ impl FarmState {
                 let is_failed = failed.as_ref().is_some_and(|(id, _)| *id == j.id);
                 // The failed job's attempt is over already: its worker said so, or the farm
                 // called it off (and told the worker) before giving up.
-                if !is_failed && matches!(j.state, JobState::Assigned | JobState::Running) {
+                // A build following another has no attempt of its own to cancel.
+                if !is_failed
+                    && entry.build.reused.is_none()
+                    && matches!(j.state, JobState::Assigned | JobState::Running)
+                {
                     to_cancel.push((j.id, j.attempt, j.worker.clone()));
                 }
                 j.state = if is_failed {
@@ -696,6 +720,7 @@ impl FarmState {
             tracing::info!(build = %build_id, ?state, "build ended");
         }
         self.deadlines.remove(&build_id);
+        self.reuse_ended(build_id);
         self.builds
             .get_mut(&build_id)
             .expect("build exists")
@@ -730,6 +755,7 @@ impl FarmState {
 
     /// Hands queued jobs to workers with free slots. The acknowledgement deadline starts now.
     fn dispatch(&mut self, now: Now) {
+        self.last_at = Some(now.at);
         for a in self.scheduler.assign() {
             let Some(build_id) = self.job_build.get(&a.job).copied() else {
                 self.scheduler.finished(a.job);
@@ -835,7 +861,9 @@ impl FarmState {
         let build_id = self.job_build.get(&job).copied()?;
         let entry = self.builds.get(&build_id)?;
         let j = entry.build.jobs.iter().find(|j| j.id == job)?;
-        let out = matches!(j.state, JobState::Assigned | JobState::Running);
+        // A build following another mirrors its states but has no attempt on any worker.
+        let out = matches!(j.state, JobState::Assigned | JobState::Running)
+            && entry.build.reused.is_none();
         (j.attempt == attempt && out && !entry.build.state.is_final()).then_some(build_id)
     }
 }

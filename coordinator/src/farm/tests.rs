@@ -62,6 +62,10 @@ enum Step {
     Republish,
     /// The user cancels the first build.
     Cancel,
+    /// The list push of build N (in submission order, from 0) ended.
+    PublishedOf(usize, Result<&'static str, &'static str>),
+    /// A build of linux/amd64 as team `default`, with `--no-cache`.
+    SubmitNoCache,
     /// Housekeeping.
     Tick,
 }
@@ -256,6 +260,39 @@ impl Script {
                 Err(e) => panic!("republish refused: {e}"),
             },
             Step::Cancel => self.state.cancel(self.builds[0], now).unwrap().1,
+            Step::PublishedOf(n, result) => self.state.published(
+                self.builds[n],
+                result
+                    .map(|d| {
+                        (
+                            d.to_owned(),
+                            "application/vnd.oci.image.index.v1+json".into(),
+                        )
+                    })
+                    .map_err(|e| PublishFailure {
+                        message: e.into(),
+                        transient: false,
+                    }),
+                now,
+            ),
+            Step::SubmitNoCache => {
+                let (mut spec, request) = spec(&["amd64"], 0);
+                spec.flags.no_cache = true;
+                let by = Caller {
+                    name: "someone-of-default".into(),
+                    team: "default".into(),
+                    admin: false,
+                };
+                let (id, effects) = self
+                    .state
+                    .submit(spec, request, Default::default(), &by, now);
+                self.builds.push(id);
+                for j in self.state.get(id).unwrap().jobs {
+                    self.archs
+                        .insert(j.id, j.platform.architecture().to_string());
+                }
+                effects
+            }
             Step::Tick => self.state.tick(now),
         }
     }
@@ -1279,5 +1316,125 @@ fn only_a_build_that_failed_at_publishing_can_be_published_again() {
         format!(
             "build {id} cannot be published again: its linux/amd64 platform was not built (failed); submit the build again"
         )
+    );
+}
+
+const OTHER_TEAM: Step = Step::Submit {
+    archs: &["amd64"],
+    team: "other",
+    timeout: 0,
+};
+
+#[test]
+fn an_identical_submit_joins_the_running_build_and_another_teams_does_not() {
+    use crate::build::Reused;
+    use Step::*;
+    let mut s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (1_000, Accept("x86", "amd64", 1), ""),
+            (2_000, Log("x86", "amd64", 1), "log amd64 1"),
+            // Joins: no job; the line so far is replayed into its own logs.
+            (3_000, AMD, "log amd64 1"),
+            // Another team's identical build is not shared: it waits for the one slot.
+            (3_000, OTHER_TEAM, ""),
+            (4_000, Log("x86", "amd64", 1), "log amd64 1; log amd64 1"),
+            // One push serves both builds of the team; the slot goes to the other team's job.
+            (
+                5_000,
+                Pushed("x86", "amd64", 1),
+                "assign x86 amd64 #1; publish; publish",
+            ),
+            (6_000, Published(Ok("sha256:list")), "ended Succeeded"),
+            (6_000, PublishedOf(1, Ok("sha256:list")), "ended Succeeded"),
+        ],
+    );
+    let (leader, joined, other) = (
+        s.state.get(s.builds[0]).unwrap(),
+        s.state.get(s.builds[1]).unwrap(),
+        s.state.get(s.builds[2]).unwrap(),
+    );
+    assert_eq!(joined.reused, Some(Reused::Joined(leader.id)));
+    assert_eq!(joined.jobs[0].image, leader.jobs[0].image);
+    assert!(joined.jobs[0].image.is_some());
+    assert_eq!(other.reused, None);
+    assert_eq!(
+        (other.jobs[0].state, other.jobs[0].attempt),
+        (JobState::Assigned, 1)
+    );
+    // The follower saw the leader's progress in its own history.
+    let (events, _) = s.state.events(joined.id, 0).unwrap();
+    let text: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
+    assert!(text.iter().any(|e| e.contains("joined build")), "{text:?}");
+    assert!(
+        text.iter().any(|e| e.contains("state: Running")),
+        "{text:?}"
+    );
+    assert_eq!(text.iter().filter(|e| e.contains("line at")).count(), 2);
+
+    // Resubmitted after success: the images are reused, no worker is involved.
+    let effects = s.step(7_000, &AMD);
+    assert_eq!(s.render(&effects), "publish");
+    let reused = s.state.get(s.builds[3]).unwrap();
+    assert!(matches!(reused.reused, Some(Reused::From(_))), "{reused:?}");
+    assert_eq!((reused.jobs[0].attempt, &reused.jobs[0].worker), (0, &None));
+    assert_eq!(reused.jobs[0].image, leader.jobs[0].image);
+    let effects = s.step(8_000, &PublishedOf(3, Ok("sha256:list")));
+    assert_eq!(s.render(&effects), "ended Succeeded");
+    // --no-cache never reuses: it waits for the slot the other team holds.
+    let effects = s.step(9_000, &SubmitNoCache);
+    assert_eq!(s.render(&effects), "");
+    assert_eq!(s.state.get(s.builds[4]).unwrap().reused, None);
+    assert_eq!(
+        s.state.get(s.builds[4]).unwrap().jobs[0].state,
+        JobState::Queued
+    );
+}
+
+#[test]
+fn a_follower_builds_on_its_own_when_the_joined_build_is_cancelled_and_fails_with_it() {
+    use crate::build::Reused;
+    use Step::*;
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (1_000, AMD, ""),
+            // Cancelled: the follower queues its own job, which takes the freed slot.
+            (
+                2_000,
+                Cancel,
+                "cancel x86 amd64 #1; assign x86 amd64 #1; ended Cancelled",
+            ),
+        ],
+    );
+    let follower = s.state.get(s.builds[1]).unwrap();
+    assert_eq!(follower.reused, None);
+    assert_eq!(follower.jobs[0].state, JobState::Assigned);
+
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (1_000, AMD, ""),
+            (2_000, Accept("x86", "amd64", 1), ""),
+            // A RUN step failed: the same inputs fail the same way.
+            (
+                3_000,
+                Failed("x86", "amd64", 1, false, false),
+                "ended Failed; ended Failed",
+            ),
+        ],
+    );
+    let follower = s.state.get(s.builds[1]).unwrap();
+    assert_eq!(follower.reused, Some(Reused::Joined(s.builds[0])));
+    let error = follower.error.unwrap();
+    assert!(
+        error.contains(&format!("build {}, which this build joined (identical inputs), failed: linux/amd64 failed on worker x86", s.builds[0])),
+        "{error}"
     );
 }

@@ -171,6 +171,7 @@ pub(crate) mod suite {
             team: "mobile".into(),
             submitted_by: "alice".into(),
             publishing: None,
+            reused: None,
         }
     }
 

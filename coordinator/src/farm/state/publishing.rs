@@ -100,6 +100,7 @@ impl FarmState {
                     },
                     now,
                 );
+                self.reuse_ended(build_id);
                 return self.take_effects();
             }
             Err(failure) => failure,
