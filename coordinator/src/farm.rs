@@ -409,8 +409,6 @@ impl Farm {
         mut request: BuildRequest,
         by: &Caller,
     ) -> Result<BuildId, FarmError> {
-        // Secrets live in memory only, never in the build record.
-        let secrets = std::mem::take(&mut request.secrets);
         let contexts = self.inner.contexts.clone();
         // A new leader may hold the context only in the registry replica.
         if let Ok(false) = contexts.has(&request.context_digest)
@@ -418,7 +416,10 @@ impl Farm {
         {
             tracing::warn!(error = %e, "context not available locally");
         }
+        // The spec keeps the secrets' ids (a build with secrets is never shared, and fails at a
+        // restart); their values live in memory only, never in the build record.
         let req = request.clone();
+        let secrets = std::mem::take(&mut request.secrets);
         // Validation reads the context tar: keep it off the async threads.
         let spec = tokio::task::spawn_blocking(move || BuildSpec::validate(req, &contexts))
             .await

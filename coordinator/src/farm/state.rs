@@ -857,6 +857,15 @@ impl FarmState {
     /// The build of `job` when `attempt` is its current attempt and out on a worker (assigned or
     /// running). A requeued job keeps its last attempt number until it is assigned again: news of
     /// that attempt is stale too.
+    /// The build of `job` while `attempt` is its current attempt and `worker` the worker it was
+    /// given to: what a worker reports about a job given to another worker changes nothing.
+    fn current_build_on(&self, worker: &str, job: JobId, attempt: u32) -> Option<BuildId> {
+        let build_id = self.current_build(job, attempt)?;
+        let build = &self.builds.get(&build_id)?.build;
+        let j = build.jobs.iter().find(|j| j.id == job)?;
+        (j.worker.as_deref() == Some(worker)).then_some(build_id)
+    }
+
     fn current_build(&self, job: JobId, attempt: u32) -> Option<BuildId> {
         let build_id = self.job_build.get(&job).copied()?;
         let entry = self.builds.get(&build_id)?;

@@ -866,6 +866,33 @@ fn an_owner_past_the_grace_period_preempts_a_borrowed_job_without_counting_it() 
 }
 
 #[test]
+fn what_a_worker_says_about_a_job_given_to_another_worker_changes_nothing() {
+    use Step::*;
+    let s = check(
+        config(),
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            // Another worker (a rogue one, or a buggy one) names x86's job and attempt: its
+            // acknowledgement is answered with a cancel to itself, its output and its result
+            // are dropped.
+            (100, attach("rogue"), ""),
+            (200, Accept("rogue", "amd64", 1), "cancel rogue amd64 #1"),
+            (300, Log("rogue", "amd64", 1), ""),
+            (400, Pushed("rogue", "amd64", 1), ""),
+            (500, Failed("rogue", "amd64", 1, false, false), ""),
+            // The job is still x86's, which finishes it.
+            (1_000, Accept("x86", "amd64", 1), ""),
+            (2_000, Pushed("x86", "amd64", 1), "publish"),
+            (3_000, Published(Ok("sha256:list")), "ended Succeeded"),
+        ],
+    );
+    let b = s.build();
+    assert!(b.jobs[0].log_tail.is_empty(), "{:?}", b.jobs[0].log_tail);
+    assert_eq!(b.jobs[0].worker.as_deref(), Some("x86"));
+}
+
+#[test]
 fn news_of_a_requeued_attempt_is_ignored_while_the_job_waits_for_a_worker() {
     use Step::*;
     let s = check(

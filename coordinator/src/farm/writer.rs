@@ -192,7 +192,10 @@ impl LogBuffer {
         loop {
             match store.write_logs(&write).await {
                 Ok(()) => return Ok(()),
-                Err(e @ StoreError::Fenced(_)) => return Err(e),
+                Err(e @ StoreError::Fenced(_)) => {
+                    tracing::error!(error = %e, "state write rejected (build logs); stepping down");
+                    return Err(e);
+                }
                 Err(e) if delay <= Duration::from_secs(2) => {
                     tracing::warn!(error = %e, "writing build logs failed; retrying");
                     tokio::time::sleep(delay).await;

@@ -79,7 +79,7 @@ impl FarmState {
         // tell the worker to drop the others.
         let mut adopted = Vec::new();
         for (job, attempt) in &hello.running {
-            if self.current_build(*job, *attempt).is_some() {
+            if self.current_build_on(&hello.name, *job, *attempt).is_some() {
                 adopted.push(*job);
             } else {
                 self.pending.send.push((
@@ -233,7 +233,7 @@ impl FarmState {
     /// longer current (requeued after the deadline, or its build ended) is answered with a cancel.
     pub fn accepted(&mut self, session: &Session, job: JobId, attempt: u32, now: Now) -> Effects {
         self.heartbeat(session, now);
-        let Some(build_id) = self.current_build(job, attempt) else {
+        let Some(build_id) = self.current_build_on(&session.worker, job, attempt) else {
             tracing::info!(%job, attempt, worker = %session.worker, "cancelling an acknowledged attempt that is no longer current");
             if self.is_current(session) {
                 self.pending
@@ -274,7 +274,7 @@ impl FarmState {
         now: Now,
     ) -> Effects {
         self.heartbeat(session, now);
-        let Some(build_id) = self.current_build(job, attempt) else {
+        let Some(build_id) = self.current_build_on(&session.worker, job, attempt) else {
             return self.take_effects();
         };
         let entry = self.builds.get_mut(&build_id).expect("current build");
@@ -318,7 +318,7 @@ impl FarmState {
         now: Now,
     ) -> Effects {
         self.heartbeat(session, now);
-        let Some(build_id) = self.current_build(job, attempt) else {
+        let Some(build_id) = self.current_build_on(&session.worker, job, attempt) else {
             tracing::info!(%job, attempt, worker = %session.worker, "ignoring the result of an attempt that is no longer current");
             return self.take_effects();
         };
