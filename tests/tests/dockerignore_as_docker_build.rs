@@ -346,8 +346,28 @@ fn list_tar(bytes: &[u8]) -> anyhow::Result<Listing> {
     Ok(out)
 }
 
-/// What `docker build` puts in the context: Ok(listing), or Err(its error output).
+/// What `docker build` puts in the context: Ok(listing), or Err(its error output). When the
+/// context send fails (a bad pattern), BuildKit sometimes reports the solve as "context canceled"
+/// before the session's own error reaches the client: that answer is asked again (at most three
+/// times in all), so the comparison sees Docker's real message.
 async fn docker_side(
+    env: &Env,
+    tree: &Path,
+    case: &Case,
+) -> anyhow::Result<Result<Listing, String>> {
+    let mut answer = docker_once(env, tree, case).await?;
+    for _ in 1..3 {
+        match &answer {
+            Err(e) if e.contains("context canceled") => {
+                answer = docker_once(env, tree, case).await?;
+            }
+            _ => break,
+        }
+    }
+    Ok(answer)
+}
+
+async fn docker_once(
     env: &Env,
     tree: &Path,
     case: &Case,
