@@ -614,6 +614,28 @@ fn log_file(dir: &tempfile::TempDir, name: &str) -> anyhow::Result<Stdio> {
 }
 
 /// `message` as a request carrying `token` as its bearer token.
+/// A TLS farm of two teams with one token each (alice in `mobile`, bob in `platform`) and two
+/// workers: `x86` on the amd64 daemon and `arm` (linux/arm64) on the arm64 one. Returns the farm
+/// and the two tokens.
+pub async fn two_team_farm(env: &Env) -> anyhow::Result<(TestFarm, String, String)> {
+    let (alice, alice_entry) = issue_token(&["--name", "alice", "--team", "mobile"]).await?;
+    let (bob, bob_entry) = issue_token(&["--name", "bob", "--team", "platform"]).await?;
+    let config = format!(
+        "[[team]]\nname = \"mobile\"\n\n[[team]]\nname = \"platform\"\n\n{alice_entry}\n\n{bob_entry}\n"
+    );
+    let mut farm = TestFarm::builder()
+        .secured(&config, &["x86", "arm"])
+        .start()
+        .await?;
+    farm.worker("x86").docker(&env.amd64_docker).spawn().await?;
+    farm.worker("arm")
+        .docker(&env.arm64_docker)
+        .platform("linux/arm64")
+        .spawn()
+        .await?;
+    Ok((farm, alice, bob))
+}
+
 pub fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     let value = format!("Bearer {token}")

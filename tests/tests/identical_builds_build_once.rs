@@ -7,7 +7,7 @@
 //! The farm serves TLS with two teams (alice in `mobile`, bob in `platform`); loopback only.
 
 use manifold_proto::v1;
-use manifold_tests::{Env, TestFarm, context_dir, issue_token, show, skopeo_raw};
+use manifold_tests::{Env, TestFarm, context_dir, show, skopeo_raw, two_team_farm};
 
 /// Distinct jobs the coordinator has assigned so far (its log says "job assigned job=ID" once
 /// per attempt; a retry on a loaded machine assigns the same job again and counts once).
@@ -38,21 +38,7 @@ fn assigned(farm: &TestFarm) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn identical_submits_build_once_and_another_team_builds_its_own() -> anyhow::Result<()> {
     let env = Env::from_env();
-    let (alice, alice_entry) = issue_token(&["--name", "alice", "--team", "mobile"]).await?;
-    let (bob, bob_entry) = issue_token(&["--name", "bob", "--team", "platform"]).await?;
-    let config = format!(
-        "[[team]]\nname = \"mobile\"\n\n[[team]]\nname = \"platform\"\n\n{alice_entry}\n\n{bob_entry}\n"
-    );
-    let mut farm = TestFarm::builder()
-        .secured(&config, &["x86", "arm"])
-        .start()
-        .await?;
-    farm.worker("x86").docker(&env.amd64_docker).spawn().await?;
-    farm.worker("arm")
-        .docker(&env.arm64_docker)
-        .platform("linux/arm64")
-        .spawn()
-        .await?;
+    let (farm, alice, bob) = two_team_farm(&env).await?;
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     // The sleep keeps the first build running while the second is submitted.
     let ctx = context_dir(&[(

@@ -8,26 +8,12 @@
 use std::time::Duration;
 
 use manifold_proto::v1;
-use manifold_tests::{Env, TestFarm, context_dir, issue_token, show};
+use manifold_tests::{Env, context_dir, show, two_team_farm};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_of_a_finished_build_are_read_after_a_kill_and_restart() -> anyhow::Result<()> {
     let env = Env::from_env();
-    let (alice, alice_entry) = issue_token(&["--name", "alice", "--team", "mobile"]).await?;
-    let (bob, bob_entry) = issue_token(&["--name", "bob", "--team", "platform"]).await?;
-    let config = format!(
-        "[[team]]\nname = \"mobile\"\n\n[[team]]\nname = \"platform\"\n\n{alice_entry}\n\n{bob_entry}\n"
-    );
-    let mut farm = TestFarm::builder()
-        .secured(&config, &["x86", "arm"])
-        .start()
-        .await?;
-    farm.worker("x86").docker(&env.amd64_docker).spawn().await?;
-    farm.worker("arm")
-        .docker(&env.arm64_docker)
-        .platform("linux/arm64")
-        .spawn()
-        .await?;
+    let (mut farm, alice, bob) = two_team_farm(&env).await?;
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     // amd64 prints 12,600 lines of ~90 bytes in 7 steps (more than the 1 MiB kept per platform;
     // each step under BuildKit's own limit of 200 KiB a second per step, past which it clips);
