@@ -26,6 +26,7 @@ use crate::farm::{
     Farm, FarmError, JobOutcome, JobSpec, ToWorker, WorkerHealth, WorkerHello, WorkerView,
 };
 use crate::paging::PageQuery;
+use crate::store::{StoreError, is_disk_full};
 
 /// Most builds one `Builds.List` answers (a larger `limit` is cut to this).
 pub const MAX_LIST_BUILDS: usize = crate::paging::MAX_PAGE;
@@ -244,8 +245,17 @@ fn status(e: impl Into<ApiError>) -> Status {
             Status::invalid_argument(e.to_string())
         }
         ApiError::Context(e @ ContextError::Unknown(_)) => Status::not_found(e.to_string()),
+        ApiError::Context(ContextError::Io { path, source }) if is_disk_full(&source) => {
+            Status::resource_exhausted(format!(
+                "context store disk full: writing {}: {source}; free space on the file system of the state dir (--state-dir); the coordinator goes on by itself once there is room",
+                path.display()
+            ))
+        }
         ApiError::Context(e @ ContextError::Io { .. }) => Status::internal(e.to_string()),
         ApiError::Context(e @ ContextError::Remote(_)) => Status::unavailable(e.to_string()),
+        ApiError::Farm(FarmError::Store(e @ StoreError::DiskFull(_))) => {
+            Status::resource_exhausted(e.to_string())
+        }
         ApiError::Farm(e @ FarmError::Store(_)) => Status::unavailable(e.to_string()),
     }
 }

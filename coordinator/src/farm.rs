@@ -425,12 +425,21 @@ impl Farm {
             .await
             .map_err(|e| StoreError::Backend(format!("validating the request: {e}")))??;
         self.inner.config.repositories.check(&by.team, &spec)?;
+        // Durable before the farm holds it: a build the store cannot write (a full state disk)
+        // is refused here and never listed.
+        let build = FarmState::new_build(spec, request, by, now());
+        writer::save(&*self.inner.store, &build).await?;
         let (id, written) = {
             let mut sh = self.lock();
-            let (id, effects) = sh.state.submit(spec, request, secrets, by, now());
+            let id = build.id;
+            let effects = sh.state.admit(build, secrets, now());
             (id, self.apply_and_release(sh, effects))
         };
-        durable(written).await?;
+        // The build is durable and queued already; a later record the store could not take yet
+        // is the writer's to write again (and a restart would resume from the queued one).
+        if let Err(e) = durable(written).await {
+            tracing::warn!(build = %id, error = %e, "the submitted build's next record is not durable yet");
+        }
         Ok(id)
     }
 

@@ -4,6 +4,7 @@
 //! - [`v1`]: the generated protobuf messages, clients and servers (from `proto/manifold/v1/manifold.proto`);
 //! - [`build_flags`]: [`BuildFlags`], the buildx flags a build carries (`--no-cache`, caches, network...);
 //! - [`platform`]: [`Platform`], parsing and normalising what users type (`x86_64`, `arm64/v8`, `armhf` ...);
+//! - [`codec`]: the services' gRPC codec (prost's, with malformed messages as `InvalidArgument`);
 //! - [`ids`]: the newtype ids of builds and jobs;
 //! - [`disk`]: [`DiskUsage`], a worker's free disk and cache size as heartbeats carry them;
 //! - [`discovery`]: finding the leading coordinator among several addresses;
@@ -14,6 +15,7 @@
 //! domain types at the edge.
 
 pub mod build_flags;
+pub mod codec;
 pub mod discovery;
 pub mod disk;
 pub mod dockerignore;

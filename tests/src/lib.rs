@@ -124,8 +124,11 @@ pub fn free_port() -> u16 {
 pub struct TestFarm {
     /// `http://127.0.0.1:PORT`, or `https://…` for a secured farm.
     pub url: String,
-    /// Its state dir.
+    /// Its temp dir: the state dir (unless [`FarmBuilder::state_dir`] named another), the
+    /// processes' logs, certificates and config.
     pub state_dir: tempfile::TempDir,
+    /// The coordinator's `--state-dir`.
+    pub state_path: PathBuf,
     coordinator: Option<Child>,
     workers: Vec<(String, Child)>,
     extra_args: Vec<String>,
@@ -157,6 +160,7 @@ impl Secured {
 pub struct FarmBuilder {
     args: Vec<String>,
     secure: Option<(String, Vec<String>)>,
+    state_path: Option<PathBuf>,
 }
 
 impl FarmBuilder {
@@ -169,6 +173,12 @@ impl FarmBuilder {
     /// Passes `--max-attempts`.
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.args.extend(["--max-attempts".into(), n.to_string()]);
+        self
+    }
+
+    /// The coordinator's `--state-dir` (default: the farm's temp dir).
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_path = Some(dir.to_owned());
         self
     }
 
@@ -227,6 +237,7 @@ impl FarmBuilder {
         let scheme = if secure.is_some() { "https" } else { "http" };
         let mut farm = TestFarm {
             url: format!("{scheme}://127.0.0.1:{port}"),
+            state_path: (self.state_path.take()).unwrap_or_else(|| state_dir.path().to_owned()),
             state_dir,
             coordinator: None,
             workers: Vec::new(),
@@ -270,7 +281,7 @@ impl TestFarm {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--state-dir")
-            .arg(self.state_dir.path())
+            .arg(&self.state_path)
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -325,3 +325,108 @@ async fn a_context_tar_that_leaves_its_root_is_refused_at_submit() -> anyhow::Re
     assert_eq!(list.builds.len(), 1, "only the good context became a build");
     Ok(())
 }
+
+/// Sends `body` as the request message, byte for byte: what a client made from another schema
+/// (or a corrupted one) would send.
+async fn raw_call(
+    farm: &TestFarm,
+    token: &str,
+    method: &'static str,
+    body: Vec<u8>,
+) -> Result<String, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(farm.channel().await.expect("channel"));
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
+    grpc.unary(with_token(token, body), path, RawCodec)
+        .await
+        .map(|_| "answered".to_owned())
+}
+
+/// Encodes a `Vec<u8>` as it is; decodes any answer as its bytes.
+#[derive(Default)]
+struct RawCodec;
+
+struct Raw;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_protobuf_is_invalid_argument_and_echoes_no_bytes() -> anyhow::Result<()> {
+    let Farm { farm, alice, .. } = farm().await?;
+    // A field-1 string whose length runs past the end; a tag of field 0; a varint that never ends.
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("truncated", b"\x0a\xff\x01SECRET-BYTES".to_vec()),
+        ("field 0", b"\x00\x01SECRET-BYTES".to_vec()),
+        ("endless varint", [b"\x08".as_slice(), &[0xff; 11]].concat()),
+    ];
+    for method in [
+        "/manifold.v1.Builds/Submit",
+        "/manifold.v1.Builds/List",
+        "/manifold.v1.Contexts/Has",
+    ] {
+        for (case, body) in &cases {
+            let status = raw_call(&farm, &alice, method, body.clone())
+                .await
+                .expect_err("a malformed message must be refused");
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{method}, {case}: {status:?}"
+            );
+            assert!(
+                status
+                    .message()
+                    .contains("malformed message: not a valid protobuf"),
+                "{method}, {case}: {}",
+                status.message()
+            );
+            assert!(
+                !status.message().contains("SECRET-BYTES"),
+                "{method}, {case}: the bytes are echoed: {}",
+                status.message()
+            );
+        }
+    }
+    // The same farm still answers well-formed requests.
+    let mut c = farm.builds().await?;
+    c.list(with_token(&alice, v1::ListBuildsRequest::default()))
+        .await?;
+    Ok(())
+}

@@ -268,7 +268,8 @@ impl FarmState {
         self.take_effects()
     }
 
-    /// Queues a validated build of `by`'s team, one job per platform.
+    /// Queues a validated build of `by`'s team, one job per platform: [`FarmState::new_build`]
+    /// then [`FarmState::admit`].
     pub fn submit(
         &mut self,
         spec: BuildSpec,
@@ -277,6 +278,15 @@ impl FarmState {
         by: &Caller,
         now: Now,
     ) -> (BuildId, Effects) {
+        let build = Self::new_build(spec, request, by, now);
+        let id = build.id;
+        (id, self.admit(build, secrets, now))
+    }
+
+    /// The record of a new build of `by`'s team, queued, one job per platform; the farm does not
+    /// hold it yet. The handle makes it durable before [`FarmState::admit`] takes it, so a build
+    /// the store could not write is refused and never shown.
+    pub fn new_build(spec: BuildSpec, request: BuildRequest, by: &Caller, now: Now) -> Build {
         let id = BuildId::new();
         let jobs: Vec<Job> = spec
             .platforms
@@ -292,12 +302,12 @@ impl FarmState {
                 log_tail: Default::default(),
             })
             .collect();
-        let build = Build {
+        Build {
             id,
             spec,
             request,
             state: BuildState::Queued,
-            jobs: jobs.clone(),
+            jobs,
             manifest: None,
             error: None,
             created_at_ms: now.ms,
@@ -307,7 +317,15 @@ impl FarmState {
             submitted_by: by.name.clone(),
             publishing: None,
             reused: None,
-        };
+        }
+    }
+
+    /// Takes a new build from [`FarmState::new_build`]: it joins or reuses an identical one, or
+    /// its jobs are queued and scheduled.
+    pub fn admit(&mut self, build: Build, secrets: Secrets, now: Now) -> Effects {
+        let id = build.id;
+        let (team, by) = (build.team.clone(), build.submitted_by.clone());
+        let jobs = build.jobs.clone();
         self.deadlines.insert(id, build.deadline_ms());
         self.builds.insert(
             id,
@@ -326,9 +344,9 @@ impl FarmState {
             self.job_build.insert(j.id, id);
         }
         if self.reuse_at_submit(id, now) {
-            tracing::info!(build = %id, team = %by.team, by = %by.name, reused = ?self.builds[&id].build.reused, "build submitted");
+            tracing::info!(build = %id, %team, %by, reused = ?self.builds[&id].build.reused, "build submitted");
             self.dispatch(now);
-            return (id, self.take_effects());
+            return self.take_effects();
         }
         for j in &jobs {
             let meta = job_meta(&self.builds[&id].build, &j.platform, &self.warm);
@@ -357,9 +375,9 @@ impl FarmState {
                 now,
             );
         }
-        tracing::info!(build = %id, team = %by.team, by = %by.name, "build submitted");
+        tracing::info!(build = %id, %team, %by, "build submitted");
         self.dispatch(now);
-        (id, self.take_effects())
+        self.take_effects()
     }
 
     /// Cancels a build: unfinished jobs stop, no tag is written.

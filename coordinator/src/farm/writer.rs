@@ -1,9 +1,11 @@
 //! The farm's one writer task: build records first, then the worker messages they allow, in the
 //! order the transitions happened; and the build logs, buffered and written in batches.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use manifold_proto::BuildId;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +32,10 @@ pub(super) struct Batch {
 }
 
 /// Applies batches in order: each build record is written (retrying backend errors with backoff),
-/// then the batch's worker messages are sent. A fenced write means another coordinator leads now:
+/// then the batch's worker messages are sent. A record that cannot be written (a full state disk)
+/// is kept and written again, newest version first-come, with every later batch and every second
+/// until it lands; the messages of its batch are dropped, not sent ahead of their record (an
+/// assignment that never arrives is requeued by its acknowledgement timer). A fenced write means another coordinator leads now:
 /// nothing more is written or sent, and the term is cancelled so the coordinator steps down.
 /// Batches queued before the term ended are still attempted (biased towards the queue): whether
 /// they land is the store's fence to decide, not this task's timing, and a shutdown loses nothing
@@ -41,6 +46,7 @@ pub(super) async fn write_loop(
     term: CancellationToken,
 ) {
     let mut logs = LogBuffer::default();
+    let mut unsaved = Unsaved::default();
     loop {
         let due = logs.due();
         let batch = tokio::select! {
@@ -48,6 +54,7 @@ pub(super) async fn write_loop(
             b = batches.recv() => match b {
                 Some(b) => b,
                 None => {
+                    let _ = unsaved.write(&*store).await;
                     let _ = logs.flush(&*store).await;
                     return;
                 }
@@ -55,6 +62,14 @@ pub(super) async fn write_loop(
             _ = term.cancelled() => return,
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 if logs.flush(&*store).await.is_err() {
+                    term.cancel();
+                    return;
+                }
+                continue;
+            }
+            _ = tokio::time::sleep(UNSAVED_RETRY), if !unsaved.is_empty() => {
+                if let Err(e @ StoreError::Fenced(_)) = unsaved.write(&*store).await {
+                    tracing::error!(error = %e, "state write rejected; stepping down");
                     term.cancel();
                     return;
                 }
@@ -72,24 +87,33 @@ pub(super) async fn write_loop(
             }
             return;
         }
-        let mut outcome = Ok(());
-        for build in &batch.builds {
-            if let Err(e) = save(&*store, build).await {
-                if matches!(e, StoreError::Fenced(_)) {
-                    term.cancel();
-                    if let Some(done) = batch.done {
-                        let _ = done.send(Err(e));
-                    }
-                    return;
-                }
-                outcome = Err(e);
-            }
+        let mine: Vec<BuildId> = batch.builds.iter().map(|b| b.id).collect();
+        for build in batch.builds {
             if build.state.is_final() {
                 logs.book.forget(build.id);
             }
+            unsaved.add(build);
         }
-        for (tx, msg) in batch.messages {
-            let _ = tx.send(msg);
+        let outcome = match unsaved.write(&*store).await {
+            Err(e @ StoreError::Fenced(_)) => {
+                term.cancel();
+                if let Some(done) = batch.done {
+                    let _ = done.send(Err(e));
+                }
+                return;
+            }
+            Err(e) if mine.iter().any(|id| unsaved.holds(*id)) => Err(e),
+            _ => Ok(()),
+        };
+        if outcome.is_ok() {
+            for (tx, msg) in batch.messages {
+                let _ = tx.send(msg);
+            }
+        } else if !batch.messages.is_empty() {
+            tracing::warn!(
+                messages = batch.messages.len(),
+                "not sending worker messages whose records are not durable"
+            );
         }
         if let Some(done) = batch.done {
             let _ = done.send(outcome);
@@ -97,9 +121,74 @@ pub(super) async fn write_loop(
     }
 }
 
-/// Saves one record, retrying backend errors with backoff; a stale write (a newer record is
-/// there already, as after a replay) counts as done.
-async fn save(store: &dyn StateStore, build: &Build) -> Result<(), StoreError> {
+/// How often records that could not be written are tried again while no batch comes.
+const UNSAVED_RETRY: Duration = Duration::from_secs(1);
+
+/// Build records not yet durable, the newest version of each.
+#[derive(Default)]
+struct Unsaved {
+    held: BTreeMap<BuildId, Build>,
+    /// The last write failed (so the next success is worth a line in the log).
+    failing: bool,
+}
+
+impl Unsaved {
+    fn add(&mut self, build: Build) {
+        match self.held.get(&build.id) {
+            Some(held) if held.version >= build.version => {}
+            _ => {
+                self.held.insert(build.id, build);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    fn holds(&self, id: BuildId) -> bool {
+        self.held.contains_key(&id)
+    }
+
+    /// Writes what it holds, in order, and keeps what failed; returns the first error (a fenced
+    /// write stops at once; after a full disk the rest wait for the next try).
+    async fn write(&mut self, store: &dyn StateStore) -> Result<(), StoreError> {
+        let mut first = Ok(());
+        let held = std::mem::take(&mut self.held);
+        let count = held.len();
+        for (id, build) in held {
+            if matches!(first, Err(StoreError::DiskFull(_))) {
+                self.held.insert(id, build);
+                continue;
+            }
+            match save(store, &build).await {
+                Ok(()) => {}
+                Err(e @ StoreError::Fenced(_)) => return Err(e),
+                Err(e) => {
+                    self.held.insert(id, build);
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
+        }
+        if first.is_ok() && std::mem::take(&mut self.failing) {
+            tracing::info!(
+                records = count,
+                "the state store takes writes again; every held record is durable"
+            );
+        }
+        if first.is_err() {
+            self.failing = true;
+        }
+        first
+    }
+}
+
+/// Saves one record, retrying backend errors with backoff (a full disk is not retried here: it
+/// is not a blip); a stale write (a newer record is there already, as after a replay) counts as
+/// done.
+pub(super) async fn save(store: &dyn StateStore, build: &Build) -> Result<(), StoreError> {
     let mut delay = Duration::from_millis(100);
     loop {
         match store.save(build).await {
@@ -114,6 +203,10 @@ async fn save(store: &dyn StateStore, build: &Build) -> Result<(), StoreError> {
             }
             Err(e @ StoreError::Fenced(_)) => {
                 tracing::error!(error = %e, "state write rejected; stepping down");
+                return Err(e);
+            }
+            Err(e @ StoreError::DiskFull(_)) => {
+                tracing::error!(build = %build.id, error = %e, "state write failed");
                 return Err(e);
             }
             Err(e) if delay <= Duration::from_secs(5) => {
@@ -196,7 +289,9 @@ impl LogBuffer {
                     tracing::error!(error = %e, "state write rejected (build logs); stepping down");
                     return Err(e);
                 }
-                Err(e) if delay <= Duration::from_secs(2) => {
+                Err(e)
+                    if delay <= Duration::from_secs(2) && !matches!(e, StoreError::DiskFull(_)) =>
+                {
                     tracing::warn!(error = %e, "writing build logs failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
@@ -218,4 +313,104 @@ pub(super) async fn durable(
     rx.await
         .unwrap_or_else(|_| Err(StoreError::Backend("the state writer has stopped".into())))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::logs::LogChunk;
+    use crate::store::memory::MemoryStore;
+    use crate::store::suite;
+
+    /// A memory store whose disk can be "full".
+    #[derive(Default)]
+    struct SmallDisk {
+        store: MemoryStore,
+        full: AtomicBool,
+    }
+
+    #[async_trait]
+    impl StateStore for SmallDisk {
+        async fn load(&self) -> Result<Vec<Build>, StoreError> {
+            self.store.load().await
+        }
+        async fn save(&self, build: &Build) -> Result<(), StoreError> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(StoreError::DiskFull(
+                    "writing state.redb: No space left".into(),
+                ));
+            }
+            self.store.save(build).await
+        }
+        async fn delete(&self, id: BuildId) -> Result<(), StoreError> {
+            self.store.delete(id).await
+        }
+        async fn write_logs(&self, write: &LogWrite) -> Result<(), StoreError> {
+            self.store.write_logs(write).await
+        }
+        async fn load_logs(&self, id: BuildId) -> Result<Vec<LogChunk>, StoreError> {
+            self.store.load_logs(id).await
+        }
+    }
+
+    fn batch(
+        builds: Vec<Build>,
+        to: &mpsc::UnboundedSender<ToWorker>,
+    ) -> (Batch, oneshot::Receiver<Result<(), StoreError>>) {
+        let (done, rx) = oneshot::channel();
+        let batch = Batch {
+            builds,
+            messages: vec![(to.clone(), ToWorker::Drain)],
+            logs: Vec::new(),
+            flush_logs: false,
+            done: Some(done),
+        };
+        (batch, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_the_full_disk_refused_is_written_once_there_is_room_and_its_messages_are_not_sent()
+     {
+        let disk = Arc::new(SmallDisk::default());
+        let (batches, rx) = mpsc::unbounded_channel();
+        let term = CancellationToken::new();
+        tokio::spawn(write_loop(disk.clone(), rx, term.clone()));
+        let (to_worker, mut worker) = mpsc::unbounded_channel();
+
+        disk.full.store(true, Ordering::SeqCst);
+        let mut b = suite::build(1);
+        let (first, done) = batch(vec![b.clone()], &to_worker);
+        batches.send(first).unwrap();
+        assert!(matches!(done.await.unwrap(), Err(StoreError::DiskFull(_))));
+        assert!(worker.try_recv().is_err(), "sent ahead of its record");
+        assert_eq!(disk.load().await.unwrap(), vec![]);
+
+        // A newer version while still full replaces the held one; still nothing sent.
+        b.version = 2;
+        let (second, done) = batch(vec![b.clone()], &to_worker);
+        batches.send(second).unwrap();
+        assert!(done.await.unwrap().is_err());
+        assert!(worker.try_recv().is_err());
+
+        // Room again: within the retry period the newest record lands, with no new batch.
+        disk.full.store(false, Ordering::SeqCst);
+        tokio::time::sleep(UNSAVED_RETRY * 2).await;
+        assert_eq!(disk.load().await.unwrap(), vec![b.clone()]);
+        assert!(
+            !term.is_cancelled(),
+            "a full disk is no reason to step down"
+        );
+
+        // And the next batch is written and sent as usual.
+        b.version = 3;
+        let (third, done) = batch(vec![b.clone()], &to_worker);
+        batches.send(third).unwrap();
+        done.await.unwrap().unwrap();
+        assert_eq!(worker.try_recv().unwrap(), ToWorker::Drain);
+        assert_eq!(disk.load().await.unwrap(), vec![b]);
+    }
 }

@@ -1,17 +1,22 @@
 //! The default [`StateStore`]: redb, an embedded transactional store in `<state-dir>/state.redb`.
 //! Every save is one redb write transaction, durable when it returns, so SIGKILL at any moment
 //! loses no acknowledged write.
+//!
+//! Disk faults: after an I/O error redb refuses every later transaction ("previous i/o error")
+//! until the database is closed and opened again. So an I/O error closes the database here, and
+//! the next call opens it again (redb repairs it from its last commit): a full disk fails the
+//! writes made while it is full, as [`StoreError::DiskFull`], and nothing after space returns.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use manifold_proto::BuildId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    StateStore, StoreError, build_key, decode, decode_chunk, encode, encode_chunk, log_key,
-    log_prefix,
+    StateStore, StoreError, build_key, decode, decode_chunk, encode, encode_chunk, is_disk_full,
+    log_key, log_prefix,
 };
 use crate::build::Build;
 use crate::logs::{LogChunk, LogWrite};
@@ -24,37 +29,104 @@ const PREFIX: &str = "manifold";
 /// redb-backed store.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+struct Inner {
+    path: PathBuf,
+    /// `None` after an I/O error closed it; opened again by the next call.
+    db: RwLock<Option<Database>>,
+}
+
+/// What a redb call's failure means for the caller.
+fn fault(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Io(e) if is_disk_full(&e) => {
+            StoreError::DiskFull(format!("writing state.redb: {e}"))
+        }
+        redb::Error::Io(e) => StoreError::Backend(format!("state.redb: I/O error: {e}")),
+        redb::Error::PreviousIo => {
+            StoreError::Backend("state.redb: an earlier I/O error closed the database".into())
+        }
+        e => StoreError::Backend(e.to_string()),
+    }
+}
+
+/// Errors that leave redb unusable until it is opened again.
+fn needs_reopen(e: &StoreError) -> bool {
+    matches!(e, StoreError::DiskFull(_))
+        || matches!(e, StoreError::Backend(m) if m.starts_with("state.redb: "))
+}
+
+fn open(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::create(path).map_err(|e| match fault(e) {
+        StoreError::Backend(m) => StoreError::Backend(format!("opening {}: {m}", path.display())),
+        other => other,
+    })?;
+    let tx = db.begin_write().map_err(fault)?;
+    tx.open_table(STATE).map_err(fault)?;
+    tx.open_table(LOGS).map_err(fault)?;
+    tx.commit().map_err(fault)?;
+    Ok(db)
 }
 
 impl EmbeddedStore {
     /// Opens (creating) `<state_dir>/state.redb`.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(backend)?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| StoreError::Backend(format!("creating {}: {e}", state_dir.display())))?;
         let path = state_dir.join("state.redb");
-        let db = Database::create(&path)
-            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
-        let tx = db.begin_write().map_err(backend)?;
-        tx.open_table(STATE).map_err(backend)?;
-        tx.open_table(LOGS).map_err(backend)?;
-        tx.commit().map_err(backend)?;
-        Ok(Self { db: Arc::new(db) })
+        let db = open(&path)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                db: RwLock::new(Some(db)),
+            }),
+        })
     }
 
+    /// Runs `f` on a blocking thread with the open database (opening it again first if an I/O
+    /// error closed it); an I/O error in `f` closes it.
     fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, StoreError>> {
-        let db = self.db.clone();
+        let inner = self.inner.clone();
         async move {
-            tokio::task::spawn_blocking(move || f(&db))
+            tokio::task::spawn_blocking(move || inner.run(f))
                 .await
-                .map_err(backend)?
+                .map_err(|e| StoreError::Backend(e.to_string()))?
         }
+    }
+}
+
+impl Inner {
+    fn run<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.db.read().unwrap_or_else(|p| p.into_inner()).is_none() {
+            // Closed by an earlier I/O error: open it again (one caller does; the others find it
+            // open).
+            let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+            if guard.is_none() {
+                *guard = Some(open(&self.path)?);
+                tracing::info!(path = %self.path.display(), "state store opened again after an I/O error");
+            }
+        }
+        let result = {
+            let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+            match guard.as_ref() {
+                Some(db) => f(db),
+                None => Err(StoreError::Backend(
+                    "state.redb: closed by an I/O error in another call".into(),
+                )),
+            }
+        };
+        if let Err(e) = &result
+            && needs_reopen(e)
+        {
+            tracing::warn!(error = %e, "closing the state store after an I/O error; the next write opens it again");
+            *self.db.write().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        result
     }
 }
 
@@ -62,12 +134,12 @@ impl EmbeddedStore {
 impl StateStore for EmbeddedStore {
     async fn load(&self) -> Result<Vec<Build>, StoreError> {
         self.blocking(|db| {
-            let tx = db.begin_read().map_err(backend)?;
-            let table = tx.open_table(STATE).map_err(backend)?;
+            let tx = db.begin_read().map_err(fault)?;
+            let table = tx.open_table(STATE).map_err(fault)?;
             let prefix = format!("{PREFIX}/builds/");
             let mut out = Vec::new();
-            for item in table.range(prefix.as_str()..).map_err(backend)? {
-                let (k, v) = item.map_err(backend)?;
+            for item in table.range(prefix.as_str()..).map_err(fault)? {
+                let (k, v) = item.map_err(fault)?;
                 if !k.value().starts_with(&prefix) {
                     break;
                 }
@@ -82,10 +154,10 @@ impl StateStore for EmbeddedStore {
         let build = build.clone();
         self.blocking(move |db| {
             let key = build_key(PREFIX, build.id);
-            let tx = db.begin_write().map_err(backend)?;
+            let tx = db.begin_write().map_err(fault)?;
             {
-                let mut table = tx.open_table(STATE).map_err(backend)?;
-                let stored = match table.get(key.as_str()).map_err(backend)? {
+                let mut table = tx.open_table(STATE).map_err(fault)?;
+                let stored = match table.get(key.as_str()).map_err(fault)? {
                     Some(v) => Some(decode(&key, v.value())?.version),
                     None => None,
                 };
@@ -98,29 +170,29 @@ impl StateStore for EmbeddedStore {
                 }
                 table
                     .insert(key.as_str(), encode(&build).as_slice())
-                    .map_err(backend)?;
+                    .map_err(fault)?;
             }
-            tx.commit().map_err(backend)
+            tx.commit().map_err(fault)
         })
         .await
     }
 
     async fn delete(&self, id: BuildId) -> Result<(), StoreError> {
         self.blocking(move |db| {
-            let tx = db.begin_write().map_err(backend)?;
+            let tx = db.begin_write().map_err(fault)?;
             {
-                let mut table = tx.open_table(STATE).map_err(backend)?;
+                let mut table = tx.open_table(STATE).map_err(fault)?;
                 table
                     .remove(build_key(PREFIX, id).as_str())
-                    .map_err(backend)?;
-                let mut logs = tx.open_table(LOGS).map_err(backend)?;
+                    .map_err(fault)?;
+                let mut logs = tx.open_table(LOGS).map_err(fault)?;
                 let prefix = log_prefix(PREFIX, id);
                 // Every key under `.../<id>/` sorts before `.../<id>0` ('0' follows '/').
                 let end = format!("{}0", prefix.trim_end_matches('/'));
                 logs.retain_in(prefix.as_str()..end.as_str(), |_, _| false)
-                    .map_err(backend)?;
+                    .map_err(fault)?;
             }
-            tx.commit().map_err(backend)
+            tx.commit().map_err(fault)
         })
         .await
     }
@@ -135,30 +207,29 @@ impl StateStore for EmbeddedStore {
             .map(|(b, seq)| log_key(PREFIX, *b, *seq))
             .collect();
         self.blocking(move |db| {
-            let tx = db.begin_write().map_err(backend)?;
+            let tx = db.begin_write().map_err(fault)?;
             {
-                let mut logs = tx.open_table(LOGS).map_err(backend)?;
+                let mut logs = tx.open_table(LOGS).map_err(fault)?;
                 for key in &drop {
-                    logs.remove(key.as_str()).map_err(backend)?;
+                    logs.remove(key.as_str()).map_err(fault)?;
                 }
                 for (key, value) in &put {
-                    logs.insert(key.as_str(), value.as_slice())
-                        .map_err(backend)?;
+                    logs.insert(key.as_str(), value.as_slice()).map_err(fault)?;
                 }
             }
-            tx.commit().map_err(backend)
+            tx.commit().map_err(fault)
         })
         .await
     }
 
     async fn load_logs(&self, id: BuildId) -> Result<Vec<LogChunk>, StoreError> {
         self.blocking(move |db| {
-            let tx = db.begin_read().map_err(backend)?;
-            let logs = tx.open_table(LOGS).map_err(backend)?;
+            let tx = db.begin_read().map_err(fault)?;
+            let logs = tx.open_table(LOGS).map_err(fault)?;
             let prefix = log_prefix(PREFIX, id);
             let mut out = Vec::new();
-            for item in logs.range(prefix.as_str()..).map_err(backend)? {
-                let (k, v) = item.map_err(backend)?;
+            for item in logs.range(prefix.as_str()..).map_err(fault)? {
+                let (k, v) = item.map_err(fault)?;
                 if !k.value().starts_with(&prefix) {
                     break;
                 }

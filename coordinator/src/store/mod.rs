@@ -58,9 +58,24 @@ pub enum StoreError {
         /// Decoder error.
         cause: String,
     },
+    /// The state disk has no room left (or the quota is spent): nothing more can be written
+    /// until space is freed. The coordinator keeps serving reads and goes on by itself once a
+    /// write succeeds again.
+    #[error(
+        "state disk full: {0}; free space on the file system of the state dir (--state-dir); the coordinator goes on by itself once there is room"
+    )]
+    DiskFull(String),
     /// The backend failed (disk, network).
     #[error("state store: {0}")]
     Backend(String),
+}
+
+/// Whether an I/O error says the disk (or the user's quota) is full: `ENOSPC`, `EDQUOT`.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(28 | 122))
 }
 
 /// Where the coordinator keeps its builds. See the module docs.
