@@ -539,6 +539,26 @@ impl Session {
         .map_err(|e| self.error(reference, action.clone(), e))
     }
 
+    /// The length of blob `digest` in `reference`'s repository (`None` when it is not there), from
+    /// the `Content-Length` of a GET whose body is not read.
+    pub async fn blob_size(
+        &self,
+        reference: &Reference,
+        digest: &str,
+    ) -> Result<Option<u64>, RegistryError> {
+        let action = format!("reading the size of blob {digest}");
+        match self
+            .retry(reference, &action, || {
+                self.client.pull_blob_stream(reference, digest)
+            })
+            .await
+        {
+            Ok(response) => Ok(response.content_length),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.error(reference, action, e)),
+        }
+    }
+
     /// Blob `digest` of `reference`'s repository, in memory (for configs: at most 4 MiB).
     pub async fn pull_small_blob(
         &self,

@@ -23,6 +23,19 @@ pub const ENV_WORKER_KEY: &str = "MANIFOLD_WORKER_KEY";
 /// The Docker daemon used when neither `--docker-host` nor `DOCKER_HOST` is set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 
+/// How a graphdriver engine's image reaches the registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphdriverPush {
+    /// The daemon pushes to the worker's loopback front ([`crate::push_proxy`]), which sends only
+    /// what the registry lacks to the target repository by digest; falls back to `save` when the
+    /// daemon cannot reach the worker's loopback (a daemon on another machine or in a VM).
+    #[default]
+    Daemon,
+    /// The worker exports the image (`docker save`) and pushes the layers the registry lacks
+    /// itself ([`crate::push`]).
+    Save,
+}
+
 /// Everything a worker needs to serve; build it with [`Config::from_env`] and override fields.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -60,6 +73,9 @@ pub struct Config {
     /// Most bytes of build contexts kept in the cache dir beyond those running jobs hold; the
     /// least recently used go first. Default: [`crate::context_cache::DEFAULT_MAX_BYTES`] (10 GiB).
     pub context_cache_max_size: u64,
+    /// How a graphdriver engine's image reaches the registry (`--graphdriver-push`). Default:
+    /// [`GraphdriverPush::Daemon`].
+    pub graphdriver_push: GraphdriverPush,
     /// How much BuildKit cache the engine keeps (`--cache-max-size`, `--cache-max-age`), pruned
     /// after jobs and on a timer. Default: no limit.
     pub cache_policy: crate::buildkit::prune::CachePolicy,
@@ -140,6 +156,7 @@ impl Config {
             health_interval: Duration::from_secs(5),
             min_free_disk: 0,
             context_cache_max_size: crate::context_cache::DEFAULT_MAX_BYTES,
+            graphdriver_push: GraphdriverPush::Daemon,
             cache_policy: Default::default(),
             lend: crate::lending::LendPolicy::Always,
             lend_hours: None,

@@ -173,11 +173,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     // Not lending until the window is read, when there is one.
     let lends = config.lend == crate::lending::LendPolicy::Always && config.lend_hours.is_none();
     let (lending, _) = watch::channel(lends);
+    let push_proxy = match config.graphdriver_push {
+        crate::config::GraphdriverPush::Save => None,
+        crate::config::GraphdriverPush::Daemon => {
+            match crate::push_proxy::PushProxy::start(shutdown.clone()).await {
+                Ok(proxy) => Some(proxy),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen on 127.0.0.1 for the daemon's pushes; pushing by docker save");
+                    None
+                }
+            }
+        }
+    };
     let shared = Arc::new(Shared {
         options: ExecuteOptions {
             layers: LayerMap::new(&config.cache_dir),
             local_tags: crate::local_tags::LocalTags::new(&config.cache_dir),
             docker_config: config.docker_config.clone(),
+            push_proxy,
             build_platform_override: None,
         },
         cache,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::query_parameters::RemoveImageOptionsBuilder;
 use bytes::Bytes;
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt as _, TryStreamExt};
 use manifold_proto::Platform;
 
 /// How long bollard waits for the daemon to start answering one request (not for a whole build).
@@ -237,6 +237,43 @@ impl DockerEngine {
                 action: action.clone(),
                 source,
             })
+    }
+
+    /// Tags local image `image` as `repository:tag`.
+    pub async fn tag(&self, image: &str, repository: &str, tag: &str) -> Result<(), DockerError> {
+        let options = bollard::query_parameters::TagImageOptionsBuilder::new()
+            .repo(repository)
+            .tag(tag)
+            .build();
+        self.docker
+            .tag_image(image, Some(options))
+            .await
+            .map_err(self.err(format!("tag {image} as {repository}:{tag}")))
+    }
+
+    /// `docker push repository:tag` by the daemon itself (anonymous: only for the worker's own
+    /// loopback registry, [`crate::push_proxy`]); the daemon's error text when it fails.
+    pub async fn push(&self, repository: &str, tag: &str) -> Result<(), String> {
+        let options = bollard::query_parameters::PushImageOptionsBuilder::new()
+            .tag(tag)
+            .build();
+        let credentials = bollard::auth::DockerCredentials::default();
+        let mut progress = std::pin::pin!(self.docker.push_image(
+            repository,
+            Some(options),
+            Some(credentials)
+        ));
+        while let Some(item) = progress.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(self.err(format!("push {repository}:{tag}"))(e).to_string()),
+            }
+        }
+        Ok(())
     }
 
     /// Removes a daemon-local tag. The image's layers stay in BuildKit's cache; an absent tag is

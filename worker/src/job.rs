@@ -3,9 +3,10 @@
 //!
 //! How the image reaches the registry depends on the daemon's image store: with the containerd
 //! store BuildKit pushes it by digest itself, and the worker reads the pushed config back; with a
-//! graphdriver the image goes into the daemon under a local tag, is checked, and is pushed by
-//! [`crate::push`] (what the registry has or can mount is reused, the rest streamed from the
-//! export), and the tag is removed. Either way the pushed config is read back from the registry
+//! graphdriver the image goes into the daemon under a local tag, is checked, and the daemon pushes
+//! it through the worker's loopback front ([`crate::push_proxy`]), or, when the daemon cannot
+//! reach it, [`crate::push`] pushes it from `docker save` (what the registry has or can mount is
+//! reused either way), and the tags are removed. Either way the pushed config is read back from the registry
 //! for the platform check.
 //!
 //! [`execute`] needs no coordinator: it takes a context tar, a [`JobSpec`] and a [`LogSink`], which
@@ -156,6 +157,9 @@ pub struct ExecuteOptions {
     pub local_tags: crate::local_tags::LocalTags,
     /// Docker config file with registry credentials; `None` pushes anonymously.
     pub docker_config: Option<PathBuf>,
+    /// The loopback front a graphdriver daemon pushes through (`--graphdriver-push daemon`);
+    /// `None` pushes by `docker save` ([`crate::push`]).
+    pub push_proxy: Option<crate::push_proxy::PushProxy>,
     /// Build for this platform instead of the job's. Only tests set it, to make the daemon produce
     /// an image of another platform than the job claims.
     pub build_platform_override: Option<Platform>,
@@ -326,9 +330,39 @@ async fn check_and_push(
     })?;
     check_platform(&built, &job.platform, engine.host()).map_err(JobFailure::permanent)?;
     logs.line(format!("built image {} for {}", built.id, job.platform));
-    let pushed = push::push_image(engine, &built, target, &options.layers, logs, cancel)
-        .await
-        .map_err(push_failure)?;
+    let through_daemon = match &options.push_proxy {
+        Some(proxy) if proxy.unreachable().is_none() => {
+            match push::push_through_daemon(
+                engine,
+                &built,
+                target,
+                proxy,
+                &options.local_tags,
+                logs,
+                cancel,
+            )
+            .await
+            {
+                Ok(pushed) => Some(pushed),
+                Err(push::DaemonPush::Unreachable(why)) => {
+                    logs.line(format!(
+                        "the daemon cannot reach this worker's push front at {} ({why}); pushing by docker save from now on",
+                        proxy.addr()
+                    ));
+                    proxy.mark_unreachable(why);
+                    None
+                }
+                Err(push::DaemonPush::Failed(e)) => return Err(push_failure(e)),
+            }
+        }
+        _ => None,
+    };
+    let pushed = match through_daemon {
+        Some(pushed) => pushed,
+        None => push::push_image(engine, &built, target, &options.layers, logs, cancel)
+            .await
+            .map_err(push_failure)?,
+    };
     let config = push::read_pushed(target, &pushed, logs)
         .await
         .map_err(push_failure)?;

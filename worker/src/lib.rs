@@ -28,6 +28,8 @@
 //! - [`progress`]: BuildKit status messages turned into readable log lines;
 //! - [`push`]: the push by digest on graphdriver engines (reuse what the registry has or can
 //!   mount, stream the rest from the export), and reading a pushed image back;
+//! - [`push_proxy`]: the graphdriver fast path: the daemon pushes to the worker's loopback front,
+//!   which sends the target repository only the blobs it lacks, and the manifest by digest;
 //! - [`local_tags`]: the daemon-local tags this worker made, so that it removes its leftovers at start;
 //! - [`layers`]: the worker's map from a layer's diff_id to the blob it was pushed as;
 
@@ -49,6 +51,7 @@ pub mod log_batches;
 pub mod metrics;
 pub mod progress;
 pub mod push;
+pub mod push_proxy;
 pub mod tls;
 
 pub use config::Config;

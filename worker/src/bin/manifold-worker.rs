@@ -67,6 +67,12 @@ struct Args {
     /// least recently used go when a new one arrives. Contexts of running jobs always stay.
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = manifold_worker::health::parse_size)]
     context_cache_max_size: u64,
+    /// How images built on a graphdriver engine reach the registry: `daemon` (the daemon pushes
+    /// to this worker's loopback front, which forwards by digest only what the registry lacks:
+    /// as fast as `docker push`), or `save` (`docker save` and the worker's own push). `daemon`
+    /// falls back to `save` when the daemon cannot reach the worker's 127.0.0.1.
+    #[arg(long, value_enum, default_value = "daemon")]
+    graphdriver_push: config::GraphdriverPush,
     /// Most bytes BuildKit's build cache may hold (e.g. 20GiB, 500MB; at most 1 EiB); the least
     /// recently used records go after each job and every 10 minutes. 0 keeps no unused cache.
     /// [default: no limit]
@@ -124,6 +130,7 @@ impl Args {
         config.health_interval = self.health_interval;
         config.min_free_disk = self.min_free_disk;
         config.context_cache_max_size = self.context_cache_max_size;
+        config.graphdriver_push = self.graphdriver_push;
         config.cache_policy = manifold_worker::buildkit::prune::CachePolicy {
             max_size: self.cache_max_size,
             max_age: self.cache_max_age,

@@ -130,6 +130,7 @@ pub fn options(cache: &Path) -> ExecuteOptions {
         layers: manifold_worker::layers::LayerMap::new(cache),
         local_tags: manifold_worker::local_tags::LocalTags::new(cache),
         docker_config: None,
+        push_proxy: None,
         build_platform_override: None,
     }
 }
