@@ -644,9 +644,18 @@ impl builds_server::Builds for Api {
         let farm = self.farm()?;
         // Fail fast on an unknown or hidden build, before the stream starts.
         self.visible_build(&farm, id, &caller)?;
+        // A build restored from the store (a restart, a failover) lost its earlier lines from
+        // its history: they come from the durable logs first, and the history after them.
+        let replay = farm.replay(id).await.map_err(status)?;
         let (tx, rx) = mpsc::channel(256);
         let stopped = farm.stopped();
         tokio::spawn(async move {
+            let shift = replay.len() as u64;
+            for e in &replay {
+                if tx.send(Ok(event_to_wire(e))).await.is_err() {
+                    return;
+                }
+            }
             let mut next = 0usize;
             loop {
                 let Ok((events, mut changed, ended)) = farm.events(id, next) else {
@@ -654,7 +663,9 @@ impl builds_server::Builds for Api {
                 };
                 next += events.len();
                 for e in &events {
-                    if tx.send(Ok(event_to_wire(e))).await.is_err() {
+                    let mut e = event_to_wire(e);
+                    e.sequence += shift;
+                    if tx.send(Ok(e)).await.is_err() {
                         return; // the watcher went away
                     }
                 }

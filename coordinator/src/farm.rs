@@ -40,9 +40,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::Caller;
-use crate::build::{Build, BuildRequest, BuildSpec, Event, InvalidRequest, now_ms};
+use crate::build::{Build, BuildRequest, BuildSpec, Event, EventKind, InvalidRequest, now_ms};
 use crate::contexts::ContextStore;
-use crate::logs::{self, LogLines};
+use crate::logs;
 use crate::paging::{Page, PageError, PageQuery};
 use crate::scheduler::{QueuedJob, Team};
 use crate::store::{StateStore, StoreError};
@@ -373,7 +373,7 @@ impl Farm {
             builds: persist,
             messages,
             logs,
-            flush_logs: false,
+            read_logs: None,
             done,
         };
         if let Err(mpsc::error::SendError(batch)) = self.inner.writes.send(batch)
@@ -500,18 +500,56 @@ impl Farm {
         only: Option<&Platform>,
     ) -> Result<Vec<(Platform, String)>, FarmError> {
         let (tx, rx) = oneshot::channel();
-        let flush = Batch {
+        let chunks = match self.read_logs(id, tx) {
+            Ok(()) => stored(rx).await?,
+            // The writer stopped with the term: what is stored is all there is.
+            Err(()) => self.inner.store.load_logs(id).await?,
+        };
+        Ok(logs::render(chunks, only))
+    }
+
+    /// The lines a watcher of build `id` is shown before its in-memory history, numbered from 0
+    /// (the history's events follow, numbered after them). None for a build this coordinator
+    /// recorded from its start; for one restored from the store (a restart or a failover), whose
+    /// history began at the restore, the stored lines that came before it
+    /// ([`logs::before_recent`]), so that `watch` shows what `logs` shows. They carry the time of
+    /// the restore (lines are stored without their own).
+    pub async fn replay(&self, id: BuildId) -> Result<Vec<Event>, FarmError> {
+        let (tx, rx) = oneshot::channel();
+        let since = {
+            let sh = self.lock();
+            let Some(since) = sh.state.lines_since_restore(id)? else {
+                return Ok(Vec::new());
+            };
+            // Under the lock: the read comes after exactly the lines the history holds.
+            if self.read_logs(id, tx).is_err() {
+                return Ok(Vec::new()); // the term ended: the watch ends too
+            }
+            since
+        };
+        let lines = logs::before_recent(stored(rx).await?, &since.lines);
+        Ok(lines
+            .into_iter()
+            .enumerate()
+            .map(|(i, (platform, line))| Event {
+                sequence: i as u64,
+                at_ms: since.at_ms,
+                kind: EventKind::Log { platform, line },
+            })
+            .collect())
+    }
+
+    /// Asks the writer for build `id`'s stored chunks once every line given so far is written;
+    /// `Err` when the writer has stopped.
+    fn read_logs(&self, id: BuildId, answer: oneshot::Sender<StoredChunks>) -> Result<(), ()> {
+        let read = Batch {
             builds: Vec::new(),
             messages: Vec::new(),
-            logs: Vec::<LogLines>::new(),
-            flush_logs: true,
-            done: Some(tx),
+            logs: Vec::new(),
+            read_logs: Some((id, answer)),
+            done: None,
         };
-        if self.inner.writes.send(flush).is_ok() {
-            durable(rx).await?;
-        }
-        let chunks = self.inner.store.load_logs(id).await?;
-        Ok(logs::render(chunks, only))
+        self.inner.writes.send(read).map_err(|_| ())
     }
 
     /// Cancels a build: unfinished jobs stop, no tag is written.
@@ -646,6 +684,17 @@ impl Farm {
             }
         }
     }
+}
+
+type StoredChunks = Result<Vec<logs::LogChunk>, StoreError>;
+
+/// Waits for the chunks the writer read.
+async fn stored(rx: oneshot::Receiver<StoredChunks>) -> Result<Vec<logs::LogChunk>, FarmError> {
+    Ok(rx.await.unwrap_or_else(|_| {
+        Err(StoreError::Backend(
+            "the state writer stopped before reading the build's logs".into(),
+        ))
+    })?)
 }
 
 /// The time now, for a transition.

@@ -223,6 +223,37 @@ pub fn render(mut chunks: Vec<LogChunk>, only: Option<&Platform>) -> Vec<(Platfo
     out
 }
 
+/// What a watcher of a build restored from the store (a restart, a failover) is shown before the
+/// build's in-memory history: the stored lines that came before the last `recent[p]` lines of
+/// each platform `p`, which that history holds already (it began at the restore). Rendered as
+/// [`render`] does, in the order the lines arrived, with its markers.
+pub fn before_recent(
+    chunks: Vec<LogChunk>,
+    recent: &BTreeMap<Platform, u64>,
+) -> Vec<(Platform, String)> {
+    // Lines are numbered per job from its first line on, dropped ones included: the cut is
+    // exact whatever the bound dropped.
+    let mut total: HashMap<JobId, u64> = HashMap::new();
+    for c in &chunks {
+        let end = c.first + c.lines.len() as u64;
+        let t = total.entry(c.job).or_default();
+        *t = (*t).max(end);
+    }
+    let kept = chunks
+        .into_iter()
+        .filter_map(|mut c| {
+            let shown = recent.get(&c.platform).copied().unwrap_or(0);
+            let cut = total[&c.job].saturating_sub(shown);
+            if c.first >= cut {
+                return None;
+            }
+            c.lines.truncate((cut - c.first) as usize);
+            Some(c)
+        })
+        .collect();
+    render(kept, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,5 +379,60 @@ mod tests {
         let shown = render(chunks, Some(&Platform::linux_arm64()));
         assert_eq!(shown.len(), 2);
         assert_eq!(shown[1].1, "next");
+    }
+
+    #[test]
+    fn before_recent_leaves_out_the_lines_the_history_holds() {
+        let (b, x, y) = (BuildId::new(), JobId::new(), JobId::new());
+        let arm = |mut l: LogLines| {
+            l.platform = Platform::linux_arm64();
+            l
+        };
+        // x (amd64): lines 0..30 of 10 bytes, bound 100 bytes: only its tail is stored.
+        // y (arm64): lines 0..4, interleaved.
+        let mut book = LogBook::new(100);
+        let mut store = BTreeMap::new();
+        apply(&mut store, book.append(arm(lines(b, y, 0..2, 10))));
+        for i in 0..5 {
+            apply(&mut store, book.append(lines(b, x, i * 6..i * 6 + 6, 10)));
+        }
+        apply(&mut store, book.append(arm(lines(b, y, 2..4, 10))));
+        let stored: Vec<LogChunk> = store.values().cloned().collect();
+        let text = |shown: Vec<(Platform, String)>| -> Vec<String> {
+            shown.into_iter().map(|(p, l)| format!("{p} {l}")).collect()
+        };
+        let all = text(render(stored.clone(), None));
+        let check = |recent: &[(Platform, u64)], expected: Vec<String>| {
+            let recent: BTreeMap<Platform, u64> = recent.iter().cloned().collect();
+            assert_eq!(
+                text(before_recent(stored.clone(), &recent)),
+                expected,
+                "{recent:?}"
+            );
+        };
+        // Nothing recent (a finished build restored): everything stored, as `logs` shows it.
+        check(&[], all.clone());
+        let amd = |n: usize| format!("linux/amd64 {n:010}");
+        let arm64 = |n: usize| format!("linux/arm64 {n:010}");
+        // The history holds amd64's last 4 lines and arm64's last one.
+        let mut expected = all.clone();
+        expected.retain(|l| !(26..30).any(|n| *l == amd(n)) && *l != arm64(3));
+        check(
+            &[(Platform::linux_amd64(), 4), (Platform::linux_arm64(), 1)],
+            expected,
+        );
+        // It holds more amd64 lines than are stored (the bound dropped the rest): no amd64
+        // line and no marker for it, arm64 untouched.
+        let arm_only: Vec<String> = all
+            .iter()
+            .filter(|l| l.starts_with("linux/arm64"))
+            .cloned()
+            .collect();
+        check(&[(Platform::linux_amd64(), 29)], arm_only);
+        assert_eq!(all[0], arm64(0));
+        assert!(
+            all[2].contains("earlier lines of linux/amd64 dropped"),
+            "{all:?}"
+        );
     }
 }

@@ -754,3 +754,124 @@ async fn a_worker_back_without_its_job_hands_it_back_without_waiting_for_the_lea
         "{b:?}"
     );
 }
+
+/// Events of a build's watch until `stop` holds for one of them (10 s at most), that one included.
+async fn watch_until(
+    c: &Coordinator,
+    id: &str,
+    stop: impl Fn(&v1::BuildEvent) -> bool,
+) -> Vec<v1::BuildEvent> {
+    let mut events = builds(c)
+        .await
+        .watch(v1::WatchBuildRequest {
+            build_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    let read = async {
+        while let Some(e) = events.next().await {
+            let e = e.unwrap();
+            let done = stop(&e);
+            seen.push(e);
+            if done {
+                return;
+            }
+        }
+        panic!("the watch of build {id} ended early");
+    };
+    if tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .is_err()
+    {
+        panic!("the watch of build {id} did not show what was expected: {seen:?}");
+    }
+    seen
+}
+
+fn log_line(e: &v1::BuildEvent) -> Option<&str> {
+    match &e.event {
+        Some(v1::build_event::Event::Log(l)) => Some(&l.line),
+        _ => None,
+    }
+}
+
+fn is_finished(e: &v1::BuildEvent) -> bool {
+    matches!(e.event, Some(v1::build_event::Event::Finished(_)))
+}
+
+#[tokio::test]
+async fn a_watch_after_a_restart_replays_the_stored_lines_then_the_history() {
+    let c = start(FarmConfig::default()).await;
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let id = submit(&c, &["linux/amd64"]).await;
+    let a = x86.expect_assign().await;
+    x86.accept(&a).await;
+    let log = |lines: &[&str]| {
+        Out::Log(v1::JobLog {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            lines: lines.iter().map(|l| (*l).to_owned()).collect(),
+        })
+    };
+    x86.send(log(&["one", "two"])).await;
+    watch_until(&c, &id, |e| log_line(e) == Some("two")).await;
+    // Logs reads after the writer flushed: the lines are durable before the restart.
+    let logs = |c: &Coordinator| {
+        let id = id.clone();
+        let url = c.url.clone();
+        async move {
+            let mut client = v1::builds_client::BuildsClient::connect(url).await.unwrap();
+            let r = client.logs(v1::BuildLogsRequest {
+                build_id: id,
+                platform: None,
+            });
+            let lines = r.await.unwrap().into_inner().lines;
+            lines.into_iter().map(|l| l.line).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(logs(&c).await, ["one", "two"]);
+    drop(x86);
+    c.shutdown.cancel();
+    let state = c.state.clone();
+    let _ = (&mut { c }.done).await;
+
+    // The restarted coordinator's history of the build begins at the restore; the worker comes
+    // back with its job and goes on logging, then the build fails.
+    let c = start_in(FarmConfig::default(), state).await;
+    let running = vec![v1::RunningJob {
+        job_id: a.job_id.clone(),
+        attempt: a.attempt,
+    }];
+    let x86 = FakeWorker::attach_running(&c, "x86", "linux/amd64", running).await;
+    x86.send(log(&["three"])).await;
+    let live = watch_until(&c, &id, |e| log_line(e) == Some("three")).await;
+    x86.fail(&a, "RUN failed", false).await;
+    wait_final(&c, &id).await;
+
+    // A watch of the ended build: the stored lines from before the restart, then the restored
+    // history (the states at the restore, the line since, the end), numbered from 0.
+    let all = watch_until(&c, &id, is_finished).await;
+    let lines: Vec<&str> = all.iter().filter_map(log_line).collect();
+    assert_eq!(lines, ["one", "two", "three"], "{all:?}");
+    assert_eq!(logs(&c).await, lines, "watch shows what logs shows");
+    assert!(log_line(&all[0]).is_some() && log_line(&all[1]).is_some());
+    match &all[2].event {
+        Some(v1::build_event::Event::JobState(s)) => {
+            assert!(s.message.contains("restored"), "{s:?}")
+        }
+        other => panic!("the restored state follows the replayed lines: {other:?}"),
+    }
+    let numbers: Vec<u64> = all.iter().map(|e| e.sequence).collect();
+    assert_eq!(numbers, (0..all.len() as u64).collect::<Vec<_>>());
+    // The watch opened while the build ran numbered the same events the same way.
+    assert_eq!(live[..], all[..live.len()]);
+    // The build's end comes last, failed.
+    match &all.last().unwrap().event {
+        Some(v1::build_event::Event::Finished(f)) => {
+            assert_eq!(f.state, v1::BuildState::Failed as i32, "{f:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -43,6 +43,7 @@ mod sessions;
 mod views;
 
 pub use publishing::PublishFailure;
+pub use views::SinceRestore;
 
 /// Log lines kept in a build's history; later lines still reach the job's tail.
 pub const MAX_LOG_EVENTS: usize = 50_000;
@@ -129,6 +130,9 @@ struct BuildEntry {
     announced: usize,
     /// Changed since the last persist effect.
     dirty: bool,
+    /// Its history began when it was restored from the store: the lines before are only in the
+    /// durable logs ([`super::Farm::replay`]).
+    restored: bool,
 }
 
 struct WorkerConn {
@@ -189,6 +193,7 @@ impl FarmState {
                 events: Vec::new(),
                 announced: 0,
                 dirty: false,
+                restored: true,
             };
             for j in entry.build.jobs.clone() {
                 self.job_build.insert(j.id, id);
@@ -334,6 +339,7 @@ impl FarmState {
                 events: Vec::new(),
                 announced: 0,
                 dirty: true,
+                restored: false,
             },
         );
         self.order.push(id);

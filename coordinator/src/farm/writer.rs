@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{FarmError, ToWorker};
 use crate::build::Build;
-use crate::logs::{LogBook, LogLines, LogWrite};
+use crate::logs::{LogBook, LogChunk, LogLines, LogWrite};
 use crate::store::{StateStore, StoreError};
 
 /// Buffered log lines are written this long after the first of them arrived, at the latest.
@@ -26,10 +26,14 @@ pub(super) struct Batch {
     pub messages: Vec<(mpsc::UnboundedSender<ToWorker>, ToWorker)>,
     /// Output lines, buffered and written in batches (never one write per line).
     pub logs: Vec<LogLines>,
-    /// Write every buffered line before answering `done` (a reader of the logs waits for it).
-    pub flush_logs: bool,
+    /// Write every buffered line, then read this build's stored chunks and answer: a read
+    /// ordered after every line the transitions before it gave (this task is the only writer).
+    pub read_logs: Option<LogRead>,
     pub done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
+
+/// Where the stored chunks of a build go, read by the writer ([`Batch::read_logs`]).
+pub(super) type LogRead = (BuildId, oneshot::Sender<Result<Vec<LogChunk>, StoreError>>);
 
 /// Applies batches in order: each build record is written (retrying backend errors with backoff),
 /// then the batch's worker messages are sent. A record that cannot be written (a full state disk)
@@ -78,7 +82,7 @@ pub(super) async fn write_loop(
         };
         logs.add(batch.logs);
         let ending = batch.builds.iter().any(|b| b.state.is_final());
-        if (ending || batch.flush_logs || logs.full() || logs.overdue())
+        if (ending || batch.read_logs.is_some() || logs.full() || logs.overdue())
             && let Err(e) = logs.flush(&*store).await
         {
             term.cancel();
@@ -117,6 +121,9 @@ pub(super) async fn write_loop(
         }
         if let Some(done) = batch.done {
             let _ = done.send(outcome);
+        }
+        if let Some((id, answer)) = batch.read_logs {
+            let _ = answer.send(store.load_logs(id).await);
         }
     }
 }
@@ -322,7 +329,6 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::logs::LogChunk;
     use crate::store::memory::MemoryStore;
     use crate::store::suite;
 
@@ -366,7 +372,7 @@ mod tests {
             builds,
             messages: vec![(to.clone(), ToWorker::Drain)],
             logs: Vec::new(),
-            flush_logs: false,
+            read_logs: None,
             done: Some(done),
         };
         (batch, rx)

@@ -12,6 +12,15 @@ use crate::farm::{FarmError, TeamUsage, WorkerView};
 use crate::paging::{self, Page, PageError, PageQuery};
 use crate::scheduler::{QueuedJob, Team, WorkerStatus};
 
+/// What the history of a build restored from the store holds ([`FarmState::lines_since_restore`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SinceRestore {
+    /// Lines of each platform in the history (those since the restore).
+    pub lines: BTreeMap<Platform, u64>,
+    /// When the build was restored (Unix ms).
+    pub at_ms: i64,
+}
+
 impl FarmState {
     /// A snapshot of a build.
     pub fn get(&self, id: BuildId) -> Result<Build, FarmError> {
@@ -89,6 +98,24 @@ impl FarmState {
             })
         );
         Ok((events, ended))
+    }
+
+    /// For a build restored from the store (its history began at the restore): how many lines of
+    /// each platform its history holds, and the time of the restore (Unix ms). `None` for a
+    /// build whose whole history is here.
+    pub fn lines_since_restore(&self, id: BuildId) -> Result<Option<SinceRestore>, FarmError> {
+        let entry = self.builds.get(&id).ok_or(FarmError::UnknownBuild(id))?;
+        if !entry.restored {
+            return Ok(None);
+        }
+        let mut lines = BTreeMap::new();
+        for e in &entry.events {
+            if let EventKind::Log { platform, .. } = &e.kind {
+                *lines.entry(platform.clone()).or_default() += 1;
+            }
+        }
+        let at_ms = entry.events.first().map_or(0, |e| e.at_ms);
+        Ok(Some(SinceRestore { lines, at_ms }))
     }
 
     /// The number of events in a build's history (0 for an unknown build).
