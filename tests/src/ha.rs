@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use manifold_proto::v1;
 use tokio::process::{Child, Command};
 
-use crate::{bin, free_port, wait_until};
+use crate::{Secured, bin, free_port, wait_until};
 
 /// A real etcd cluster (Debian's etcd-server) of `n` members on loopback ports, each with its own
 /// data dir; killed on drop.
@@ -97,6 +97,8 @@ pub struct Coordinator {
     child: Option<Child>,
     /// Its log file.
     pub log: std::path::PathBuf,
+    /// TLS and the harness's admin token, when the set is secured.
+    secure: Option<Secured>,
 }
 
 impl Coordinator {
@@ -128,37 +130,84 @@ impl Coordinator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A channel to it (TLS trusting the set's CA when secured).
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        match &self.secure {
+            Some(s) => s.channel(&self.url).await,
+            None => Ok(tonic::transport::Endpoint::from_shared(self.url.clone())?
+                .connect()
+                .await?),
+        }
+    }
+
+    /// `message` as a request carrying the harness's admin token (when secured).
+    pub fn as_admin<T>(&self, message: T) -> tonic::Request<T> {
+        match &self.secure {
+            Some(s) => s.as_admin(message),
+            None => tonic::Request::new(message),
+        }
+    }
+
     /// Whether it serves as leader right now (followers answer `Unavailable`).
     pub async fn is_leader(&self) -> bool {
-        let Ok(mut c) = v1::builds_client::BuildsClient::connect(self.url.clone()).await else {
+        let Ok(channel) = self.channel().await else {
             return false;
         };
-        c.list(v1::ListBuildsRequest {
-            limit: 1,
-            ..Default::default()
-        })
-        .await
-        .is_ok()
+        v1::builds_client::BuildsClient::new(channel)
+            .list(self.as_admin(v1::ListBuildsRequest {
+                limit: 1,
+                ..Default::default()
+            }))
+            .await
+            .is_ok()
     }
 }
 
-/// Starts a coordinator on etcd with a short leader lease, logging into `dir`.
+/// Starts a plaintext coordinator on etcd, logging into `dir`.
 pub async fn start_coordinator(
     etcd: &EtcdCluster,
     dir: &std::path::Path,
     name: &str,
     extra: &[&str],
 ) -> anyhow::Result<Coordinator> {
+    launch_coordinator(etcd, dir, name, extra, None).await
+}
+
+/// Starts a coordinator on etcd serving TLS with `secure`'s certificate and config (teams,
+/// tokens), logging into `dir`.
+pub async fn start_secured_coordinator(
+    etcd: &EtcdCluster,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+    secure: &Secured,
+) -> anyhow::Result<Coordinator> {
+    launch_coordinator(etcd, dir, name, extra, Some(secure)).await
+}
+
+async fn launch_coordinator(
+    etcd: &EtcdCluster,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+    secure: Option<&Secured>,
+) -> anyhow::Result<Coordinator> {
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let scheme = if secure.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}");
     let state = dir.join(name);
     std::fs::create_dir_all(&state)?;
     let log = dir.join(format!("{name}.log"));
-    let child = Command::new(bin("manifold-coordinator"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+    let mut cmd = Command::new(bin("manifold-coordinator"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--state-dir")
         .arg(&state)
-        .args(["--etcd", &etcd.flag(), "--advertise", &url, "--plaintext"])
+        .args(["--etcd", &etcd.flag(), "--advertise", &url]);
+    match secure {
+        Some(s) => cmd.args(s.coordinator_args()),
+        None => cmd.arg("--plaintext"),
+    };
+    let child = cmd
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -170,6 +219,7 @@ pub async fn start_coordinator(
         url,
         child: Some(child),
         log,
+        secure: secure.cloned(),
     })
 }
 
@@ -181,6 +231,30 @@ pub async fn start_worker(
     name: &str,
     docker: &str,
     platform: Option<&str>,
+) -> anyhow::Result<Child> {
+    launch_worker(coordinators, dir, name, docker, platform, None)
+}
+
+/// Like [`start_worker`], against a secured set: the worker trusts its CA and presents the
+/// certificate `dev-ca` made for `name`.
+pub async fn start_secured_worker(
+    coordinators: &str,
+    dir: &std::path::Path,
+    name: &str,
+    docker: &str,
+    platform: Option<&str>,
+    secure: &Secured,
+) -> anyhow::Result<Child> {
+    launch_worker(coordinators, dir, name, docker, platform, Some(secure))
+}
+
+fn launch_worker(
+    coordinators: &str,
+    dir: &std::path::Path,
+    name: &str,
+    docker: &str,
+    platform: Option<&str>,
+    secure: Option<&Secured>,
 ) -> anyhow::Result<Child> {
     let mut cmd = Command::new(bin("manifold-worker"));
     cmd.args([
@@ -201,6 +275,9 @@ pub async fn start_worker(
     .kill_on_drop(true);
     if let Some(p) = platform {
         cmd.args(["--platform", p]);
+    }
+    if let Some(s) = secure {
+        cmd.envs(s.worker_env(name, true));
     }
     cmd.spawn().context("starting manifold-worker")
 }

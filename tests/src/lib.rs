@@ -19,6 +19,7 @@
 pub mod browser;
 pub mod faults;
 pub mod ha;
+pub mod long_output;
 pub mod oci;
 pub mod private_registry;
 pub mod registry_proxy;
@@ -146,12 +147,85 @@ pub struct Secured {
     pub certs: PathBuf,
     /// A token of the admin the harness adds to the config (for its own checks).
     pub admin_token: String,
+    /// The coordinator's config file: `config` as given, plus the harness's admin token.
+    pub config: PathBuf,
 }
 
 impl Secured {
+    /// Makes, in `dir`, certificates with `manifold-coordinator dev-ca` (one per `workers` entry,
+    /// `NAME` or `NAME=TEAM`), an admin token for the harness, and the config file (`config`,
+    /// TOML: teams and tokens, plus that admin token).
+    pub async fn make(dir: &Path, config: &str, workers: &[String]) -> anyhow::Result<Self> {
+        let certs = dir.join("certs");
+        let mut dev_ca = vec!["dev-ca".to_owned(), "--dir".into()];
+        dev_ca.push(certs.display().to_string());
+        for w in workers {
+            dev_ca.extend(["--worker".into(), w.clone()]);
+        }
+        let args: Vec<&str> = dev_ca.iter().map(String::as_str).collect();
+        run(&bin("manifold-coordinator").display().to_string(), &args).await?;
+        let (admin_token, admin_entry) = issue_token(&["--name", "harness", "--admin"]).await?;
+        let file = dir.join("config.toml");
+        std::fs::write(&file, format!("{config}\n{admin_entry}"))?;
+        Ok(Self {
+            certs,
+            admin_token,
+            config: file,
+        })
+    }
+
     /// The CA certificate clients trust.
     pub fn ca(&self) -> PathBuf {
         self.certs.join("ca.pem")
+    }
+
+    /// The coordinator's flags: its config, its certificate and the CA of worker certificates.
+    pub fn coordinator_args(&self) -> Vec<String> {
+        let path = |p: PathBuf| p.display().to_string();
+        vec![
+            "--config".into(),
+            path(self.config.clone()),
+            "--tls-cert".into(),
+            path(self.certs.join("coordinator.pem")),
+            "--tls-key".into(),
+            path(self.certs.join("coordinator.key")),
+            "--client-ca".into(),
+            path(self.ca()),
+        ]
+    }
+
+    /// The environment of worker `name`'s process: the CA, and the certificate `dev-ca` made for
+    /// it unless `with_certificate` is false.
+    pub fn worker_env(&self, name: &str, with_certificate: bool) -> Vec<(&'static str, PathBuf)> {
+        let mut env = vec![("MANIFOLD_CA_CERT", self.ca())];
+        if with_certificate {
+            env.push((
+                "MANIFOLD_WORKER_CERT",
+                self.certs.join(format!("worker-{name}.pem")),
+            ));
+            env.push((
+                "MANIFOLD_WORKER_KEY",
+                self.certs.join(format!("worker-{name}.key")),
+            ));
+        }
+        env
+    }
+
+    /// A TLS channel to the coordinator at `url`, trusting the CA.
+    pub async fn channel(&self, url: &str) -> anyhow::Result<tonic::transport::Channel> {
+        // The process may hold two rustls providers (ring via other crates): name ours.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let ca = std::fs::read(self.ca())?;
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        )?;
+        Ok(endpoint.connect().await?)
+    }
+
+    /// `message` as a request carrying the harness's admin token.
+    pub fn as_admin<T>(&self, message: T) -> tonic::Request<T> {
+        with_token(&self.admin_token, message)
     }
 }
 
@@ -209,29 +283,9 @@ impl FarmBuilder {
                 None
             }
             Some((config, workers)) => {
-                let certs = state_dir.path().join("certs");
-                let mut dev_ca = vec!["dev-ca".to_owned(), "--dir".into()];
-                dev_ca.push(certs.display().to_string());
-                for w in workers {
-                    dev_ca.extend(["--worker".into(), w]);
-                }
-                let args: Vec<&str> = dev_ca.iter().map(String::as_str).collect();
-                run(&bin("manifold-coordinator").display().to_string(), &args).await?;
-                let (admin_token, admin_entry) =
-                    issue_token(&["--name", "harness", "--admin"]).await?;
-                let file = state_dir.path().join("config.toml");
-                std::fs::write(&file, format!("{config}\n{admin_entry}"))?;
-                self.args.extend([
-                    "--config".into(),
-                    file.display().to_string(),
-                    "--tls-cert".into(),
-                    certs.join("coordinator.pem").display().to_string(),
-                    "--tls-key".into(),
-                    certs.join("coordinator.key").display().to_string(),
-                    "--client-ca".into(),
-                    certs.join("ca.pem").display().to_string(),
-                ]);
-                Some(Secured { certs, admin_token })
+                let secure = Secured::make(state_dir.path(), &config, &workers).await?;
+                self.args.extend(secure.coordinator_args());
+                Some(secure)
             }
         };
         let scheme = if secure.is_some() { "https" } else { "http" };
@@ -309,17 +363,12 @@ impl TestFarm {
 
     /// A channel to the coordinator (TLS trusting the farm's CA when secured).
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        // The process may hold two rustls providers (ring via other crates): name ours.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let mut endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())?;
-        if let Some(s) = &self.secure {
-            let ca = std::fs::read(s.ca())?;
-            endpoint = endpoint.tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-            )?;
+        match &self.secure {
+            Some(s) => s.channel(&self.url).await,
+            None => Ok(tonic::transport::Endpoint::from_shared(self.url.clone())?
+                .connect()
+                .await?),
         }
-        Ok(endpoint.connect().await?)
     }
 
     /// A channel to a secured farm presenting the client certificate `dev-ca` made for worker
@@ -347,14 +396,10 @@ impl TestFarm {
 
     /// `message` as a request carrying the harness's admin token (when secured).
     pub fn as_admin<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        if let Some(s) = &self.secure {
-            let value = format!("Bearer {}", s.admin_token)
-                .parse()
-                .expect("a token is valid header text");
-            request.metadata_mut().insert("authorization", value);
+        match &self.secure {
+            Some(s) => s.as_admin(message),
+            None => tonic::Request::new(message),
         }
-        request
     }
 
     /// Names of the attached workers, with their owner teams.
@@ -376,7 +421,10 @@ impl TestFarm {
 
     /// The config file of a secured farm (teams and tokens).
     pub fn config_file(&self) -> PathBuf {
-        self.state_dir.path().join("config.toml")
+        match &self.secure {
+            Some(s) => s.config.clone(),
+            None => self.state_dir.path().join("config.toml"),
+        }
     }
 
     /// SIGKILLs the coordinator.
@@ -466,21 +514,8 @@ impl TestFarm {
         Ok(out)
     }
 
-    /// `manifold --coordinator URL` with the CA and token of a secured farm in its environment,
-    /// and no user config file.
     fn cli_command(&self, token: Option<&str>) -> Command {
-        let mut cmd = Command::new(bin("manifold"));
-        cmd.arg("--coordinator")
-            .arg(&self.url)
-            .env_remove("MANIFOLD_TOKEN")
-            .env("MANIFOLD_CONFIG", "/dev/null");
-        if let Some(s) = &self.secure {
-            cmd.env("MANIFOLD_CA_CERT", s.ca());
-        }
-        if let Some(t) = token {
-            cmd.env("MANIFOLD_TOKEN", t);
-        }
-        cmd
+        cli_command(&self.url, self.secure.as_ref(), token)
     }
 
     /// The CLI as a child process (for tests that interrupt it).
@@ -598,17 +633,7 @@ impl<'a> WorkerBuilder<'a> {
         }
         cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         if let Some(s) = &farm.secure {
-            cmd.env("MANIFOLD_CA_CERT", s.ca());
-            if !self.without_certificate {
-                cmd.env(
-                    "MANIFOLD_WORKER_CERT",
-                    s.certs.join(format!("worker-{}.pem", self.name)),
-                )
-                .env(
-                    "MANIFOLD_WORKER_KEY",
-                    s.certs.join(format!("worker-{}.key", self.name)),
-                );
-            }
+            cmd.envs(s.worker_env(&self.name, !self.without_certificate));
         }
         let child = cmd.spawn().context("starting manifold-worker")?;
         farm.workers.push((self.name.clone(), child));
@@ -624,16 +649,39 @@ fn log_file(dir: &tempfile::TempDir, name: &str) -> anyhow::Result<Stdio> {
     Ok(Stdio::from(f))
 }
 
-/// `message` as a request carrying `token` as its bearer token.
-/// A TLS farm of two teams with one token each (alice in `mobile`, bob in `platform`) and two
-/// workers: `x86` on the amd64 daemon and `arm` (linux/arm64) on the arm64 one. Returns the farm
-/// and the two tokens.
-pub async fn two_team_farm(env: &Env) -> anyhow::Result<(TestFarm, String, String)> {
+/// `manifold --coordinator COORDINATORS` (one URL, or several comma-separated) with the CA of a
+/// secured farm and `token` (`MANIFOLD_TOKEN`; none when `None`) in its environment, and no user
+/// config file.
+pub fn cli_command(coordinators: &str, secure: Option<&Secured>, token: Option<&str>) -> Command {
+    let mut cmd = Command::new(bin("manifold"));
+    cmd.arg("--coordinator")
+        .arg(coordinators)
+        .env_remove("MANIFOLD_TOKEN")
+        .env("MANIFOLD_CONFIG", "/dev/null");
+    if let Some(s) = secure {
+        cmd.env("MANIFOLD_CA_CERT", s.ca());
+    }
+    if let Some(t) = token {
+        cmd.env("MANIFOLD_TOKEN", t);
+    }
+    cmd
+}
+
+/// Two teams with one token each (alice in `mobile`, bob in `platform`): the config's TOML, and
+/// alice's and bob's tokens.
+pub async fn two_teams() -> anyhow::Result<(String, String, String)> {
     let (alice, alice_entry) = issue_token(&["--name", "alice", "--team", "mobile"]).await?;
     let (bob, bob_entry) = issue_token(&["--name", "bob", "--team", "platform"]).await?;
     let config = format!(
         "[[team]]\nname = \"mobile\"\n\n[[team]]\nname = \"platform\"\n\n{alice_entry}\n\n{bob_entry}\n"
     );
+    Ok((config, alice, bob))
+}
+
+/// A TLS farm of [`two_teams`] and two workers: `x86` on the amd64 daemon and `arm`
+/// (linux/arm64) on the arm64 one. Returns the farm and alice's and bob's tokens.
+pub async fn two_team_farm(env: &Env) -> anyhow::Result<(TestFarm, String, String)> {
+    let (config, alice, bob) = two_teams().await?;
     let mut farm = TestFarm::builder()
         .secured(&config, &["x86", "arm"])
         .start()
@@ -647,6 +695,7 @@ pub async fn two_team_farm(env: &Env) -> anyhow::Result<(TestFarm, String, Strin
     Ok((farm, alice, bob))
 }
 
+/// `message` as a request carrying `token` as its bearer token.
 pub fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     let value = format!("Bearer {token}")
