@@ -658,8 +658,11 @@ pub struct BuildPlan {
     pub timeout: Duration,
     /// `--priority`: order among the team's queued jobs, higher first.
     pub priority: i32,
-    /// `--no-cache`, `--pull`, caches, network, extra hosts, shm size.
+    /// `--no-cache`, `--pull`, caches, network, extra hosts, shm size, remote named contexts.
     pub flags: BuildFlags,
+    /// `--build-context NAME=DIR` with a directory here: uploaded before the submit, then named
+    /// in the request as [`manifold_proto::build_flags::UPLOADED_CONTEXT`] sources.
+    pub local_contexts: BTreeMap<String, PathBuf>,
     /// `--secret` values, read from their files or variables.
     pub secrets: Secrets,
 }
@@ -723,6 +726,7 @@ impl BuildPlan {
         let arch_tag_template =
             TagTemplate::parse(&args.tag_template).map_err(ArgsError::TagTemplate)?;
         let flags = crate::build_flags::parse_flags(args)?;
+        let local_contexts = crate::build_flags::local_contexts(args)?;
         let secrets =
             crate::build_flags::parse_secrets(&args.secrets, |var| std::env::var_os(var))?;
         Ok(Self {
@@ -748,6 +752,7 @@ impl BuildPlan {
             timeout: args.timeout,
             priority: args.priority,
             flags,
+            local_contexts,
             secrets,
         })
     }

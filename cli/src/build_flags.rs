@@ -2,7 +2,8 @@
 //! command line: caches, network, extra hosts, shm size, named contexts ([`parse_flags`]) and the `--secret`
 //! values, read from their files or variables on this machine ([`parse_secrets`]).
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use manifold_proto::build_flags;
 use manifold_proto::{BuildFlags, CacheSpec, SecretValue, Secrets};
@@ -47,12 +48,49 @@ pub fn parse_flags(args: &BuildArgs) -> Result<BuildFlags, ArgsError> {
                 }
                 .into());
             }
-            args.build_contexts
-                .iter()
-                .map(|c| build_flags::parse_build_context(c))
-                .collect::<Result<_, _>>()?
+            let mut remote = std::collections::BTreeMap::new();
+            for c in &args.build_contexts {
+                let (_, source) = build_flags::split_build_context(c)?;
+                if build_flags::is_remote_context(source) {
+                    let (name, source) = build_flags::parse_build_context(c)?;
+                    remote.insert(name, source);
+                }
+            }
+            remote
         },
     })
+}
+
+/// The `--build-context NAME=DIR` entries whose source is a directory on this machine (any
+/// source that is not an image, a Git or HTTP(S) URL or a stage), canonicalised; relative paths
+/// are from the current directory, as buildx takes them. `manifold build` packs and uploads each
+/// as it does the main context (its own `.dockerignore` applied).
+pub fn local_contexts(args: &BuildArgs) -> Result<BTreeMap<String, PathBuf>, ArgsError> {
+    let mut local = BTreeMap::new();
+    for c in &args.build_contexts {
+        let (name, source) = build_flags::split_build_context(c)?;
+        if build_flags::is_remote_context(source) {
+            continue;
+        }
+        let bad = |reason: String| build_flags::FlagError {
+            flag: "--build-context",
+            value: c.clone(),
+            reason,
+        };
+        let dir = std::fs::canonicalize(source).map_err(|e| {
+            bad(format!(
+                "`{source}` is neither docker-image://REF, a Git or HTTP(S) URL, target:STAGE nor a directory here: {e}"
+            ))
+        })?;
+        if !dir.is_dir() {
+            return Err(bad(format!(
+                "`{source}` is a file; name a directory (it is uploaded like the build context)"
+            ))
+            .into());
+        }
+        local.insert(name.to_owned(), dir);
+    }
+    Ok(local)
 }
 
 /// Reads `--secret id=ID[,src=PATH|,env=VAR]` values as buildx does: `src` (or `source`) names a

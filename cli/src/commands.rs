@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::args::BuildsArgs;
 use crate::args::{BuildPlan, Format, ProgressMode};
 use crate::client::{ClientError, Coordinator, ListQuery};
-use crate::context::{self, ContextError, ContextSource, SendOutcome};
+use crate::context::{self, ContextDigest, ContextError, ContextSource, SendOutcome};
 use crate::listing;
 use crate::progress::{Progress, failure_report, platform_name};
 use crate::result_files;
@@ -162,20 +162,13 @@ pub async fn build(
     mut interrupts: Interrupts,
 ) -> Result<BuildOutcome, CommandError> {
     let mut progress = Progress::new(plan.progress, &[]);
-    let source = Arc::new(ContextSource::open(&plan.context, &plan.dockerfiles())?);
-
-    let hashing = Arc::clone(&source);
-    let digest = interrupts
-        .unless_interrupted(
-            1,
-            None,
-            tokio::task::spawn_blocking(move || hashing.digest()),
-        )
-        .await?
-        .map_err(|e| ContextError::Aborted(e.to_string()))??;
-    let sent = interrupts
-        .unless_interrupted(1, None, context::send(coordinator, source, &digest))
-        .await??;
+    let (digest, sent) = send_context(
+        coordinator,
+        &plan.context,
+        &plan.dockerfiles(),
+        &mut interrupts,
+    )
+    .await?;
     match sent {
         SendOutcome::AlreadyPresent => progress.note(&format!(
             "context {} already on the coordinator, 0 bytes uploaded",
@@ -187,10 +180,37 @@ pub async fn build(
         )),
     }
 
+    // Each `--build-context NAME=DIR` is a context of its own, uploaded once like the main one.
+    let mut request = plan.request(&digest.digest);
+    for (name, dir) in &plan.local_contexts {
+        let uploaded = send_context(coordinator, dir, &[], &mut interrupts).await?;
+        let note = match uploaded.1 {
+            SendOutcome::AlreadyPresent => {
+                "already on the coordinator, 0 bytes uploaded".to_owned()
+            }
+            SendOutcome::Uploaded(bytes) => format!("uploaded, {bytes} bytes"),
+        };
+        progress.note(&format!(
+            "build context {name} ({}) {}: {note}",
+            dir.display(),
+            uploaded.0.short()
+        ));
+        if let Some(flags) = request.flags.as_mut() {
+            flags.build_contexts.insert(
+                name.clone(),
+                format!(
+                    "{}{}",
+                    manifold_proto::build_flags::UPLOADED_CONTEXT,
+                    uploaded.0.digest
+                ),
+            );
+        }
+    }
+
     // A first Ctrl-C during the submission is handled once the build id is known; a second one
     // gives up waiting.
     let id = interrupts
-        .unless_interrupted(2, None, coordinator.submit(plan.request(&digest.digest)))
+        .unless_interrupted(2, None, coordinator.submit(request))
         .await??;
     if plan.detach {
         progress.note(&format!(
@@ -212,6 +232,30 @@ pub async fn build(
         write_result_files(coordinator, plan, id, digest).await?;
     }
     Ok(outcome)
+}
+
+/// Hashes the directory `dir` as a context (its `.dockerignore` applied, `always` kept) and makes
+/// sure the coordinator holds it.
+async fn send_context(
+    coordinator: &Coordinator,
+    dir: &std::path::Path,
+    always: &[String],
+    interrupts: &mut Interrupts,
+) -> Result<(ContextDigest, SendOutcome), CommandError> {
+    let source = Arc::new(ContextSource::open(dir, always)?);
+    let hashing = Arc::clone(&source);
+    let digest = interrupts
+        .unless_interrupted(
+            1,
+            None,
+            tokio::task::spawn_blocking(move || hashing.digest()),
+        )
+        .await?
+        .map_err(|e| ContextError::Aborted(e.to_string()))??;
+    let sent = interrupts
+        .unless_interrupted(1, None, context::send(coordinator, source, &digest))
+        .await??;
+    Ok((digest, sent))
 }
 
 /// `--iidfile` gets the list digest (as buildx writes it, no newline); `--metadata-file` the

@@ -618,14 +618,18 @@ impl builds_server::Builds for Api {
             .check_request(&req)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let farm = self.farm()?;
-        // A context of another team is unknown to this one, with the same words.
-        if !farm
-            .contexts()
-            .held_by(&caller.team, &req.context_digest)
-            .await
-            .map_err(status)?
-        {
-            return Err(status(ContextError::Unknown(req.context_digest)));
+        // A context of another team is unknown to this one, with the same words; so is a
+        // `--build-context NAME=DIR` it names.
+        let named = req.flags.uploaded_contexts().map(|(_, d)| d.to_owned());
+        for digest in std::iter::once(req.context_digest.clone()).chain(named) {
+            if !farm
+                .contexts()
+                .held_by(&caller.team, &digest)
+                .await
+                .map_err(status)?
+            {
+                return Err(status(ContextError::Unknown(digest)));
+            }
         }
         let id = farm.submit(req, &caller).await.map_err(status)?;
         Ok(Response::new(v1::SubmitBuildResponse {

@@ -166,6 +166,18 @@ pub enum InvalidRequest {
 }
 
 impl BuildSpec {
+    /// Every context the build reads: its own, and each uploaded `--build-context NAME=DIR`.
+    pub fn contexts(&self) -> Vec<String> {
+        std::iter::once(self.context_digest.clone())
+            .chain(self.flags.uploaded_contexts().map(|(_, d)| d.to_owned()))
+            .collect()
+    }
+
+    /// Whether the build reads context `digest`.
+    pub fn uses_context(&self, digest: &str) -> bool {
+        self.context_digest == digest || self.flags.uploaded_contexts().any(|(_, d)| d == digest)
+    }
+
     /// Validates `req` against what the coordinator holds.
     pub fn validate(req: BuildRequest, contexts: &ContextStore) -> Result<Self, InvalidRequest> {
         let image = parse_image(&req.image)?;
@@ -234,6 +246,25 @@ impl BuildSpec {
                 req.context_digest
             )),
         })?;
+        // Each uploaded `--build-context NAME=DIR` stays inside its root too.
+        for (name, digest) in req.flags.uploaded_contexts() {
+            let path = contexts
+                .path(digest)
+                .map_err(|e| InvalidRequest::Context(e.to_string()))?;
+            if !path.is_file() {
+                return Err(InvalidRequest::Context(format!(
+                    "unknown context {digest} for --build-context {name}: upload it with the Contexts service first (the manifold CLI does this)"
+                )));
+            }
+            check_tar(&path).map_err(|e| match e {
+                TarProblem::Unreadable(e) => InvalidRequest::Context(format!(
+                    "context {digest} of --build-context {name} is not a readable tar archive: {e}"
+                )),
+                TarProblem::Escapes { entry, why } => InvalidRequest::Context(format!(
+                    "context {digest} of --build-context {name} has the entry {entry}, which leaves the context: {why}; pack it with the manifold CLI"
+                )),
+            })?;
+        }
         for d in dockerfiles.values() {
             if present.links.iter().any(|e| e == d) {
                 return Err(InvalidRequest::DockerfileNotRegular {

@@ -410,11 +410,14 @@ impl Farm {
         by: &Caller,
     ) -> Result<BuildId, FarmError> {
         let contexts = self.inner.contexts.clone();
-        // A new leader may hold the context only in the registry replica.
-        if let Ok(false) = contexts.has(&request.context_digest)
-            && let Err(e) = contexts.ensure_local(&request.context_digest).await
-        {
-            tracing::warn!(error = %e, "context not available locally");
+        // A new leader may hold a context only in the registry replica.
+        let named = request.flags.uploaded_contexts().map(|(_, d)| d.to_owned());
+        for digest in std::iter::once(request.context_digest.clone()).chain(named) {
+            if let Ok(false) = contexts.has(&digest)
+                && let Err(e) = contexts.ensure_local(&digest).await
+            {
+                tracing::warn!(context = %digest, error = %e, "context not available locally");
+            }
         }
         // The spec keeps the secrets' ids (a build with secrets is never shared, and fails at a
         // restart); their values live in memory only, never in the build record.

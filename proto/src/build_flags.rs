@@ -295,10 +295,12 @@ pub fn from_wire(wire: &crate::v1::BuildFlags) -> Result<BuildFlags, FlagError> 
     })
 }
 
-/// Parses `--build-context NAME=SOURCE` as buildx does, for the sources a farm can hand to a
-/// worker: `docker-image://REF`, a Git or HTTP(S) URL, `target:STAGE`. A local directory lives
-/// on the CLI's machine, which no worker can reach: refused, saying what to do instead.
-pub fn parse_build_context(text: &str) -> Result<(String, String), FlagError> {
+/// The source the CLI gives a `--build-context NAME=DIR` once it uploaded `DIR`:
+/// `manifold-context://sha256:<hex>`, a context of the caller's team (the coordinator checks).
+pub const UPLOADED_CONTEXT: &str = "manifold-context://";
+
+/// Splits `--build-context NAME=SOURCE` and checks its size and name (letters, digits, `-_./:@`).
+pub fn split_build_context(text: &str) -> Result<(&str, &str), FlagError> {
     let bad = |reason: String| FlagError::new("--build-context", text, reason);
     if text.len() > MAX_BUILD_CONTEXT_BYTES {
         return Err(bad(format!(
@@ -318,28 +320,66 @@ pub fn parse_build_context(text: &str) -> Result<(String, String), FlagError> {
             "the name `{name}` is empty or holds other characters than letters, digits and -_./:@"
         )));
     }
-    let remote = [
-        "docker-image://",
-        "https://",
-        "http://",
-        "git://",
-        "git@",
-        "target:",
-    ];
-    let rest = remote.iter().find_map(|p| source.strip_prefix(p));
+    Ok((name, source))
+}
+
+/// Whether a `--build-context` source is one a worker fetches itself (an image, a Git or HTTP(S)
+/// URL, another stage), rather than a directory on the CLI's machine.
+pub fn is_remote_context(source: &str) -> bool {
+    REMOTE_CONTEXTS.iter().any(|p| source.starts_with(p))
+}
+
+const REMOTE_CONTEXTS: [&str; 6] = [
+    "docker-image://",
+    "https://",
+    "http://",
+    "git://",
+    "git@",
+    "target:",
+];
+
+/// Parses `--build-context NAME=SOURCE` as a request carries it: `docker-image://REF`, a Git or
+/// HTTP(S) URL, `target:STAGE`, or a directory the CLI uploaded ([`UPLOADED_CONTEXT`]). A local
+/// path here means a client that did not upload it: refused, saying what to do instead.
+pub fn parse_build_context(text: &str) -> Result<(String, String), FlagError> {
+    let bad = |reason: String| FlagError::new("--build-context", text, reason);
+    let (name, source) = split_build_context(text)?;
+    if let Some(digest) = source.strip_prefix(UPLOADED_CONTEXT) {
+        let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(bad(format!(
+                "`{digest}` is not a context digest (sha256:<64 lowercase hex>)"
+            )));
+        }
+        return Ok((name.to_owned(), source.to_owned()));
+    }
+    let rest = REMOTE_CONTEXTS.iter().find_map(|p| source.strip_prefix(p));
     match rest {
         Some(rest) if !rest.is_empty() && !source.contains(char::is_whitespace) => {}
         Some(_) => return Err(bad(format!("`{source}` names nothing after its scheme"))),
         None => {
             return Err(bad(
-                "a farm builds on other machines, so the source must be docker-image://REF, a Git \
-                 or HTTP(S) URL or target:STAGE; push a local directory as an image and name it \
-                 with docker-image://"
+                "the source must be docker-image://REF, a Git or HTTP(S) URL, target:STAGE, or a \
+                 directory on the CLI's machine, which the manifold CLI uploads (this client sent \
+                 the path itself, which no worker can reach)"
                     .into(),
             ));
         }
     }
     Ok((name.to_owned(), source.to_owned()))
+}
+
+impl BuildFlags {
+    /// The uploaded directories among the named contexts: (name, context digest).
+    pub fn uploaded_contexts(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.build_contexts.iter().filter_map(|(name, source)| {
+            Some((name.as_str(), source.strip_prefix(UPLOADED_CONTEXT)?))
+        })
+    }
 }
 
 /// Checks the `--secret`s of a request: ids, count and sizes; the error names the bad one.
@@ -457,7 +497,7 @@ pub fn check_secret_id(id: &str) -> Result<(), FlagError> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn build_contexts_take_remote_sources_and_refuse_local_directories() {
+    fn build_contexts_take_remote_sources_and_uploaded_directories_not_paths() {
         use super::parse_build_context as p;
         assert_eq!(
             p("base=docker-image://127.0.0.1:5000/base/busybox:1").unwrap(),
@@ -469,9 +509,15 @@ mod tests {
         assert!(p("src=https://github.com/o/r.git#main").is_ok());
         assert!(p("src=git@github.com:o/r.git").is_ok());
         assert!(p("deps=target:deps").is_ok());
+        let uploaded = format!("vendor=manifold-context://sha256:{}", "ab".repeat(32));
+        assert!(p(&uploaded).is_ok());
         for (bad, says) in [
-            ("base=./vendor", "push a local directory as an image"),
-            ("base=/abs/dir", "push a local directory as an image"),
+            ("base=./vendor", "which the manifold CLI uploads"),
+            ("base=/abs/dir", "which the manifold CLI uploads"),
+            (
+                "base=manifold-context://sha256:00",
+                "is not a context digest",
+            ),
             ("base", "expected NAME=SOURCE"),
             ("=docker-image://x", "the name `` is empty"),
             ("a b=docker-image://x", "the name `a b`"),

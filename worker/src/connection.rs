@@ -817,32 +817,53 @@ async fn fetch_and_execute(
     logs: &LogSink,
     cancel: &CancellationToken,
 ) -> Result<PushedImage, JobFailure> {
-    // Held until the job ends: no eviction removes it meanwhile.
+    // Held until the job ends: no eviction removes them meanwhile.
     let _hold = shared.cache.hold(&spec.context_digest);
-    let fetch = shared.cache.get_or_fetch(&spec.context_digest, || {
-        download(
-            shared.channel.lock().expect("channel lock").clone(),
-            spec.context_digest.clone(),
-        )
-    });
-    let context = tokio::select! {
-        () = cancel.cancelled() => return Err(JobFailure::cancelled()),
-        context = fetch => context.map_err(|e| match &e {
-            CacheError::InvalidDigest(_) | CacheError::Download { not_found: true, .. } => {
-                JobFailure::permanent(e.to_string())
-            }
-            _ => JobFailure::retryable(e.to_string()),
-        })?,
-    };
+    let context = fetch_context(shared, &spec.context_digest, cancel).await?;
+    let mut named = std::collections::BTreeMap::new();
+    let mut _holds = Vec::new();
+    for (name, digest) in spec.flags.uploaded_contexts() {
+        let digest = ContextDigest::parse(digest)
+            .map_err(|e| JobFailure::permanent(format!("--build-context {name}: {e}")))?;
+        _holds.push(shared.cache.hold(&digest));
+        named.insert(
+            name.to_owned(),
+            fetch_context(shared, &digest, cancel).await?,
+        );
+    }
     job::execute(
         &shared.engine,
         spec,
         &context,
+        &named,
         &shared.options,
         logs,
         cancel,
     )
     .await
+}
+
+/// The context `digest` in the cache, downloaded from the coordinator if it is not there.
+async fn fetch_context(
+    shared: &Shared,
+    digest: &ContextDigest,
+    cancel: &CancellationToken,
+) -> Result<std::path::PathBuf, JobFailure> {
+    let fetch = shared.cache.get_or_fetch(digest, || {
+        download(
+            shared.channel.lock().expect("channel lock").clone(),
+            digest.clone(),
+        )
+    });
+    tokio::select! {
+        () = cancel.cancelled() => Err(JobFailure::cancelled()),
+        context = fetch => context.map_err(|e| match &e {
+            CacheError::InvalidDigest(_) | CacheError::Download { not_found: true, .. } => {
+                JobFailure::permanent(e.to_string())
+            }
+            _ => JobFailure::retryable(e.to_string()),
+        }),
+    }
 }
 
 /// [`fetch_and_execute`], with running out of disk reported as such: this worker then takes no

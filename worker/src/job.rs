@@ -165,13 +165,15 @@ pub struct ExecuteOptions {
     pub build_platform_override: Option<Platform>,
 }
 
-/// Builds `job` from the context tar at `context` on `engine` through its BuildKit, gets the
+/// Builds `job` from the context tar at `context` (and those of its `--build-context NAME=DIR`s
+/// at `named`) on `engine` through its BuildKit, gets the
 /// image into the job's repository by digest and checks its platform. Nothing stays tagged in the
 /// daemon, whatever happened.
 pub async fn execute(
     engine: &DockerEngine,
     job: &JobSpec,
     context: &Path,
+    named: &BTreeMap<String, PathBuf>,
     options: &ExecuteOptions,
     logs: &LogSink,
     cancel: &CancellationToken,
@@ -220,6 +222,18 @@ pub async fn execute(
         registry_logins: job.registry_logins.clone(),
         secrets: job.secrets.clone(),
         session_id: uuid::Uuid::new_v4().simple().to_string(),
+        // In the order the solve request numbers them (by name).
+        named: job
+            .flags
+            .uploaded_contexts()
+            .map(|(name, _)| {
+                named.get(name).cloned().ok_or_else(|| {
+                    JobFailure::retryable(format!(
+                        "the context of --build-context {name} was not downloaded"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
     };
     let target = PushTarget {
         repository: job.repository.clone(),

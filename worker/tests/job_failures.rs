@@ -99,6 +99,7 @@ async fn an_unreachable_daemon_is_a_retryable_failure() {
         &engine,
         &job,
         &ctx.path,
+        &Default::default(),
         &options(dir.path()),
         &LogSink::discard(),
         &CancellationToken::new(),
@@ -132,7 +133,18 @@ async fn a_cancelled_build_stops_and_its_run_process_goes_away() {
         let job = job.clone();
         let path = ctx.path.clone();
         let opts = options(scratch.path());
-        tokio::spawn(async move { job::execute(&engine, &job, &path, &opts, &logs, &cancel).await })
+        tokio::spawn(async move {
+            job::execute(
+                &engine,
+                &job,
+                &path,
+                &Default::default(),
+                &opts,
+                &logs,
+                &cancel,
+            )
+            .await
+        })
     };
     // Wait for the step's own output, then for its process.
     let started = tokio::time::timeout(Duration::from_secs(60), async {

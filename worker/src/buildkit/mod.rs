@@ -19,6 +19,7 @@
 
 pub mod dockerfile_source;
 pub mod hijack;
+pub mod named_context;
 pub mod prune;
 pub mod session;
 
@@ -348,8 +349,18 @@ pub fn solve_request(solve: &Solve<'_>, session_id: &str, build_ref: &str) -> So
     if let Some(bytes) = flags.shm_size {
         attrs.insert("shm-size".into(), bytes.to_string());
     }
+    let mut frontend_inputs = HashMap::new();
+    let mut uploaded = 0;
     for (name, source) in &flags.build_contexts {
-        attrs.insert(format!("context:{name}"), source.clone());
+        if source.starts_with(manifold_proto::build_flags::UPLOADED_CONTEXT) {
+            // A directory of the CLI's machine: the `uploaded`-th named tar of the session.
+            let url = session::named_context_url(session_id, uploaded);
+            uploaded += 1;
+            frontend_inputs.insert(name.clone(), named_context::definition(name, &url));
+            attrs.insert(format!("context:{name}"), format!("input:{name}"));
+        } else {
+            attrs.insert(format!("context:{name}"), source.clone());
+        }
     }
     let (exporter, exporter_attrs) = match &solve.output {
         Output::DaemonTag { tag } => ("moby", HashMap::from([("name".to_owned(), tag.clone())])),
@@ -415,7 +426,7 @@ pub fn solve_request(solve: &Solve<'_>, session_id: &str, build_ref: &str) -> So
             imports,
         }),
         entitlements,
-        frontend_inputs: HashMap::new(),
+        frontend_inputs,
         internal: false,
         source_policy: None,
         enable_session_exporter: false,

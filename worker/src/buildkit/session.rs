@@ -62,6 +62,19 @@ fn context_path(session_id: &str) -> String {
     format!("/{session_id}/context.tar")
 }
 
+/// The URL of the `index`-th named context tar of session `session_id` (unique per session for
+/// the same reason as [`context_url`]).
+pub fn named_context_url(session_id: &str, index: usize) -> String {
+    format!(
+        "http://buildkit-session{}",
+        named_context_path(session_id, index)
+    )
+}
+
+fn named_context_path(session_id: &str, index: usize) -> String {
+    format!("/{session_id}/named-{index}.tar")
+}
+
 /// Every gRPC method the session serves; the daemon is told them in
 /// `X-Docker-Expose-Session-Grpc-Method` headers and calls no other.
 pub const METHODS: &[&str] = &[
@@ -90,6 +103,8 @@ pub struct SessionContent {
     pub secrets: Secrets,
     /// The session's id, which names the context upload.
     pub session_id: String,
+    /// The context tars of `--build-context NAME=DIR`, in name order: upload `named-<i>.tar`.
+    pub named: Vec<PathBuf>,
 }
 
 /// A registry BuildKit asked credentials for and what the worker could answer.
@@ -294,17 +309,32 @@ impl Upload for ContextUpload {
             .get("urlpath")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if path != context_path(&self.content.session_id) {
+        let session = &self.content.session_id;
+        let named = (self.content.named.iter().enumerate())
+            .find(|(i, _)| named_context_path(session, *i) == path);
+        let (tar, ranges) = if path == context_path(session) {
+            (
+                self.content.view.tar.clone(),
+                self.content.view.ranges.clone(),
+            )
+        } else if let Some((_, tar)) = named {
+            // A named context is served whole: the CLI applied its `.dockerignore`.
+            let len = tokio::fs::metadata(tar)
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!("cannot read the context {}: {e}", tar.display()))
+                })?
+                .len();
+            (tar.clone(), std::iter::once(0..len).collect())
+        } else {
             return Err(Status::not_found(format!(
                 "no upload `{path}` in this session"
             )));
-        }
-        let tar = self.content.view.tar.clone();
+        };
         let file = tokio::fs::File::open(&tar).await.map_err(|e| {
             Status::unavailable(format!("cannot read the context {}: {e}", tar.display()))
         })?;
-        let ranges: std::collections::VecDeque<_> =
-            self.content.view.ranges.iter().cloned().collect();
+        let ranges: std::collections::VecDeque<_> = ranges.into_iter().collect();
         let stream = futures::stream::try_unfold(
             (file, ranges, None::<u64>),
             |(mut file, mut ranges, mut at)| async move {

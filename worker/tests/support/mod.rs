@@ -177,6 +177,7 @@ pub async fn run_job(
         &engine,
         spec,
         &context.path,
+        &Default::default(),
         options,
         &logs,
         &CancellationToken::new(),

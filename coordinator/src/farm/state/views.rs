@@ -128,7 +128,7 @@ impl FarmState {
     pub fn worker_needs_context(&self, name: &str, digest: &str) -> bool {
         self.builds.values().any(|e| {
             !e.build.state.is_final()
-                && e.build.spec.context_digest == digest
+                && e.build.spec.uses_context(digest)
                 && e.build.jobs.iter().any(|j| {
                     matches!(j.state, JobState::Assigned | JobState::Running)
                         && j.worker.as_deref() == Some(name)
@@ -155,7 +155,7 @@ impl FarmState {
         self.builds
             .values()
             .filter(|e| !e.build.state.is_final())
-            .map(|e| e.build.spec.context_digest.clone())
+            .flat_map(|e| e.build.spec.contexts())
             .collect()
     }
 
