@@ -620,8 +620,7 @@ impl builds_server::Builds for Api {
         let farm = self.farm()?;
         // A context of another team is unknown to this one, with the same words; so is a
         // `--build-context NAME=DIR` it names.
-        let named = req.flags.uploaded_contexts().map(|(_, d)| d.to_owned());
-        for digest in std::iter::once(req.context_digest.clone()).chain(named) {
+        for digest in req.contexts() {
             if !farm
                 .contexts()
                 .held_by(&caller.team, &digest)

@@ -202,16 +202,10 @@ impl BuildSpec {
             }
             platforms.push(p);
         }
-        contexts::parse_digest(&req.context_digest)
-            .map_err(|e| InvalidRequest::Context(e.to_string()))?;
-        let context_path = contexts
-            .path(&req.context_digest)
-            .map_err(|e| InvalidRequest::Context(e.to_string()))?;
-        if !context_path.is_file() {
-            return Err(InvalidRequest::Context(format!(
-                "unknown context {}: upload it with the Contexts service first (the manifold CLI does this)",
-                req.context_digest
-            )));
+        let present = stored_context(contexts, &req.context_digest, "")?;
+        // Each uploaded `--build-context NAME=DIR` stays inside its root too.
+        for (name, digest) in req.flags.uploaded_contexts() {
+            stored_context(contexts, digest, &format!(" of --build-context {name}"))?;
         }
         let default = clean_dockerfile(if req.dockerfile.is_empty() {
             "Dockerfile"
@@ -235,35 +229,6 @@ impl BuildSpec {
                 });
             }
             dockerfiles.insert(p, clean_dockerfile(path)?);
-        }
-        let present = check_tar(&context_path).map_err(|e| match e {
-            TarProblem::Unreadable(e) => InvalidRequest::Context(format!(
-                "context {} is not a readable tar archive: {e}",
-                req.context_digest
-            )),
-            TarProblem::Escapes { entry, why } => InvalidRequest::Context(format!(
-                "context {} has the entry {entry}, which leaves the context: {why}; pack the context with the manifold CLI",
-                req.context_digest
-            )),
-        })?;
-        // Each uploaded `--build-context NAME=DIR` stays inside its root too.
-        for (name, digest) in req.flags.uploaded_contexts() {
-            let path = contexts
-                .path(digest)
-                .map_err(|e| InvalidRequest::Context(e.to_string()))?;
-            if !path.is_file() {
-                return Err(InvalidRequest::Context(format!(
-                    "unknown context {digest} for --build-context {name}: upload it with the Contexts service first (the manifold CLI does this)"
-                )));
-            }
-            check_tar(&path).map_err(|e| match e {
-                TarProblem::Unreadable(e) => InvalidRequest::Context(format!(
-                    "context {digest} of --build-context {name} is not a readable tar archive: {e}"
-                )),
-                TarProblem::Escapes { entry, why } => InvalidRequest::Context(format!(
-                    "context {digest} of --build-context {name} has the entry {entry}, which leaves the context: {why}; pack it with the manifold CLI"
-                )),
-            })?;
         }
         for d in dockerfiles.values() {
             if present.links.iter().any(|e| e == d) {
@@ -324,6 +289,13 @@ impl BuildSpec {
 }
 
 impl BuildRequest {
+    /// Every context the request names: its own, and each uploaded `--build-context NAME=DIR`.
+    pub fn contexts(&self) -> Vec<String> {
+        std::iter::once(self.context_digest.clone())
+            .chain(self.flags.uploaded_contexts().map(|(_, d)| d.to_owned()))
+            .collect()
+    }
+
     /// How long the build may take, queueing included: `--timeout`, else [`DEFAULT_BUILD_TIMEOUT`].
     pub fn timeout(&self) -> std::time::Duration {
         match self.timeout_seconds {
@@ -456,6 +428,32 @@ fn inside(path: &str) -> Option<Vec<&str>> {
 
 /// Reads a context tar's headers (seeking past the data) and checks every entry: no absolute
 /// path, no `..` component, no hard link to outside, no symbolic link resolving outside.
+/// Checks that context `digest` (`what` says which, e.g. ` of --build-context vendor`) is stored
+/// and stays inside its root; returns what it holds.
+fn stored_context(
+    contexts: &ContextStore,
+    digest: &str,
+    what: &str,
+) -> Result<TarListing, InvalidRequest> {
+    contexts::parse_digest(digest).map_err(|e| InvalidRequest::Context(e.to_string()))?;
+    let path = contexts
+        .path(digest)
+        .map_err(|e| InvalidRequest::Context(e.to_string()))?;
+    if !path.is_file() {
+        return Err(InvalidRequest::Context(format!(
+            "unknown context {digest}{what}: upload it with the Contexts service first (the manifold CLI does this)"
+        )));
+    }
+    check_tar(&path).map_err(|e| match e {
+        TarProblem::Unreadable(e) => InvalidRequest::Context(format!(
+            "context {digest}{what} is not a readable tar archive: {e}"
+        )),
+        TarProblem::Escapes { entry, why } => InvalidRequest::Context(format!(
+            "context {digest}{what} has the entry {entry}, which leaves the context: {why}; pack it with the manifold CLI"
+        )),
+    })
+}
+
 fn check_tar(path: &std::path::Path) -> Result<TarListing, TarProblem> {
     use crate::limits::quote;
     let file = std::fs::File::open(path).map_err(TarProblem::Unreadable)?;

@@ -411,8 +411,7 @@ impl Farm {
     ) -> Result<BuildId, FarmError> {
         let contexts = self.inner.contexts.clone();
         // A new leader may hold a context only in the registry replica.
-        let named = request.flags.uploaded_contexts().map(|(_, d)| d.to_owned());
-        for digest in std::iter::once(request.context_digest.clone()).chain(named) {
+        for digest in request.contexts() {
             if let Ok(false) = contexts.has(&digest)
                 && let Err(e) = contexts.ensure_local(&digest).await
             {
