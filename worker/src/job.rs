@@ -346,7 +346,7 @@ async fn check_and_push(
     logs.line(format!("built image {} for {}", built.id, job.platform));
     let through_daemon = match &options.push_proxy {
         Some(proxy) if proxy.unreachable().is_none() => {
-            match push::push_through_daemon(
+            match crate::push_proxy::push_through_daemon(
                 engine,
                 &built,
                 target,
@@ -358,7 +358,7 @@ async fn check_and_push(
             .await
             {
                 Ok(pushed) => Some(pushed),
-                Err(push::DaemonPush::Unreachable(why)) => {
+                Err(crate::push_proxy::DaemonPush::Unreachable(why)) => {
                     logs.line(format!(
                         "the daemon cannot reach this worker's push front at {} ({why}); pushing by docker save from now on",
                         proxy.addr()
@@ -366,7 +366,7 @@ async fn check_and_push(
                     proxy.mark_unreachable(why);
                     None
                 }
-                Err(push::DaemonPush::Failed(e)) => return Err(push_failure(e)),
+                Err(crate::push_proxy::DaemonPush::Failed(e)) => return Err(push_failure(e)),
             }
         }
         _ => None,

@@ -41,7 +41,11 @@ use oci_client::Reference;
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::push::{CHUNK_BYTES, PushedImage};
+use oci_client::RegistryOperation;
+
+use crate::docker::{BuiltImage, DockerEngine};
+use crate::job::LogSink;
+use crate::push::{CHUNK_BYTES, PushError, PushTarget, PushedImage};
 
 /// The first path component of every repository the daemon pushes to here.
 pub const PREFIX: &str = "manifold-push";
@@ -433,7 +437,7 @@ async fn route_request(
         );
     };
     match (method, target) {
-        (Method::HEAD | Method::GET, Target::Blob(_, digest)) => match route.stat(digest).await {
+        (Method::HEAD, Target::Blob(_, digest)) => match route.stat(digest).await {
             Ok(Some(size)) => {
                 lock(&route.seen).present.insert(digest.to_owned());
                 let mut h = HeaderMap::new();
@@ -659,9 +663,128 @@ fn rechunk(
     )
 }
 
+/// Why [`push_through_daemon`] did not push.
+#[derive(Debug)]
+pub enum DaemonPush {
+    /// The daemon cannot reach the worker's loopback (it runs on another machine or in a VM):
+    /// push by `docker save` instead.
+    Unreachable(String),
+    /// The push failed.
+    Failed(PushError),
+}
+
+/// Pushes `image` to `target` by digest through the daemon and the worker's loopback front (this
+/// module): the image is tagged `127.0.0.1:PORT/manifold-push/<token>:push`
+/// (recorded in `local_tags` until removed), the daemon pushes that tag to the front, and the front
+/// sends the target repository only the blobs it lacks, and the manifest by digest.
+pub async fn push_through_daemon(
+    engine: &DockerEngine,
+    image: &BuiltImage,
+    target: &PushTarget,
+    proxy: &PushProxy,
+    local_tags: &crate::local_tags::LocalTags,
+    logs: &LogSink,
+    cancel: &CancellationToken,
+) -> Result<PushedImage, DaemonPush> {
+    let (session, repository) = crate::push::open(target, logs)
+        .await
+        .map_err(DaemonPush::Failed)?;
+    session
+        .authenticate(
+            &repository,
+            RegistryOperation::Push,
+            &format!("authenticating to push to {}", target.repository),
+        )
+        .await
+        .map_err(|e| DaemonPush::Failed(e.into()))?;
+    let (local, route) = proxy.open(session, repository);
+    const TAG: &str = "push";
+    let name = format!("{local}:{TAG}");
+    if let Err(e) = local_tags.record(&name) {
+        tracing::warn!(tag = %name, error = %e, "cannot record the local tag: a crash would leave it");
+    }
+    let result = async {
+        engine
+            .tag(&image.id, &local, TAG)
+            .await
+            .map_err(|e| DaemonPush::Failed(e.into()))?;
+        let pushed = tokio::select! {
+            () = cancel.cancelled() => return Err(DaemonPush::Failed(PushError::Cancelled)),
+            r = engine.push(&local, TAG) => r,
+        };
+        if let Err(text) = pushed {
+            if let Some(e) = route.failure() {
+                return Err(DaemonPush::Failed(e.into()));
+            }
+            if daemon_cannot_reach(&text) {
+                return Err(DaemonPush::Unreachable(text));
+            }
+            return Err(DaemonPush::Failed(PushError::Archive(format!(
+                "the daemon's push to the worker's front failed: {text}"
+            ))));
+        }
+        route.pushed().ok_or_else(|| {
+            DaemonPush::Failed(PushError::Archive(
+                "the daemon's push ended without pushing a manifest".into(),
+            ))
+        })
+    }
+    .await;
+    route.close();
+    match engine.untag(&name).await {
+        Ok(()) => local_tags.forget(&name),
+        Err(e) => tracing::warn!(tag = %name, error = %e, "cannot remove the daemon-local tag"),
+    }
+    if result.is_ok() {
+        let t = route.tally();
+        logs.line(format!(
+            "pushed {} blob(s) to {} by digest through the daemon: {} already there, {} mounted, {} uploaded ({:.1} MiB)",
+            t.present + t.mounted + t.uploaded,
+            target.repository,
+            t.present,
+            t.mounted,
+            t.uploaded,
+            t.uploaded_bytes as f64 / (1024.0 * 1024.0)
+        ));
+    }
+    result
+}
+
+/// Whether the daemon's push error says it could not connect to the front at all.
+fn daemon_cannot_reach(text: &str) -> bool {
+    [
+        "connection refused",
+        "no route to host",
+        "i/o timeout",
+        "dial tcp",
+        "connect: ",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_connection_failure_to_the_front_means_the_daemon_cannot_reach_it() {
+        let cases = [
+            (
+                "Get \"http://127.0.0.1:40123/v2/\": dial tcp 127.0.0.1:40123: connect: connection refused",
+                true,
+            ),
+            ("dial tcp 127.0.0.1:40123: i/o timeout", true),
+            (
+                "received unexpected HTTP status: 503 Service Unavailable",
+                false,
+            ),
+            ("blob upload unknown", false),
+        ];
+        for (text, unreachable) in cases {
+            assert_eq!(daemon_cannot_reach(text), unreachable, "{text}");
+        }
+    }
 
     #[test]
     fn request_paths_name_their_target() {
