@@ -153,21 +153,28 @@ impl Api {
         }
     }
 
-    /// The build `id`, if `caller` may see it.
-    fn visible_build(
-        &self,
-        farm: &Farm,
-        id: BuildId,
-        caller: &Caller,
-    ) -> Result<build::Build, Status> {
-        let b = farm.get(id).map_err(status)?;
-        if !caller.sees(&b.team) {
+    /// Whether `caller` may see build `id` (held in full or only in the store; its record is
+    /// not read).
+    fn check_visible(&self, farm: &Farm, id: BuildId, caller: &Caller) -> Result<(), Status> {
+        let team = farm.team_of(id).map_err(status)?;
+        if !caller.sees(&team) {
             return Err(Status::permission_denied(format!(
                 "build {id} belongs to another team; `{}` may only see builds of team `{}`",
                 caller.name, caller.team
             )));
         }
-        Ok(b)
+        Ok(())
+    }
+
+    /// The build `id`, if `caller` may see it (read from the store when it was evicted).
+    async fn visible_build(
+        &self,
+        farm: &Farm,
+        id: BuildId,
+        caller: &Caller,
+    ) -> Result<build::Build, Status> {
+        self.check_visible(farm, id, caller)?;
+        farm.find(id).await.map_err(status)
     }
 
     /// The worker identity of an `Attach` or `DownloadContext` call: the certificate's name and
@@ -257,6 +264,7 @@ fn status(e: impl Into<ApiError>) -> Status {
             Status::resource_exhausted(e.to_string())
         }
         ApiError::Farm(e @ FarmError::Store(_)) => Status::unavailable(e.to_string()),
+        ApiError::Farm(e @ FarmError::Page(_)) => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -646,7 +654,7 @@ impl builds_server::Builds for Api {
         let id = parse_build_id(&request.get_ref().build_id)?;
         let farm = self.farm()?;
         // Fail fast on an unknown or hidden build, before the stream starts.
-        self.visible_build(&farm, id, &caller)?;
+        self.check_visible(&farm, id, &caller)?;
         // A build restored from the store (a restart, a failover) lost its earlier lines from
         // its history: they come from the durable logs first, and the history after them.
         let replay = farm.replay(id).await.map_err(status)?;
@@ -661,7 +669,7 @@ impl builds_server::Builds for Api {
             }
             let mut next = 0usize;
             loop {
-                let Ok((events, mut changed, ended)) = farm.events(id, next) else {
+                let Ok((events, mut changed, ended)) = farm.history(id, next).await else {
                     return;
                 };
                 next += events.len();
@@ -694,7 +702,7 @@ impl builds_server::Builds for Api {
     ) -> Result<Response<v1::Build>, Status> {
         let caller = self.admitted(self.caller(&request)).await?;
         let id = parse_build_id(&request.get_ref().build_id)?;
-        let b = self.visible_build(&self.farm()?, id, &caller)?;
+        let b = self.visible_build(&self.farm()?, id, &caller).await?;
         Ok(Response::new(build_to_wire(&b)))
     }
 
@@ -714,8 +722,7 @@ impl builds_server::Builds for Api {
         };
         // A listing carries summaries: no build args, labels or output tails (`Builds.Get` has
         // them), so that its size is bounded by the number of builds.
-        let page = (self.farm()?.list(&q, &caller))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let page = self.farm()?.list(&q, &caller).await.map_err(status)?;
         let builds = (page.items.iter())
             .map(|b| {
                 let mut b = build_to_wire(b);
@@ -745,7 +752,7 @@ impl builds_server::Builds for Api {
         let caller = self.admitted(self.caller(&request)).await?;
         let id = parse_build_id(&request.get_ref().build_id)?;
         let farm = self.farm()?;
-        self.visible_build(&farm, id, &caller)?;
+        self.check_visible(&farm, id, &caller)?;
         let b = farm.cancel(id).await.map_err(status)?;
         Ok(Response::new(v1::CancelBuildResponse {
             build: Some(build_to_wire(&b)),
@@ -760,7 +767,7 @@ impl builds_server::Builds for Api {
         let id = parse_build_id(&request.get_ref().build_id)?;
         let farm = self.farm()?;
         // Same team or admin: another team's build is PermissionDenied before the farm acts.
-        self.visible_build(&farm, id, &caller)?;
+        self.check_visible(&farm, id, &caller)?;
         let b = farm.republish(id, &caller).await.map_err(status)?;
         Ok(Response::new(v1::PublishBuildResponse {
             build: Some(build_to_wire(&b)),
@@ -781,7 +788,7 @@ impl builds_server::Builds for Api {
             .transpose()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let farm = self.farm()?;
-        self.visible_build(&farm, id, &caller)?;
+        self.check_visible(&farm, id, &caller)?;
         let lines = farm
             .logs(id, only.as_ref())
             .await

@@ -361,8 +361,11 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
 /// Parses `30s`, `2m`, `500ms`, `1h` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     use std::time::Duration;
-    let err =
-        || format!("invalid duration `{s}`: expected a number with a unit, e.g. 30s, 2m, 500ms");
+    let err = || {
+        format!(
+            "invalid duration `{s}`: expected a number with a unit, e.g. 30s, 2m, 500ms, 1h, 30d"
+        )
+    };
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, "s"), |i| s.split_at(i));
@@ -372,6 +375,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
+        "d" => Ok(Duration::from_secs(n * 86_400)),
         _ => Err(err()),
     }
 }

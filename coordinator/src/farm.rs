@@ -18,6 +18,8 @@
 //! - a message goes only to the session the state addressed: a worker that reattached meanwhile
 //!   does not get its earlier session's messages.
 
+mod catalog;
+pub mod history;
 mod publish_retry;
 mod publisher;
 mod retry;
@@ -47,7 +49,7 @@ use crate::paging::{Page, PageError, PageQuery};
 use crate::scheduler::{QueuedJob, Team};
 use crate::store::{StateStore, StoreError};
 use manifold_registry::RegistryConfig;
-pub use state::{Effects, FarmState, Now, PublishFailure, Session};
+pub use state::{Effects, FarmState, Listed, Now, PublishFailure, Retired, Session};
 pub use workers::{WorkerHealth, WorkerHello, WorkerView};
 use writer::{Batch, durable, write_loop};
 
@@ -81,6 +83,9 @@ pub struct FarmConfig {
     /// How long a fully built build keeps retrying its list push after transient registry
     /// failures before it fails (its platforms kept for `manifold publish`); default 10 min.
     pub publish_window: Duration,
+    /// How many finished builds stay in memory and for how long, and how long the store keeps
+    /// them ([`history`]).
+    pub history: history::HistoryPolicy,
 }
 
 impl FarmConfig {
@@ -104,6 +109,7 @@ impl Default for FarmConfig {
             preemption_grace: None,
             repositories: Default::default(),
             publish_window: publish_retry::DEFAULT_WINDOW,
+            history: Default::default(),
         }
     }
 }
@@ -228,6 +234,9 @@ pub enum FarmError {
     /// The state store refused or failed a write.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A page that cannot be made.
+    #[error(transparent)]
+    Page(#[from] PageError),
 }
 
 /// A handle to the farm; cheap to clone.
@@ -258,6 +267,9 @@ struct Shared {
     histories: HashMap<BuildId, watch::Sender<usize>>,
     /// Builds whose manifest list is being pushed; cancelling one stops its push.
     publishing: HashMap<BuildId, CancellationToken>,
+    /// Builds deleted since the store was last compacted, and when that was.
+    deleted_since_compaction: usize,
+    compacted_at: Option<Instant>,
 }
 
 impl Farm {
@@ -272,7 +284,7 @@ impl Farm {
         tasks: TaskTracker,
         term: CancellationToken,
     ) -> Result<Self, FarmError> {
-        let builds = store.load().await?;
+        let (builds, summaries) = load_held(&*store, &config.history).await?;
         let (writes, rx) = mpsc::unbounded_channel();
         tasks.spawn(write_loop(store.clone(), rx, term.clone()));
         let farm = Self {
@@ -283,6 +295,8 @@ impl Farm {
                     sessions: HashMap::new(),
                     histories: HashMap::new(),
                     publishing: HashMap::new(),
+                    deleted_since_compaction: 0,
+                    compacted_at: None,
                 }),
                 config,
                 tasks,
@@ -293,7 +307,7 @@ impl Farm {
         };
         {
             let mut sh = farm.lock();
-            let effects = sh.state.restore(builds, now());
+            let effects = sh.state.restore(builds, summaries, now());
             farm.apply(&mut sh, effects, None);
         }
         let ticking = farm.clone();
@@ -374,6 +388,8 @@ impl Farm {
             messages,
             logs,
             read_logs: None,
+            delete: Vec::new(),
+            compact: false,
             done,
         };
         if let Err(mpsc::error::SendError(batch)) = self.inner.writes.send(batch)
@@ -445,8 +461,13 @@ impl Farm {
         Ok(id)
     }
 
-    /// `manifold publish ID` ([`FarmState::republish`]); returns once the build is durable.
+    /// `manifold publish ID` ([`FarmState::republish`]); returns once the build is durable. An
+    /// evicted build is read from the store and held again first ([`FarmState::readmit`]).
     pub async fn republish(&self, id: BuildId, by: &Caller) -> Result<Build, FarmError> {
+        if self.evicted(id) {
+            let build = self.find(id).await?;
+            self.lock().state.readmit(build, now());
+        }
         let (build, written) = {
             let mut sh = self.lock();
             let (build, effects) = sh.state.republish(id, &by.name, now())?;
@@ -456,14 +477,103 @@ impl Farm {
         Ok(build)
     }
 
-    /// A snapshot of a build.
+    /// A snapshot of a build the farm holds in full (unfinished, or finished recently); see
+    /// [`Farm::find`] for any build of the store.
     pub fn get(&self, id: BuildId) -> Result<Build, FarmError> {
         self.lock().state.get(id)
     }
 
-    /// The page of the builds that `by` may see that `q` asks for, newest first.
-    pub fn list(&self, q: &PageQuery, by: &Caller) -> Result<Page<Build>, PageError> {
+    /// A snapshot of any build of the store: held in full, or read from the store (evicted).
+    pub async fn find(&self, id: BuildId) -> Result<Build, FarmError> {
+        {
+            let sh = self.lock();
+            if sh.state.holds(id) {
+                return sh.state.get(id);
+            }
+            if sh.state.team_of(id).is_none() {
+                return Err(FarmError::UnknownBuild(id));
+            }
+        }
+        self.read_stored(&[id])
+            .await?
+            .pop()
+            .ok_or(FarmError::UnknownBuild(id))
+    }
+
+    /// Whether `id` is a build of the store that the farm does not hold in full.
+    fn evicted(&self, id: BuildId) -> bool {
+        let sh = self.lock();
+        !sh.state.holds(id) && sh.state.team_of(id).is_some()
+    }
+
+    /// The team of any build of the store, without reading its record.
+    pub fn team_of(&self, id: BuildId) -> Result<String, FarmError> {
+        (self.lock().state.team_of(id).map(str::to_owned)).ok_or(FarmError::UnknownBuild(id))
+    }
+
+    /// The stored records of `ids` (those the store holds), once every record handed to the
+    /// writer is durable.
+    async fn read_stored(&self, ids: &[BuildId]) -> Result<Vec<Build>, FarmError> {
+        self.flush().await?;
+        Ok(self.inner.store.load_builds(ids).await?)
+    }
+
+    /// Waits until the writer has written every record handed to it so far.
+    async fn flush(&self) -> Result<(), FarmError> {
+        let (tx, rx) = oneshot::channel();
+        let flush = Batch {
+            builds: Vec::new(),
+            messages: Vec::new(),
+            logs: Vec::new(),
+            read_logs: None,
+            delete: Vec::new(),
+            compact: false,
+            done: Some(tx),
+        };
+        if self.inner.writes.send(flush).is_ok() {
+            durable(rx).await?;
+        }
+        Ok(())
+    }
+
+    /// The page of the builds that `by` may see that `q` asks for, newest first; evicted builds
+    /// are read from the store (one read for the page).
+    pub async fn list(&self, q: &PageQuery, by: &Caller) -> Result<Page<Build>, FarmError> {
+        let page = self.lock().state.list(q, by)?;
+        let evicted: Vec<BuildId> = (page.items.iter())
+            .filter_map(|l| match l {
+                Listed::Stored(id) => Some(*id),
+                Listed::Held(_) => None,
+            })
+            .collect();
+        let mut stored: HashMap<BuildId, Build> = if evicted.is_empty() {
+            HashMap::new()
+        } else {
+            (self.read_stored(&evicted).await?.into_iter())
+                .map(|b| (b.id, b))
+                .collect()
+        };
+        let items = (page.items.into_iter())
+            .filter_map(|l| match l {
+                Listed::Held(b) => Some(*b),
+                // Deleted meanwhile: left out.
+                Listed::Stored(id) => stored.remove(&id),
+            })
+            .collect();
+        Ok(Page {
+            items,
+            next_before: page.next_before,
+        })
+    }
+
+    /// Like [`Farm::list`] without reading the store: evicted builds by id only.
+    pub fn list_held(&self, q: &PageQuery, by: &Caller) -> Result<Page<Listed>, PageError> {
         self.lock().state.list(q, by)
+    }
+
+    /// How many builds the farm lists, and how many it holds in full.
+    pub fn counts(&self) -> (usize, usize) {
+        self.lock().state.counts()
     }
 
     /// Usage per team: the configured teams and any other team with running or queued jobs.
@@ -494,6 +604,28 @@ impl Farm {
         Ok((events, changed, ended))
     }
 
+    /// Events of any build of the store from `from` on, a receiver that changes when more
+    /// arrive, and whether the history has ended. An evicted build (finished) tells its
+    /// history from its stored record and logs ([`state::record_history`]); for a watcher that
+    /// saw part of its history before it was evicted (`from` > 0), only its end.
+    pub async fn history(
+        &self,
+        id: BuildId,
+        from: usize,
+    ) -> Result<(Vec<Event>, watch::Receiver<usize>, bool), FarmError> {
+        match self.events(id, from) {
+            Err(FarmError::UnknownBuild(_)) if self.team_of(id).is_ok() => {}
+            other => return other,
+        }
+        let build = self.find(id).await?;
+        let lines = self.logs(id, None).await?;
+        let mut events = state::record_history(&build, &lines, "from the stored record", now_ms());
+        if from > 0 {
+            events = events.split_off(events.len().saturating_sub(1));
+        }
+        Ok((events, watch::channel(0).1, true))
+    }
+
     /// A build's stored output (of `only` when given), oldest first, with a marker where the
     /// per-platform bound dropped lines ([`crate::logs`]); lines still buffered are written first.
     pub async fn logs(
@@ -520,6 +652,10 @@ impl Farm {
         let (tx, rx) = oneshot::channel();
         let since = {
             let sh = self.lock();
+            if !sh.state.holds(id) && sh.state.team_of(id).is_some() {
+                // Evicted: [`Farm::history`] tells its lines with the rest of its record.
+                return Ok(Vec::new());
+            }
             let Some(since) = sh.state.lines_since_restore(id)? else {
                 return Ok(Vec::new());
             };
@@ -549,13 +685,19 @@ impl Farm {
             messages: Vec::new(),
             logs: Vec::new(),
             read_logs: Some((id, answer)),
+            delete: Vec::new(),
+            compact: false,
             done: None,
         };
         self.inner.writes.send(read).map_err(|_| ())
     }
 
-    /// Cancels a build: unfinished jobs stop, no tag is written.
+    /// Cancels a build: unfinished jobs stop, no tag is written. An evicted build has ended:
+    /// it is returned as stored.
     pub async fn cancel(&self, id: BuildId) -> Result<Build, FarmError> {
+        if self.evicted(id) {
+            return self.find(id).await;
+        }
         let (build, written) = {
             let mut sh = self.lock();
             let (build, effects) = sh.state.cancel(id, now())?;
@@ -660,13 +802,48 @@ impl Farm {
         self.transition(|st, _| st.draining(session));
     }
 
-    /// Housekeeping at time `now` ([`FarmState::tick`]).
+    /// Housekeeping at time `now` ([`FarmState::tick`]), then a history pass
+    /// ([`FarmState::retire`]): evicted builds lose their watch channel, deleted ones are
+    /// deleted from the store by the writer (after every record handed to it before), which
+    /// compacts the store when [`history::compaction_due`] says so.
     pub fn tick(&self, now: Instant) {
         let now = Now {
             at: now,
             ms: now_ms(),
         };
         self.transition(|st, _| st.tick(now));
+        let mut sh = self.lock();
+        let retired = sh.state.retire(now);
+        for id in retired.evicted.iter().chain(&retired.deleted) {
+            sh.histories.remove(id);
+        }
+        if !retired.evicted.is_empty() || !retired.deleted.is_empty() {
+            tracing::debug!(
+                evicted = retired.evicted.len(),
+                deleted = retired.deleted.len(),
+                "history pass"
+            );
+        }
+        sh.deleted_since_compaction += retired.deleted.len();
+        let since = sh
+            .compacted_at
+            .map(|at| now.at.saturating_duration_since(at));
+        let compact = history::compaction_due(sh.deleted_since_compaction, retired.drained, since);
+        if compact {
+            (sh.deleted_since_compaction, sh.compacted_at) = (0, Some(now.at));
+        }
+        if retired.deleted.is_empty() && !compact {
+            return;
+        }
+        let _ = self.inner.writes.send(Batch {
+            builds: Vec::new(),
+            messages: Vec::new(),
+            logs: Vec::new(),
+            read_logs: None,
+            delete: retired.deleted,
+            compact,
+            done: None,
+        });
     }
 
     /// Cancelled when this farm's term ends.
@@ -697,6 +874,40 @@ async fn stored(rx: oneshot::Receiver<StoredChunks>) -> Result<Vec<logs::LogChun
             "the state writer stopped before reading the build's logs".into(),
         ))
     })?)
+}
+
+/// What a starting farm holds in full: every unfinished build, the finished ones its history
+/// window keeps ([`history::held_at_start`]) and the builds that unfinished ones joined; with the
+/// summary of every build of the store.
+async fn load_held(
+    store: &dyn StateStore,
+    policy: &history::HistoryPolicy,
+) -> Result<(Vec<Build>, Vec<crate::store::BuildSummary>), FarmError> {
+    let summaries = store.summaries().await?;
+    let mut finished: Vec<(i64, BuildId)> = (summaries.iter())
+        .filter(|s| s.state.is_final())
+        .map(|s| (s.finished_at_ms.unwrap_or(s.created_at_ms), s.id))
+        .collect();
+    finished.sort();
+    let mut ids: Vec<BuildId> = (summaries.iter())
+        .filter(|s| !s.state.is_final())
+        .map(|s| s.id)
+        .collect();
+    ids.extend(history::held_at_start(&finished, now_ms(), policy));
+    let mut builds = store.load_builds(&ids).await?;
+    let loaded: std::collections::HashSet<BuildId> = builds.iter().map(|b| b.id).collect();
+    let leaders: Vec<BuildId> = (builds.iter())
+        .filter(|b| !b.state.is_final())
+        .filter_map(|b| match b.reused {
+            Some(crate::build::Reused::Joined(leader)) => Some(leader),
+            _ => None,
+        })
+        .filter(|l| !loaded.contains(l))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    builds.extend(store.load_builds(&leaders).await?);
+    Ok((builds, summaries))
 }
 
 /// The time now, for a transition.

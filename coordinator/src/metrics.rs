@@ -3,7 +3,7 @@
 //! Everything is read from what the farm already exposes, so the farm knows nothing of metrics:
 //! - **snapshots**, taken at each scrape: builds and jobs by state, queue depth per platform and
 //!   team, workers by state with their free and used slots, team weights, context store bytes,
-//!   leader status;
+//!   builds in the store and builds held in memory in full, leader status;
 //! - **events**, each build's history (`Farm::events`), read incrementally from a cursor per
 //!   unfinished build: assignments, the wait of each job from queued to assigned, job durations
 //!   from running to their end, retries and failures by cause, refusals, preemptions, finished
@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::Caller;
 use crate::api::Role;
 use crate::build::{BuildState, Event, EventKind, JobState, now_ms};
-use crate::farm::Farm;
+use crate::farm::{Farm, Listed};
 use crate::paging::PageQuery;
 
 /// Why a job left its worker and went back to the queue, read from the farm's requeue event.
@@ -207,6 +207,8 @@ struct Families {
     slots: Family<PlatformState, Gauge>,
     team_weight: Family<TeamLabels, Gauge>,
     context_bytes: Gauge,
+    builds_stored: Gauge,
+    builds_held: Gauge,
 }
 
 impl Families {
@@ -230,6 +232,8 @@ impl Families {
             slots: Family::default(),
             team_weight: Family::default(),
             context_bytes: Gauge::default(),
+            builds_stored: Gauge::default(),
+            builds_held: Gauge::default(),
         };
         let r = registry;
         r.register(
@@ -325,6 +329,16 @@ impl Families {
             "Bytes of build contexts stored on this coordinator",
             prometheus_client::registry::Unit::Bytes,
             f.context_bytes.clone(),
+        );
+        r.register(
+            "manifold_builds_stored",
+            "Builds in the state store (each listed by a summary in memory), until retention deletes them",
+            f.builds_stored.clone(),
+        );
+        r.register(
+            "manifold_builds_held",
+            "Builds held in memory in full: the unfinished ones and the recently finished ones (--keep-finished, --keep-finished-for)",
+            f.builds_held.clone(),
         );
         f
     }
@@ -478,17 +492,23 @@ impl Tracker {
         // New builds, newest first, up to the newest one already seen.
         let mut fresh = Vec::new();
         let mut q = PageQuery::newest(64);
-        while let Ok(page) = farm.list(&q, &admin) {
-            let known = page.items.iter().position(|b| Some(b.id) == self.newest);
+        // Builds evicted before they were seen (finished) are not counted.
+        let mut newest = None;
+        while let Ok(page) = farm.list_held(&q, &admin) {
+            newest = newest.or(page.items.first().map(Listed::id));
+            let known = page.items.iter().position(|b| Some(b.id()) == self.newest);
             let n = known.unwrap_or(page.items.len());
-            fresh.extend(page.items.into_iter().take(n));
+            fresh.extend(page.items.into_iter().take(n).filter_map(|l| match l {
+                Listed::Held(b) => Some(*b),
+                Listed::Stored(_) => None,
+            }));
             match page.next_before {
                 Some(before) if known.is_none() => q.before = Some(before),
                 _ => break,
             }
         }
-        if let Some(b) = fresh.first() {
-            self.newest = Some(b.id);
+        if newest.is_some() {
+            self.newest = newest;
         }
         for build in fresh.iter().rev() {
             if baseline && build.state.is_final() {
@@ -659,6 +679,8 @@ fn clear_snapshot(f: &Families) {
     f.slots.clear();
     f.team_weight.clear();
     f.context_bytes.set(0);
+    f.builds_stored.set(0);
+    f.builds_held.set(0);
 }
 
 /// Refills the gauges from the farm's current state.
@@ -757,6 +779,9 @@ fn snapshot(f: &Families, tracker: &Tracker, farm: &Farm, now_ms: i64) {
     }
     f.context_bytes
         .set(i64::try_from(farm.contexts().bytes()).unwrap_or(i64::MAX));
+    let (stored, held) = farm.counts();
+    f.builds_stored.set(stored as i64);
+    f.builds_held.set(held as i64);
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown`.

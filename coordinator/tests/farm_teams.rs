@@ -86,6 +86,7 @@ async fn builds_belong_to_the_submitters_team_and_lists_show_only_the_callers_te
     let seen: Vec<BuildId> = f
         .farm
         .list(&PageQuery::newest(10), &member("mobile"))
+        .await
         .unwrap()
         .items
         .iter()
@@ -99,6 +100,7 @@ async fn builds_belong_to_the_submitters_team_and_lists_show_only_the_callers_te
     assert_eq!(
         f.farm
             .list(&PageQuery::newest(10), &admin)
+            .await
             .unwrap()
             .items
             .len(),

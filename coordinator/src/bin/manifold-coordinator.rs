@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use manifold_coordinator::config::parse_duration;
 use manifold_coordinator::{
     Config, FileConfig, StoreConfig, TlsConfig, Transport, farm::FarmConfig,
+    farm::history::HistoryPolicy,
 };
 use manifold_registry::RegistryConfig;
 use tokio_util::sync::CancellationToken;
@@ -86,6 +87,19 @@ struct Args {
     /// platforms are kept, and `manifold publish ID` pushes the list again later.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     publish_window: Duration,
+    /// Finished builds kept in memory in full (record, history, output lines), at most 100000;
+    /// beyond that, and after --keep-finished-for, a finished build keeps only a summary in
+    /// memory and is read from the state store when asked for (`manifold build-status`, `watch`,
+    /// `logs`, `builds`, `publish`).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    keep_finished: u64,
+    /// How long a finished build stays in memory in full after it finished (see --keep-finished).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    keep_finished_for: Duration,
+    /// How long the state store keeps a finished build (its record and its logs) after it
+    /// finished, e.g. 30d, 72h; 0 keeps every build.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    retention: Duration,
     /// Keep state in etcd instead of the state dir, and elect a leader among the coordinators that
     /// share it: comma-separated member URLs, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379.
     #[arg(
@@ -275,6 +289,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             assign_timeout: args.assign_timeout,
             stuck_after: args.stuck_after,
             publish_window: args.publish_window,
+            history: HistoryPolicy {
+                keep_finished: args.keep_finished as usize,
+                keep_finished_for: args.keep_finished_for,
+                retention: (!args.retention.is_zero()).then_some(args.retention),
+            },
             registry: RegistryConfig {
                 insecure: args.insecure_registries,
             },

@@ -276,14 +276,21 @@ impl Overview {
             row.jobs += 1;
             row.oldest_wait_ms = row.oldest_wait_ms.max(waited);
         }
-        // The newest page: the dashboard shows running builds and the last finished ones.
-        let builds = farm
-            .list(
+        // The newest page: the dashboard shows running builds and the last finished ones (those
+        // the farm holds in full; evicted ones are left out).
+        let builds: Vec<_> = farm
+            .list_held(
                 &crate::paging::PageQuery::newest(crate::paging::MAX_PAGE),
                 caller,
             )
             .map(|p| p.items)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|l| match l {
+                crate::farm::Listed::Held(b) => Some(*b),
+                crate::farm::Listed::Stored(_) => None,
+            })
+            .collect();
         let mut workers: Vec<WorkerRow> = farm.workers().iter().map(WorkerRow::of).collect();
         workers.sort_by(|a, b| a.name.cmp(&b.name));
         Self::new(

@@ -40,9 +40,12 @@ use crate::scheduler::{JobMeta, PreemptCause, Preemption, Scheduler};
 mod joins;
 mod publishing;
 mod sessions;
+mod stored;
 mod views;
 
 pub use publishing::PublishFailure;
+pub use stored::{Retired, record_history};
+pub use views::Listed;
 pub use views::SinceRestore;
 
 /// Log lines kept in a build's history; later lines still reach the job's tail.
@@ -92,8 +95,8 @@ pub struct Effects {
 pub struct FarmState {
     config: FarmConfig,
     builds: HashMap<BuildId, BuildEntry>,
-    /// Build ids in submission order.
-    order: Vec<BuildId>,
+    /// Every build the store holds, held in full or not, in submission order.
+    catalog: super::catalog::Catalog,
     /// Which build each job belongs to.
     job_build: HashMap<JobId, BuildId>,
     scheduler: Scheduler,
@@ -156,7 +159,7 @@ impl FarmState {
         Self {
             config,
             builds: HashMap::new(),
-            order: Vec::new(),
+            catalog: Default::default(),
             job_build: HashMap::new(),
             scheduler,
             workers: BTreeMap::new(),
@@ -177,100 +180,6 @@ impl FarmState {
     /// The configuration.
     pub fn config(&self) -> &FarmConfig {
         &self.config
-    }
-
-    /// Takes back what the store holds: unfinished builds resume (queued jobs queue again,
-    /// running ones wait `worker_lease` for their worker to restate them, fully built ones are
-    /// published); a build that lost its secrets with jobs still to start fails.
-    pub fn restore(&mut self, mut builds: Vec<Build>, now: Now) -> Effects {
-        builds.sort_by_key(|b| b.created_at_ms);
-        let restored = builds.len();
-        let mut to_publish = Vec::new();
-        for build in builds {
-            let id = build.id;
-            let mut entry = BuildEntry {
-                build,
-                events: Vec::new(),
-                announced: 0,
-                dirty: false,
-                restored: true,
-            };
-            for j in entry.build.jobs.clone() {
-                self.job_build.insert(j.id, id);
-                // A build following another has no attempt of its own ([`joins`]).
-                if !entry.build.state.is_final() && entry.build.reused.is_none() {
-                    match j.state {
-                        JobState::Queued => {
-                            let meta = job_meta(&entry.build, &j.platform, &self.warm);
-                            self.scheduler
-                                .enqueue_job(j.id, j.platform.clone(), meta, now.at);
-                        }
-                        JobState::Assigned | JobState::Running => {
-                            self.orphans
-                                .insert(j.id, (j.attempt, now.at + self.config.worker_lease));
-                        }
-                        _ => {}
-                    }
-                }
-                record(
-                    &mut entry,
-                    EventKind::JobState {
-                        platform: j.platform.clone(),
-                        state: j.state,
-                        worker: j.worker.clone(),
-                        attempt: j.attempt,
-                        message: "restored from the state store".into(),
-                    },
-                    now,
-                );
-            }
-            if entry.build.state.is_final() {
-                let finished = EventKind::Finished {
-                    state: entry.build.state,
-                    manifest_digest: entry.build.manifest.as_ref().map(|m| m.0.clone()),
-                    error: entry.build.error.clone(),
-                };
-                record(&mut entry, finished, now);
-            } else {
-                self.deadlines.insert(id, entry.build.deadline_ms());
-                if entry
-                    .build
-                    .jobs
-                    .iter()
-                    .all(|j| j.state == JobState::Succeeded)
-                {
-                    to_publish.push(id);
-                }
-            }
-            entry.dirty = false;
-            self.builds.insert(id, entry);
-            self.order.push(id);
-        }
-        to_publish.extend(self.relink_after_restore(now));
-        for id in to_publish {
-            self.publish(id, now);
-        }
-        // Secrets were held in memory by the coordinator before this one: a build that still
-        // has a job to start cannot get them back.
-        let lost: Vec<(BuildId, Vec<String>)> = self
-            .builds
-            .values()
-            .filter(|e| !e.build.state.is_final() && !e.build.spec.flags.secret_ids.is_empty())
-            .filter(|e| e.build.jobs.iter().any(|j| j.state == JobState::Queued))
-            .map(|e| (e.build.id, e.build.spec.flags.secret_ids.clone()))
-            .collect();
-        for (id, ids) in lost {
-            let error = format!(
-                "the coordinator restarted before every platform started, and the build's secrets ({}) are kept in memory only: submit the build again",
-                ids.join(", ")
-            );
-            self.end_build(id, BuildState::Failed, Some(error), None, now);
-        }
-        if restored > 0 {
-            tracing::info!(builds = restored, "state restored");
-        }
-        self.dispatch(now);
-        self.take_effects()
     }
 
     /// Queues a validated build of `by`'s team, one job per platform: [`FarmState::new_build`]
@@ -342,7 +251,10 @@ impl FarmState {
                 restored: false,
             },
         );
-        self.order.push(id);
+        self.catalog.insert(
+            &crate::store::BuildSummary::from(&self.builds[&id].build),
+            true,
+        );
         if !secrets.is_empty() {
             self.secrets.insert(id, secrets);
         }
@@ -519,6 +431,7 @@ impl FarmState {
             if entry.dirty {
                 entry.dirty = false;
                 entry.build.version += 1;
+                self.catalog.update(&entry.build);
                 effects.persist.push(entry.build.clone());
             }
             if entry.announced != entry.events.len() {

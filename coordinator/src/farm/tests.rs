@@ -960,7 +960,7 @@ fn a_restored_farm_waits_the_lease_for_running_jobs_and_queues_the_others() {
     let record = before.build();
     // A new coordinator takes the record back at its own t0.
     let mut s = Script::new(leased());
-    let effects = s.state.restore(vec![record.clone()], s.at(0));
+    let effects = s.state.restore(vec![record.clone()], vec![], s.at(0));
     assert_eq!(s.render(&effects), "");
     s.builds.push(record.id);
     for j in &record.jobs {
@@ -1465,3 +1465,5 @@ fn a_follower_builds_on_its_own_when_the_joined_build_is_cancelled_and_fails_wit
         "{error}"
     );
 }
+
+mod history;

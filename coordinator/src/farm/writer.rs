@@ -29,6 +29,10 @@ pub(super) struct Batch {
     /// Write every buffered line, then read this build's stored chunks and answer: a read
     /// ordered after every line the transitions before it gave (this task is the only writer).
     pub read_logs: Option<LogRead>,
+    /// Builds to delete from the store, with their logs (retention), after the records.
+    pub delete: Vec<BuildId>,
+    /// Compact the store after the deletions.
+    pub compact: bool,
     pub done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
@@ -109,6 +113,31 @@ pub(super) async fn write_loop(
             Err(e) if mine.iter().any(|id| unsaved.holds(*id)) => Err(e),
             _ => Ok(()),
         };
+        for id in batch.delete {
+            unsaved.held.remove(&id);
+            logs.book.forget(id);
+            match store.delete(id).await {
+                Ok(()) => tracing::debug!(build = %id, "build deleted (retention)"),
+                Err(e @ StoreError::Fenced(_)) => {
+                    tracing::error!(error = %e, "state write rejected; stepping down");
+                    term.cancel();
+                    return;
+                }
+                // Still listed in the store's index: the next coordinator deletes it again.
+                Err(e) => tracing::warn!(build = %id, error = %e, "deleting a build failed"),
+            }
+        }
+        if batch.compact {
+            let started = Instant::now();
+            match store.compact().await {
+                Ok(done) => tracing::info!(
+                    compacted = done,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "state store compacted after deletions"
+                ),
+                Err(e) => tracing::warn!(error = %e, "compacting the state store failed"),
+            }
+        }
         if outcome.is_ok() {
             for (tx, msg) in batch.messages {
                 let _ = tx.send(msg);
@@ -341,8 +370,11 @@ mod tests {
 
     #[async_trait]
     impl StateStore for SmallDisk {
-        async fn load(&self) -> Result<Vec<Build>, StoreError> {
-            self.store.load().await
+        async fn summaries(&self) -> Result<Vec<crate::store::BuildSummary>, StoreError> {
+            self.store.summaries().await
+        }
+        async fn load_builds(&self, ids: &[BuildId]) -> Result<Vec<Build>, StoreError> {
+            self.store.load_builds(ids).await
         }
         async fn save(&self, build: &Build) -> Result<(), StoreError> {
             if self.full.load(Ordering::SeqCst) {
@@ -373,6 +405,8 @@ mod tests {
             messages: vec![(to.clone(), ToWorker::Drain)],
             logs: Vec::new(),
             read_logs: None,
+            delete: Vec::new(),
+            compact: false,
             done: Some(done),
         };
         (batch, rx)

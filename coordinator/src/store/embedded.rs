@@ -12,16 +12,18 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use manifold_proto::BuildId;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{
-    StateStore, StoreError, build_key, decode, decode_chunk, encode, encode_chunk, is_disk_full,
-    log_key, log_prefix,
+    BuildSummary, StateStore, StoreError, build_key, decode, decode_chunk, decode_summary, encode,
+    encode_chunk, encode_summary, index_key, is_disk_full, log_key, log_prefix,
 };
 use crate::build::Build;
 use crate::logs::{LogChunk, LogWrite};
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+/// One [`super::BuildSummary`] per record, written with it: what a restart reads of every build.
+const INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("index");
 /// Log chunks, apart from the records: `load` never reads them.
 const LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("logs");
 const PREFIX: &str = "manifold";
@@ -65,6 +67,7 @@ fn open(path: &Path) -> Result<Database, StoreError> {
     })?;
     let tx = db.begin_write().map_err(fault)?;
     tx.open_table(STATE).map_err(fault)?;
+    tx.open_table(INDEX).map_err(fault)?;
     tx.open_table(LOGS).map_err(fault)?;
     tx.commit().map_err(fault)?;
     Ok(db)
@@ -130,24 +133,91 @@ impl Inner {
     }
 }
 
+/// Writes the summary of every record again (a store from before the index, or one whose index
+/// does not match its records), in one transaction.
+fn rebuild_index(db: &Database) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(fault)?;
+    {
+        let state = tx.open_table(STATE).map_err(fault)?;
+        let mut index = tx.open_table(INDEX).map_err(fault)?;
+        index.retain(|_, _| false).map_err(fault)?;
+        let mut n = 0usize;
+        for item in state.iter().map_err(fault)? {
+            let (k, v) = item.map_err(fault)?;
+            let build = decode(k.value(), v.value())?;
+            index
+                .insert(
+                    index_key(PREFIX, build.id).as_str(),
+                    encode_summary(&build).as_slice(),
+                )
+                .map_err(fault)?;
+            n += 1;
+        }
+        tracing::info!(
+            builds = n,
+            "state.redb: build index written from the records"
+        );
+    }
+    tx.commit().map_err(fault)
+}
+
 #[async_trait]
 impl StateStore for EmbeddedStore {
-    async fn load(&self) -> Result<Vec<Build>, StoreError> {
+    async fn summaries(&self) -> Result<Vec<BuildSummary>, StoreError> {
         self.blocking(|db| {
+            let complete = {
+                let tx = db.begin_read().map_err(fault)?;
+                let (state, index) = (
+                    tx.open_table(STATE).map_err(fault)?,
+                    tx.open_table(INDEX).map_err(fault)?,
+                );
+                state.len().map_err(fault)? == index.len().map_err(fault)?
+            };
+            if !complete {
+                rebuild_index(db)?;
+            }
             let tx = db.begin_read().map_err(fault)?;
-            let table = tx.open_table(STATE).map_err(fault)?;
-            let prefix = format!("{PREFIX}/builds/");
-            let mut out = Vec::new();
-            for item in table.range(prefix.as_str()..).map_err(fault)? {
+            let index = tx.open_table(INDEX).map_err(fault)?;
+            let mut out = Vec::with_capacity(index.len().map_err(fault)? as usize);
+            for item in index.iter().map_err(fault)? {
                 let (k, v) = item.map_err(fault)?;
-                if !k.value().starts_with(&prefix) {
-                    break;
-                }
-                out.push(decode(k.value(), v.value())?);
+                out.push(decode_summary(k.value(), v.value())?);
             }
             Ok(out)
         })
         .await
+    }
+
+    async fn load_builds(&self, ids: &[BuildId]) -> Result<Vec<Build>, StoreError> {
+        let ids = ids.to_vec();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(fault)?;
+            let table = tx.open_table(STATE).map_err(fault)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let key = build_key(PREFIX, id);
+                if let Some(v) = table.get(key.as_str()).map_err(fault)? {
+                    out.push(decode(&key, v.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn compact(&self) -> Result<bool, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            // Compaction needs the database to itself: the write lock waits for every call.
+            let mut guard = inner.db.write().unwrap_or_else(|p| p.into_inner());
+            let Some(db) = guard.as_mut() else {
+                return Ok(false);
+            };
+            db.compact()
+                .map_err(|e| StoreError::Backend(format!("compacting state.redb: {e}")))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
     }
 
     async fn save(&self, build: &Build) -> Result<(), StoreError> {
@@ -171,6 +241,13 @@ impl StateStore for EmbeddedStore {
                 table
                     .insert(key.as_str(), encode(&build).as_slice())
                     .map_err(fault)?;
+                let mut index = tx.open_table(INDEX).map_err(fault)?;
+                index
+                    .insert(
+                        index_key(PREFIX, build.id).as_str(),
+                        encode_summary(&build).as_slice(),
+                    )
+                    .map_err(fault)?;
             }
             tx.commit().map_err(fault)
         })
@@ -184,6 +261,10 @@ impl StateStore for EmbeddedStore {
                 let mut table = tx.open_table(STATE).map_err(fault)?;
                 table
                     .remove(build_key(PREFIX, id).as_str())
+                    .map_err(fault)?;
+                let mut index = tx.open_table(INDEX).map_err(fault)?;
+                index
+                    .remove(index_key(PREFIX, id).as_str())
                     .map_err(fault)?;
                 let mut logs = tx.open_table(LOGS).map_err(fault)?;
                 let prefix = log_prefix(PREFIX, id);
@@ -267,5 +348,59 @@ mod tests {
         }
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.load().await.unwrap(), vec![b]);
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_the_index_gets_one_from_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (super::super::suite::build(1), super::super::suite::build(1));
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.save(&a).await.unwrap();
+        store.save(&b).await.unwrap();
+        // As written by a coordinator without the index.
+        store
+            .blocking(|db| {
+                let tx = db.begin_write().map_err(fault)?;
+                tx.open_table(INDEX)
+                    .map_err(fault)?
+                    .retain(|_, _| false)
+                    .map_err(fault)?;
+                tx.commit().map_err(fault)
+            })
+            .await
+            .unwrap();
+        let mut got = store.summaries().await.unwrap();
+        got.sort_by_key(|s| s.id);
+        let mut want = vec![BuildSummary::from(&a), BuildSummary::from(&b)];
+        want.sort_by_key(|s| s.id);
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn compaction_gives_the_space_of_deleted_builds_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..2000 {
+            let b = super::super::suite::build(1);
+            ids.push(b.id);
+            store.save(&b).await.unwrap();
+        }
+        let size = || {
+            std::fs::metadata(dir.path().join("state.redb"))
+                .unwrap()
+                .len()
+        };
+        let full = size();
+        for id in ids {
+            store.delete(id).await.unwrap();
+        }
+        assert!(store.compact().await.unwrap());
+        assert!(
+            size() < full / 2,
+            "{} after compaction, {full} before",
+            size()
+        );
+        assert!(store.summaries().await.unwrap().is_empty());
     }
 }

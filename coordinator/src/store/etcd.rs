@@ -22,8 +22,8 @@ use etcd_client::{
 use manifold_proto::BuildId;
 
 use super::{
-    StateStore, StoreError, build_key, decode, decode_chunk, encode, encode_chunk, log_key,
-    log_prefix,
+    BuildSummary, StateStore, StoreError, build_key, decode, decode_chunk, decode_summary, encode,
+    encode_chunk, encode_summary, index_key, log_key, log_prefix,
 };
 use crate::build::Build;
 use crate::logs::{LogChunk, LogWrite};
@@ -32,6 +32,11 @@ use crate::logs::{LogChunk, LogWrite};
 const LOG_OPS_PER_TXN: usize = 100;
 /// Bytes of chunks per log transaction: under etcd's default request limit (1.5 MiB).
 const LOG_BYTES_PER_TXN: usize = 1024 * 1024;
+/// Keys per range request when reading every summary: a page stays far under the client's 4 MiB
+/// message limit (a summary is about 150 bytes, a record a few KiB).
+const RANGE_PAGE: i64 = 2000;
+/// Records read per transaction by `load_builds`: under `--max-txn-ops` (128).
+const GETS_PER_TXN: usize = 100;
 
 /// The leadership a fenced store writes under.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,7 +120,14 @@ impl EtcdStore {
         }
         let txn = Txn::new()
             .when(compares)
-            .and_then(vec![TxnOp::put(key.clone(), encode(build), None)])
+            .and_then(vec![
+                TxnOp::put(key.clone(), encode(build), None),
+                TxnOp::put(
+                    index_key(&self.prefix, build.id),
+                    encode_summary(build),
+                    None,
+                ),
+            ])
             .or_else(or_else);
         let resp = self.client.clone().txn(txn).await.map_err(backend)?;
         if resp.succeeded() {
@@ -178,21 +190,38 @@ enum Outcome {
 
 #[async_trait]
 impl StateStore for EtcdStore {
-    async fn load(&self) -> Result<Vec<Build>, StoreError> {
-        let prefix = format!("{}/builds/", self.prefix);
-        let resp = self
-            .client
-            .clone()
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(backend)?;
+    async fn summaries(&self) -> Result<Vec<BuildSummary>, StoreError> {
+        let records = self.count(&format!("{}/builds/", self.prefix)).await?;
+        let index = format!("{}/index/", self.prefix);
+        if self.count(&index).await? != records {
+            self.rebuild_index().await?;
+        }
         let mut out = Vec::new();
-        let mut revisions = self.revisions.lock().unwrap();
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let build = decode(&key, kv.value())?;
-            revisions.insert(build.id, (kv.mod_revision(), build.version));
-            out.push(build);
+        for (key, value, _) in self.range(&index, false).await? {
+            out.push(decode_summary(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    async fn load_builds(&self, ids: &[BuildId]) -> Result<Vec<Build>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(GETS_PER_TXN) {
+            let ops: Vec<TxnOp> = (batch.iter())
+                .map(|id| TxnOp::get(build_key(&self.prefix, *id), None))
+                .collect();
+            let resp = (self.client.clone())
+                .txn(Txn::new().and_then(ops))
+                .await
+                .map_err(backend)?;
+            let mut revisions = self.revisions.lock().unwrap();
+            for r in resp.op_responses() {
+                let TxnOpResponse::Get(g) = r else { continue };
+                if let Some(kv) = g.kvs().first() {
+                    let build = decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
+                    revisions.insert(build.id, (kv.mod_revision(), build.version));
+                    out.push(build);
+                }
+            }
         }
         Ok(out)
     }
@@ -221,6 +250,7 @@ impl StateStore for EtcdStore {
         let logs = log_prefix(&self.prefix, id);
         self.fenced_txn(vec![
             TxnOp::delete(key, None),
+            TxnOp::delete(index_key(&self.prefix, id), None),
             TxnOp::delete(logs, Some(DeleteOptions::new().with_prefix())),
         ])
         .await?;
@@ -270,6 +300,80 @@ impl StateStore for EtcdStore {
 }
 
 impl EtcdStore {
+    /// How many keys start with `prefix`.
+    async fn count(&self, prefix: &str) -> Result<i64, StoreError> {
+        let resp = (self.client.clone())
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map_err(backend)?;
+        Ok(resp.count())
+    }
+
+    /// Every key under `prefix` with its value and mod-revision, read a page at a time
+    /// (`keys_only` leaves the values empty).
+    async fn range(
+        &self,
+        prefix: &str,
+        keys_only: bool,
+    ) -> Result<Vec<(String, Vec<u8>, i64)>, StoreError> {
+        let end = format!("{}0", prefix.trim_end_matches('/'));
+        let mut from = prefix.to_owned().into_bytes();
+        let mut out = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(RANGE_PAGE);
+            if keys_only {
+                options = options.with_keys_only();
+            }
+            let resp = (self.client.clone())
+                .get(from.clone(), Some(options))
+                .await
+                .map_err(backend)?;
+            for kv in resp.kvs() {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                out.push((key, kv.value().to_vec(), kv.mod_revision()));
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Writes the summary of every record again (a store from before the index), a page of
+    /// records at a time, under the fence.
+    async fn rebuild_index(&self) -> Result<(), StoreError> {
+        let records = format!("{}/builds/", self.prefix);
+        let index = format!("{}/index/", self.prefix);
+        let stale: Vec<TxnOp> = (self.range(&index, true).await?.into_iter())
+            .map(|(key, _, _)| TxnOp::delete(key, None))
+            .collect();
+        let mut ops = stale;
+        let mut n = 0usize;
+        for (key, value, _) in self.range(&records, false).await? {
+            let build = decode(&key, &value)?;
+            ops.push(TxnOp::put(
+                index_key(&self.prefix, build.id),
+                encode_summary(&build),
+                None,
+            ));
+            n += 1;
+        }
+        while !ops.is_empty() {
+            let rest = ops.split_off(ops.len().min(LOG_OPS_PER_TXN));
+            self.fenced_txn(std::mem::replace(&mut ops, rest)).await?;
+        }
+        tracing::info!(builds = n, "etcd: build index written from the records");
+        Ok(())
+    }
+
     /// Runs `ops` in one transaction, under the fence when there is one.
     async fn fenced_txn(&self, ops: Vec<TxnOp>) -> Result<(), StoreError> {
         let mut txn = Txn::new();
@@ -409,6 +513,42 @@ mod tests {
         }
         let reader = EtcdStore::new(client, "/fence", None);
         assert_eq!(reader.load().await.unwrap()[0].version, 1);
+    }
+
+    #[tokio::test]
+    async fn summaries_are_read_in_pages_and_rebuilt_for_a_store_without_them() {
+        let etcd = test_etcd::start().await;
+        let mut client = connect(
+            std::slice::from_ref(&etcd.endpoint),
+            Some(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+        let store = EtcdStore::new(client.clone(), "/paged", None);
+        let n = RANGE_PAGE as usize + 5;
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let b = suite::build(1);
+            ids.push(b.id);
+            store.save(&b).await.unwrap();
+        }
+        assert_eq!(store.summaries().await.unwrap().len(), n);
+        // As written by a coordinator without the index.
+        client
+            .delete("/paged/index/", Some(DeleteOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let mut got: Vec<BuildId> = store
+            .summaries()
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        got.sort();
+        ids.sort();
+        assert_eq!(got, ids);
+        assert_eq!(store.load_builds(&ids[..150]).await.unwrap().len(), 150);
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use manifold_proto::BuildId;
 
-use super::{StateStore, StoreError};
+use super::{BuildSummary, StateStore, StoreError};
 use crate::build::Build;
 use crate::logs::{LogChunk, LogWrite};
 
@@ -26,8 +26,22 @@ impl MemoryStore {
 
 #[async_trait]
 impl StateStore for MemoryStore {
-    async fn load(&self) -> Result<Vec<Build>, StoreError> {
-        Ok(self.builds.lock().unwrap().values().cloned().collect())
+    async fn summaries(&self) -> Result<Vec<BuildSummary>, StoreError> {
+        Ok(self
+            .builds
+            .lock()
+            .unwrap()
+            .values()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn load_builds(&self, ids: &[BuildId]) -> Result<Vec<Build>, StoreError> {
+        let builds = self.builds.lock().unwrap();
+        Ok(ids
+            .iter()
+            .filter_map(|id| builds.get(id).cloned())
+            .collect())
     }
 
     async fn save(&self, build: &Build) -> Result<(), StoreError> {

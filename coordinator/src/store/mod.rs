@@ -12,9 +12,15 @@
 //! each, at most 1 MiB per platform, written in batches). Build contexts never go into the store.
 //! Every state transition of a build is one write of its whole record, in one transaction.
 //!
-//! Key layout (etcd; redb uses the same keys, records in its `state` table and log chunks in its
-//! own `logs` table):
+//! Key layout (etcd; redb uses the same keys, records in its `state` table, summaries in its
+//! `index` table and log chunks in its own `logs` table):
 //! - `<prefix>/builds/<build-id>` → JSON of [`crate::build::Build`];
+//! - `<prefix>/index/<build-id>` → JSON of [`BuildSummary`] (team, times, state: about 150
+//!   bytes), written in the same transaction as the record. Build ids are UUID v4, so no key is
+//!   ordered by time: a restarting coordinator reads every summary (never every record), sorts
+//!   them by creation in memory, and reads in full only the unfinished builds and the finished
+//!   ones it keeps in memory ([`crate::farm`]'s history window). A store written before the
+//!   index existed gets it built from the records by the first [`StateStore::summaries`];
 //! - `<prefix>/logs/<build-id>/<seq, 20 digits>` → JSON of [`crate::logs::LogChunk`]; deleting a
 //!   build deletes them in the same transaction;
 //! - `<prefix>/leader/<lease-id>` → address of a candidate; the lowest create-revision leads
@@ -31,7 +37,7 @@ pub mod memory;
 use async_trait::async_trait;
 use manifold_proto::BuildId;
 
-use crate::build::Build;
+use crate::build::{Build, BuildState};
 use crate::logs::{LogChunk, LogWrite};
 
 /// Store failures.
@@ -78,15 +84,57 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
     ) || matches!(e.raw_os_error(), Some(28 | 122))
 }
 
+/// What the store's index holds of every build: enough to list, page and check access without
+/// reading the record, and to decide what a restart reads in full.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BuildSummary {
+    /// The build.
+    pub id: BuildId,
+    /// Its team.
+    pub team: String,
+    /// Unix ms.
+    pub created_at_ms: i64,
+    /// Unix ms, once final.
+    pub finished_at_ms: Option<i64>,
+    /// Its state when last saved.
+    pub state: BuildState,
+}
+
+impl From<&Build> for BuildSummary {
+    fn from(b: &Build) -> Self {
+        BuildSummary {
+            id: b.id,
+            team: b.team.clone(),
+            created_at_ms: b.created_at_ms,
+            finished_at_ms: b.finished_at_ms,
+            state: b.state,
+        }
+    }
+}
+
 /// Where the coordinator keeps its builds. See the module docs.
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {
-    /// Every stored build.
-    async fn load(&self) -> Result<Vec<Build>, StoreError>;
-    /// Writes a build's record in one transaction, if its version is newer than the stored one.
+    /// The summary of every stored build, in no particular order (the index; built from the
+    /// records once if a store predates it).
+    async fn summaries(&self) -> Result<Vec<BuildSummary>, StoreError>;
+    /// The records of those of `ids` the store holds, in the order of `ids`.
+    async fn load_builds(&self, ids: &[BuildId]) -> Result<Vec<Build>, StoreError>;
+    /// Every stored build in full (tests and tools; the coordinator reads summaries).
+    async fn load(&self) -> Result<Vec<Build>, StoreError> {
+        let ids: Vec<BuildId> = self.summaries().await?.iter().map(|s| s.id).collect();
+        self.load_builds(&ids).await
+    }
+    /// Writes a build's record and its summary in one transaction, if its version is newer than
+    /// the stored one.
     async fn save(&self, build: &Build) -> Result<(), StoreError>;
-    /// Removes a build's record and its log chunks, in one transaction (retention).
+    /// Removes a build's record, its summary and its log chunks, in one transaction (retention).
     async fn delete(&self, id: BuildId) -> Result<(), StoreError>;
+    /// Gives the space of deleted builds back to the file system, where the backend needs to be
+    /// told (redb); `true` when it did. etcd compacts by itself (its own `--auto-compaction-*`).
+    async fn compact(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
     /// Writes log chunks and deletes the dropped ones (one transaction; on etcd as few as its
     /// limits on operations and request size allow).
     async fn write_logs(&self, write: &LogWrite) -> Result<(), StoreError>;
@@ -129,6 +177,22 @@ fn decode(key: &str, bytes: &[u8]) -> Result<Build, StoreError> {
 /// The record key of a build under `prefix`.
 pub fn build_key(prefix: &str, id: BuildId) -> String {
     format!("{prefix}/builds/{id}")
+}
+
+/// The summary key of a build under `prefix`.
+pub fn index_key(prefix: &str, id: BuildId) -> String {
+    format!("{prefix}/index/{id}")
+}
+
+fn encode_summary(build: &Build) -> Vec<u8> {
+    serde_json::to_vec(&BuildSummary::from(build)).expect("summaries always serialise")
+}
+
+fn decode_summary(key: &str, bytes: &[u8]) -> Result<BuildSummary, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        cause: e.to_string(),
+    })
 }
 
 /// The shared suite every implementation runs (see each implementation's tests).
@@ -198,6 +262,32 @@ pub(crate) mod suite {
         deleted_builds_are_gone(fresh()).await;
         log_chunks_load_back_in_order_apart_from_the_records(fresh()).await;
         dropped_chunks_and_deleted_builds_lose_their_logs(fresh()).await;
+        summaries_follow_the_records(fresh()).await;
+    }
+
+    async fn summaries_follow_the_records(store: impl StateStore) {
+        let (mut a, b, c) = (build(1), build(1), build(1));
+        for x in [&a, &b, &c] {
+            store.save(x).await.unwrap();
+        }
+        a.version = 2;
+        a.state = BuildState::Succeeded;
+        a.finished_at_ms = Some(7);
+        store.save(&a).await.unwrap();
+        store.delete(c.id).await.unwrap();
+        let mut got = store.summaries().await.unwrap();
+        got.sort_by_key(|s| s.id);
+        let mut want = vec![BuildSummary::from(&a), BuildSummary::from(&b)];
+        want.sort_by_key(|s| s.id);
+        assert_eq!(got, want);
+        assert_eq!(
+            got.iter().find(|s| s.id == a.id).unwrap().finished_at_ms,
+            Some(7)
+        );
+        // Records by id, in the order asked, the missing ones left out.
+        let loaded = store.load_builds(&[b.id, c.id, a.id]).await.unwrap();
+        assert_eq!(loaded, vec![b, a]);
+        assert!(store.load_builds(&[]).await.unwrap().is_empty());
     }
 
     fn chunk(build: BuildId, seq: u64, line: &str) -> LogChunk {

@@ -286,8 +286,8 @@ impl FarmState {
     /// joined again (or its outcome). Returns the followers whose images are all there now.
     pub(super) fn relink_after_restore(&mut self, now: Now) -> Vec<BuildId> {
         self.last_at = Some(now.at);
-        let mut ids: Vec<BuildId> = self.order.clone();
-        ids.sort_by_key(|id| self.builds[id].build.created_at_ms);
+        let mut ids: Vec<BuildId> = self.builds.keys().copied().collect();
+        ids.sort_by_key(|id| (self.builds[id].build.created_at_ms, *id));
         let mut publish = Vec::new();
         for id in ids {
             let build = &self.builds[&id].build;

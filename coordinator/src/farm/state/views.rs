@@ -21,6 +21,25 @@ pub struct SinceRestore {
     pub at_ms: i64,
 }
 
+/// A build of a page: held in full, or only in the store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Listed {
+    /// Held in full.
+    Held(Box<Build>),
+    /// Evicted: its record is in the store.
+    Stored(BuildId),
+}
+
+impl Listed {
+    /// The build's id.
+    pub fn id(&self) -> BuildId {
+        match self {
+            Listed::Held(b) => b.id,
+            Listed::Stored(id) => *id,
+        }
+    }
+}
+
 impl FarmState {
     /// A snapshot of a build.
     pub fn get(&self, id: BuildId) -> Result<Build, FarmError> {
@@ -30,14 +49,18 @@ impl FarmState {
             .ok_or(FarmError::UnknownBuild(id))
     }
 
-    /// The page of the builds that `by` may see that `q` asks for, newest first.
-    pub fn list(&self, q: &PageQuery, by: &Caller) -> Result<Page<Build>, PageError> {
-        let visible = (self.order.iter().rev())
-            .filter_map(|id| self.builds.get(id))
-            .filter(|e| by.sees(&e.build.team));
-        let p = paging::page(visible, |e| (e.build.id, e.build.created_at_ms), q)?;
+    /// The page of the builds that `by` may see that `q` asks for, newest first: the held ones
+    /// in full, the evicted ones by id (the handle reads them from the store).
+    pub fn list(&self, q: &PageQuery, by: &Caller) -> Result<Page<Listed>, PageError> {
+        let visible = (self.catalog.newest_first(q.before)).filter(|(_, e)| by.sees(&e.team));
+        let p = paging::page(visible, |(id, e)| (*id, e.created_at_ms), q)?;
         Ok(Page {
-            items: p.items.into_iter().map(|e| e.build.clone()).collect(),
+            items: (p.items.into_iter())
+                .map(|(id, _)| match self.builds.get(&id) {
+                    Some(e) => Listed::Held(Box::new(e.build.clone())),
+                    None => Listed::Stored(id),
+                })
+                .collect(),
             next_before: p.next_before,
         })
     }
