@@ -1,9 +1,10 @@
 //! A build cancelled while its manifest list is being pushed writes no tag: the push stops where
 //! it is. The registry here is a scripted one on 127.0.0.1 that answers the child-manifest checks
 //! slowly, so the cancel lands between the checks and the tag write; it records every request,
-//! and `CLOSED AFTER HEAD` when a client closes a connection on which it asked a HEAD.
+//! and `CLOSED AFTER HEAD` when a client closes a connection on which it asked a HEAD, and the
+//! test waits on that record.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use manifold_coordinator::access::Caller;
@@ -20,14 +21,24 @@ use support::{FarmFixture, amd64_hello};
 const SLOW: Duration = Duration::from_millis(1500);
 
 /// Request lines (`METHOD PATH`) the scripted registry received, and `CLOSED AFTER HEAD` for
-/// each connection with a HEAD that the client closed.
-type Seen = Arc<Mutex<Vec<String>>>;
+/// each connection with a HEAD that the client closed; a watch, so the test can wait for one.
+type Seen = Arc<tokio::sync::watch::Sender<Vec<String>>>;
+
+/// Waits until the scripted registry has seen a record for which `wanted` holds (10 s at most).
+async fn wait_for(seen: &Seen, what: &str, wanted: impl Fn(&str) -> bool) {
+    let mut records = seen.subscribe();
+    let found = records.wait_for(|r| r.iter().any(|r| wanted(r)));
+    tokio::time::timeout(Duration::from_secs(10), found)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}: {:?}", *seen.borrow()))
+        .expect("the registry's record lives as long as the test");
+}
 
 /// A registry that says every manifest exists (after [`SLOW`] for HEAD) and accepts every push.
 async fn scripted_registry() -> (String, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
-    let seen: Seen = Arc::default();
+    let seen: Seen = Arc::new(tokio::sync::watch::Sender::new(Vec::new()));
     let log = Arc::clone(&seen);
     tokio::spawn(async move {
         loop {
@@ -42,7 +53,7 @@ async fn scripted_registry() -> (String, Seen) {
                     let mut line = String::new();
                     if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
                         if asked_head {
-                            log.lock().unwrap().push("CLOSED AFTER HEAD".into());
+                            log.send_modify(|r| r.push("CLOSED AFTER HEAD".into()));
                         }
                         return;
                     }
@@ -70,7 +81,7 @@ async fn scripted_registry() -> (String, Seen) {
                     if stream.read_exact(&mut body).await.is_err() {
                         return;
                     }
-                    log.lock().unwrap().push(request.clone());
+                    log.send_modify(|r| r.push(request.clone()));
                     asked_head |= request.starts_with("HEAD");
                     let response = if request.starts_with("HEAD") {
                         tokio::time::sleep(SLOW).await;
@@ -129,33 +140,16 @@ async fn a_build_cancelled_while_its_list_is_pushed_writes_no_tag() {
     );
 
     // The list push is checking the child: cancel now.
-    let checking = async {
-        while !seen.lock().unwrap().iter().any(|r| r.starts_with("HEAD")) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), checking)
-        .await
-        .expect("the list push checks the child manifest");
+    let checking = "the list push to check the child manifest";
+    wait_for(&seen, checking, |r| r.starts_with("HEAD")).await;
     let build = farm.cancel(id).await.unwrap();
     assert_eq!(build.state, BuildState::Cancelled);
 
     // The stopped push drops its connection in the middle of the check; had it gone on, it
     // would have sent its PUTs on that connection and kept it open.
-    let dropped = async {
-        while !seen
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|r| r == "CLOSED AFTER HEAD")
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), dropped)
-        .await
-        .expect("the stopped push closes its connection");
-    let requests = seen.lock().unwrap().clone();
+    let dropped = "the stopped push to close its connection";
+    wait_for(&seen, dropped, |r| r == "CLOSED AFTER HEAD").await;
+    let requests = seen.borrow().clone();
     assert!(
         !requests.iter().any(|r| r.starts_with("PUT")),
         "a cancelled build pushed: {requests:?}"

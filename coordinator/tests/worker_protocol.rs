@@ -293,33 +293,31 @@ async fn workers_list(c: &Coordinator) -> Vec<v1::WorkerInfo> {
         .workers
 }
 
-/// Polls `Workers.List` until no worker is called `name` (10 s at most).
+/// Waits until no worker is called `name` (the coordinator saw its stream end).
 async fn wait_gone(c: &Coordinator, name: &str) {
-    for _ in 0..200 {
-        if !workers_list(c).await.iter().any(|w| w.name == name) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("worker {name} is still attached");
+    let what = format!("worker {name} to be detached");
+    support::eventually(&what, || async {
+        (!workers_list(c).await.iter().any(|w| w.name == name)).then_some(())
+    })
+    .await
 }
 
-/// Polls `Workers.List` until `check` holds for the worker `name` (10 s at most).
-async fn wait_worker(c: &Coordinator, name: &str, check: impl Fn(&v1::WorkerInfo) -> bool) {
-    for _ in 0..200 {
-        if workers_list(c)
-            .await
+/// Waits until `Workers.List` shows the worker `name` as `check` wants it (`state` says how).
+async fn wait_worker(
+    c: &Coordinator,
+    name: &str,
+    state: &str,
+    check: impl Fn(&v1::WorkerInfo) -> bool,
+) {
+    let what = format!("worker {name} to be listed {state}");
+    support::eventually(&what, || async {
+        let workers = workers_list(c).await;
+        workers
             .iter()
             .any(|w| w.name == name && check(w))
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "worker {name} never reached the expected state: {:?}",
-        workers_list(c).await
-    );
+            .then_some(())
+    })
+    .await
 }
 
 /// Follows `Builds.Watch` to the build's `Finished` event (10 s at most), then reads the build.
@@ -513,21 +511,13 @@ async fn a_restarted_coordinator_keeps_queued_builds_and_adopts_running_jobs() {
     let id = submit(&c, &["linux/amd64", "linux/arm64"]).await;
     let a = x86.expect_assign().await;
     x86.accept(&a).await;
-    // Wait until "running" is durable, then stop the coordinator under the worker's feet.
-    let mut client = builds(&c).await;
-    for _ in 0..100 {
-        let b = client
-            .get(v1::GetBuildRequest {
-                build_id: id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if job(&b, "amd64").state == v1::JobState::Running as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Once the farm recorded "running" (its writer writes what it was given before it stops),
+    // stop the coordinator under the worker's feet.
+    watch_until(&c, &id, |e| match &e.event {
+        Some(v1::build_event::Event::JobState(s)) => s.state == v1::JobState::Running as i32,
+        _ => false,
+    })
+    .await;
     drop(x86);
     c.shutdown.cancel();
     let state = c.state.clone();
@@ -625,7 +615,7 @@ async fn a_worker_that_says_it_drains_gets_no_new_job() {
     let c = start(FarmConfig::default()).await;
     let x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
     x86.set_status(None, true);
-    wait_worker(&c, "x86", |w| w.draining).await;
+    wait_worker(&c, "x86", "draining", |w| w.draining).await;
     let id = submit(&c, &["linux/amd64"]).await;
     assert_eq!(queued_state(&c, &id).await, v1::JobState::Queued as i32);
     let mut other = FakeWorker::attach(&c, "x86-2", "linux/amd64").await;
@@ -639,13 +629,14 @@ async fn an_unhealthy_worker_gets_no_job_until_it_recovers() {
     let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
     let reason = "docker daemon at unix:///d.sock: ping failed: connection refused";
     x86.set_status(Some(reason), false);
-    wait_worker(&c, "x86", |w| w.unhealthy && w.unhealthy_reason == reason).await;
+    let unhealthy = |w: &v1::WorkerInfo| w.unhealthy && w.unhealthy_reason == reason;
+    wait_worker(&c, "x86", "unhealthy", unhealthy).await;
     let id = submit(&c, &["linux/amd64"]).await;
     assert_eq!(queued_state(&c, &id).await, v1::JobState::Queued as i32);
     x86.set_status(None, false);
     let a = x86.expect_assign().await;
     assert_eq!(a.attempt, 1);
-    wait_worker(&c, "x86", |w| !w.unhealthy).await;
+    wait_worker(&c, "x86", "healthy", |w| !w.unhealthy).await;
 }
 
 #[tokio::test]
