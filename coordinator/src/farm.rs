@@ -66,7 +66,8 @@ pub struct FarmConfig {
     /// Attempts per job before it fails, the first included (infrastructure failures only; build
     /// failures never retry). 0 and 1 both mean one attempt, no retry.
     pub max_attempts: u32,
-    /// How long a worker has to acknowledge an assignment before the job is requeued.
+    /// How long a worker has to acknowledge an assignment, from when the writer sent it, before
+    /// the job is requeued.
     pub assign_timeout: Duration,
     /// How long a running job may go without output before it is treated as stuck: cancelled on
     /// its worker and requeued as an infrastructure failure.
@@ -253,6 +254,8 @@ struct Inner {
     writes: mpsc::UnboundedSender<Batch>,
     /// Where the writer writes; read for stored logs.
     store: Arc<dyn StateStore>,
+    /// Assignments the writer has sent since the last tick.
+    sent: writer::SentLog,
     /// Cancelled when this farm's term ends (shutdown, lost leadership, fenced write).
     term: CancellationToken,
 }
@@ -286,7 +289,8 @@ impl Farm {
     ) -> Result<Self, FarmError> {
         let (builds, summaries) = load_held(&*store, &config.history).await?;
         let (writes, rx) = mpsc::unbounded_channel();
-        tasks.spawn(write_loop(store.clone(), rx, term.clone()));
+        let sent = writer::SentLog::default();
+        tasks.spawn(write_loop(store.clone(), rx, sent.clone(), term.clone()));
         let farm = Self {
             inner: Arc::new(Inner {
                 contexts,
@@ -302,6 +306,7 @@ impl Farm {
                 tasks,
                 writes,
                 store,
+                sent,
                 term,
             }),
         };
@@ -373,13 +378,18 @@ impl Farm {
         for build in publish {
             self.spawn_publish(sh, build);
         }
-        let messages: Vec<_> = send
-            .into_iter()
-            .filter_map(|(session, message)| {
-                let (current, tx) = sh.sessions.get(&session.worker)?;
-                (*current == session).then(|| (tx.clone(), message))
-            })
-            .collect();
+        let mut messages = Vec::with_capacity(send.len());
+        for (session, message) in send {
+            match sh.sessions.get(&session.worker) {
+                Some((current, tx)) if *current == session => messages.push((tx.clone(), message)),
+                // Never to leave: its acknowledgement deadline runs from now.
+                _ => {
+                    if let ToWorker::Assign(spec) = &message {
+                        sh.state.sent(spec.job, spec.attempt, now().at);
+                    }
+                }
+            }
+        }
         if persist.is_empty() && messages.is_empty() && logs.is_empty() && done.is_none() {
             return;
         }
@@ -446,18 +456,16 @@ impl Farm {
         // Durable before the farm holds it: a build the store cannot write (a full state disk)
         // is refused here and never listed.
         let build = FarmState::new_build(spec, request, by, now());
-        writer::save(&*self.inner.store, &build).await?;
-        let (id, written) = {
+        writer::save(&*self.inner.store, std::slice::from_ref(&build)).await?;
+        let id = build.id;
+        {
             let mut sh = self.lock();
-            let id = build.id;
             let effects = sh.state.admit(build, secrets, now());
-            (id, self.apply_and_release(sh, effects))
-        };
-        // The build is durable and queued already; a later record the store could not take yet
-        // is the writer's to write again (and a restart would resume from the queued one).
-        if let Err(e) = durable(written).await {
-            tracing::warn!(build = %id, error = %e, "the submitted build's next record is not durable yet");
+            self.apply(&mut sh, effects, None);
         }
+        // The build is durable and queued already: its id goes back without waiting for the
+        // writer's next group (its assignment, say). A later record the store cannot take yet is
+        // the writer's to write again (and a restart would resume from the queued one).
         Ok(id)
     }
 
@@ -802,7 +810,8 @@ impl Farm {
         self.transition(|st, _| st.draining(session));
     }
 
-    /// Housekeeping at time `now` ([`FarmState::tick`]), then a history pass
+    /// Housekeeping at time `now` ([`FarmState::tick`]), after starting the acknowledgement
+    /// deadlines of the assignments sent since the last tick; then a history pass
     /// ([`FarmState::retire`]): evicted builds lose their watch channel, deleted ones are
     /// deleted from the store by the writer (after every record handed to it before), which
     /// compacts the store when [`history::compaction_due`] says so.
@@ -811,7 +820,13 @@ impl Farm {
             at: now,
             ms: now_ms(),
         };
-        self.transition(|st, _| st.tick(now));
+        let sent = std::mem::take(&mut *self.inner.sent.lock().expect("sent log lock poisoned"));
+        self.transition(|st, _| {
+            for (job, attempt, at) in sent {
+                st.sent(job, attempt, at);
+            }
+            st.tick(now)
+        });
         let mut sh = self.lock();
         let retired = sh.state.retire(now);
         for id in retired.evicted.iter().chain(&retired.deleted) {

@@ -74,8 +74,8 @@ struct Args {
     /// 0 (like 1) means one attempt, no retry.
     #[arg(long, default_value_t = 3)]
     max_attempts: u32,
-    /// How long a worker has to acknowledge an assignment before the job is requeued (the attempt
-    /// counts).
+    /// How long a worker has to acknowledge an assignment, from when it was sent, before the job
+    /// is requeued (the attempt counts).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     assign_timeout: Duration,
     /// How long a running job may go without any output before it is treated as stuck: cancelled

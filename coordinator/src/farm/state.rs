@@ -690,7 +690,8 @@ impl FarmState {
         }
     }
 
-    /// Hands queued jobs to workers with free slots. The acknowledgement deadline starts now.
+    /// Hands queued jobs to workers with free slots. The acknowledgement deadline starts once the
+    /// handle reports the assignment sent ([`FarmState::sent`]).
     fn dispatch(&mut self, now: Now) {
         self.last_at = Some(now.at);
         for a in self.scheduler.assign() {
@@ -742,17 +743,16 @@ impl FarmState {
             };
             record(entry, ev, now);
             tracing::info!(build = %build_id, job = %a.job, worker = %a.worker, attempt = job_spec.attempt, "job assigned");
-            self.live.insert(
-                a.job,
-                timers::LiveAttempt::assigned(job_spec.attempt, now.at),
-            );
-            if let Some(session) = self.session_of(&a.worker) {
+            let mut live = timers::LiveAttempt::assigned(job_spec.attempt, now.at);
+            match self.session_of(&a.worker) {
                 // Sent once "assigned" is durable. A stream that is ending hands the job back
                 // when it detaches.
-                self.pending
-                    .send
-                    .push((session, ToWorker::Assign(Box::new(job_spec))));
+                Some(session) => {
+                    (self.pending.send).push((session, ToWorker::Assign(Box::new(job_spec))))
+                }
+                None => live.sent(now.at),
             }
+            self.live.insert(a.job, live);
         }
     }
 

@@ -16,6 +16,8 @@ use crate::access::Caller;
 use crate::build::{Build, BuildRequest, BuildSpec, BuildState, JobState};
 use crate::scheduler::Team;
 
+mod deadlines;
+
 /// One thing that happens to the farm.
 #[derive(Clone, Debug)]
 enum Step {
@@ -68,6 +70,9 @@ enum Step {
     SubmitNoCache,
     /// Housekeeping.
     Tick,
+    /// The handle sent the assignment of attempt N of the job of ARCH (in scripts that hold
+    /// sends; the others send every assignment with its transition).
+    Sent(&'static str, u32),
 }
 
 /// A pure farm, its clock and what the script refers to.
@@ -79,6 +84,8 @@ struct Script {
     sessions: HashMap<String, Session>,
     /// Job id -> arch, for rendering.
     archs: HashMap<JobId, String>,
+    /// Assignments leave only at a [`Step::Sent`] (a busy writer), not with their transition.
+    hold_sends: bool,
 }
 
 impl Script {
@@ -90,7 +97,31 @@ impl Script {
             builds: Vec::new(),
             sessions: HashMap::new(),
             archs: HashMap::new(),
+            hold_sends: false,
         }
+    }
+
+    /// Submits a build of `spec` as `team`.
+    fn submit(
+        &mut self,
+        (spec, request): (BuildSpec, BuildRequest),
+        team: &str,
+        now: Now,
+    ) -> Effects {
+        let by = Caller {
+            name: format!("someone-of-{team}"),
+            team: team.into(),
+            admin: false,
+        };
+        let (id, effects) = self
+            .state
+            .submit(spec, request, Default::default(), &by, now);
+        self.builds.push(id);
+        for j in self.state.get(id).unwrap().jobs {
+            self.archs
+                .insert(j.id, j.platform.architecture().to_string());
+        }
+        effects
     }
 
     fn at(&self, ms: u64) -> Now {
@@ -127,23 +158,7 @@ impl Script {
                 archs,
                 team,
                 timeout,
-            } => {
-                let (spec, request) = spec(archs, timeout);
-                let by = Caller {
-                    name: format!("someone-of-{team}"),
-                    team: team.into(),
-                    admin: false,
-                };
-                let (id, effects) = self
-                    .state
-                    .submit(spec, request, Default::default(), &by, now);
-                self.builds.push(id);
-                for j in self.state.get(id).unwrap().jobs {
-                    self.archs
-                        .insert(j.id, j.platform.architecture().to_string());
-                }
-                effects
-            }
+            } => self.submit(spec(archs, timeout), team, now),
             Step::Attach {
                 name,
                 arch,
@@ -278,22 +293,13 @@ impl Script {
             Step::SubmitNoCache => {
                 let (mut spec, request) = spec(&["amd64"], 0);
                 spec.flags.no_cache = true;
-                let by = Caller {
-                    name: "someone-of-default".into(),
-                    team: "default".into(),
-                    admin: false,
-                };
-                let (id, effects) = self
-                    .state
-                    .submit(spec, request, Default::default(), &by, now);
-                self.builds.push(id);
-                for j in self.state.get(id).unwrap().jobs {
-                    self.archs
-                        .insert(j.id, j.platform.architecture().to_string());
-                }
-                effects
+                self.submit((spec, request), "default", now)
             }
             Step::Tick => self.state.tick(now),
+            Step::Sent(arch, n) => {
+                self.state.sent(self.job(arch), n, now.at);
+                Effects::default()
+            }
         }
     }
 
@@ -342,7 +348,10 @@ impl Script {
 /// Runs `steps` on a farm with `config`; each step's effects must read as its expectation.
 /// Returns the script for further checks of the build.
 fn check(config: FarmConfig, steps: &[(u64, Step, &str)]) -> Script {
-    let mut script = Script::new(config);
+    run(Script::new(config), steps)
+}
+
+fn run(mut script: Script, steps: &[(u64, Step, &str)]) -> Script {
     for (ms, step, expected) in steps {
         let effects = script.step(*ms, step);
         // Persist-then-send: every message of a transition rides with the records it changed;
@@ -356,6 +365,9 @@ fn check(config: FarmConfig, steps: &[(u64, Step, &str)]) -> Script {
                     .expect("an assignment is persisted with its transition");
                 let job = record.jobs.iter().find(|j| j.id == spec.job).unwrap();
                 assert_eq!((job.state, job.attempt), (JobState::Assigned, spec.attempt));
+                if !script.hold_sends {
+                    script.state.sent(spec.job, spec.attempt, script.at(*ms).at);
+                }
             }
         }
         assert_eq!(script.render(&effects), *expected, "at {ms} ms, {step:?}");
@@ -445,158 +457,6 @@ fn attach(name: &'static str) -> Step {
         owner: None,
         running: &[],
     }
-}
-
-#[test]
-fn an_assignment_not_acknowledged_in_time_is_cancelled_and_requeued_and_a_late_ack_cancelled() {
-    use Step::*;
-    let s = check(
-        config(),
-        &[
-            (0, attach("x86"), ""),
-            (0, AMD, "assign x86 amd64 #1"),
-            (29_999, Tick, ""),
-            // The deadline counts from the assignment: at 30 s exactly it is over.
-            (30_000, Tick, "cancel x86 amd64 #1; assign x86 amd64 #2"),
-            (30_100, Accept("x86", "amd64", 2), ""),
-            // Attempt 1's acknowledgement arrives late: the worker is told to drop it.
-            (30_200, Accept("x86", "amd64", 1), "cancel x86 amd64 #1"),
-            // Attempt 2 was acknowledged: no acknowledgement deadline for it any more.
-            (60_100, Tick, ""),
-            (
-                60_200,
-                Failed("x86", "amd64", 2, false, false),
-                "ended Failed",
-            ),
-        ],
-    );
-    let error = s.build().jobs[0].error.clone().unwrap();
-    assert!(
-        error.starts_with(
-            "attempt 1 on x86: the worker did not acknowledge the assignment within 30s"
-        ),
-        "{error}"
-    );
-}
-
-#[test]
-fn output_keeps_an_attempt_alive_and_silence_for_stuck_after_requeues_it() {
-    use Step::*;
-    let s = check(
-        config(),
-        &[
-            (0, attach("x86"), ""),
-            (0, AMD, "assign x86 amd64 #1"),
-            (1_000, Accept("x86", "amd64", 1), ""),
-            (300_000, Log("x86", "amd64", 1), "log amd64 1"),
-            // 600 s after the acknowledgement: the line kept it alive.
-            (601_000, Tick, ""),
-            (700_000, Heartbeat("x86"), ""),
-            // Heartbeats are not output: 600 s after the last line, it is stuck.
-            (899_999, Tick, ""),
-            (900_000, Tick, "cancel x86 amd64 #1; assign x86 amd64 #2"),
-        ],
-    );
-    let error = s.build().jobs[0].error.clone().unwrap();
-    assert_eq!(
-        error,
-        "attempt 1 on x86: no output for 10m: treated as stuck (raise --stuck-after for steps that are silent longer)"
-    );
-}
-
-#[test]
-fn a_detached_worker_keeps_its_job_for_the_lease_then_the_job_moves() {
-    use Step::*;
-    let s = check(
-        leased(),
-        &[
-            (0, attach("a"), ""),
-            (0, AMD, "assign a amd64 #1"),
-            (1_000, Accept("a", "amd64", 1), ""),
-            (10_000, Detach("a"), "close a"),
-            (11_000, attach("b"), ""),
-            (24_999, Tick, ""),
-            (25_000, Tick, "assign b amd64 #2"),
-            (26_000, Pushed("b", "amd64", 2), "publish"),
-            (27_000, Published(Ok("sha256:list")), "ended Succeeded"),
-        ],
-    );
-    let b = s.build();
-    assert_eq!(b.state, BuildState::Succeeded);
-    assert_eq!(
-        b.jobs[0].error.as_deref(),
-        Some("attempt 1 on a: worker lost")
-    );
-}
-
-#[test]
-fn a_worker_back_within_the_lease_restating_its_job_keeps_it() {
-    use Step::*;
-    let back = Attach {
-        name: "a",
-        arch: "amd64",
-        owner: None,
-        running: &[("amd64", 1)],
-    };
-    let s = check(
-        leased(),
-        &[
-            (0, attach("a"), ""),
-            (0, AMD, "assign a amd64 #1"),
-            (1_000, Accept("a", "amd64", 1), ""),
-            (10_000, Detach("a"), "close a"),
-            (24_999, back, ""),
-            (30_000, Tick, ""),
-            (31_000, Pushed("a", "amd64", 1), "publish"),
-        ],
-    );
-    assert_eq!(s.build().jobs[0].attempt, 1, "adopted, not restarted");
-}
-
-#[test]
-fn a_worker_back_without_its_job_hands_it_back_at_once_and_stale_restatements_are_cancelled() {
-    use Step::*;
-    let stale = Attach {
-        name: "b",
-        arch: "amd64",
-        owner: None,
-        running: &[("amd64", 1)],
-    };
-    check(
-        leased(),
-        &[
-            (0, attach("a"), ""),
-            (0, AMD, "assign a amd64 #1"),
-            (1_000, Accept("a", "amd64", 1), ""),
-            (2_000, Detach("a"), "close a"),
-            // Restarted without it: no waiting for the rest of the lease.
-            (3_000, attach("a"), "assign a amd64 #2"),
-            // Another worker restating an attempt that is not current is told to drop it.
-            (4_000, stale, "cancel b amd64 #1"),
-        ],
-    );
-}
-
-#[test]
-fn a_silent_worker_is_declared_lost_after_its_lease_and_its_session_closed() {
-    use Step::*;
-    check(
-        leased(),
-        &[
-            (0, attach("a"), ""),
-            (0, AMD, "assign a amd64 #1"),
-            (1_000, Accept("a", "amd64", 1), ""),
-            (5_000, Heartbeat("a"), ""),
-            (6_000, attach("b"), ""),
-            (20_000, Heartbeat("b"), ""),
-            // 15 s after its last message it is still within its lease...
-            (20_000, Tick, ""),
-            // ...and lost just after; its job moves at once.
-            (20_001, Tick, "assign b amd64 #2; close a"),
-            // Its late news changes nothing.
-            (20_002, Log("a", "amd64", 1), ""),
-        ],
-    );
 }
 
 #[test]

@@ -3,8 +3,10 @@
 //!
 //! - A worker is **silent** (declared lost) when nothing came from it for longer than
 //!   `worker_lease`.
-//! - An assignment is **unacknowledged** once `assign_timeout` has passed since it was made without
-//!   a `JobAccepted`.
+//! - An assignment is **unacknowledged** once `assign_timeout` has passed since it was **sent**
+//!   (handed to the worker's stream once its record was durable, or given up by the writer)
+//!   without a `JobAccepted`. While the writer still holds it, no deadline runs: a busy writer
+//!   must not fail healthy workers that never saw the assignment.
 //! - An acknowledged attempt is **stuck** once `stuck_after` has passed since its acknowledgement
 //!   or its last output line.
 
@@ -17,8 +19,8 @@ use super::FarmConfig;
 pub struct LiveAttempt {
     /// The attempt these timers belong to.
     pub attempt: u32,
-    /// When the assignment was made.
-    pub assigned_at: Instant,
+    /// When the assignment left for the worker; `None` while the writer holds it.
+    pub sent_at: Option<Instant>,
     /// Set once acknowledged.
     pub accepted: bool,
     /// The acknowledgement or the last output line.
@@ -35,11 +37,11 @@ pub enum Overdue {
 }
 
 impl LiveAttempt {
-    /// An assignment made at `at`, waiting for its acknowledgement.
+    /// An assignment made at `at`, not sent yet.
     pub fn assigned(attempt: u32, at: Instant) -> Self {
         Self {
             attempt,
-            assigned_at: at,
+            sent_at: None,
             accepted: false,
             last_progress: at,
         }
@@ -49,8 +51,15 @@ impl LiveAttempt {
     pub fn acknowledged(attempt: u32, at: Instant) -> Self {
         Self {
             accepted: true,
+            sent_at: Some(at),
             ..Self::assigned(attempt, at)
         }
+    }
+
+    /// The assignment left for the worker at `at`: its acknowledgement deadline runs from the
+    /// first send.
+    pub fn sent(&mut self, at: Instant) {
+        self.sent_at.get_or_insert(at);
     }
 
     /// The worker acknowledged the assignment at `at`.
@@ -67,7 +76,8 @@ impl LiveAttempt {
     /// Whether the attempt is overdue at `now`, and why.
     pub fn overdue(&self, config: &FarmConfig, now: Instant) -> Option<Overdue> {
         if !self.accepted {
-            (now.saturating_duration_since(self.assigned_at) >= config.assign_timeout)
+            let sent = self.sent_at?;
+            (now.saturating_duration_since(sent) >= config.assign_timeout)
                 .then_some(Overdue::Unacknowledged)
         } else {
             (now.saturating_duration_since(self.last_progress) >= config.stuck_after)
@@ -93,13 +103,15 @@ mod tests {
         }
     }
 
-    /// `events`: (seconds after t0, "ack" | "log"); then the verdict at `at` seconds.
+    /// `events` after an assignment at t0: (seconds after t0, "sent" | "ack" | "log"); then the
+    /// verdict at `at` seconds.
     fn check(events: &[(u64, &str)], at: u64, expected: Option<Overdue>) {
         let t0 = Instant::now();
         let s = |n: u64| t0 + Duration::from_secs(n);
         let mut live = LiveAttempt::assigned(1, t0);
         for (when, what) in events {
             match *what {
+                "sent" => live.sent(s(*when)),
                 "ack" => live.acknowledge(s(*when)),
                 "log" => live.progress(s(*when)),
                 other => panic!("unknown event {other}"),
@@ -115,17 +127,32 @@ mod tests {
     #[test]
     fn acknowledgement_and_stuck_deadlines_at_exact_times() {
         use Overdue::*;
-        check(&[], 29, None);
-        check(&[], 30, Some(Unacknowledged));
+        check(&[(0, "sent")], 29, None);
+        check(&[(0, "sent")], 30, Some(Unacknowledged));
         // Output before the acknowledgement does not stand for it.
-        check(&[(10, "log")], 30, Some(Unacknowledged));
-        check(&[(29, "ack")], 30, None);
-        check(&[(29, "ack")], 628, None);
-        check(&[(29, "ack")], 629, Some(Stuck));
-        check(&[(29, "ack"), (600, "log")], 1199, None);
-        check(&[(29, "ack"), (600, "log")], 1200, Some(Stuck));
+        check(&[(0, "sent"), (10, "log")], 30, Some(Unacknowledged));
+        check(&[(0, "sent"), (29, "ack")], 30, None);
+        check(&[(0, "sent"), (29, "ack")], 628, None);
+        check(&[(0, "sent"), (29, "ack")], 629, Some(Stuck));
+        check(&[(0, "sent"), (29, "ack"), (600, "log")], 1199, None);
+        check(&[(0, "sent"), (29, "ack"), (600, "log")], 1200, Some(Stuck));
         // A clock that went backwards is no time at all.
-        check(&[(29, "ack")], 0, None);
+        check(&[(0, "sent"), (29, "ack")], 0, None);
+    }
+
+    #[test]
+    fn the_acknowledgement_deadline_counts_from_the_send_not_the_decision() {
+        use Overdue::*;
+        // Held by a busy writer for 25 s: the worker still has its 30 s from the send.
+        check(&[], 3600, None);
+        check(&[(25, "sent")], 54, None);
+        check(&[(25, "sent")], 55, Some(Unacknowledged));
+        check(&[(25, "sent"), (54, "ack")], 55, None);
+        // Only the first send counts (a report that arrives twice moves nothing).
+        check(&[(25, "sent"), (40, "sent")], 55, Some(Unacknowledged));
+        // Acknowledged before the send was reported back: running, only ever stuck.
+        check(&[(1, "ack"), (2, "sent")], 600, None);
+        check(&[(1, "ack"), (2, "sent")], 601, Some(Stuck));
     }
 
     #[test]

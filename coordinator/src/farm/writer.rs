@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use manifold_proto::BuildId;
+use manifold_proto::{BuildId, JobId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -39,8 +39,11 @@ pub(super) struct Batch {
 /// Where the stored chunks of a build go, read by the writer ([`Batch::read_logs`]).
 pub(super) type LogRead = (BuildId, oneshot::Sender<Result<Vec<LogChunk>, StoreError>>);
 
-/// Applies batches in order: each build record is written (retrying backend errors with backoff),
-/// then the batch's worker messages are sent. A record that cannot be written (a full state disk)
+/// Applies batches in order, as group commits: every batch already queued when the writer is
+/// free goes into the same write (one transaction, one fsync on the embedded store; at most
+/// `MAX_GROUP` batches), and then the group's worker messages are sent in the batches' order. A
+/// transition waits for the write in progress and the next, never for one write per earlier
+/// transition. A record that cannot be written (a full state disk)
 /// is kept and written again, newest version first-come, with every later batch and every second
 /// until it lands; the messages of its batch are dropped, not sent ahead of their record (an
 /// assignment that never arrives is requeued by its acknowledgement timer). A fenced write means another coordinator leads now:
@@ -48,16 +51,18 @@ pub(super) type LogRead = (BuildId, oneshot::Sender<Result<Vec<LogChunk>, StoreE
 /// Batches queued before the term ended are still attempted (biased towards the queue): whether
 /// they land is the store's fence to decide, not this task's timing, and a shutdown loses nothing
 /// the farm already accepted. A build's buffered lines are written before its final record.
+/// The writer reports each assignment it sent (or gave up) to `sent`.
 pub(super) async fn write_loop(
     store: Arc<dyn StateStore>,
     mut batches: mpsc::UnboundedReceiver<Batch>,
+    sent: SentLog,
     term: CancellationToken,
 ) {
     let mut logs = LogBuffer::default();
     let mut unsaved = Unsaved::default();
     loop {
         let due = logs.due();
-        let batch = tokio::select! {
+        let first = tokio::select! {
             biased;
             b = batches.recv() => match b {
                 Some(b) => b,
@@ -84,78 +89,117 @@ pub(super) async fn write_loop(
                 continue;
             }
         };
-        logs.add(batch.logs);
-        let ending = batch.builds.iter().any(|b| b.state.is_final());
-        if (ending || batch.read_logs.is_some() || logs.full() || logs.overdue())
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match batches.try_recv() {
+                Ok(b) => group.push(b),
+                Err(_) => break,
+            }
+        }
+        let mut flush = false;
+        for batch in &mut group {
+            logs.add(std::mem::take(&mut batch.logs));
+            flush |= batch.read_logs.is_some() || batch.builds.iter().any(|b| b.state.is_final());
+        }
+        if (flush || logs.full() || logs.overdue())
             && let Err(e) = logs.flush(&*store).await
         {
             term.cancel();
-            if let Some(done) = batch.done {
-                let _ = done.send(Err(e));
+            for done in group.into_iter().filter_map(|b| b.done) {
+                let _ = done.send(Err(e.clone()));
             }
             return;
         }
-        let mine: Vec<BuildId> = batch.builds.iter().map(|b| b.id).collect();
-        for build in batch.builds {
-            if build.state.is_final() {
-                logs.book.forget(build.id);
-            }
-            unsaved.add(build);
-        }
-        let outcome = match unsaved.write(&*store).await {
-            Err(e @ StoreError::Fenced(_)) => {
-                term.cancel();
-                if let Some(done) = batch.done {
-                    let _ = done.send(Err(e));
+        let mut mine: Vec<Vec<BuildId>> = Vec::with_capacity(group.len());
+        for batch in &mut group {
+            mine.push(batch.builds.iter().map(|b| b.id).collect());
+            for build in std::mem::take(&mut batch.builds) {
+                if build.state.is_final() {
+                    logs.book.forget(build.id);
                 }
-                return;
+                unsaved.add(build);
             }
-            Err(e) if mine.iter().any(|id| unsaved.holds(*id)) => Err(e),
-            _ => Ok(()),
-        };
-        for id in batch.delete {
-            unsaved.held.remove(&id);
-            logs.book.forget(id);
-            match store.delete(id).await {
-                Ok(()) => tracing::debug!(build = %id, "build deleted (retention)"),
-                Err(e @ StoreError::Fenced(_)) => {
-                    tracing::error!(error = %e, "state write rejected; stepping down");
-                    term.cancel();
-                    return;
+        }
+        let written = unsaved.write(&*store).await;
+        if let Err(e @ StoreError::Fenced(_)) = &written {
+            term.cancel();
+            for done in group.into_iter().filter_map(|b| b.done) {
+                let _ = done.send(Err(e.clone()));
+            }
+            return;
+        }
+        let mut assignments = Vec::new();
+        for (batch, ids) in group.into_iter().zip(mine) {
+            let outcome = match &written {
+                Err(e) if ids.iter().any(|id| unsaved.holds(*id)) => Err(e.clone()),
+                _ => Ok(()),
+            };
+            assignments.extend(batch.messages.iter().filter_map(|(_, m)| match m {
+                ToWorker::Assign(spec) => Some((spec.job, spec.attempt)),
+                _ => None,
+            }));
+            if outcome.is_ok() {
+                for (tx, msg) in batch.messages {
+                    let _ = tx.send(msg);
                 }
-                // Still listed in the store's index: the next coordinator deletes it again.
-                Err(e) => tracing::warn!(build = %id, error = %e, "deleting a build failed"),
+            } else if !batch.messages.is_empty() {
+                tracing::warn!(
+                    messages = batch.messages.len(),
+                    "not sending worker messages whose records are not durable"
+                );
+            }
+            for id in batch.delete {
+                unsaved.held.remove(&id);
+                logs.book.forget(id);
+                match store.delete(id).await {
+                    Ok(()) => tracing::debug!(build = %id, "build deleted (retention)"),
+                    Err(e @ StoreError::Fenced(_)) => {
+                        tracing::error!(error = %e, "state write rejected; stepping down");
+                        term.cancel();
+                        return;
+                    }
+                    // Still listed in the store's index: the next coordinator deletes it again.
+                    Err(e) => tracing::warn!(build = %id, error = %e, "deleting a build failed"),
+                }
+            }
+            if batch.compact {
+                let started = Instant::now();
+                match store.compact().await {
+                    Ok(done) => tracing::info!(
+                        compacted = done,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "state store compacted after deletions"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "compacting the state store failed"),
+                }
+            }
+            if let Some(done) = batch.done {
+                let _ = done.send(outcome);
+            }
+            if let Some((id, answer)) = batch.read_logs {
+                let _ = answer.send(store.load_logs(id).await);
             }
         }
-        if batch.compact {
-            let started = Instant::now();
-            match store.compact().await {
-                Ok(done) => tracing::info!(
-                    compacted = done,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "state store compacted after deletions"
-                ),
-                Err(e) => tracing::warn!(error = %e, "compacting the state store failed"),
-            }
-        }
-        if outcome.is_ok() {
-            for (tx, msg) in batch.messages {
-                let _ = tx.send(msg);
-            }
-        } else if !batch.messages.is_empty() {
-            tracing::warn!(
-                messages = batch.messages.len(),
-                "not sending worker messages whose records are not durable"
+        // Sent, or given up with their records: their acknowledgement deadlines run from now.
+        if !assignments.is_empty() {
+            let at = Instant::now().into_std();
+            let mut log = sent.lock().expect("sent log lock poisoned");
+            log.extend(
+                assignments
+                    .into_iter()
+                    .map(|(job, attempt)| (job, attempt, at)),
             );
-        }
-        if let Some(done) = batch.done {
-            let _ = done.send(outcome);
-        }
-        if let Some((id, answer)) = batch.read_logs {
-            let _ = answer.send(store.load_logs(id).await);
         }
     }
 }
+
+/// Batches written together at most, so that one group's messages do not wait for an
+/// unbounded write.
+const MAX_GROUP: usize = 1024;
+
+/// Assignments the writer sent (or gave up), with when: the farm's next tick starts their
+/// acknowledgement deadlines from these times ([`super::state::FarmState::sent`]).
+pub(super) type SentLog = Arc<std::sync::Mutex<Vec<(JobId, u32, std::time::Instant)>>>;
 
 /// How often records that could not be written are tried again while no batch comes.
 const UNSAVED_RETRY: Duration = Duration::from_secs(1);
@@ -186,72 +230,57 @@ impl Unsaved {
         self.held.contains_key(&id)
     }
 
-    /// Writes what it holds, in order, and keeps what failed; returns the first error (a fenced
-    /// write stops at once; after a full disk the rest wait for the next try).
+    /// Writes what it holds in one group write ([`StateStore::save_all`]) and keeps it all when
+    /// that fails (writing a record again is harmless); returns the error.
     async fn write(&mut self, store: &dyn StateStore) -> Result<(), StoreError> {
-        let mut first = Ok(());
-        let held = std::mem::take(&mut self.held);
-        let count = held.len();
-        for (id, build) in held {
-            if matches!(first, Err(StoreError::DiskFull(_))) {
-                self.held.insert(id, build);
-                continue;
-            }
-            match save(store, &build).await {
-                Ok(()) => {}
-                Err(e @ StoreError::Fenced(_)) => return Err(e),
-                Err(e) => {
-                    self.held.insert(id, build);
-                    if first.is_ok() {
-                        first = Err(e);
-                    }
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let builds: Vec<Build> = std::mem::take(&mut self.held).into_values().collect();
+        match save(store, &builds).await {
+            Ok(()) => {
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!(
+                        records = builds.len(),
+                        "the state store takes writes again; every held record is durable"
+                    );
                 }
+                Ok(())
+            }
+            Err(e) => {
+                self.failing = true;
+                for build in builds {
+                    self.held.insert(build.id, build);
+                }
+                Err(e)
             }
         }
-        if first.is_ok() && std::mem::take(&mut self.failing) {
-            tracing::info!(
-                records = count,
-                "the state store takes writes again; every held record is durable"
-            );
-        }
-        if first.is_err() {
-            self.failing = true;
-        }
-        first
     }
 }
 
-/// Saves one record, retrying backend errors with backoff (a full disk is not retried here: it
-/// is not a blip); a stale write (a newer record is there already, as after a replay) counts as
-/// done.
-pub(super) async fn save(store: &dyn StateStore, build: &Build) -> Result<(), StoreError> {
+/// Saves records in one group write, retrying backend errors with backoff (a full disk is not
+/// retried here: it is not a blip); stale records (a newer one is there already, as after a
+/// replay) count as done.
+pub(super) async fn save(store: &dyn StateStore, builds: &[Build]) -> Result<(), StoreError> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match store.save(build).await {
+        match store.save_all(builds).await {
             Ok(()) => return Ok(()),
-            Err(StoreError::Stale {
-                id,
-                stored,
-                attempted,
-            }) => {
-                tracing::debug!(build = %id, stored, attempted, "skipping a stale write");
-                return Ok(());
-            }
             Err(e @ StoreError::Fenced(_)) => {
                 tracing::error!(error = %e, "state write rejected; stepping down");
                 return Err(e);
             }
             Err(e @ StoreError::DiskFull(_)) => {
-                tracing::error!(build = %build.id, error = %e, "state write failed");
+                tracing::error!(records = builds.len(), error = %e, "state write failed");
                 return Err(e);
             }
             Err(e) if delay <= Duration::from_secs(5) => {
-                tracing::warn!(build = %build.id, error = %e, "state write failed; retrying");
+                tracing::warn!(records = builds.len(), error = %e, "state write failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
             Err(e) => {
-                tracing::error!(build = %build.id, error = %e, "state write failed");
+                tracing::error!(records = builds.len(), error = %e, "state write failed");
                 return Err(e);
             }
         }
@@ -418,7 +447,8 @@ mod tests {
         let disk = Arc::new(SmallDisk::default());
         let (batches, rx) = mpsc::unbounded_channel();
         let term = CancellationToken::new();
-        tokio::spawn(write_loop(disk.clone(), rx, term.clone()));
+        let sent = SentLog::default();
+        tokio::spawn(write_loop(disk.clone(), rx, sent.clone(), term.clone()));
         let (to_worker, mut worker) = mpsc::unbounded_channel();
 
         disk.full.store(true, Ordering::SeqCst);

@@ -254,6 +254,45 @@ impl StateStore for EmbeddedStore {
         .await
     }
 
+    async fn save_all(&self, builds: &[Build]) -> Result<(), StoreError> {
+        let records: Vec<(String, u64, Vec<u8>, String, Vec<u8>)> = builds
+            .iter()
+            .map(|b| {
+                (
+                    build_key(PREFIX, b.id),
+                    b.version,
+                    encode(b),
+                    index_key(PREFIX, b.id),
+                    encode_summary(b),
+                )
+            })
+            .collect();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(fault)?;
+            {
+                let mut table = tx.open_table(STATE).map_err(fault)?;
+                let mut index = tx.open_table(INDEX).map_err(fault)?;
+                for (key, version, bytes, index_key, summary) in &records {
+                    let stored = match table.get(key.as_str()).map_err(fault)? {
+                        Some(v) => Some(decode(key, v.value())?.version),
+                        None => None,
+                    };
+                    if stored.is_some_and(|s| s >= *version) {
+                        continue;
+                    }
+                    table
+                        .insert(key.as_str(), bytes.as_slice())
+                        .map_err(fault)?;
+                    index
+                        .insert(index_key.as_str(), summary.as_slice())
+                        .map_err(fault)?;
+                }
+            }
+            tx.commit().map_err(fault)
+        })
+        .await
+    }
+
     async fn delete(&self, id: BuildId) -> Result<(), StoreError> {
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(fault)?;

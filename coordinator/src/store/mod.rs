@@ -41,7 +41,7 @@ use crate::build::{Build, BuildState};
 use crate::logs::{LogChunk, LogWrite};
 
 /// Store failures.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The stored record is as new as or newer than the write.
     #[error("build {id}: the store holds version {stored}, refusing version {attempted}")]
@@ -128,6 +128,19 @@ pub trait StateStore: Send + Sync + 'static {
     /// Writes a build's record and its summary in one transaction, if its version is newer than
     /// the stored one.
     async fn save(&self, build: &Build) -> Result<(), StoreError>;
+    /// Writes several builds' records, skipping each one whose stored version is as new
+    /// (a stale write is no error here). The embedded store does it in one transaction, so one
+    /// commit (one fsync) makes a whole group of transitions durable; the default saves them one
+    /// by one. On an error none of them counts as written (writing one again is harmless).
+    async fn save_all(&self, builds: &[Build]) -> Result<(), StoreError> {
+        for build in builds {
+            match self.save(build).await {
+                Ok(()) | Err(StoreError::Stale { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
     /// Removes a build's record, its summary and its log chunks, in one transaction (retention).
     async fn delete(&self, id: BuildId) -> Result<(), StoreError>;
     /// Gives the space of deleted builds back to the file system, where the backend needs to be
@@ -259,6 +272,7 @@ pub(crate) mod suite {
         a_saved_build_loads_back_equal(fresh()).await;
         a_newer_version_replaces_an_older_one(fresh()).await;
         an_older_or_equal_version_is_refused(fresh()).await;
+        a_group_write_takes_the_newer_records_and_skips_the_stale(fresh()).await;
         deleted_builds_are_gone(fresh()).await;
         log_chunks_load_back_in_order_apart_from_the_records(fresh()).await;
         dropped_chunks_and_deleted_builds_lose_their_logs(fresh()).await;
@@ -409,6 +423,24 @@ pub(crate) mod suite {
             }
         }
         assert_eq!(store.load().await.unwrap(), vec![newest]);
+    }
+
+    async fn a_group_write_takes_the_newer_records_and_skips_the_stale(store: impl StateStore) {
+        let (mut a, mut b, c) = (build(3), build(1), build(1));
+        store.save(&a).await.unwrap();
+        store.save(&b).await.unwrap();
+        let stored_a = a.clone();
+        a.version = 2;
+        a.state = BuildState::Failed;
+        b.version = 2;
+        b.state = BuildState::Running;
+        store.save_all(&[a, b.clone(), c.clone()]).await.unwrap();
+        let mut loaded = store.load().await.unwrap();
+        loaded.sort_by_key(|x| x.id);
+        let mut expected = vec![stored_a, b, c];
+        expected.sort_by_key(|x| x.id);
+        assert_eq!(loaded, expected);
+        store.save_all(&[]).await.unwrap();
     }
 
     async fn deleted_builds_are_gone(store: impl StateStore) {

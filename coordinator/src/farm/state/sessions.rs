@@ -12,6 +12,14 @@ use crate::scheduler::WorkerCaps;
 use super::MAX_LOG_EVENTS;
 
 impl FarmState {
+    /// The handle handed the assignment of `attempt` of `job` to its worker's stream at `at`
+    /// (after its record was durable), or gave it up: its acknowledgement deadline runs from then.
+    pub fn sent(&mut self, job: JobId, attempt: u32, at: std::time::Instant) {
+        if let Some(live) = self.live.get_mut(&job).filter(|l| l.attempt == attempt) {
+            live.sent(at);
+        }
+    }
+
     /// `manifold workers drain NAME`: the worker gets no new job and is told to drain.
     pub fn drain(&mut self, name: &str) -> Result<(WorkerView, Effects), FarmError> {
         let Some(session) = self.session_of(name) else {

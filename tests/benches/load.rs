@@ -1,0 +1,1373 @@
+//! Load benchmark: the real coordinator (a release `manifold-coordinator` process, plaintext on
+//! 127.0.0.1, embedded store in a temp dir) with simulated workers attached over real gRPC and
+//! 8 concurrent submitters, against a registry of its own.
+//!
+//! ```text
+//! nice -n 10 cargo build --release -p manifold-coordinator
+//! cargo bench -p manifold-tests --bench load [-- w100 w1000 burst]
+//! ```
+//!
+//! Scenarios (all by default, or those named after `--`):
+//! - `w100`: 100 workers x 2 slots attached, then `BUILDS` two-platform builds submitted;
+//! - `w1000`: 1,000 workers x 2 slots, the same;
+//! - `burst`: `BUILDS` builds submitted with no worker attached, then 1,000 workers x 4 slots
+//!   attach at once.
+//!
+//! Each simulated worker speaks the worker protocol (proto/manifold/v1/manifold.proto, Workers):
+//! hello, welcome, heartbeats at the interval the welcome gives; for each assignment it answers
+//! `JobAccepted`, `LOG_LINES` output lines and a `JobResult` with the image it pushed. Half the
+//! workers are linux/amd64, half linux/arm64. The coordinator checks every reported image in the
+//! registry before it believes it (coordinator/src/verify.rs: the manifest by digest, its config)
+//! and pushes a manifest list per build; so the benchmark starts Debian's `docker-registry` on a
+//! free loopback port, pushes one tiny image per platform (an OCI manifest, its config, no layer)
+//! into the scenario's repository once, and every worker reports that image's digest for every
+//! job of its platform. Builds differ by a build argument, so identical-build reuse joins none.
+//!
+//! Measured: sustained assignments/s (received by the workers), Submit latency, decision to
+//! worker (the job's ASSIGNED event time in the build's history against the worker's receipt, both
+//! Unix ms on this machine), submit to first assignment, builds/s end to end (first build created
+//! to last finished), coordinator CPU (/proc/PID/stat) and RSS (/proc/PID/status VmRSS, VmHWM),
+//! workers declared lost and "did not acknowledge" failures (the coordinator's log and the build
+//! histories), and `Builds.List` / `Workers.List` latency sampled every second during the load.
+//!
+//! Knobs (environment): MANIFOLD_BENCH_LOAD_BUILDS (10000), _SUBMITTERS (8), _LOG_LINES (3),
+//! _JOB_MS (0: a simulated job ends as soon as it is accepted), _TIMEOUT_S (per scenario, 900),
+//! _COORDINATOR (another coordinator binary, for A/B runs; default target/release's).
+//! The table is also written to target/manifold-bench/load-<unix time>.md. Every wait is bounded;
+//! the coordinator, the registry and their temp dirs are removed at the end, also after a failure.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use manifold_proto::v1::{
+    self, builds_client::BuildsClient, contexts_client::ContextsClient,
+    coordinator_message::Msg as FromCoordinator, worker_message::Msg as ToCoordinator,
+    workers_client::WorkersClient,
+};
+use sha2::Digest as _;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// Goals of issue 13, item 3.
+const GOAL_ASSIGNMENTS: f64 = 2_000.0;
+const GOAL_SUBMIT_P99_MS: f64 = 50.0;
+const GOAL_DISPATCH_P99_MS: f64 = 100.0;
+const GOAL_LIST_MS: f64 = 100.0;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+#[derive(Clone, Copy, Debug)]
+struct Scenario {
+    name: &'static str,
+    workers: usize,
+    slots: u32,
+    /// Every build is submitted before the first worker attaches.
+    queued_first: bool,
+}
+
+const SCENARIOS: [Scenario; 3] = [
+    Scenario {
+        name: "w100",
+        workers: 100,
+        slots: 2,
+        queued_first: false,
+    },
+    Scenario {
+        name: "w1000",
+        workers: 1_000,
+        slots: 2,
+        queued_first: false,
+    },
+    Scenario {
+        name: "burst",
+        workers: 1_000,
+        slots: 4,
+        queued_first: true,
+    },
+];
+
+struct Config {
+    builds: usize,
+    submitters: usize,
+    log_lines: usize,
+    job_ms: u64,
+    timeout: Duration,
+}
+
+impl Config {
+    fn from_env() -> anyhow::Result<Self> {
+        let num = |k: &str, d: u64| -> anyhow::Result<u64> {
+            let key = format!("MANIFOLD_BENCH_LOAD_{k}");
+            match std::env::var(&key) {
+                Ok(v) => v
+                    .parse()
+                    .with_context(|| format!("{key}={v} is not a whole number")),
+                Err(_) => Ok(d),
+            }
+        };
+        Ok(Self {
+            builds: num("BUILDS", 10_000)?.max(1) as usize,
+            submitters: num("SUBMITTERS", 8)?.max(1) as usize,
+            log_lines: num("LOG_LINES", 3)? as usize,
+            job_ms: num("JOB_MS", 0)?,
+            timeout: Duration::from_secs(num("TIMEOUT_S", 900)?),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "load benchmark: skipped (not under `cargo bench`); run `nice -n 10 cargo build --release -p manifold-coordinator && cargo bench -p manifold-tests --bench load`"
+        );
+        return ExitCode::SUCCESS;
+    }
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let scenarios: Vec<Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| wanted.is_empty() || wanted.iter().any(|w| w == s.name))
+        .copied()
+        .collect();
+    if scenarios.is_empty() {
+        eprintln!(
+            "load bench: no scenario named {wanted:?}; the scenarios are w100, w1000 and burst"
+        );
+        return ExitCode::FAILURE;
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("load bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(&config, &scenarios)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("load bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: &Config, scenarios: &[Scenario]) -> anyhow::Result<()> {
+    let coordinator_bin = match std::env::var_os("MANIFOLD_BENCH_LOAD_COORDINATOR") {
+        Some(path) => PathBuf::from(path),
+        None => release_binary("manifold-coordinator")?,
+    };
+    let commit = commit();
+    let run_id = unix_ms();
+    let registry = Registry::start().await?;
+    println!(
+        "load benchmark: {} builds, {} submitters, registry {}, coordinator {} (commit {commit})",
+        config.builds,
+        config.submitters,
+        registry.host,
+        coordinator_bin.display()
+    );
+    let mut report = format!(
+        "# Load benchmark {run_id}\n\ncommit {commit}; {} two-platform builds from {} submitters; {} log lines per job; jobs take {} ms\n\n",
+        config.builds, config.submitters, config.log_lines, config.job_ms
+    );
+    let mut results = Vec::new();
+    for scenario in scenarios {
+        println!(
+            "\n== {}: {} workers x {} slots{} ==",
+            scenario.name,
+            scenario.workers,
+            scenario.slots,
+            if scenario.queued_first {
+                ", attaching to the queued builds"
+            } else {
+                ""
+            }
+        );
+        let outcome = tokio::time::timeout(
+            config.timeout,
+            run_scenario(config, scenario, &registry, &coordinator_bin, run_id),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "scenario {} did not end within {:?} (MANIFOLD_BENCH_LOAD_TIMEOUT_S)",
+                scenario.name,
+                config.timeout
+            ))
+        });
+        match outcome {
+            Ok(r) => {
+                let table = r.table(scenario);
+                println!("{table}");
+                report.push_str(&table);
+                results.push(r);
+            }
+            Err(e) => {
+                let _ = writeln!(report, "## {}\n\nfailed: {e:#}\n", scenario.name);
+                eprintln!("load bench: {}: {e:#}", scenario.name);
+                write_report(&report, run_id);
+                return Err(e);
+            }
+        }
+    }
+    write_report(&report, run_id);
+    Ok(())
+}
+
+fn write_report(report: &str, run_id: i64) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .join("target/manifold-bench");
+    let path = dir.join(format!("load-{run_id}.md"));
+    if std::fs::create_dir_all(&dir).is_ok() && std::fs::write(&path, report).is_ok() {
+        println!("report written to {}", path.display());
+    }
+}
+
+/// What one scenario measured.
+struct Outcome {
+    load_before: String,
+    load_after: String,
+    builds: usize,
+    succeeded: usize,
+    failed: Vec<String>,
+    submit: Vec<f64>,
+    submit_secs: f64,
+    assignments: u64,
+    assign_span_secs: f64,
+    assign_per_second: Vec<f64>,
+    dispatch: Vec<f64>,
+    submit_to_assign: Vec<f64>,
+    build_secs: f64,
+    retried_jobs: usize,
+    unacknowledged: usize,
+    lost_in_histories: usize,
+    lost_in_log: usize,
+    unacknowledged_in_log: usize,
+    sessions_ended: u64,
+    cpu: Vec<f64>,
+    cpu_mean: f64,
+    bench_cpu_mean: f64,
+    rss_mib: f64,
+    hwm_mib: f64,
+    builds_list: Vec<f64>,
+    workers_list: Vec<f64>,
+}
+
+impl Outcome {
+    fn table(&self, s: &Scenario) -> String {
+        let mut t = String::new();
+        let ms = |v: &[f64]| {
+            format!(
+                "p50 {:.1} / p99 {:.1} / max {:.1} ms (n={})",
+                pct(v, 50.0),
+                pct(v, 99.0),
+                pct(v, 100.0),
+                v.len()
+            )
+        };
+        let verdict = |ok: bool| if ok { "met" } else { "missed" };
+        let rate = self.assignments as f64 / self.assign_span_secs.max(1e-9);
+        let _ = writeln!(
+            t,
+            "## {}: {} workers x {} slots, {} builds{}\n",
+            s.name,
+            s.workers,
+            s.slots,
+            self.builds,
+            if s.queued_first {
+                " queued before the workers attach"
+            } else {
+                " submitted while the workers are attached"
+            }
+        );
+        let _ = writeln!(
+            t,
+            "load average before: {}; after: {}\n",
+            self.load_before, self.load_after
+        );
+        let _ = writeln!(t, "| figure | value | goal | |\n| --- | --- | --- | --- |");
+        let _ = writeln!(
+            t,
+            "| builds succeeded / failed | {} / {} | all succeed | {} |",
+            self.succeeded,
+            self.failed.len(),
+            verdict(self.failed.is_empty() && self.succeeded == self.builds)
+        );
+        if let Some(first) = self.failed.first() {
+            let _ = writeln!(t, "| first failure | {first} | | |");
+        }
+        let _ = writeln!(
+            t,
+            "| **assignments/s (first to last assignment)** | **{rate:.0}** ({} in {:.1} s; per second p50 {:.0}, max {:.0}) | >= {GOAL_ASSIGNMENTS:.0} | {} |",
+            self.assignments,
+            self.assign_span_secs,
+            pct(&self.assign_per_second, 50.0),
+            pct(&self.assign_per_second, 100.0),
+            verdict(rate >= GOAL_ASSIGNMENTS)
+        );
+        let _ = writeln!(
+            t,
+            "| **Submit latency** | **{}**; {:.0} builds/s submitted | p99 <= {GOAL_SUBMIT_P99_MS:.0} ms | {} |",
+            ms(&self.submit),
+            self.builds as f64 / self.submit_secs.max(1e-9),
+            verdict(pct(&self.submit, 99.0) <= GOAL_SUBMIT_P99_MS)
+        );
+        let _ = writeln!(
+            t,
+            "| **decision to worker** (ASSIGNED event to receipt) | **{}** | p99 <= {GOAL_DISPATCH_P99_MS:.0} ms | {} |",
+            ms(&self.dispatch),
+            verdict(pct(&self.dispatch, 99.0) <= GOAL_DISPATCH_P99_MS)
+        );
+        let _ = writeln!(
+            t,
+            "| submit to first assignment received | {} | | |",
+            ms(&self.submit_to_assign)
+        );
+        let _ = writeln!(
+            t,
+            "| builds/s end to end (first created to last finished) | {:.0} ({:.1} s) | | |",
+            self.builds as f64 / self.build_secs.max(1e-9),
+            self.build_secs
+        );
+        let healthy = self.unacknowledged == 0
+            && self.lost_in_histories == 0
+            && self.lost_in_log == 0
+            && self.unacknowledged_in_log == 0
+            && self.sessions_ended == 0;
+        let _ = writeln!(
+            t,
+            "| **workers declared lost / \"did not acknowledge\" failures** | **{} / {}** (histories; log: {} / {}); streams cut: {}; jobs retried: {} | 0 | {} |",
+            self.lost_in_histories,
+            self.unacknowledged,
+            self.lost_in_log,
+            self.unacknowledged_in_log,
+            self.sessions_ended,
+            self.retried_jobs,
+            verdict(healthy)
+        );
+        let _ = writeln!(
+            t,
+            "| coordinator CPU, % of one core | mean {:.0}, per second p50 {:.0} / max {:.0} | | |",
+            self.cpu_mean,
+            pct(&self.cpu, 50.0),
+            pct(&self.cpu, 100.0)
+        );
+        let _ = writeln!(
+            t,
+            "| benchmark process CPU (simulated workers, submitters), % of one core | mean {:.0} | | |",
+            self.bench_cpu_mean
+        );
+        let _ = writeln!(
+            t,
+            "| coordinator RSS at the end / peak (VmHWM), MiB | {:.0} / {:.0} | | |",
+            self.rss_mib, self.hwm_mib
+        );
+        let _ = writeln!(
+            t,
+            "| **`Builds.List` during the load** | **{}** | < {GOAL_LIST_MS:.0} ms | {} |",
+            ms(&self.builds_list),
+            verdict(pct(&self.builds_list, 100.0) < GOAL_LIST_MS)
+        );
+        let _ = writeln!(
+            t,
+            "| **`Workers.List` during the load** | **{}** | < {GOAL_LIST_MS:.0} ms | {} |",
+            ms(&self.workers_list),
+            verdict(pct(&self.workers_list, 100.0) < GOAL_LIST_MS)
+        );
+        t.push('\n');
+        t
+    }
+}
+
+async fn run_scenario(
+    config: &Config,
+    scenario: &Scenario,
+    registry: &Registry,
+    bin: &Path,
+    run_id: i64,
+) -> anyhow::Result<Outcome> {
+    let repository = format!("load/{run_id}-{}", scenario.name);
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let amd64 = push_image(&http, &registry.host, &repository, "amd64").await?;
+    let arm64 = push_image(&http, &registry.host, &repository, "arm64").await?;
+    let coordinator = Coordinator::start(bin).await?;
+    let control = coordinator.channel().await?;
+    let context = upload_context(&control).await?;
+    let load_before = load_average();
+    let sim = Arc::new(Sim::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
+    let attach = |workers: &mut tokio::task::JoinSet<anyhow::Result<()>>| {
+        for i in 0..scenario.workers {
+            let (platform, image) = if i % 2 == 0 {
+                ("amd64", amd64.clone())
+            } else {
+                ("arm64", arm64.clone())
+            };
+            let w = SimWorker {
+                name: format!("sim-{}-{i}", scenario.name),
+                architecture: platform,
+                slots: scenario.slots,
+                image,
+                log_lines: config.log_lines,
+                job_ms: config.job_ms,
+                sim: sim.clone(),
+                stop: stop_rx.clone(),
+            };
+            let url = coordinator.url.clone();
+            workers.spawn(async move { w.run(url).await });
+        }
+    };
+    let builds_spec = Submissions {
+        image: format!("{}/{repository}", registry.host),
+        context: context.clone(),
+        builds: config.builds,
+        submitters: config.submitters,
+        url: coordinator.url.clone(),
+    };
+    let started = Instant::now();
+    let sampler;
+    let submitted;
+    if scenario.queued_first {
+        submitted = builds_spec.run().await?;
+        println!(
+            "submitted {} builds in {:.1} s with no worker attached; queued: {}",
+            submitted.ids.len(),
+            submitted.secs,
+            queued(&control).await?
+        );
+        sampler = Sampler::start(coordinator.pid, control.clone(), sim.clone());
+        attach(&mut workers);
+        wait_attached(&sim, scenario.workers, &mut workers).await?;
+    } else {
+        attach(&mut workers);
+        wait_attached(&sim, scenario.workers, &mut workers).await?;
+        println!(
+            "{} workers attached in {:.1} s",
+            scenario.workers,
+            started.elapsed().as_secs_f64()
+        );
+        sampler = Sampler::start(coordinator.pid, control.clone(), sim.clone());
+        submitted = builds_spec.run().await?;
+        println!(
+            "submitted {} builds in {:.1} s",
+            submitted.ids.len(),
+            submitted.secs
+        );
+    }
+    let finals = wait_all_final(&control, config.builds, &mut workers).await?;
+    let sampler = sampler.stop().await;
+    let load_after = load_average();
+    let (rss_kib, hwm_kib) = (
+        proc_status_kib(coordinator.pid, "VmRSS:").unwrap_or(0),
+        proc_status_kib(coordinator.pid, "VmHWM:").unwrap_or(0),
+    );
+    stop_tx.send_replace(true);
+    while tokio::time::timeout(Duration::from_secs(10), workers.join_next())
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {}
+    workers.abort_all();
+
+    // After the load: every build's history, for decision times and failures.
+    let histories = histories(&coordinator.url, &submitted.ids).await?;
+    let received = std::mem::take(&mut *sim.received.lock().expect("lock"));
+    let mut assigned_at: HashMap<(String, String, u32), i64> = HashMap::new();
+    let mut unacknowledged = 0;
+    let mut lost = 0;
+    for (build, events) in &histories {
+        for e in events {
+            let Some(v1::build_event::Event::JobState(js)) = &e.event else {
+                continue;
+            };
+            let platform = platform_key(js.platform.as_ref());
+            if js.state == v1::JobState::Assigned as i32 {
+                assigned_at.insert((build.clone(), platform, js.attempt), e.at_ms);
+            }
+            if js.message.contains("did not acknowledge") {
+                unacknowledged += 1;
+            }
+            if js.message.contains("worker lost") || js.message.contains("declared lost") {
+                lost += 1;
+            }
+        }
+    }
+    let mut dispatch = Vec::new();
+    let mut first_receipt: HashMap<&str, i64> = HashMap::new();
+    for r in &received {
+        if let Some(at) = assigned_at.get(&(r.build.clone(), r.platform.clone(), r.attempt)) {
+            dispatch.push((r.at_ms - at) as f64);
+        }
+        let e = first_receipt.entry(r.build.as_str()).or_insert(r.at_ms);
+        *e = (*e).min(r.at_ms);
+    }
+    let submit_to_assign: Vec<f64> = submitted
+        .started_ms
+        .iter()
+        .filter_map(|(id, ms)| first_receipt.get(id.as_str()).map(|r| (r - ms) as f64))
+        .collect();
+    let log = std::fs::read_to_string(&coordinator.log).unwrap_or_default();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    let created = finals.iter().map(|b| b.created_at_ms).min().unwrap_or(0);
+    let finished = finals.iter().map(|b| b.finished_at_ms).max().unwrap_or(0);
+    let failed: Vec<String> = finals
+        .iter()
+        .filter(|b| b.state != v1::BuildState::Succeeded as i32)
+        .map(|b| format!("{} {:?}: {}", b.id, b.state, b.error))
+        .collect();
+    let retried_jobs = finals
+        .iter()
+        .flat_map(|b| &b.jobs)
+        .filter(|j| j.attempt > 1)
+        .count();
+    let (first_assign, last_assign) = (
+        received.iter().map(|r| r.at_ms).min().unwrap_or(0),
+        received.iter().map(|r| r.at_ms).max().unwrap_or(0),
+    );
+    let outcome = Outcome {
+        load_before,
+        load_after,
+        builds: config.builds,
+        succeeded: finals.len() - failed.len(),
+        failed,
+        submit: submitted.latencies.clone(),
+        submit_secs: submitted.secs,
+        assignments: received.len() as u64,
+        assign_span_secs: (last_assign - first_assign).max(1) as f64 / 1000.0,
+        assign_per_second: sampler.assignments_in_span(),
+        dispatch,
+        submit_to_assign,
+        build_secs: (finished - created).max(1) as f64 / 1000.0,
+        retried_jobs,
+        unacknowledged,
+        lost_in_histories: lost,
+        lost_in_log: count("declaring it lost"),
+        unacknowledged_in_log: count("did not acknowledge"),
+        sessions_ended: sim.ended.load(Ordering::SeqCst),
+        cpu_mean: sampler.cpu_mean,
+        cpu: sampler.cpu,
+        bench_cpu_mean: sampler.bench_cpu_mean,
+        rss_mib: rss_kib as f64 / 1024.0,
+        hwm_mib: hwm_kib as f64 / 1024.0,
+        builds_list: sampler.builds_list,
+        workers_list: sampler.workers_list,
+    };
+    coordinator.stop().await;
+    Ok(outcome)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Simulated workers
+
+#[derive(Default)]
+struct Sim {
+    attached: AtomicU64,
+    /// Streams that ended while the benchmark still ran (an error or the coordinator closing).
+    ended: AtomicU64,
+    assignments: AtomicU64,
+    received: Mutex<Vec<Received>>,
+}
+
+/// An assignment as a worker received it.
+struct Received {
+    build: String,
+    platform: String,
+    attempt: u32,
+    at_ms: i64,
+}
+
+struct SimWorker {
+    name: String,
+    architecture: &'static str,
+    slots: u32,
+    image: v1::ImageDescriptor,
+    log_lines: usize,
+    job_ms: u64,
+    sim: Arc<Sim>,
+    stop: watch::Receiver<bool>,
+}
+
+impl SimWorker {
+    async fn run(mut self, url: String) -> anyhow::Result<()> {
+        let channel = connect(&url).await?;
+        let platform = v1::Platform {
+            os: "linux".into(),
+            architecture: self.architecture.into(),
+            variant: String::new(),
+        };
+        let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(1024);
+        let send = |tx: &mpsc::Sender<v1::WorkerMessage>, msg: ToCoordinator| {
+            let tx = tx.clone();
+            async move { tx.send(v1::WorkerMessage { msg: Some(msg) }).await }
+        };
+        send(
+            &tx,
+            ToCoordinator::Hello(v1::WorkerHello {
+                name: self.name.clone(),
+                platforms: vec![platform.clone()],
+                slots: self.slots,
+                docker_version: "simulated".into(),
+                worker_version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            }),
+        )
+        .await?;
+        let mut inbound = WorkersClient::new(channel)
+            .attach(ReceiverStream::new(rx))
+            .await
+            .with_context(|| format!("{}: attach", self.name))?
+            .into_inner();
+        let every = match tokio::time::timeout(Duration::from_secs(60), inbound.message()).await {
+            Ok(Ok(Some(v1::CoordinatorMessage {
+                msg: Some(FromCoordinator::Welcome(w)),
+            }))) => Duration::from_millis(w.heartbeat_interval_ms.max(100) as u64),
+            other => bail!("{}: no Welcome: {other:?}", self.name),
+        };
+        self.sim.attached.fetch_add(1, Ordering::SeqCst);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let running = Arc::new(AtomicU64::new(0));
+        let mut jobs = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = self.stop.changed() => {
+                    let _ = send(&tx, ToCoordinator::Goodbye(v1::Goodbye {})).await;
+                    return Ok(());
+                }
+                _ = heartbeat.tick() => {
+                    send(&tx, ToCoordinator::Heartbeat(v1::Heartbeat {
+                        slots_in_use: running.load(Ordering::SeqCst) as u32,
+                        ..Default::default()
+                    })).await?;
+                }
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
+                message = inbound.message() => match message {
+                    Ok(Some(v1::CoordinatorMessage { msg: Some(FromCoordinator::Assign(a)) })) => {
+                        let at_ms = unix_ms();
+                        self.sim.assignments.fetch_add(1, Ordering::Relaxed);
+                        self.sim.received.lock().expect("lock").push(Received {
+                            build: a.build_id.clone(),
+                            platform: platform_key(a.platform.as_ref()),
+                            attempt: a.attempt,
+                            at_ms,
+                        });
+                        send(&tx, ToCoordinator::Accepted(v1::JobAccepted {
+                            job_id: a.job_id.clone(),
+                            attempt: a.attempt,
+                        })).await?;
+                        let job = SimJob {
+                            job_id: a.job_id,
+                            attempt: a.attempt,
+                            lines: (0..self.log_lines)
+                                .map(|n| format!("#{n} simulated step {n} of {}", self.log_lines))
+                                .collect(),
+                            image: self.image.clone(),
+                        };
+                        if self.job_ms == 0 {
+                            job.finish(&tx).await?;
+                        } else {
+                            let (tx, running, ms) = (tx.clone(), running.clone(), self.job_ms);
+                            running.fetch_add(1, Ordering::SeqCst);
+                            jobs.spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                                let _ = job.finish(&tx).await;
+                                running.fetch_sub(1, Ordering::SeqCst);
+                            });
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        self.sim.ended.fetch_add(1, Ordering::SeqCst);
+                        bail!("{}: the coordinator closed the stream", self.name);
+                    }
+                    Err(status) => {
+                        if !*self.stop.borrow() {
+                            self.sim.ended.fetch_add(1, Ordering::SeqCst);
+                        }
+                        bail!("{}: stream ended: {status}", self.name);
+                    }
+                },
+            }
+        }
+    }
+}
+
+struct SimJob {
+    job_id: String,
+    attempt: u32,
+    lines: Vec<String>,
+    image: v1::ImageDescriptor,
+}
+
+impl SimJob {
+    /// The output lines, then the result: the image "pushed".
+    async fn finish(
+        self,
+        tx: &mpsc::Sender<v1::WorkerMessage>,
+    ) -> Result<(), mpsc::error::SendError<v1::WorkerMessage>> {
+        if !self.lines.is_empty() {
+            tx.send(v1::WorkerMessage {
+                msg: Some(ToCoordinator::Log(v1::JobLog {
+                    job_id: self.job_id.clone(),
+                    attempt: self.attempt,
+                    lines: self.lines,
+                })),
+            })
+            .await?;
+        }
+        tx.send(v1::WorkerMessage {
+            msg: Some(ToCoordinator::Result(v1::JobResult {
+                job_id: self.job_id,
+                attempt: self.attempt,
+                outcome: Some(v1::job_result::Outcome::Pushed(self.image)),
+            })),
+        })
+        .await
+    }
+}
+
+/// Waits until `n` workers are attached (bounded); fails at once when a worker task failed.
+async fn wait_attached(
+    sim: &Sim,
+    n: usize,
+    workers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while (sim.attached.load(Ordering::SeqCst) as usize) < n {
+        if let Some(Ok(Err(e))) = workers.try_join_next() {
+            return Err(e.context("a simulated worker failed to attach"));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {n} workers attached within 180 s",
+                sim.attached.load(Ordering::SeqCst)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------
+// Submitters
+
+struct Submissions {
+    image: String,
+    context: String,
+    builds: usize,
+    submitters: usize,
+    url: String,
+}
+
+struct Submitted {
+    ids: Vec<String>,
+    /// Unix ms when the Submit of each build started.
+    started_ms: HashMap<String, i64>,
+    /// Milliseconds each Submit took.
+    latencies: Vec<f64>,
+    secs: f64,
+}
+
+impl Submissions {
+    /// `builds` builds from `submitters` concurrent clients, each on its own connection.
+    async fn run(&self) -> anyhow::Result<Submitted> {
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for s in 0..self.submitters {
+            let channel = connect(&self.url).await?;
+            let (image, context) = (self.image.clone(), self.context.clone());
+            let mine: Vec<usize> = (s..self.builds).step_by(self.submitters).collect();
+            tasks.spawn(async move {
+                let mut client = BuildsClient::new(channel);
+                let mut out = Vec::with_capacity(mine.len());
+                for n in mine {
+                    let request = v1::SubmitBuildRequest {
+                        image: format!("{image}:b{n}"),
+                        platforms: vec![
+                            v1::Platform {
+                                os: "linux".into(),
+                                architecture: "amd64".into(),
+                                variant: String::new(),
+                            },
+                            v1::Platform {
+                                os: "linux".into(),
+                                architecture: "arm64".into(),
+                                variant: String::new(),
+                            },
+                        ],
+                        context_digest: context.clone(),
+                        build_args: [("N".to_owned(), n.to_string())].into(),
+                        ..Default::default()
+                    };
+                    let (t, at_ms) = (Instant::now(), unix_ms());
+                    let id = tokio::time::timeout(Duration::from_secs(60), client.submit(request))
+                        .await
+                        .context("a Submit took longer than 60 s")?
+                        .with_context(|| format!("submitting build {n}"))?
+                        .into_inner()
+                        .build_id;
+                    out.push((id, at_ms, t.elapsed().as_secs_f64() * 1e3));
+                }
+                anyhow::Ok(out)
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            all.extend(r??);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        Ok(Submitted {
+            started_ms: all.iter().map(|(id, at, _)| (id.clone(), *at)).collect(),
+            latencies: all.iter().map(|(_, _, l)| *l).collect(),
+            ids: all.into_iter().map(|(id, _, _)| id).collect(),
+            secs,
+        })
+    }
+}
+
+/// Jobs queued at the coordinator (`Builds.Teams`).
+async fn queued(channel: &Channel) -> anyhow::Result<u32> {
+    let teams = BuildsClient::new(channel.clone())
+        .teams(v1::ListTeamsRequest {})
+        .await?
+        .into_inner();
+    Ok(teams.teams.iter().map(|t| t.queued).sum())
+}
+
+/// Waits (bounded by the scenario's timeout) until every build has ended; returns their summaries.
+async fn wait_all_final(
+    channel: &Channel,
+    n: usize,
+    workers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<Vec<v1::Build>> {
+    let mut client = BuildsClient::new(channel.clone());
+    let mut last_print = Instant::now();
+    loop {
+        if let Some(Ok(Err(e))) = workers.try_join_next() {
+            eprintln!("load bench: a simulated worker stopped: {e:#}");
+        }
+        let teams = client.teams(v1::ListTeamsRequest {}).await?.into_inner();
+        let (running, queued): (u32, u32) = teams
+            .teams
+            .iter()
+            .fold((0, 0), |(r, q), t| (r + t.running, q + t.queued));
+        if running == 0 && queued == 0 {
+            let all = list_all(&mut client).await?;
+            let done = all
+                .iter()
+                .filter(|b| {
+                    b.state != v1::BuildState::Queued as i32
+                        && b.state != v1::BuildState::Running as i32
+                })
+                .count();
+            if done >= n {
+                return Ok(all);
+            }
+        }
+        if last_print.elapsed() > Duration::from_secs(5) {
+            println!("  ... {running} jobs running, {queued} queued");
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Every build's summary, paging through `Builds.List`.
+async fn list_all(client: &mut BuildsClient<Channel>) -> anyhow::Result<Vec<v1::Build>> {
+    let mut all = Vec::new();
+    let mut before = String::new();
+    for _ in 0..10_000 {
+        let page = client
+            .list(v1::ListBuildsRequest {
+                limit: 1000,
+                before: before.clone(),
+                since_ms: 0,
+            })
+            .await?
+            .into_inner();
+        all.extend(page.builds);
+        if page.next_before.is_empty() {
+            return Ok(all);
+        }
+        before = page.next_before;
+    }
+    bail!("more than 10,000 pages of builds")
+}
+
+/// Each build's whole history (`Builds.Watch` of a finished build), 16 at a time.
+async fn histories(
+    url: &str,
+    ids: &[String],
+) -> anyhow::Result<Vec<(String, Vec<v1::BuildEvent>)>> {
+    let channel = connect(url).await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(16) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in chunk {
+            let (mut client, id) = (BuildsClient::new(channel.clone()), id.clone());
+            tasks.spawn(async move {
+                let watch = async {
+                    let mut stream = client
+                        .watch(v1::WatchBuildRequest {
+                            build_id: id.clone(),
+                        })
+                        .await?
+                        .into_inner();
+                    let mut events = Vec::new();
+                    while let Some(e) = stream.message().await? {
+                        events.push(e);
+                    }
+                    anyhow::Ok(events)
+                };
+                let events = tokio::time::timeout(Duration::from_secs(30), watch)
+                    .await
+                    .context("Watch of a finished build took longer than 30 s")??;
+                anyhow::Ok((id, events))
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            out.push(r??);
+        }
+    }
+    Ok(out)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Sampling once a second during the load
+
+struct Sampler {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Samples>,
+}
+
+#[derive(Default)]
+struct Samples {
+    cpu: Vec<f64>,
+    cpu_mean: f64,
+    bench_cpu_mean: f64,
+    builds_list: Vec<f64>,
+    workers_list: Vec<f64>,
+    /// Assignments received per second, each second of the load.
+    assignments: Vec<u64>,
+}
+
+impl Samples {
+    /// The per-second assignment counts from the first second with one to the last with one.
+    fn assignments_in_span(&self) -> Vec<f64> {
+        let first = self.assignments.iter().position(|&a| a > 0);
+        let last = self.assignments.iter().rposition(|&a| a > 0);
+        match (first, last) {
+            (Some(f), Some(l)) => self.assignments[f..=l].iter().map(|&a| a as f64).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Sampler {
+    fn start(pid: u32, channel: Channel, sim: Arc<Sim>) -> Self {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let ticks = clock_ticks();
+            let mut s = Samples::default();
+            let t0 = Instant::now();
+            let (cpu0, me0) = (
+                proc_cpu_ticks(pid).unwrap_or(0),
+                proc_cpu_ticks(std::process::id()).unwrap_or(0),
+            );
+            let (mut last_cpu, mut last_at) = (cpu0, Instant::now());
+            let mut last_assigned = sim.assignments.load(Ordering::Relaxed);
+            let mut builds = BuildsClient::new(channel.clone());
+            let mut workers = WorkersClient::new(channel);
+            let mut interval = tokio::time::interval(Duration::from_secs(1));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    _ = interval.tick() => {}
+                }
+                let t = Instant::now();
+                if let Ok(Ok(_)) = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    builds.list(v1::ListBuildsRequest::default()),
+                )
+                .await
+                {
+                    s.builds_list.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                let t = Instant::now();
+                if let Ok(Ok(_)) = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    workers.list(v1::ListWorkersRequest {}),
+                )
+                .await
+                {
+                    s.workers_list.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                let cpu = proc_cpu_ticks(pid).unwrap_or(last_cpu);
+                let secs = last_at.elapsed().as_secs_f64();
+                s.cpu
+                    .push((cpu - last_cpu) as f64 / ticks / secs.max(1e-3) * 100.0);
+                (last_cpu, last_at) = (cpu, Instant::now());
+                let assigned = sim.assignments.load(Ordering::Relaxed);
+                s.assignments.push(assigned - last_assigned);
+                last_assigned = assigned;
+            }
+            let secs = t0.elapsed().as_secs_f64().max(1e-3);
+            s.cpu_mean = (proc_cpu_ticks(pid).unwrap_or(cpu0) - cpu0) as f64 / ticks / secs * 100.0;
+            s.bench_cpu_mean =
+                (proc_cpu_ticks(std::process::id()).unwrap_or(me0) - me0) as f64 / ticks / secs
+                    * 100.0;
+            s
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> Samples {
+        self.stop.send_replace(true);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The coordinator process
+
+struct Coordinator {
+    child: tokio::process::Child,
+    pid: u32,
+    url: String,
+    log: PathBuf,
+    _state: tempfile::TempDir,
+}
+
+impl Coordinator {
+    async fn start(bin: &Path) -> anyhow::Result<Self> {
+        let state = tempfile::tempdir()?;
+        let port = free_port()?;
+        let log = state.path().join("coordinator.log");
+        let child = tokio::process::Command::new(bin)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--plaintext"])
+            .arg("--state-dir")
+            .arg(state.path().join("state"))
+            // A farm whose workers attach after 10,000 builds queued must not fail them first.
+            .args(["--wait-for-workers", "30m"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("coordinator pid")?;
+        let c = Self {
+            child,
+            pid,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            _state: state,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(channel) = connect(&c.url).await
+                && WorkersClient::new(channel)
+                    .list(v1::ListWorkersRequest {})
+                    .await
+                    .is_ok()
+            {
+                return Ok(c);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the coordinator did not answer within 60 s; its log: {}",
+                    std::fs::read_to_string(&c.log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        connect(&self.url).await
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// A tiny context (a Dockerfile and one file), uploaded once; returns its digest.
+async fn upload_context(channel: &Channel) -> anyhow::Result<String> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, body) in [
+        ("Dockerfile", &b"FROM scratch\nCOPY n /n\n"[..]),
+        ("n", &b"load\n"[..]),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, body)?;
+    }
+    let bytes = tar.into_inner()?;
+    let digest = digest(&bytes);
+    let chunk = v1::UploadContextChunk {
+        digest: digest.clone(),
+        data: bytes,
+    };
+    ContextsClient::new(channel.clone())
+        .upload(tokio_stream::iter([chunk]))
+        .await
+        .context("uploading the context")?;
+    Ok(digest)
+}
+
+// ------------------------------------------------------------------------------------------------
+// The registry
+
+struct Registry {
+    child: tokio::process::Child,
+    host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Debian's `docker-registry` (distribution) on a free loopback port, storage in a temp dir.
+    async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let host = format!("127.0.0.1:{}", free_port()?);
+        let config = dir.path().join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let child = tokio::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log"))?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting docker-registry (Debian's package docker-registry)")?;
+        let r = Self {
+            child,
+            host,
+            _dir: dir,
+        };
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http
+            .get(format!("http://{}/v2/", r.host))
+            .send()
+            .await
+            .map(|a| !a.status().is_success())
+            .unwrap_or(true)
+        {
+            if Instant::now() > deadline {
+                bail!("the registry on {} did not answer within 30 s", r.host);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(r)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Pushes a tiny image of linux/`architecture` (a config, no layer) to `registry/repository`
+/// by digest; returns its descriptor, which workers of that platform report for every job.
+async fn push_image(
+    http: &reqwest::Client,
+    registry: &str,
+    repository: &str,
+    architecture: &str,
+) -> anyhow::Result<v1::ImageDescriptor> {
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": architecture,
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }))?;
+    let config_digest = digest(&config);
+    let start = http
+        .post(format!("http://{registry}/v2/{repository}/blobs/uploads/"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let location = start
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .context("no Location for the blob upload")?;
+    let location = if location.starts_with('/') {
+        format!("http://{registry}{location}")
+    } else {
+        location.to_owned()
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    http.put(format!("{location}{sep}digest={config_digest}"))
+        .header("content-type", "application/octet-stream")
+        .body(config.clone())
+        .send()
+        .await?
+        .error_for_status()
+        .context("uploading the image config")?;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
+        "layers": [],
+    }))?;
+    let manifest_digest = digest(&manifest);
+    http.put(format!(
+        "http://{registry}/v2/{repository}/manifests/{manifest_digest}"
+    ))
+    .header("content-type", OCI_MANIFEST)
+    .body(manifest.clone())
+    .send()
+    .await?
+    .error_for_status()
+    .context("pushing the image manifest")?;
+    Ok(v1::ImageDescriptor {
+        digest: manifest_digest,
+        size: manifest.len() as i64,
+        media_type: OCI_MANIFEST.into(),
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Small helpers
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+fn platform_key(p: Option<&v1::Platform>) -> String {
+    p.map(|p| format!("{}/{}/{}", p.os, p.architecture, p.variant))
+        .unwrap_or_default()
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The `p`th percentile (nearest rank) of `v`; 0 when empty.
+fn pct(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1]
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// utime + stime of process `pid`, in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 (state) on.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    if dirty {
+        format!("{head} (+ local changes)")
+    } else {
+        head
+    }
+}
+
+/// `target/release/NAME`, which `cargo bench` does not build (it builds only this benchmark).
+fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the bench binary lives in target/<profile>/deps")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `nice -n 10 cargo build --release -p manifold-coordinator` first (cargo bench builds only the benchmark)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
