@@ -352,19 +352,16 @@ async fn a_job_that_ends_while_the_coordinator_is_away_is_restated_until_its_res
 
     // The coordinator goes away, and turns the worker back for longer than the job takes.
     drop(first);
-    let turned_away = std::time::Instant::now() + Duration::from_secs(12);
-    let mut refused = farm.fake.attaches() + 1;
-    farm.fake
-        .refuse_next_attach(tonic::Status::unavailable("restarting"));
-    while std::time::Instant::now() < turned_away {
-        if farm.fake.attaches() >= refused {
-            refused += 1;
-            farm.fake
-                .refuse_next_attach(tonic::Status::unavailable("restarting"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let before = farm.fake.attaches();
+    farm.fake.refuse_attaches_until(
+        std::time::Instant::now() + Duration::from_secs(12),
+        tonic::Status::unavailable("restarting"),
+    );
     let (mut second, hello) = farm.attach().await;
+    assert!(
+        farm.fake.attaches() > before + 1,
+        "the worker was never turned back"
+    );
     // Its result waits in the outbox: the hello still names the attempt, so that the
     // coordinator does not take it for forgotten.
     assert_eq!(

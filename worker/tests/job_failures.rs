@@ -118,7 +118,9 @@ async fn a_cancelled_build_stops_and_its_run_process_goes_away() {
     let ctx = context(&[(
         "Dockerfile",
         format!(
-            "FROM {}\nRUN echo started && sleep {seconds}\n",
+            // "started" comes once the sleep runs (its /proc entry names it): the test then
+            // finds the process at once.
+            "FROM {}\nRUN sleep {seconds} & while ! grep -q '^sleep' /proc/$!/cmdline; do :; done; echo started; wait\n",
             base_image()
         ),
     )]);
@@ -158,11 +160,14 @@ async fn a_cancelled_build_stops_and_its_run_process_goes_away() {
     .await;
     assert_eq!(started, Ok(true), "the RUN step never started");
     let pattern = format!("sleep {seconds}");
-    let alive = || command("pgrep", &["-f", &pattern]).0;
-    assert!(
-        eventually(Duration::from_secs(10), alive).await,
-        "no sleep process seen"
-    );
+    let (found, pids, _) = command("pgrep", &["-x", "-f", &pattern]);
+    assert!(found, "no sleep process seen");
+    let pid: i32 = pids.lines().next().unwrap().trim().parse().unwrap();
+    let process = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .expect("the RUN step's process");
 
     cancel.cancel();
     let result = tokio::time::timeout(Duration::from_secs(30), running)
@@ -172,8 +177,10 @@ async fn a_cancelled_build_stops_and_its_run_process_goes_away() {
     let failure = result.expect_err("a cancelled job has no image");
     assert!(failure.cancelled && !failure.retryable, "{failure:?}");
     assert!(
-        eventually(Duration::from_secs(30), || !alive()).await,
-        "the RUN step's process still runs after the cancel"
+        tokio::task::spawn_blocking(move || exits_within(process, Duration::from_secs(30)))
+            .await
+            .unwrap(),
+        "the RUN step's process still runs 30 s after the cancel"
     );
 }
 
@@ -215,4 +222,13 @@ async fn an_unreachable_registry_is_retried_then_a_retryable_failure() {
         "{}",
         outcome.log()
     );
+}
+
+/// Waits, for at most `limit`, until process `pid` has exited (its pidfd becomes readable then;
+/// no polling); whether it did.
+fn exits_within(pid: std::os::fd::OwnedFd, limit: Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let timeout = Timespec::try_from(limit).unwrap();
+    let mut fds = [PollFd::new(&pid, PollFlags::IN)];
+    poll(&mut fds, Some(&timeout)).unwrap() == 1
 }

@@ -9,7 +9,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use manifold_proto::v1::worker_message::Msg as FromWorker;
 use manifold_worker::config::ClientIdentity;
@@ -261,36 +261,49 @@ fn pem_contents(path: &Path) -> Vec<u8> {
     pem.contents
 }
 
-/// Collects what the worker logs on this thread.
+/// Collects what the worker logs on this thread, and wakes whoever waits for a line.
 #[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
+struct Logs(Arc<(Mutex<Vec<u8>>, tokio::sync::Notify)>);
 
 impl Logs {
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.0.0.lock().unwrap()).into_owned()
+    }
+
+    /// Whether one line holds every one of `parts`.
+    fn has_line(&self, parts: &[&str]) -> bool {
+        self.text()
+            .lines()
+            .any(|line| parts.iter().all(|part| line.contains(part)))
+    }
+
+    /// Waits, for at most `limit`, until one line holds every one of `parts`; whether one did.
+    async fn logged(&self, limit: Duration, parts: &[&str]) -> bool {
+        let holds = || self.has_line(parts);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let written = self.0.1.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            if holds() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, written).await.is_err() {
+                return holds();
+            }
+        }
     }
 }
 
 impl std::io::Write for Logs {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0.0.lock().unwrap().extend_from_slice(buf);
+        self.0.1.notify_waiters();
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-/// Polls `done` every 50 ms until it holds or `limit` passes.
-async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    done()
 }
 
 /// Collects what is logged on this thread until the guard is dropped. With a current-thread
@@ -307,13 +320,6 @@ fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
     (logs, guard)
 }
 
-/// Whether one line of `logs` holds every one of `parts`.
-fn logged_line(logs: &Logs, parts: &[&str]) -> bool {
-    logs.text()
-        .lines()
-        .any(|line| parts.iter().all(|part| line.contains(part)))
-}
-
 #[tokio::test]
 async fn an_untrusted_coordinator_certificate_is_named_with_the_flag_to_fix_and_retried() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -328,9 +334,9 @@ async fn an_untrusted_coordinator_certificate_is_named_with_the_flag_to_fix_and_
     let shutdown = CancellationToken::new();
     let handle = worker.spawn(&shutdown);
 
-    let explained = eventually(STOP_WITHIN, || {
-        logged_line(
-            &logs,
+    let explained = logs
+        .logged(
+            STOP_WITHIN,
             &[
                 "cannot verify the TLS certificate of the coordinator at",
                 &url,
@@ -338,8 +344,7 @@ async fn an_untrusted_coordinator_certificate_is_named_with_the_flag_to_fix_and_
                 "pass --ca-cert",
             ],
         )
-    })
-    .await;
+        .await;
     assert!(
         explained,
         "no clear log line; the worker logged:\n{}",
@@ -347,7 +352,7 @@ async fn an_untrusted_coordinator_certificate_is_named_with_the_flag_to_fix_and_
     );
     // It keeps trying: that is how a worker waits for a coordinator it will trust.
     assert!(
-        eventually(STOP_WITHIN, || fake.connections() >= 3).await,
+        fake.connected(3, STOP_WITHIN).await,
         "the worker stopped dialling after {} connections",
         fake.connections()
     );
@@ -421,26 +426,22 @@ async fn a_coordinator_requiring_a_client_certificate_is_named_when_the_worker_h
     worker.config.ca_cert = Some(pki.ca_pem());
     let shutdown = CancellationToken::new();
     let handle = worker.spawn(&shutdown);
-    let explained = eventually(STOP_WITHIN, || {
-        logged_line(
-            &logs,
+    let explained = logs
+        .logged(
+            STOP_WITHIN,
             &[
                 "refused this worker's TLS client certificate",
                 &url,
                 "pass --cert and --key",
             ],
         )
-    })
-    .await;
+        .await;
     assert!(
         explained,
         "no clear log line; the worker logged:\n{}",
         logs.text()
     );
-    assert!(logged_line(
-        &logs,
-        &["no client certificate", "pass --cert and --key"]
-    ));
+    assert!(logs.has_line(&["no client certificate", "pass --cert and --key"]));
     assert!(!handle.is_finished());
     assert_eq!(fake.attaches(), 0);
     shutdown.cancel();

@@ -4,9 +4,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 
@@ -14,7 +13,7 @@ use manifold_proto::v1::coordinator_message::Msg as FromCoordinator;
 use manifold_proto::v1::worker_message::Msg as FromWorker;
 use manifold_proto::v1::workers_server::{Workers, WorkersServer};
 use manifold_proto::{Platform, v1};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -37,10 +36,12 @@ pub struct Fake {
     sessions: Arc<Mutex<Option<mpsc::UnboundedSender<Session>>>>,
     /// Answers to the next Attach calls, in order, instead of opening a stream.
     refusals: Arc<Mutex<VecDeque<Status>>>,
+    /// Every Attach call is answered with this status until this time.
+    refuse_until: Arc<Mutex<Option<(Instant, Status)>>>,
     /// Attach calls received, refused ones included.
-    attaches: Arc<AtomicUsize>,
+    attaches: Arc<watch::Sender<usize>>,
     /// TCP connections accepted, whether or not TLS then succeeded.
-    connections: Arc<AtomicUsize>,
+    connections: Arc<watch::Sender<usize>>,
 }
 
 #[tonic::async_trait]
@@ -52,9 +53,14 @@ impl Workers for Fake {
         &self,
         request: Request<Streaming<v1::WorkerMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        self.attaches.fetch_add(1, Ordering::SeqCst);
+        self.attaches.send_modify(|n| *n += 1);
         if let Some(status) = self.refusals.lock().unwrap().pop_front() {
             return Err(status);
+        }
+        if let Some((until, status)) = &*self.refuse_until.lock().unwrap()
+            && Instant::now() < *until
+        {
+            return Err(status.clone());
         }
         let peer_certs = request
             .peer_certs()
@@ -149,7 +155,7 @@ impl Fake {
         *fake.sessions.lock().unwrap() = Some(tx);
         let connections = fake.connections.clone();
         let incoming = TcpListenerStream::new(listener).inspect(move |_| {
-            connections.fetch_add(1, Ordering::SeqCst);
+            connections.send_modify(|n| *n += 1);
         });
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = tls {
@@ -168,14 +174,28 @@ impl Fake {
         self.refusals.lock().unwrap().push_back(status);
     }
 
+    /// Answers every Attach call with `status` until `until` (a coordinator that turns workers
+    /// back for a while).
+    pub fn refuse_attaches_until(&self, until: Instant, status: Status) {
+        *self.refuse_until.lock().unwrap() = Some((until, status));
+    }
+
     /// How many Attach calls arrived so far.
     pub fn attaches(&self) -> usize {
-        self.attaches.load(Ordering::SeqCst)
+        *self.attaches.borrow()
     }
 
     /// How many TCP connections were accepted so far.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
+        *self.connections.borrow()
+    }
+
+    /// Waits until at least `n` TCP connections were accepted, for at most `limit`; whether they were.
+    pub async fn connected(&self, n: usize, limit: Duration) -> bool {
+        let mut count = self.connections.subscribe();
+        tokio::time::timeout(limit, count.wait_for(|c| *c >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Makes a context available for download; returns its digest.

@@ -296,17 +296,3 @@ pub fn file_in_image(reference: &str, file: &str) -> Option<String> {
     }
     found
 }
-
-/// Polls `condition` every 100 ms until it holds or `deadline` passes.
-pub async fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
