@@ -579,13 +579,27 @@ impl Session {
                 transient: false,
             })?;
         let bytes = bytes::Bytes::copy_from_slice(bytes);
-        self.retry(reference, action, || {
-            self.client
-                .push_manifest_raw(reference, bytes.clone(), header.clone())
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| self.error(reference, action, e))
+        let mut waits = BLOB_RACE_WAITS.iter();
+        loop {
+            let pushed = self
+                .retry(reference, action, || {
+                    self.client
+                        .push_manifest_raw(reference, bytes.clone(), header.clone())
+                })
+                .await;
+            match pushed {
+                Ok(_) => return Ok(()),
+                Err(e) if is_blob_race(&e) => match waits.next() {
+                    Some(wait) => {
+                        tracing::warn!(registry = %reference.registry(), action, error = %error_chain(&e),
+                            "the registry did not find a blob the manifest names, which another push may be linking into the repository right now; retrying in {wait:?}");
+                        tokio::time::sleep(*wait).await;
+                    }
+                    None => return Err(self.error(reference, action, e)),
+                },
+                Err(e) => return Err(self.error(reference, action, e)),
+            }
+        }
     }
 
     /// Whether blob `digest` is in `reference`'s repository.
@@ -891,6 +905,33 @@ pub fn is_transient(e: &OciDistributionError) -> bool {
     }
 }
 
+/// How long a manifest push waits before each new try after [`is_blob_race`] (then it fails).
+const BLOB_RACE_WAITS: [Duration; 3] = [
+    Duration::from_millis(250),
+    Duration::from_millis(750),
+    Duration::from_secs(2),
+];
+
+/// Whether a manifest push was refused for a blob the repository lacks (`MANIFEST_BLOB_UNKNOWN`).
+/// A farm pushes every platform of a build into one repository at once, and a layer they share
+/// is linked into it by both pushes: the CNCF registry's filesystem storage rewrites a
+/// repository's blob link in place (truncate, then write: distribution/distribution#4489), so a
+/// manifest checked in between finds the link empty (`DIGEST_INVALID` beside
+/// `MANIFEST_BLOB_UNKNOWN`). Seen here in CI; trying again a moment later finds it. A blob that
+/// is really missing still fails, a few seconds later.
+fn is_blob_race(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ServerError {
+            code: 400, message, ..
+        } => message.contains("MANIFEST_BLOB_UNKNOWN"),
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|err| err.code == OciErrorCode::ManifestBlobUnknown),
+        _ => false,
+    }
+}
+
 /// An error with its causes, `: `-separated (reqwest's own message hides the cause).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -909,6 +950,36 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_refused_for_an_unknown_blob_is_tried_again_and_nothing_else_is() {
+        let server = |code: u16, message: &str| OciDistributionError::ServerError {
+            code,
+            url: "http://127.0.0.1:5000/v2/app/manifests/sha256:0f98".into(),
+            message: message.into(),
+        };
+        // What the CNCF registry answered in CI while the other platform linked a shared layer.
+        let race = r#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"},{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:2f48"}]}"#;
+        assert!(is_blob_race(&server(400, race)));
+        assert!(is_blob_race(&server(
+            400,
+            r#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#
+        )));
+        for other in [
+            server(
+                400,
+                r#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid"}]}"#,
+            ),
+            server(
+                400,
+                r#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"}]}"#,
+            ),
+            server(404, r#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#),
+            server(500, "MANIFEST_BLOB_UNKNOWN"),
+        ] {
+            assert!(!is_blob_race(&other), "{other:?}");
+        }
+    }
 
     #[test]
     fn sessions_share_a_client_only_with_the_same_registries_protocols_and_credentials() {
