@@ -7,7 +7,8 @@
 //!   at exact times. Its timers are in [`timers`], the retry rule in [`retry`].
 //! - [`Farm`], the thin handle: one mutex over the state and the channels; it reads the clock,
 //!   runs a transition, and applies its effects. It owns the ticker, the publish tasks and the
-//!   writer task.
+//!   writer task ([`writer`]); what it reads back from the store (logs, evicted builds) and the
+//!   history pass are in [`reads`].
 //!
 //! Invariants of the handle:
 //! - every state transition is written to the [`StateStore`] before the worker messages it causes
@@ -22,6 +23,7 @@ mod catalog;
 pub mod history;
 mod publish_retry;
 mod publisher;
+mod reads;
 mod retry;
 pub mod reuse;
 pub mod state;
@@ -42,10 +44,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::Caller;
-use crate::build::{Build, BuildRequest, BuildSpec, Event, EventKind, InvalidRequest, now_ms};
+use crate::build::{Build, BuildRequest, BuildSpec, Event, InvalidRequest, now_ms};
 use crate::contexts::ContextStore;
-use crate::logs;
-use crate::paging::{Page, PageError, PageQuery};
+use crate::paging::PageError;
 use crate::scheduler::{QueuedJob, Team};
 use crate::store::{StateStore, StoreError};
 use manifold_registry::RegistryConfig;
@@ -287,7 +288,7 @@ impl Farm {
         tasks: TaskTracker,
         term: CancellationToken,
     ) -> Result<Self, FarmError> {
-        let (builds, summaries) = load_held(&*store, &config.history).await?;
+        let (builds, summaries) = reads::load_held(&*store, &config.history).await?;
         let (writes, rx) = mpsc::unbounded_channel();
         let sent = writer::SentLog::default();
         tasks.spawn(write_loop(store.clone(), rx, sent.clone(), term.clone()));
@@ -397,10 +398,8 @@ impl Farm {
             builds: persist,
             messages,
             logs,
-            read_logs: None,
-            delete: Vec::new(),
-            compact: false,
             done,
+            ..Batch::default()
         };
         if let Err(mpsc::error::SendError(batch)) = self.inner.writes.send(batch)
             && let Some(done) = batch.done
@@ -491,99 +490,6 @@ impl Farm {
         self.lock().state.get(id)
     }
 
-    /// A snapshot of any build of the store: held in full, or read from the store (evicted).
-    pub async fn find(&self, id: BuildId) -> Result<Build, FarmError> {
-        {
-            let sh = self.lock();
-            if sh.state.holds(id) {
-                return sh.state.get(id);
-            }
-            if sh.state.team_of(id).is_none() {
-                return Err(FarmError::UnknownBuild(id));
-            }
-        }
-        self.read_stored(&[id])
-            .await?
-            .pop()
-            .ok_or(FarmError::UnknownBuild(id))
-    }
-
-    /// Whether `id` is a build of the store that the farm does not hold in full.
-    fn evicted(&self, id: BuildId) -> bool {
-        let sh = self.lock();
-        !sh.state.holds(id) && sh.state.team_of(id).is_some()
-    }
-
-    /// The team of any build of the store, without reading its record.
-    pub fn team_of(&self, id: BuildId) -> Result<String, FarmError> {
-        (self.lock().state.team_of(id).map(str::to_owned)).ok_or(FarmError::UnknownBuild(id))
-    }
-
-    /// The stored records of `ids` (those the store holds), once every record handed to the
-    /// writer is durable.
-    async fn read_stored(&self, ids: &[BuildId]) -> Result<Vec<Build>, FarmError> {
-        self.flush().await?;
-        Ok(self.inner.store.load_builds(ids).await?)
-    }
-
-    /// Waits until the writer has written every record handed to it so far.
-    async fn flush(&self) -> Result<(), FarmError> {
-        let (tx, rx) = oneshot::channel();
-        let flush = Batch {
-            builds: Vec::new(),
-            messages: Vec::new(),
-            logs: Vec::new(),
-            read_logs: None,
-            delete: Vec::new(),
-            compact: false,
-            done: Some(tx),
-        };
-        if self.inner.writes.send(flush).is_ok() {
-            durable(rx).await?;
-        }
-        Ok(())
-    }
-
-    /// The page of the builds that `by` may see that `q` asks for, newest first; evicted builds
-    /// are read from the store (one read for the page).
-    pub async fn list(&self, q: &PageQuery, by: &Caller) -> Result<Page<Build>, FarmError> {
-        let page = self.lock().state.list(q, by)?;
-        let evicted: Vec<BuildId> = (page.items.iter())
-            .filter_map(|l| match l {
-                Listed::Stored(id) => Some(*id),
-                Listed::Held(_) => None,
-            })
-            .collect();
-        let mut stored: HashMap<BuildId, Build> = if evicted.is_empty() {
-            HashMap::new()
-        } else {
-            (self.read_stored(&evicted).await?.into_iter())
-                .map(|b| (b.id, b))
-                .collect()
-        };
-        let items = (page.items.into_iter())
-            .filter_map(|l| match l {
-                Listed::Held(b) => Some(*b),
-                // Deleted meanwhile: left out.
-                Listed::Stored(id) => stored.remove(&id),
-            })
-            .collect();
-        Ok(Page {
-            items,
-            next_before: page.next_before,
-        })
-    }
-
-    /// Like [`Farm::list`] without reading the store: evicted builds by id only.
-    pub fn list_held(&self, q: &PageQuery, by: &Caller) -> Result<Page<Listed>, PageError> {
-        self.lock().state.list(q, by)
-    }
-
-    /// How many builds the farm lists, and how many it holds in full.
-    pub fn counts(&self) -> (usize, usize) {
-        self.lock().state.counts()
-    }
-
     /// Usage per team: the configured teams and any other team with running or queued jobs.
     pub fn teams(&self) -> Vec<TeamUsage> {
         self.lock().state.teams()
@@ -610,94 +516,6 @@ impl Farm {
             .or_insert_with(|| watch::channel(len).0)
             .subscribe();
         Ok((events, changed, ended))
-    }
-
-    /// Events of any build of the store from `from` on, a receiver that changes when more
-    /// arrive, and whether the history has ended. An evicted build (finished) tells its
-    /// history from its stored record and logs ([`state::record_history`]); for a watcher that
-    /// saw part of its history before it was evicted (`from` > 0), only its end.
-    pub async fn history(
-        &self,
-        id: BuildId,
-        from: usize,
-    ) -> Result<(Vec<Event>, watch::Receiver<usize>, bool), FarmError> {
-        match self.events(id, from) {
-            Err(FarmError::UnknownBuild(_)) if self.team_of(id).is_ok() => {}
-            other => return other,
-        }
-        let build = self.find(id).await?;
-        let lines = self.logs(id, None).await?;
-        let mut events = state::record_history(&build, &lines, "from the stored record", now_ms());
-        if from > 0 {
-            events = events.split_off(events.len().saturating_sub(1));
-        }
-        Ok((events, watch::channel(0).1, true))
-    }
-
-    /// A build's stored output (of `only` when given), oldest first, with a marker where the
-    /// per-platform bound dropped lines ([`crate::logs`]); lines still buffered are written first.
-    pub async fn logs(
-        &self,
-        id: BuildId,
-        only: Option<&Platform>,
-    ) -> Result<Vec<(Platform, String)>, FarmError> {
-        let (tx, rx) = oneshot::channel();
-        let chunks = match self.read_logs(id, tx) {
-            Ok(()) => stored(rx).await?,
-            // The writer stopped with the term: what is stored is all there is.
-            Err(()) => self.inner.store.load_logs(id).await?,
-        };
-        Ok(logs::render(chunks, only))
-    }
-
-    /// The lines a watcher of build `id` is shown before its in-memory history, numbered from 0
-    /// (the history's events follow, numbered after them). None for a build this coordinator
-    /// recorded from its start; for one restored from the store (a restart or a failover), whose
-    /// history began at the restore, the stored lines that came before it
-    /// ([`logs::before_recent`]), so that `watch` shows what `logs` shows. They carry the time of
-    /// the restore (lines are stored without their own).
-    pub async fn replay(&self, id: BuildId) -> Result<Vec<Event>, FarmError> {
-        let (tx, rx) = oneshot::channel();
-        let since = {
-            let sh = self.lock();
-            if !sh.state.holds(id) && sh.state.team_of(id).is_some() {
-                // Evicted: [`Farm::history`] tells its lines with the rest of its record.
-                return Ok(Vec::new());
-            }
-            let Some(since) = sh.state.lines_since_restore(id)? else {
-                return Ok(Vec::new());
-            };
-            // Under the lock: the read comes after exactly the lines the history holds.
-            if self.read_logs(id, tx).is_err() {
-                return Ok(Vec::new()); // the term ended: the watch ends too
-            }
-            since
-        };
-        let lines = logs::before_recent(stored(rx).await?, &since.lines);
-        Ok(lines
-            .into_iter()
-            .enumerate()
-            .map(|(i, (platform, line))| Event {
-                sequence: i as u64,
-                at_ms: since.at_ms,
-                kind: EventKind::Log { platform, line },
-            })
-            .collect())
-    }
-
-    /// Asks the writer for build `id`'s stored chunks once every line given so far is written;
-    /// `Err` when the writer has stopped.
-    fn read_logs(&self, id: BuildId, answer: oneshot::Sender<StoredChunks>) -> Result<(), ()> {
-        let read = Batch {
-            builds: Vec::new(),
-            messages: Vec::new(),
-            logs: Vec::new(),
-            read_logs: Some((id, answer)),
-            delete: Vec::new(),
-            compact: false,
-            done: None,
-        };
-        self.inner.writes.send(read).map_err(|_| ())
     }
 
     /// Cancels a build: unfinished jobs stop, no tag is written. An evicted build has ended:
@@ -812,9 +630,7 @@ impl Farm {
 
     /// Housekeeping at time `now` ([`FarmState::tick`]), after starting the acknowledgement
     /// deadlines of the assignments sent since the last tick; then a history pass
-    /// ([`FarmState::retire`]): evicted builds lose their watch channel, deleted ones are
-    /// deleted from the store by the writer (after every record handed to it before), which
-    /// compacts the store when [`history::compaction_due`] says so.
+    /// ([`Farm::retire`]).
     pub fn tick(&self, now: Instant) {
         let now = Now {
             at: now,
@@ -827,38 +643,7 @@ impl Farm {
             }
             st.tick(now)
         });
-        let mut sh = self.lock();
-        let retired = sh.state.retire(now);
-        for id in retired.evicted.iter().chain(&retired.deleted) {
-            sh.histories.remove(id);
-        }
-        if !retired.evicted.is_empty() || !retired.deleted.is_empty() {
-            tracing::debug!(
-                evicted = retired.evicted.len(),
-                deleted = retired.deleted.len(),
-                "history pass"
-            );
-        }
-        sh.deleted_since_compaction += retired.deleted.len();
-        let since = sh
-            .compacted_at
-            .map(|at| now.at.saturating_duration_since(at));
-        let compact = history::compaction_due(sh.deleted_since_compaction, retired.drained, since);
-        if compact {
-            (sh.deleted_since_compaction, sh.compacted_at) = (0, Some(now.at));
-        }
-        if retired.deleted.is_empty() && !compact {
-            return;
-        }
-        let _ = self.inner.writes.send(Batch {
-            builds: Vec::new(),
-            messages: Vec::new(),
-            logs: Vec::new(),
-            read_logs: None,
-            delete: retired.deleted,
-            compact,
-            done: None,
-        });
+        self.retire(now);
     }
 
     /// Cancelled when this farm's term ends.
@@ -878,51 +663,6 @@ impl Farm {
             }
         }
     }
-}
-
-type StoredChunks = Result<Vec<logs::LogChunk>, StoreError>;
-
-/// Waits for the chunks the writer read.
-async fn stored(rx: oneshot::Receiver<StoredChunks>) -> Result<Vec<logs::LogChunk>, FarmError> {
-    Ok(rx.await.unwrap_or_else(|_| {
-        Err(StoreError::Backend(
-            "the state writer stopped before reading the build's logs".into(),
-        ))
-    })?)
-}
-
-/// What a starting farm holds in full: every unfinished build, the finished ones its history
-/// window keeps ([`history::held_at_start`]) and the builds that unfinished ones joined; with the
-/// summary of every build of the store.
-async fn load_held(
-    store: &dyn StateStore,
-    policy: &history::HistoryPolicy,
-) -> Result<(Vec<Build>, Vec<crate::store::BuildSummary>), FarmError> {
-    let summaries = store.summaries().await?;
-    let mut finished: Vec<(i64, BuildId)> = (summaries.iter())
-        .filter(|s| s.state.is_final())
-        .map(|s| (s.finished_at_ms.unwrap_or(s.created_at_ms), s.id))
-        .collect();
-    finished.sort();
-    let mut ids: Vec<BuildId> = (summaries.iter())
-        .filter(|s| !s.state.is_final())
-        .map(|s| s.id)
-        .collect();
-    ids.extend(history::held_at_start(&finished, now_ms(), policy));
-    let mut builds = store.load_builds(&ids).await?;
-    let loaded: std::collections::HashSet<BuildId> = builds.iter().map(|b| b.id).collect();
-    let leaders: Vec<BuildId> = (builds.iter())
-        .filter(|b| !b.state.is_final())
-        .filter_map(|b| match b.reused {
-            Some(crate::build::Reused::Joined(leader)) => Some(leader),
-            _ => None,
-        })
-        .filter(|l| !loaded.contains(l))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    builds.extend(store.load_builds(&leaders).await?);
-    Ok((builds, summaries))
 }
 
 /// The time now, for a transition.

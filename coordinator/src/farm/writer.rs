@@ -21,6 +21,7 @@ const LOG_FLUSH_AFTER: Duration = Duration::from_millis(250);
 const LOG_FLUSH_BYTES: usize = 256 * 1024;
 
 /// What one farm operation must persist, then send.
+#[derive(Default)]
 pub(super) struct Batch {
     pub builds: Vec<Build>,
     pub messages: Vec<(mpsc::UnboundedSender<ToWorker>, ToWorker)>,
@@ -432,11 +433,8 @@ mod tests {
         let batch = Batch {
             builds,
             messages: vec![(to.clone(), ToWorker::Drain)],
-            logs: Vec::new(),
-            read_logs: None,
-            delete: Vec::new(),
-            compact: false,
             done: Some(done),
+            ..Batch::default()
         };
         (batch, rx)
     }
