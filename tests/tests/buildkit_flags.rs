@@ -63,9 +63,22 @@ async fn file_in_image(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_secret_reaches_the_run_step_and_nothing_else() -> anyhow::Result<()> {
+async fn a_secret_reaches_the_run_step_and_nothing_else_on_containerd_store() -> anyhow::Result<()>
+{
+    secret_no_cache_and_target_args("containerd").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_reaches_the_run_step_and_nothing_else_on_graphdriver() -> anyhow::Result<()> {
+    secret_no_cache_and_target_args("graphdriver").await
+}
+
+/// `--secret` (its hash in both images, its bytes nowhere else), TARGETARCH / TARGETPLATFORM /
+/// BUILDPLATFORM as buildx sets them, a cached rebuild and `--no-cache`, on the daemon pair of
+/// `store`.
+async fn secret_no_cache_and_target_args(store: &str) -> anyhow::Result<()> {
     let env = Env::from_env();
-    let (amd64, arm64) = env.pair("containerd");
+    let (amd64, arm64) = env.pair(store);
     let mut farm = TestFarm::builder().start().await?;
     farm.worker("x86").docker(&amd64).spawn().await?;
     farm.worker("arm")
