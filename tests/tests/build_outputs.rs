@@ -169,7 +169,7 @@ async fn tags_metadata_and_json_progress_on_graphdriver() -> anyhow::Result<()> 
 }
 
 /// `--cache-to type=registry` on the containerd-store pair (a graphdriver engine cannot export a
-/// registry cache), then `--cache-from` on the graphdriver pair, which never ran the step: both
+/// registry cache, and says so last), then `--cache-from` on the graphdriver pair, which never ran the step: both
 /// platforms take the expensive RUN step from the registry cache.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_cache_written_by_one_pair_is_reused_by_another() -> anyhow::Result<()> {
@@ -248,5 +248,30 @@ async fn a_registry_cache_written_by_one_pair_is_reused_by_another() -> anyhow::
         "neither platform ran the step again: {second_out}"
     );
     assert!(second_out.contains("CACHED"), "{second_out}");
+
+    // A graphdriver engine cannot export a registry cache: the build fails saying which engine
+    // mode can, and no cache is written.
+    let refused_cache = format!("{}:main", env.unique_repo("cache-refused"));
+    let third = reader
+        .cli(build(
+            format!("{}:1", env.unique_repo("cache-refused-image")),
+            "--cache-to",
+            format!("type=registry,ref={refused_cache}"),
+        ))
+        .await?;
+    let third_out = show(&third);
+    assert!(!third.status.success(), "{third_out}");
+    for part in [
+        "--cache-to type=registry",
+        "graphdriver",
+        "containerd image store",
+        "--cache-to type=inline",
+    ] {
+        assert!(third_out.contains(part), "{part:?} missing: {third_out}");
+    }
+    let written = manifold_tests::skopeo_tags(refused_cache.trim_end_matches(":main"))
+        .await
+        .unwrap_or_default();
+    assert!(written.is_empty(), "{written:?}");
     Ok(())
 }

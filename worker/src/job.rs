@@ -183,6 +183,8 @@ pub async fn execute(
         .await
         .map_err(|e| JobFailure::retryable(e.to_string()))?
         .image_store;
+    cache_exports_supported(store, &job.flags.cache_to, engine.host())
+        .map_err(JobFailure::permanent)?;
     let endpoint = Endpoint::moby(engine.host()).map_err(JobFailure::permanent)?;
     let build_platform = options
         .build_platform_override
@@ -458,6 +460,25 @@ fn push_failure(error: PushError) -> JobFailure {
     }
 }
 
+/// Whether an engine of image store `store` can export the `--cache-to` caches asked for. The
+/// BuildKit of a graphdriver engine has only the `inline` cache exporter (moby registers the
+/// others for its containerd image store only); the engine would answer `unknown cache
+/// exporter`, so the error says which engine mode can instead.
+fn cache_exports_supported(
+    store: ImageStore,
+    cache_to: &[manifold_proto::build_flags::CacheSpec],
+    host: &str,
+) -> Result<(), String> {
+    let unsupported = cache_to.iter().find(|c| c.kind != "inline");
+    match (store, unsupported) {
+        (ImageStore::Graphdriver, Some(cache)) => Err(format!(
+            "--cache-to type={}: the Docker engine at {host} keeps images in a graphdriver store, whose BuildKit exports only type=inline caches; run this build on workers whose engine uses the containerd image store (Docker Desktop's default; on Docker Engine, \"features\": {{\"containerd-snapshotter\": true}} in daemon.json), or use --cache-to type=inline",
+            cache.kind
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,5 +612,39 @@ mod tests {
                     .message
                     .starts_with("push failed: bad repository `x:1`")
         );
+    }
+
+    #[test]
+    fn a_graphdriver_engine_exports_only_inline_caches_and_says_which_engine_can() {
+        use manifold_proto::build_flags::CacheSpec;
+        let cache = |spec: &str| CacheSpec::parse("--cache-to", spec).unwrap();
+        let registry = cache("type=registry,ref=r.example/team/cache:main");
+        let inline = cache("type=inline");
+        let local = cache("type=local,dest=/tmp/c");
+        let host = "unix:///var/run/docker.sock";
+        for (store, caches, ok) in [
+            (ImageStore::Containerd, vec![registry.clone()], true),
+            (
+                ImageStore::Containerd,
+                vec![local.clone(), inline.clone()],
+                true,
+            ),
+            (ImageStore::Graphdriver, vec![], true),
+            (ImageStore::Graphdriver, vec![inline.clone()], true),
+            (
+                ImageStore::Graphdriver,
+                vec![inline.clone(), registry.clone()],
+                false,
+            ),
+            (ImageStore::Graphdriver, vec![local.clone()], false),
+        ] {
+            let result = cache_exports_supported(store, &caches, host);
+            assert_eq!(result.is_ok(), ok, "{store:?} {caches:?}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.contains(host), "{e}");
+                assert!(e.contains("containerd image store"), "{e}");
+                assert!(e.contains("containerd-snapshotter"), "{e}");
+            }
+        }
     }
 }
