@@ -49,6 +49,9 @@ use crate::push::{CHUNK_BYTES, PushError, PushTarget, PushedImage};
 
 /// The first path component of every repository the daemon pushes to here.
 pub const PREFIX: &str = "manifold-push";
+/// Pieces of [`CHUNK_BYTES`] read from the daemon ahead of the one being uploaded, per upload
+/// (the daemon runs up to 5 uploads at once: about 60 MiB in all at most).
+const PIECES_AHEAD: usize = 2;
 /// Largest manifest accepted from the daemon.
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
@@ -610,7 +613,19 @@ async fn send_upload(route: &Arc<Route>, id: &str, body: Body) -> Result<u64, Re
         }
     }
     let action = format!("uploading a layer to {}", route.repository_name());
-    let chunks = rechunk(body.into_data_stream(), CHUNK_BYTES);
+    // The daemon's bytes are read ahead while a piece is being sent: without this, the daemon
+    // stalled (and stopped compressing) during every request, and a cold push took the sum of
+    // compressing and uploading instead of the longer of the two.
+    let (ahead, chunks) = tokio::sync::mpsc::channel(PIECES_AHEAD);
+    let mut pieces = Box::pin(rechunk(body.into_data_stream(), CHUNK_BYTES));
+    tokio::spawn(async move {
+        while let Some(piece) = pieces.next().await {
+            if ahead.send(piece).await.is_err() {
+                return; // the upload failed: stop reading
+            }
+        }
+    });
+    let chunks = tokio_stream::wrappers::ReceiverStream::new(chunks);
     match route
         .session
         .push_blob_streamed(&route.repository, chunks, &action)
