@@ -257,6 +257,7 @@ struct Outcome {
     lost_in_log: usize,
     unacknowledged_in_log: usize,
     sessions_ended: u64,
+    reattaches: u64,
     cpu: Vec<f64>,
     cpu_mean: f64,
     bench_cpu_mean: f64,
@@ -349,12 +350,13 @@ impl Outcome {
             && self.sessions_ended == 0;
         let _ = writeln!(
             t,
-            "| **workers declared lost / \"did not acknowledge\" failures** | **{} / {}** (histories; log: {} / {}); streams cut: {}; jobs retried: {} | 0 | {} |",
+            "| **workers declared lost / \"did not acknowledge\" failures** | **{} / {}** (histories; log: {} / {}); streams cut: {}; attaches tried again: {}; jobs retried: {} | 0 | {} |",
             self.lost_in_histories,
             self.unacknowledged,
             self.lost_in_log,
             self.unacknowledged_in_log,
             self.sessions_ended,
+            self.reattaches,
             self.retried_jobs,
             verdict(healthy)
         );
@@ -559,6 +561,7 @@ async fn run_scenario(
         lost_in_log: count("declaring it lost"),
         unacknowledged_in_log: count("did not acknowledge"),
         sessions_ended: sim.ended.load(Ordering::SeqCst),
+        reattaches: sim.reattaches.load(Ordering::SeqCst),
         cpu_mean: sampler.cpu_mean,
         cpu: sampler.cpu,
         bench_cpu_mean: sampler.bench_cpu_mean,
@@ -579,6 +582,8 @@ struct Sim {
     attached: AtomicU64,
     /// Streams that ended while the benchmark still ran (an error or the coordinator closing).
     ended: AtomicU64,
+    /// Attaches that failed and were tried again.
+    reattaches: AtomicU64,
     assignments: AtomicU64,
     received: Mutex<Vec<Received>>,
 }
@@ -604,39 +609,29 @@ struct SimWorker {
 
 impl SimWorker {
     async fn run(mut self, url: String) -> anyhow::Result<()> {
-        let channel = connect(&url).await?;
         let platform = v1::Platform {
             os: "linux".into(),
             architecture: self.architecture.into(),
             variant: String::new(),
         };
-        let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(1024);
         let send = |tx: &mpsc::Sender<v1::WorkerMessage>, msg: ToCoordinator| {
             let tx = tx.clone();
             async move { tx.send(v1::WorkerMessage { msg: Some(msg) }).await }
         };
-        send(
-            &tx,
-            ToCoordinator::Hello(v1::WorkerHello {
-                name: self.name.clone(),
-                platforms: vec![platform.clone()],
-                slots: self.slots,
-                docker_version: "simulated".into(),
-                worker_version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            }),
-        )
-        .await?;
-        let mut inbound = WorkersClient::new(channel)
-            .attach(ReceiverStream::new(rx))
-            .await
-            .with_context(|| format!("{}: attach", self.name))?
-            .into_inner();
-        let every = match tokio::time::timeout(Duration::from_secs(60), inbound.message()).await {
-            Ok(Ok(Some(v1::CoordinatorMessage {
-                msg: Some(FromCoordinator::Welcome(w)),
-            }))) => Duration::from_millis(w.heartbeat_interval_ms.max(100) as u64),
-            other => bail!("{}: no Welcome: {other:?}", self.name),
+        // As a real worker does, an attach that fails (a connection the busy coordinator's
+        // listener dropped in a burst of 1,000 attaches) is tried again after a back-off.
+        let mut attempt = 0;
+        let (tx, mut inbound, every) = loop {
+            match self.open(&url, &platform).await {
+                Ok(opened) => break opened,
+                Err(e) if attempt < ATTACH_ATTEMPTS => {
+                    attempt += 1;
+                    self.sim.reattaches.fetch_add(1, Ordering::SeqCst);
+                    eprintln!("{}: {e:#}; attaching again", self.name);
+                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
         };
         self.sim.attached.fetch_add(1, Ordering::SeqCst);
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -704,7 +699,48 @@ impl SimWorker {
             }
         }
     }
+
+    /// Connects, says hello and waits for the welcome: the stream's sender, its inbound half and
+    /// the heartbeat interval.
+    async fn open(
+        &self,
+        url: &str,
+        platform: &v1::Platform,
+    ) -> anyhow::Result<(
+        mpsc::Sender<v1::WorkerMessage>,
+        tonic::Streaming<v1::CoordinatorMessage>,
+        Duration,
+    )> {
+        let channel = connect(url).await?;
+        let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(1024);
+        tx.send(v1::WorkerMessage {
+            msg: Some(ToCoordinator::Hello(v1::WorkerHello {
+                name: self.name.clone(),
+                platforms: vec![platform.clone()],
+                slots: self.slots,
+                docker_version: "simulated".into(),
+                worker_version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            })),
+        })
+        .await?;
+        let mut inbound = WorkersClient::new(channel)
+            .attach(ReceiverStream::new(rx))
+            .await
+            .with_context(|| format!("{}: attach", self.name))?
+            .into_inner();
+        let every = match tokio::time::timeout(Duration::from_secs(60), inbound.message()).await {
+            Ok(Ok(Some(v1::CoordinatorMessage {
+                msg: Some(FromCoordinator::Welcome(w)),
+            }))) => Duration::from_millis(w.heartbeat_interval_ms.max(100) as u64),
+            other => bail!("{}: no Welcome: {other:?}", self.name),
+        };
+        Ok((tx, inbound, every))
+    }
 }
+
+/// Attach attempts a simulated worker makes before it gives up.
+const ATTACH_ATTEMPTS: u32 = 4;
 
 struct SimJob {
     job_id: String,
