@@ -39,30 +39,29 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use manifold_proto::v1::{
-    self, builds_client::BuildsClient, contexts_client::ContextsClient,
-    coordinator_message::Msg as FromCoordinator, worker_message::Msg as ToCoordinator,
-    workers_client::WorkersClient,
+use manifold_proto::v1::{self, builds_client::BuildsClient, workers_client::WorkersClient};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+#[path = "load/sim.rs"]
+mod sim;
+use sim::{
+    Coordinator, Registry, Sim, SimWorker, build_request, clock_ticks, commit, connect,
+    load_average, pct, platform_key, proc_cpu_ticks, proc_status_kib, push_image, queued,
+    release_binary, unix_ms, upload_context, wait_attached, write_report,
 };
-use sha2::Digest as _;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
 
 /// Goals of issue 13, item 3.
 const GOAL_ASSIGNMENTS: f64 = 2_000.0;
 const GOAL_SUBMIT_P99_MS: f64 = 50.0;
 const GOAL_DISPATCH_P99_MS: f64 = 100.0;
 const GOAL_LIST_MS: f64 = 100.0;
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 
 #[derive(Clone, Copy, Debug)]
 struct Scenario {
@@ -216,24 +215,13 @@ async fn run(config: &Config, scenarios: &[Scenario]) -> anyhow::Result<()> {
             Err(e) => {
                 let _ = writeln!(report, "## {}\n\nfailed: {e:#}\n", scenario.name);
                 eprintln!("load bench: {}: {e:#}", scenario.name);
-                write_report(&report, run_id);
+                write_report("load", &report, run_id);
                 return Err(e);
             }
         }
     }
-    write_report(&report, run_id);
+    write_report("load", &report, run_id);
     Ok(())
-}
-
-fn write_report(report: &str, run_id: i64) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace")
-        .join("target/manifold-bench");
-    let path = dir.join(format!("load-{run_id}.md"));
-    if std::fs::create_dir_all(&dir).is_ok() && std::fs::write(&path, report).is_ok() {
-        println!("report written to {}", path.display());
-    }
 }
 
 /// What one scenario measured.
@@ -405,7 +393,7 @@ async fn run_scenario(
     let http = reqwest::Client::builder().no_proxy().build()?;
     let amd64 = push_image(&http, &registry.host, &repository, "amd64").await?;
     let arm64 = push_image(&http, &registry.host, &repository, "arm64").await?;
-    let coordinator = Coordinator::start(bin).await?;
+    let coordinator = Coordinator::start(bin, &[]).await?;
     let control = coordinator.channel().await?;
     let context = upload_context(&control).await?;
     let load_before = load_average();
@@ -575,230 +563,6 @@ async fn run_scenario(
 }
 
 // ------------------------------------------------------------------------------------------------
-// Simulated workers
-
-#[derive(Default)]
-struct Sim {
-    attached: AtomicU64,
-    /// Streams that ended while the benchmark still ran (an error or the coordinator closing).
-    ended: AtomicU64,
-    /// Attaches that failed and were tried again.
-    reattaches: AtomicU64,
-    assignments: AtomicU64,
-    received: Mutex<Vec<Received>>,
-}
-
-/// An assignment as a worker received it.
-struct Received {
-    build: String,
-    platform: String,
-    attempt: u32,
-    at_ms: i64,
-}
-
-struct SimWorker {
-    name: String,
-    architecture: &'static str,
-    slots: u32,
-    image: v1::ImageDescriptor,
-    log_lines: usize,
-    job_ms: u64,
-    sim: Arc<Sim>,
-    stop: watch::Receiver<bool>,
-}
-
-impl SimWorker {
-    async fn run(mut self, url: String) -> anyhow::Result<()> {
-        let platform = v1::Platform {
-            os: "linux".into(),
-            architecture: self.architecture.into(),
-            variant: String::new(),
-        };
-        let send = |tx: &mpsc::Sender<v1::WorkerMessage>, msg: ToCoordinator| {
-            let tx = tx.clone();
-            async move { tx.send(v1::WorkerMessage { msg: Some(msg) }).await }
-        };
-        // As a real worker does, an attach that fails (a connection the busy coordinator's
-        // listener dropped in a burst of 1,000 attaches) is tried again after a back-off.
-        let mut attempt = 0;
-        let (tx, mut inbound, every) = loop {
-            match self.open(&url, &platform).await {
-                Ok(opened) => break opened,
-                Err(e) if attempt < ATTACH_ATTEMPTS => {
-                    attempt += 1;
-                    self.sim.reattaches.fetch_add(1, Ordering::SeqCst);
-                    eprintln!("{}: {e:#}; attaching again", self.name);
-                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        self.sim.attached.fetch_add(1, Ordering::SeqCst);
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let running = Arc::new(AtomicU64::new(0));
-        let mut jobs = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = self.stop.changed() => {
-                    let _ = send(&tx, ToCoordinator::Goodbye(v1::Goodbye {})).await;
-                    return Ok(());
-                }
-                _ = heartbeat.tick() => {
-                    send(&tx, ToCoordinator::Heartbeat(v1::Heartbeat {
-                        slots_in_use: running.load(Ordering::SeqCst) as u32,
-                        ..Default::default()
-                    })).await?;
-                }
-                Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
-                message = inbound.message() => match message {
-                    Ok(Some(v1::CoordinatorMessage { msg: Some(FromCoordinator::Assign(a)) })) => {
-                        let at_ms = unix_ms();
-                        self.sim.assignments.fetch_add(1, Ordering::Relaxed);
-                        self.sim.received.lock().expect("lock").push(Received {
-                            build: a.build_id.clone(),
-                            platform: platform_key(a.platform.as_ref()),
-                            attempt: a.attempt,
-                            at_ms,
-                        });
-                        send(&tx, ToCoordinator::Accepted(v1::JobAccepted {
-                            job_id: a.job_id.clone(),
-                            attempt: a.attempt,
-                        })).await?;
-                        let job = SimJob {
-                            job_id: a.job_id,
-                            attempt: a.attempt,
-                            lines: (0..self.log_lines)
-                                .map(|n| format!("#{n} simulated step {n} of {}", self.log_lines))
-                                .collect(),
-                            image: self.image.clone(),
-                        };
-                        if self.job_ms == 0 {
-                            job.finish(&tx).await?;
-                        } else {
-                            let (tx, running, ms) = (tx.clone(), running.clone(), self.job_ms);
-                            running.fetch_add(1, Ordering::SeqCst);
-                            jobs.spawn(async move {
-                                tokio::time::sleep(Duration::from_millis(ms)).await;
-                                let _ = job.finish(&tx).await;
-                                running.fetch_sub(1, Ordering::SeqCst);
-                            });
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        self.sim.ended.fetch_add(1, Ordering::SeqCst);
-                        bail!("{}: the coordinator closed the stream", self.name);
-                    }
-                    Err(status) => {
-                        if !*self.stop.borrow() {
-                            self.sim.ended.fetch_add(1, Ordering::SeqCst);
-                        }
-                        bail!("{}: stream ended: {status}", self.name);
-                    }
-                },
-            }
-        }
-    }
-
-    /// Connects, says hello and waits for the welcome: the stream's sender, its inbound half and
-    /// the heartbeat interval.
-    async fn open(
-        &self,
-        url: &str,
-        platform: &v1::Platform,
-    ) -> anyhow::Result<(
-        mpsc::Sender<v1::WorkerMessage>,
-        tonic::Streaming<v1::CoordinatorMessage>,
-        Duration,
-    )> {
-        let channel = connect(url).await?;
-        let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(1024);
-        tx.send(v1::WorkerMessage {
-            msg: Some(ToCoordinator::Hello(v1::WorkerHello {
-                name: self.name.clone(),
-                platforms: vec![platform.clone()],
-                slots: self.slots,
-                docker_version: "simulated".into(),
-                worker_version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            })),
-        })
-        .await?;
-        let mut inbound = WorkersClient::new(channel)
-            .attach(ReceiverStream::new(rx))
-            .await
-            .with_context(|| format!("{}: attach", self.name))?
-            .into_inner();
-        let every = match tokio::time::timeout(Duration::from_secs(60), inbound.message()).await {
-            Ok(Ok(Some(v1::CoordinatorMessage {
-                msg: Some(FromCoordinator::Welcome(w)),
-            }))) => Duration::from_millis(w.heartbeat_interval_ms.max(100) as u64),
-            other => bail!("{}: no Welcome: {other:?}", self.name),
-        };
-        Ok((tx, inbound, every))
-    }
-}
-
-/// Attach attempts a simulated worker makes before it gives up.
-const ATTACH_ATTEMPTS: u32 = 4;
-
-struct SimJob {
-    job_id: String,
-    attempt: u32,
-    lines: Vec<String>,
-    image: v1::ImageDescriptor,
-}
-
-impl SimJob {
-    /// The output lines, then the result: the image "pushed".
-    async fn finish(
-        self,
-        tx: &mpsc::Sender<v1::WorkerMessage>,
-    ) -> Result<(), mpsc::error::SendError<v1::WorkerMessage>> {
-        if !self.lines.is_empty() {
-            tx.send(v1::WorkerMessage {
-                msg: Some(ToCoordinator::Log(v1::JobLog {
-                    job_id: self.job_id.clone(),
-                    attempt: self.attempt,
-                    lines: self.lines,
-                })),
-            })
-            .await?;
-        }
-        tx.send(v1::WorkerMessage {
-            msg: Some(ToCoordinator::Result(v1::JobResult {
-                job_id: self.job_id,
-                attempt: self.attempt,
-                outcome: Some(v1::job_result::Outcome::Pushed(self.image)),
-            })),
-        })
-        .await
-    }
-}
-
-/// Waits until `n` workers are attached (bounded); fails at once when a worker task failed.
-async fn wait_attached(
-    sim: &Sim,
-    n: usize,
-    workers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while (sim.attached.load(Ordering::SeqCst) as usize) < n {
-        if let Some(Ok(Err(e))) = workers.try_join_next() {
-            return Err(e.context("a simulated worker failed to attach"));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {n} workers attached within 180 s",
-                sim.attached.load(Ordering::SeqCst)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-// ------------------------------------------------------------------------------------------------
 // Submitters
 
 struct Submissions {
@@ -831,24 +595,7 @@ impl Submissions {
                 let mut client = BuildsClient::new(channel);
                 let mut out = Vec::with_capacity(mine.len());
                 for n in mine {
-                    let request = v1::SubmitBuildRequest {
-                        image: format!("{image}:b{n}"),
-                        platforms: vec![
-                            v1::Platform {
-                                os: "linux".into(),
-                                architecture: "amd64".into(),
-                                variant: String::new(),
-                            },
-                            v1::Platform {
-                                os: "linux".into(),
-                                architecture: "arm64".into(),
-                                variant: String::new(),
-                            },
-                        ],
-                        context_digest: context.clone(),
-                        build_args: [("N".to_owned(), n.to_string())].into(),
-                        ..Default::default()
-                    };
+                    let request = build_request(&image, &context, n);
                     let (t, at_ms) = (Instant::now(), unix_ms());
                     let id = tokio::time::timeout(Duration::from_secs(60), client.submit(request))
                         .await
@@ -873,15 +620,6 @@ impl Submissions {
             secs,
         })
     }
-}
-
-/// Jobs queued at the coordinator (`Builds.Teams`).
-async fn queued(channel: &Channel) -> anyhow::Result<u32> {
-    let teams = BuildsClient::new(channel.clone())
-        .teams(v1::ListTeamsRequest {})
-        .await?
-        .into_inner();
-    Ok(teams.teams.iter().map(|t| t.queued).sum())
 }
 
 /// Waits (bounded by the scenario's timeout) until every build has ended; returns their summaries.
@@ -1077,333 +815,4 @@ impl Sampler {
         self.stop.send_replace(true);
         self.task.await.unwrap_or_default()
     }
-}
-
-// ------------------------------------------------------------------------------------------------
-// The coordinator process
-
-struct Coordinator {
-    child: tokio::process::Child,
-    pid: u32,
-    url: String,
-    log: PathBuf,
-    _state: tempfile::TempDir,
-}
-
-impl Coordinator {
-    async fn start(bin: &Path) -> anyhow::Result<Self> {
-        let state = tempfile::tempdir()?;
-        let port = free_port()?;
-        let log = state.path().join("coordinator.log");
-        let child = tokio::process::Command::new(bin)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--plaintext"])
-            .arg("--state-dir")
-            .arg(state.path().join("state"))
-            // A farm whose workers attach after 10,000 builds queued must not fail them first.
-            .args(["--wait-for-workers", "30m"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id().context("coordinator pid")?;
-        let c = Self {
-            child,
-            pid,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-            _state: state,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(channel) = connect(&c.url).await
-                && WorkersClient::new(channel)
-                    .list(v1::ListWorkersRequest {})
-                    .await
-                    .is_ok()
-            {
-                return Ok(c);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the coordinator did not answer within 60 s; its log: {}",
-                    std::fs::read_to_string(&c.log).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn channel(&self) -> anyhow::Result<Channel> {
-        connect(&self.url).await
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-    }
-}
-
-async fn connect(url: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {url}"))
-}
-
-/// A tiny context (a Dockerfile and one file), uploaded once; returns its digest.
-async fn upload_context(channel: &Channel) -> anyhow::Result<String> {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (name, body) in [
-        ("Dockerfile", &b"FROM scratch\nCOPY n /n\n"[..]),
-        ("n", &b"load\n"[..]),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(body.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(&mut header, name, body)?;
-    }
-    let bytes = tar.into_inner()?;
-    let digest = digest(&bytes);
-    let chunk = v1::UploadContextChunk {
-        digest: digest.clone(),
-        data: bytes,
-    };
-    ContextsClient::new(channel.clone())
-        .upload(tokio_stream::iter([chunk]))
-        .await
-        .context("uploading the context")?;
-    Ok(digest)
-}
-
-// ------------------------------------------------------------------------------------------------
-// The registry
-
-struct Registry {
-    child: tokio::process::Child,
-    host: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// Debian's `docker-registry` (distribution) on a free loopback port, storage in a temp dir.
-    async fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let host = format!("127.0.0.1:{}", free_port()?);
-        let config = dir.path().join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
-                dir.path().join("data").display()
-            ),
-        )?;
-        let child = tokio::process::Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("registry.log"))?)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting docker-registry (Debian's package docker-registry)")?;
-        let r = Self {
-            child,
-            host,
-            _dir: dir,
-        };
-        let http = reqwest::Client::builder().no_proxy().build()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http
-            .get(format!("http://{}/v2/", r.host))
-            .send()
-            .await
-            .map(|a| !a.status().is_success())
-            .unwrap_or(true)
-        {
-            if Instant::now() > deadline {
-                bail!("the registry on {} did not answer within 30 s", r.host);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(r)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-/// Pushes a tiny image of linux/`architecture` (a config, no layer) to `registry/repository`
-/// by digest; returns its descriptor, which workers of that platform report for every job.
-async fn push_image(
-    http: &reqwest::Client,
-    registry: &str,
-    repository: &str,
-    architecture: &str,
-) -> anyhow::Result<v1::ImageDescriptor> {
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": architecture,
-        "os": "linux",
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": []},
-    }))?;
-    let config_digest = digest(&config);
-    let start = http
-        .post(format!("http://{registry}/v2/{repository}/blobs/uploads/"))
-        .send()
-        .await?
-        .error_for_status()?;
-    let location = start
-        .headers()
-        .get("location")
-        .and_then(|l| l.to_str().ok())
-        .context("no Location for the blob upload")?;
-    let location = if location.starts_with('/') {
-        format!("http://{registry}{location}")
-    } else {
-        location.to_owned()
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    http.put(format!("{location}{sep}digest={config_digest}"))
-        .header("content-type", "application/octet-stream")
-        .body(config.clone())
-        .send()
-        .await?
-        .error_for_status()
-        .context("uploading the image config")?;
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
-        "layers": [],
-    }))?;
-    let manifest_digest = digest(&manifest);
-    http.put(format!(
-        "http://{registry}/v2/{repository}/manifests/{manifest_digest}"
-    ))
-    .header("content-type", OCI_MANIFEST)
-    .body(manifest.clone())
-    .send()
-    .await?
-    .error_for_status()
-    .context("pushing the image manifest")?;
-    Ok(v1::ImageDescriptor {
-        digest: manifest_digest,
-        size: manifest.len() as i64,
-        media_type: OCI_MANIFEST.into(),
-    })
-}
-
-// ------------------------------------------------------------------------------------------------
-// Small helpers
-
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
-fn platform_key(p: Option<&v1::Platform>) -> String {
-    p.map(|p| format!("{}/{}/{}", p.os, p.architecture, p.variant))
-        .unwrap_or_default()
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// The `p`th percentile (nearest rank) of `v`; 0 when empty.
-fn pct(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
-    s[rank.clamp(1, s.len()) - 1]
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// utime + stime of process `pid`, in clock ticks.
-fn proc_cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces), from field 3 (state) on.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(key))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn commit() -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
-    let head = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
-    if dirty {
-        format!("{head} (+ local changes)")
-    } else {
-        head
-    }
-}
-
-/// `target/release/NAME`, which `cargo bench` does not build (it builds only this benchmark).
-fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the bench binary lives in target/<profile>/deps")?;
-    let path = dir.join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: run `nice -n 10 cargo build --release -p manifold-coordinator` first (cargo bench builds only the benchmark)",
-            path.display()
-        );
-    }
-    Ok(path)
 }
