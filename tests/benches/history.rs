@@ -217,6 +217,8 @@ struct RestartOutcome {
     load_before: String,
     load_after: String,
     seed_s: f64,
+    /// This process's VmRSS before seeding, with the store open after it, once it is closed.
+    seed_rss_kib: [u64; 3],
     seeded_bytes: u64,
     final_bytes: u64,
     starts: Vec<Start>,
@@ -292,6 +294,11 @@ impl RestartOutcome {
             self.seeded_bytes as f64 / 1048576.0,
             self.final_bytes as f64 / 1048576.0
         );
+        let [before, open, closed] = self.seed_rss_kib.map(mib);
+        let _ = writeln!(
+            t,
+            "| the benchmark's own VmRSS seeding through `EmbeddedStore`: before / after the writes, store open / closed, MiB | {before:.0} / {open:.0} / {closed:.0} | | | |"
+        );
         let _ = writeln!(
             t,
             "\n| start | after | first List, s | queue complete, s | VmRSS / VmHWM, MiB | held in full |\n| --- | --- | --- | --- | --- | --- |"
@@ -318,16 +325,19 @@ async fn restart(config: &Config, bin: &Path) -> anyhow::Result<RestartOutcome> 
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
     let load_before = load_average();
-    let t = Instant::now();
-    seed(&state, config.builds, config.queued).await?;
+    let (t, rss_before) = (Instant::now(), own_rss_kib());
+    let (rss_open, rss_closed) = seed(&state, config.builds, config.queued).await?;
     let seed_s = t.elapsed().as_secs_f64();
     let redb = state.join("state.redb");
     let seeded_bytes = std::fs::metadata(&redb)?.len();
     println!(
-        "seeded {} builds ({} queued) in {seed_s:.1} s; state.redb {:.0} MiB",
+        "seeded {} builds ({} queued) in {seed_s:.1} s; state.redb {:.0} MiB; this process's RSS {:.0} MiB before, {:.0} with the store open after the writes, {:.0} once closed",
         config.builds,
         config.queued,
-        seeded_bytes as f64 / 1048576.0
+        seeded_bytes as f64 / 1048576.0,
+        mib(rss_before),
+        mib(rss_open),
+        mib(rss_closed)
     );
     let mut starts = Vec::new();
     let mut after = "seeding";
@@ -384,6 +394,7 @@ async fn restart(config: &Config, bin: &Path) -> anyhow::Result<RestartOutcome> 
         load_before,
         load_after: load_average(),
         seed_s,
+        seed_rss_kib: [rss_before, rss_open, rss_closed],
         seeded_bytes,
         final_bytes: std::fs::metadata(&redb)?.len(),
         starts,
@@ -439,8 +450,9 @@ async fn until_serving(
 }
 
 /// Writes `builds` builds into a new embedded store in `state_dir`, `queued` of them queued, in
-/// transactions of 1,000 (see the module docs).
-async fn seed(state_dir: &Path, builds: usize, queued: usize) -> anyhow::Result<()> {
+/// transactions of 1,000 (see the module docs). Returns this process's VmRSS, KiB, with the store
+/// still open after the writes and once it is closed: what redb's cache keeps of what it wrote.
+async fn seed(state_dir: &Path, builds: usize, queued: usize) -> anyhow::Result<(u64, u64)> {
     let store = EmbeddedStore::open(state_dir)?;
     let now = unix_ms();
     let finished = builds - queued;
@@ -479,7 +491,13 @@ async fn seed(state_dir: &Path, builds: usize, queued: usize) -> anyhow::Result<
         store.save_all(&records).await?;
         store.write_logs(&logs).await?;
     }
-    Ok(())
+    let open = own_rss_kib();
+    drop(store);
+    Ok((open, own_rss_kib()))
+}
+
+fn own_rss_kib() -> u64 {
+    proc_status_kib(std::process::id(), "VmRSS:").unwrap_or(0)
 }
 
 fn spec(n: usize) -> (BuildSpec, BuildRequest) {
