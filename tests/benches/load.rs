@@ -103,15 +103,7 @@ struct Config {
 
 impl Config {
     fn from_env() -> anyhow::Result<Self> {
-        let num = |k: &str, d: u64| -> anyhow::Result<u64> {
-            let key = format!("MANIFOLD_BENCH_LOAD_{k}");
-            match std::env::var(&key) {
-                Ok(v) => v
-                    .parse()
-                    .with_context(|| format!("{key}={v} is not a whole number")),
-                Err(_) => Ok(d),
-            }
-        };
+        let num = |k: &str, d: u64| sim::env_number("MANIFOLD_BENCH_LOAD", k, d);
         Ok(Self {
             builds: num("BUILDS", 10_000)?.max(1) as usize,
             submitters: num("SUBMITTERS", 8)?.max(1) as usize,

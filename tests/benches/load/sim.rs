@@ -534,6 +534,17 @@ pub async fn push_image(
 // ------------------------------------------------------------------------------------------------
 // Small helpers
 
+/// The whole number in environment variable `<prefix>_<key>`, or `default` when it is unset.
+pub fn env_number(prefix: &str, key: &str, default: u64) -> anyhow::Result<u64> {
+    let key = format!("{prefix}_{key}");
+    match std::env::var(&key) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{key}={v} is not a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
