@@ -34,6 +34,8 @@ use crate::manifest::{
 };
 use crate::tag_template::TagTemplateError;
 
+mod clients;
+
 /// The manifest media types Manifold reads.
 pub const MANIFEST_TYPES: &[&str] = &[
     DOCKER_MANIFEST_LIST,
@@ -207,69 +209,6 @@ impl RegistryConfig {
     }
 }
 
-/// Clients already made, by what they are made of. Making one parses the system's trust store
-/// (twice): when each check of a worker's image and each list push made its own, that was ~60% of
-/// the coordinator's CPU at 100 workers, and it ran on the async threads. Sessions for the same
-/// registries over the same protocols with the same credentials share one client, and so its
-/// token cache (the same credentials have the same rights); other credentials get their own.
-static CLIENTS: std::sync::LazyLock<std::sync::Mutex<HashMap<[u8; 32], Client>>> =
-    std::sync::LazyLock::new(Default::default);
-
-/// Clients kept at most; the cache is emptied when it is full (their sessions keep theirs).
-const CACHED_CLIENTS: usize = 64;
-
-/// The client for `registries` with `credentials`: the one made before for the same, or a new one.
-fn cached_client(
-    config: &RegistryConfig,
-    registries: &[String],
-    credentials: &HashMap<String, Credentials>,
-) -> Client {
-    let key = client_key(config, registries, credentials);
-    let cache = || CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(client) = cache().get(&key) {
-        return client.clone();
-    }
-    // Made outside the lock: two sessions racing make two, and one of them is kept.
-    let client = config.client_for(&registries.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut cache = cache();
-    if cache.len() >= CACHED_CLIENTS {
-        cache.clear();
-    }
-    cache.entry(key).or_insert(client).clone()
-}
-
-/// What a client is made of, hashed: each registry, whether it is reached over plain HTTP, and
-/// the credentials used for it.
-fn client_key(
-    config: &RegistryConfig,
-    registries: &[String],
-    credentials: &HashMap<String, Credentials>,
-) -> [u8; 32] {
-    use oci_client::secrets::RegistryAuth;
-    use sha2::Digest as _;
-    // The key is a hash: the cache holds no secret in clear beside the clients themselves.
-    let mut key = sha2::Sha256::new();
-    for registry in registries {
-        key.update(registry.as_bytes());
-        key.update([0, u8::from(config.is_insecure(registry))]);
-        match credentials.get(registry).map(|c| &c.auth) {
-            None | Some(RegistryAuth::Anonymous) => key.update(b"anonymous\0"),
-            Some(RegistryAuth::Basic(user, password)) => {
-                key.update(b"basic\0");
-                key.update(user.as_bytes());
-                key.update([0]);
-                key.update(password.as_bytes());
-            }
-            Some(RegistryAuth::Bearer(token)) => {
-                key.update(b"bearer\0");
-                key.update(token.as_bytes());
-            }
-        }
-        key.update([0xff]);
-    }
-    key.finalize().into()
-}
-
 /// How many times a request is tried while it fails transiently (see the module doc).
 pub const RETRY_ATTEMPTS: u32 = 6;
 
@@ -401,7 +340,7 @@ impl Session {
         })
         .await
         .expect("credential lookup does not panic")?;
-        let client = cached_client(config, &keys, &credentials);
+        let client = clients::cached(config, &keys, &credentials);
         for (registry, creds) in &credentials {
             client.store_auth_if_needed(registry, &creds.auth).await;
         }
@@ -424,6 +363,21 @@ impl Session {
         &self,
         reference: &Reference,
         action: &str,
+        op: F,
+    ) -> Result<T, OciDistributionError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+    {
+        self.retry_when(reference, action, is_transient, op).await
+    }
+
+    /// [`Session::retry`] for the failures `worth_retrying` says are worth another try.
+    async fn retry_when<T, F, Fut>(
+        &self,
+        reference: &Reference,
+        action: &str,
+        worth_retrying: fn(&OciDistributionError) -> bool,
         mut op: F,
     ) -> Result<T, OciDistributionError>
     where
@@ -434,7 +388,7 @@ impl Session {
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) if attempt < RETRY_ATTEMPTS && is_transient(&e) => {
+                Err(e) if attempt < RETRY_ATTEMPTS && worth_retrying(&e) => {
                     let retry = Retry {
                         registry: reference.registry().to_owned(),
                         action: action.to_owned(),
@@ -579,27 +533,20 @@ impl Session {
                 transient: false,
             })?;
         let bytes = bytes::Bytes::copy_from_slice(bytes);
-        let mut waits = BLOB_RACE_WAITS.iter();
-        loop {
-            let pushed = self
-                .retry(reference, action, || {
-                    self.client
-                        .push_manifest_raw(reference, bytes.clone(), header.clone())
-                })
-                .await;
-            match pushed {
-                Ok(_) => return Ok(()),
-                Err(e) if is_blob_race(&e) => match waits.next() {
-                    Some(wait) => {
-                        tracing::warn!(registry = %reference.registry(), action, error = %error_chain(&e),
-                            "the registry did not find a blob the manifest names, which another push may be linking into the repository right now; retrying in {wait:?}");
-                        tokio::time::sleep(*wait).await;
-                    }
-                    None => return Err(self.error(reference, action, e)),
-                },
-                Err(e) => return Err(self.error(reference, action, e)),
-            }
-        }
+        // A blob the manifest names may be in the middle of being linked by the other
+        // platform's push ([`is_blob_race`]): tried again as a transient failure is.
+        self.retry_when(
+            reference,
+            action,
+            |e| is_transient(e) || is_blob_race(e),
+            || {
+                self.client
+                    .push_manifest_raw(reference, bytes.clone(), header.clone())
+            },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| self.error(reference, action, e))
     }
 
     /// Whether blob `digest` is in `reference`'s repository.
@@ -905,20 +852,13 @@ pub fn is_transient(e: &OciDistributionError) -> bool {
     }
 }
 
-/// How long a manifest push waits before each new try after [`is_blob_race`] (then it fails).
-const BLOB_RACE_WAITS: [Duration; 3] = [
-    Duration::from_millis(250),
-    Duration::from_millis(750),
-    Duration::from_secs(2),
-];
-
 /// Whether a manifest push was refused for a blob the repository lacks (`MANIFEST_BLOB_UNKNOWN`).
 /// A farm pushes every platform of a build into one repository at once, and a layer they share
 /// is linked into it by both pushes: the CNCF registry's filesystem storage rewrites a
 /// repository's blob link in place (truncate, then write: distribution/distribution#4489), so a
 /// manifest checked in between finds the link empty (`DIGEST_INVALID` beside
 /// `MANIFEST_BLOB_UNKNOWN`). Seen here in CI; trying again a moment later finds it. A blob that
-/// is really missing still fails, a few seconds later.
+/// is really missing still fails, after the [`RETRY_ATTEMPTS`] tries of any transient failure.
 fn is_blob_race(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::ServerError {
@@ -979,52 +919,6 @@ mod tests {
         ] {
             assert!(!is_blob_race(&other), "{other:?}");
         }
-    }
-
-    #[test]
-    fn sessions_share_a_client_only_with_the_same_registries_protocols_and_credentials() {
-        use oci_client::secrets::RegistryAuth;
-        let creds = |auth: Option<RegistryAuth>| -> HashMap<String, Credentials> {
-            auth.map(|auth| {
-                let c = Credentials {
-                    auth,
-                    ..Credentials::anonymous(None)
-                };
-                ("registry.example.com".to_owned(), c)
-            })
-            .into_iter()
-            .collect()
-        };
-        let basic = |u: &str, p: &str| Some(RegistryAuth::Basic(u.into(), p.into()));
-        let plain = RegistryConfig::default();
-        let insecure = RegistryConfig {
-            insecure: vec!["registry.example.com".into()],
-        };
-        let one = ["registry.example.com".to_owned()];
-        let key = |config: &RegistryConfig, registries: &[String], auth| {
-            client_key(config, registries, &creds(auth))
-        };
-        let alice = key(&plain, &one, basic("alice", "pw"));
-        assert_eq!(alice, key(&plain, &one, basic("alice", "pw")));
-        for other in [
-            key(&plain, &one, basic("alice", "other")),
-            key(&plain, &one, basic("bob", "pw")),
-            key(&plain, &one, Some(RegistryAuth::Bearer("pw".into()))),
-            key(&plain, &one, None),
-            key(&insecure, &one, basic("alice", "pw")),
-            key(
-                &plain,
-                &[one[0].clone(), "127.0.0.1:5000".into()],
-                basic("alice", "pw"),
-            ),
-        ] {
-            assert_ne!(alice, other);
-        }
-        // No credentials and anonymous ones are the same client.
-        assert_eq!(
-            key(&plain, &one, None),
-            key(&plain, &one, Some(RegistryAuth::Anonymous))
-        );
     }
 
     #[test]
