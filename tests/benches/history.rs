@@ -42,12 +42,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use manifold_coordinator::build::{Build, BuildRequest, BuildSpec, BuildState, Job, JobState};
+use manifold_coordinator::access::Caller;
+use manifold_coordinator::build::{Build, BuildRequest, BuildSpec, BuildState, JobState};
+use manifold_coordinator::farm::{FarmState, Now};
 use manifold_coordinator::logs::{LogChunk, LogWrite};
 use manifold_coordinator::store::StateStore as _;
 use manifold_coordinator::store::embedded::EmbeddedStore;
+use manifold_proto::Platform;
 use manifold_proto::v1::{self, builds_client::BuildsClient};
-use manifold_proto::{BuildId, JobId, Platform};
 use manifold_registry::ChildImage;
 use tokio::sync::watch;
 
@@ -523,38 +525,22 @@ fn spec(n: usize) -> (BuildSpec, BuildRequest) {
     (spec, request)
 }
 
-/// A build just submitted: both jobs queued.
+/// A build just submitted, both jobs queued: the record the farm makes for a submit
+/// ([`FarmState::new_build`]), created at `created_at_ms`, as stored once (version 1).
 fn queued_build(n: usize, created_at_ms: i64) -> Build {
     let (spec, request) = spec(n);
-    Build {
-        id: BuildId::new(),
-        jobs: spec
-            .platforms
-            .iter()
-            .map(|p| Job {
-                id: JobId::new(),
-                platform: p.clone(),
-                state: JobState::Queued,
-                worker: None,
-                attempt: 0,
-                image: None,
-                error: None,
-                log_tail: Default::default(),
-            })
-            .collect(),
-        spec,
-        request,
-        state: BuildState::Queued,
-        manifest: None,
-        error: None,
-        created_at_ms,
-        finished_at_ms: None,
-        version: 1,
+    let by = Caller {
+        name: "bench".into(),
         team: "default".into(),
-        submitted_by: "bench".into(),
-        publishing: None,
-        reused: None,
-    }
+        admin: false,
+    };
+    let now = Now {
+        at: std::time::Instant::now(),
+        ms: created_at_ms,
+    };
+    let mut build = FarmState::new_build(spec, request, &by, now);
+    build.version = 1;
+    build
 }
 
 /// A finished build as the farm leaves it: 9 in 10 succeeded with both images and the list, the
