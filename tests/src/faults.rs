@@ -409,7 +409,8 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::
 }
 
 /// A registry of the test's own (Debian's docker-registry) on a free loopback port, which the
-/// test may stop and start again; its content survives (same root folder).
+/// test may stop and start again; its content survives (same root folder). No access log: the
+/// load benchmarks send it hundreds of thousands of requests.
 pub struct PrivateRegistry {
     /// `127.0.0.1:PORT`
     pub host: String,
@@ -427,7 +428,7 @@ impl PrivateRegistry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
                 dir.path().join("data").display()
             ),
         )?;

@@ -413,62 +413,9 @@ pub async fn upload_context(channel: &Channel) -> anyhow::Result<String> {
 // ------------------------------------------------------------------------------------------------
 // The registry
 
-pub struct Registry {
-    child: tokio::process::Child,
-    pub host: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// Debian's `docker-registry` (distribution) on a free loopback port, storage in a temp dir.
-    pub async fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let host = format!("127.0.0.1:{}", free_port()?);
-        let config = dir.path().join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
-                dir.path().join("data").display()
-            ),
-        )?;
-        let child = tokio::process::Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("registry.log"))?)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting docker-registry (Debian's package docker-registry)")?;
-        let r = Self {
-            child,
-            host,
-            _dir: dir,
-        };
-        let http = reqwest::Client::builder().no_proxy().build()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http
-            .get(format!("http://{}/v2/", r.host))
-            .send()
-            .await
-            .map(|a| !a.status().is_success())
-            .unwrap_or(true)
-        {
-            if Instant::now() > deadline {
-                bail!("the registry on {} did not answer within 30 s", r.host);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(r)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
+/// The benchmark's own registry: Debian's `docker-registry` on a free loopback port, storage
+/// in a temp dir (the system tests' [`manifold_tests::faults::PrivateRegistry`]).
+pub use manifold_tests::faults::PrivateRegistry as Registry;
 
 /// Pushes a tiny image of linux/`architecture` (a config, no layer) to `registry/repository`
 /// by digest; returns its descriptor, which workers of that platform report for every job.
