@@ -467,8 +467,8 @@ mod tests {
     use super::*;
     use crate::store::suite;
 
-    #[tokio::test]
-    async fn passes_the_store_suite_against_a_real_etcd() {
+    /// A real etcd of the test's own, and a client of it.
+    async fn started() -> (test_etcd::TestEtcd, Client) {
         let etcd = test_etcd::start().await;
         let client = connect(
             std::slice::from_ref(&etcd.endpoint),
@@ -476,6 +476,12 @@ mod tests {
         )
         .await
         .unwrap();
+        (etcd, client)
+    }
+
+    #[tokio::test]
+    async fn passes_the_store_suite_against_a_real_etcd() {
+        let (_etcd, client) = started().await;
         let n = std::sync::atomic::AtomicUsize::new(0);
         // Each case gets its own prefix, so each starts empty.
         suite::run(|| {
@@ -487,13 +493,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_without_the_leadership_it_was_fenced_with_is_rejected() {
-        let etcd = test_etcd::start().await;
-        let mut client = connect(
-            std::slice::from_ref(&etcd.endpoint),
-            Some(Duration::from_secs(5)),
-        )
-        .await
-        .unwrap();
+        let (_etcd, mut client) = started().await;
         let lease = client.lease_grant(30, None).await.unwrap().id();
         let won = client.campaign("/fence/leader", "me", lease).await.unwrap();
         let leader = won.leader().unwrap();
@@ -517,13 +517,7 @@ mod tests {
 
     #[tokio::test]
     async fn summaries_are_read_in_pages_and_rebuilt_for_a_store_without_them() {
-        let etcd = test_etcd::start().await;
-        let mut client = connect(
-            std::slice::from_ref(&etcd.endpoint),
-            Some(Duration::from_secs(5)),
-        )
-        .await
-        .unwrap();
+        let (_etcd, mut client) = started().await;
         let store = EtcdStore::new(client.clone(), "/paged", None);
         let n = RANGE_PAGE as usize + 5;
         let mut ids = Vec::new();
@@ -553,13 +547,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replayed_write_after_an_ambiguous_outcome_is_harmless() {
-        let etcd = test_etcd::start().await;
-        let client = connect(
-            std::slice::from_ref(&etcd.endpoint),
-            Some(Duration::from_secs(5)),
-        )
-        .await
-        .unwrap();
+        let (_etcd, client) = started().await;
         let store = EtcdStore::new(client.clone(), "/replay", None);
         let b = suite::build(1);
         store.save(&b).await.unwrap();
