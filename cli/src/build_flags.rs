@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use manifold_proto::build_flags;
+use manifold_proto::build_flags::Attest;
 use manifold_proto::{BuildFlags, CacheSpec, SecretValue, Secrets};
 
 use crate::args::{ArgsError, BuildArgs};
@@ -39,6 +40,14 @@ pub fn parse_flags(args: &BuildArgs) -> Result<BuildFlags, ArgsError> {
             .map(build_flags::parse_shm_size)
             .transpose()?,
         secret_ids: Vec::new(),
+        attests: parse_attests(
+            args,
+            no_default_attestations(
+                std::env::var("BUILDX_NO_DEFAULT_ATTESTATIONS")
+                    .ok()
+                    .as_deref(),
+            )?,
+        )?,
         build_contexts: {
             if args.build_contexts.len() > build_flags::MAX_BUILD_CONTEXTS {
                 return Err(build_flags::FlagError {
@@ -59,6 +68,47 @@ pub fn parse_flags(args: &BuildArgs) -> Result<BuildFlags, ArgsError> {
             remote
         },
     })
+}
+
+/// `--attest`, then `--provenance` and `--sbom`, merged as buildx merges them (a later entry of a
+/// type wins); with `no_default`, a provenance disabled unless one was asked for.
+fn parse_attests(args: &BuildArgs, no_default: bool) -> Result<Vec<Attest>, ArgsError> {
+    let mut attests = args
+        .attests
+        .iter()
+        .map(|a| Attest::parse("--attest", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(v) = &args.provenance {
+        attests.push(Attest::shorthand("--provenance", "provenance", v)?);
+    }
+    if let Some(v) = &args.sbom {
+        attests.push(Attest::shorthand("--sbom", "sbom", v)?);
+    }
+    let mut attests = build_flags::attest::merge(attests);
+    if no_default && !attests.iter().any(|a| a.kind == "provenance") {
+        attests.push(Attest::shorthand("--provenance", "provenance", "false")?);
+    }
+    Ok(attests)
+}
+
+/// `BUILDX_NO_DEFAULT_ATTESTATIONS` (its value, if set), read as buildx reads it (a Go boolean).
+fn no_default_attestations(value: Option<&str>) -> Result<bool, ArgsError> {
+    match value {
+        None => Ok(false),
+        Some(v) => Attest::shorthand("BUILDX_NO_DEFAULT_ATTESTATIONS", "provenance", v)
+            .ok()
+            .filter(|a| a.attrs.is_empty())
+            // A true value ("no default attestations") reads as `disabled=false`.
+            .map(|a| !a.disabled)
+            .ok_or_else(|| {
+                build_flags::FlagError {
+                    flag: "BUILDX_NO_DEFAULT_ATTESTATIONS",
+                    value: v.to_owned(),
+                    reason: "expected true or false (1 or 0)".into(),
+                }
+                .into()
+            }),
+    }
 }
 
 /// The `--build-context NAME=DIR` entries whose source is a directory on this machine (any
@@ -173,4 +223,30 @@ pub fn parse_secrets(
         }
     }
     Ok(secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buildx_no_default_attestations_reads_as_a_go_boolean() {
+        for (value, expected) in [
+            (None, Some(false)),
+            (Some("1"), Some(true)),
+            (Some("true"), Some(true)),
+            (Some("0"), Some(false)),
+            (Some("false"), Some(false)),
+            (Some("yes"), None),
+        ] {
+            let got = no_default_attestations(value);
+            assert_eq!(got.as_ref().ok().copied(), expected, "{value:?}");
+            if let Err(e) = got {
+                assert!(
+                    e.to_string().contains("BUILDX_NO_DEFAULT_ATTESTATIONS"),
+                    "{e}"
+                );
+            }
+        }
+    }
 }

@@ -100,6 +100,7 @@ mod tests {
                 digest: digest.into(),
                 size: 480,
                 media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                attestations: Vec::new(),
             }),
             ..v1::Job::default()
         }

@@ -298,6 +298,7 @@ fn pushed(r: crate::verify::Reported) -> JobOutcome {
         digest: r.digest,
         size: r.size,
         media_type: r.media_type,
+        attestations: r.attestations,
     }
 }
 
@@ -452,6 +453,14 @@ fn build_to_wire(b: &build::Build) -> v1::Build {
                     digest: i.digest.clone(),
                     size: i.size as i64,
                     media_type: i.media_type.clone(),
+                    attestations: (i.attestations.iter())
+                        .map(|a| v1::ImageDescriptor {
+                            digest: a.digest.clone(),
+                            size: a.size as i64,
+                            media_type: manifold_registry::manifest::OCI_MANIFEST.to_owned(),
+                            attestations: Vec::new(),
+                        })
+                        .collect(),
                 }),
                 error: j.error.clone().unwrap_or_default(),
                 log_tail: j.log_tail.iter().cloned().collect(),
@@ -1065,6 +1074,12 @@ impl workers_server::Workers for Api {
                                         digest: d.digest,
                                         size: d.size.max(0) as u64,
                                         media_type: d.media_type,
+                                        attestations: (d.attestations.into_iter())
+                                            .map(|a| manifold_registry::manifest::Attestation {
+                                                digest: a.digest,
+                                                size: a.size.max(0) as u64,
+                                            })
+                                            .collect(),
                                     };
                                     let Some((platform, repository, logins)) =
                                         farm.attempt_target(job, r.attempt)

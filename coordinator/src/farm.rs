@@ -178,6 +178,8 @@ pub enum JobOutcome {
         size: u64,
         /// Manifest media type.
         media_type: String,
+        /// Attestation manifests about it, checked like the image.
+        attestations: Vec<manifold_registry::manifest::Attestation>,
     },
     /// Did not produce an image.
     Failed {

@@ -16,6 +16,7 @@
 
 use manifold_proto::Platform;
 use manifold_registry::inspect::{self, Content};
+use manifold_registry::manifest::{Attestation, OCI_MANIFEST};
 use manifold_registry::{RegistryConfig, RegistryError, Session};
 use sha2::{Digest as _, Sha256};
 
@@ -28,6 +29,8 @@ pub struct Reported {
     pub size: u64,
     /// Manifest media type.
     pub media_type: String,
+    /// Attestation manifests the worker says it pushed about the image.
+    pub attestations: Vec<Attestation>,
 }
 
 /// Why a reported image is not accepted.
@@ -87,6 +90,24 @@ pub enum VerifyError {
         /// What its config declares.
         found: String,
     },
+    /// A reported attestation that is not one: not an OCI manifest of in-toto statements.
+    #[error("{digest}, reported as an attestation of {image}, is not one: {reason}")]
+    NotAnAttestation {
+        /// The attestation's digest.
+        digest: String,
+        /// The image it was reported about.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// More attestations than a build makes.
+    #[error("{count} attestations reported for {image}; at most {MAX_ATTESTATIONS} are taken")]
+    TooManyAttestations {
+        /// The image.
+        image: String,
+        /// How many were reported.
+        count: usize,
+    },
     /// The registry could not be read, so nothing could be checked.
     #[error("could not check the image: {0}")]
     Registry(#[from] RegistryError),
@@ -130,6 +151,56 @@ pub fn check_manifest(reported: &Reported, bytes: &[u8]) -> Result<String, Verif
     match inspect::parse_manifest(bytes, &media_type).map_err(not_an_image)? {
         Content::Image(image) => Ok(image.config.digest),
         Content::Index(_) => Err(not_an_image("it is a manifest list".into())),
+    }
+}
+
+/// Most attestation manifests taken per image (BuildKit writes one, holding every statement).
+pub const MAX_ATTESTATIONS: usize = 4;
+
+/// The media type of an in-toto statement layer.
+pub const IN_TOTO: &str = "application/vnd.in-toto+json";
+
+/// Checks the manifest `bytes` read for `attestation` of `image`: its digest and size, and that
+/// it is an OCI manifest whose layers (at least one) are all in-toto statements, as BuildKit
+/// writes attestations.
+pub fn check_attestation(
+    image: &str,
+    attestation: &Attestation,
+    bytes: &[u8],
+) -> Result<(), VerifyError> {
+    let reported = Reported {
+        digest: attestation.digest.clone(),
+        size: attestation.size,
+        media_type: OCI_MANIFEST.to_owned(),
+        attestations: Vec::new(),
+    };
+    let not_one = |reason: String| VerifyError::NotAnAttestation {
+        digest: attestation.digest.clone(),
+        image: image.to_owned(),
+        reason,
+    };
+    check_manifest(&reported, bytes).map_err(|e| match e {
+        VerifyError::Digest { .. } | VerifyError::Size { .. } => e,
+        other => not_one(other.to_string()),
+    })?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Layer {
+        media_type: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        layers: Vec<Layer>,
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| not_one(format!("unreadable: {e}")))?;
+    match manifest.layers.iter().find(|l| l.media_type != IN_TOTO) {
+        _ if manifest.layers.is_empty() => Err(not_one("it has no layer".into())),
+        Some(l) => Err(not_one(format!(
+            "it has a `{}` layer; an attestation holds only {IN_TOTO} statements",
+            l.media_type
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -186,7 +257,31 @@ pub async fn verify(
             &format!("reading the config of {}", reported.digest),
         )
         .await?;
-    check_config(platform, &reported.digest, &config_bytes)
+    check_config(platform, &reported.digest, &config_bytes)?;
+    if reported.attestations.len() > MAX_ATTESTATIONS {
+        return Err(VerifyError::TooManyAttestations {
+            image: reported.digest.clone(),
+            count: reported.attestations.len(),
+        });
+    }
+    for a in &reported.attestations {
+        let at: oci_client::Reference =
+            format!("{repository}@{}", a.digest)
+                .parse()
+                .map_err(|_| VerifyError::Missing {
+                    digest: a.digest.clone(),
+                    repository: repository.to_owned(),
+                })?;
+        let bytes = session
+            .pull_manifest(&at, &format!("reading the attestation {}", a.digest))
+            .await?
+            .ok_or_else(|| VerifyError::Missing {
+                digest: a.digest.clone(),
+                repository: repository.to_owned(),
+            })?;
+        check_attestation(&reported.digest, a, &bytes.bytes)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -210,6 +305,58 @@ mod tests {
             digest: format!("sha256:{}", hex::encode(Sha256::digest(bytes))),
             size: bytes.len() as u64,
             media_type: OCI_MANIFEST.into(),
+            attestations: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_attestation_must_be_an_oci_manifest_of_in_toto_statements() {
+        let image = format!("sha256:{}", "a".repeat(64));
+        let attestation = |layers: &[&str]| {
+            let layers: Vec<_> = (layers.iter())
+                .map(|t| serde_json::json!({"mediaType": t, "digest": format!("sha256:{}", "e".repeat(64)), "size": 5}))
+                .collect();
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", "c".repeat(64)), "size": 10},
+                "layers": layers
+            }))
+            .unwrap()
+        };
+        let of = |bytes: &[u8]| Attestation {
+            digest: format!("sha256:{}", hex::encode(Sha256::digest(bytes))),
+            size: bytes.len() as u64,
+        };
+        let good = attestation(&[IN_TOTO, IN_TOTO]);
+        check_attestation(&image, &of(&good), &good).unwrap();
+        let table: [(Vec<u8>, Option<Attestation>, &str); 4] = [
+            (attestation(&[]), None, "has no layer"),
+            (
+                attestation(&[IN_TOTO, "application/vnd.oci.image.layer.v1.tar+gzip"]),
+                None,
+                "has a `application/vnd.oci.image.layer.v1.tar+gzip` layer",
+            ),
+            (
+                good.clone(),
+                Some(of(&attestation(&[IN_TOTO]))),
+                "hashes to",
+            ),
+            (
+                manifest("sha256:x").into_iter().chain(*b" ").collect(),
+                None,
+                "has no layer",
+            ),
+        ];
+        for (bytes, reported, expected) in table {
+            let reported = reported.unwrap_or_else(|| of(&bytes));
+            let err = check_attestation(&image, &reported, &bytes)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{err} should say {expected}");
+            if !expected.contains("hashes") {
+                assert!(err.contains(&image), "{err} names the image");
+            }
         }
     }
 

@@ -136,6 +136,7 @@ async fn a_build_cancelled_while_its_list_is_pushed_writes_no_tag() {
             digest: child,
             size: 2,
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            attestations: Vec::new(),
         },
     );
 

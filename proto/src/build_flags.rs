@@ -1,6 +1,6 @@
 //! The buildx flags a build carries past the Dockerfile, arguments and labels: `--no-cache`,
 //! `--pull`, `--cache-from`/`--cache-to`, `--network`, `--add-host`, `--shm-size`,
-//! `--build-context`, and the ids of `--secret`s. Parsed here once, with buildx's syntax, for the CLI, the coordinator and the worker.
+//! `--build-context`, `--attest`/`--provenance`/`--sbom` ([`attest`]), and the ids of `--secret`s. Parsed here once, with buildx's syntax, for the CLI, the coordinator and the worker.
 //!
 //! Secret values are not part of [`BuildFlags`]: they never reach the state store. Only their ids
 //! are kept, so that a build whose secrets were lost (a coordinator restart) can say so.
@@ -10,6 +10,9 @@
 //! named contexts of at most [`MAX_BUILD_CONTEXT_BYTES`] each.
 
 use std::collections::BTreeMap;
+
+pub mod attest;
+pub use attest::Attest;
 
 /// Most `--cache-from` (and, separately, `--cache-to`) entries one build takes.
 pub const MAX_CACHE_ENTRIES: usize = 16;
@@ -48,6 +51,8 @@ pub struct BuildFlags {
     pub secret_ids: Vec<String>,
     /// `--build-context NAME=SOURCE` by name.
     pub build_contexts: BTreeMap<String, String>,
+    /// `--attest`, `--provenance`, `--sbom`: at most one per type ([`attest`]).
+    pub attests: Vec<Attest>,
 }
 
 /// A secret's bytes. Its `Debug` shows only the length, and it has no `Serialize`: it cannot reach
@@ -226,6 +231,7 @@ pub fn to_wire(flags: &BuildFlags) -> crate::v1::BuildFlags {
         add_hosts: flags.add_hosts.clone(),
         shm_size: flags.shm_size.unwrap_or_default(),
         build_contexts: flags.build_contexts.clone().into_iter().collect(),
+        attests: flags.attests.iter().map(Attest::to_csv).collect(),
     }
 }
 
@@ -262,6 +268,29 @@ pub fn from_wire(wire: &crate::v1::BuildFlags) -> Result<BuildFlags, FlagError> 
             MAX_BUILD_CONTEXTS,
         ));
     }
+    if wire.attests.len() > attest::ATTEST_TYPES.len() {
+        return Err(too_many(
+            "--attest",
+            wire.attests.len(),
+            attest::ATTEST_TYPES.len(),
+        ));
+    }
+    let attests = wire
+        .attests
+        .iter()
+        .map(|a| Attest::parse("--attest", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(twice) = attests
+        .iter()
+        .enumerate()
+        .find(|(i, a)| attests[..*i].iter().any(|b| b.kind == a.kind))
+    {
+        return Err(FlagError::new(
+            "--attest",
+            &twice.1.to_csv(),
+            format!("type={} is given twice; give each type once", twice.1.kind),
+        ));
+    }
     let mut build_contexts = BTreeMap::new();
     for (name, source) in &wire.build_contexts {
         let (name, source) = parse_build_context(&format!("{name}={source}"))?;
@@ -292,6 +321,7 @@ pub fn from_wire(wire: &crate::v1::BuildFlags) -> Result<BuildFlags, FlagError> 
         shm_size: Some(wire.shm_size).filter(|n| *n > 0),
         secret_ids: Vec::new(),
         build_contexts,
+        attests,
     })
 }
 

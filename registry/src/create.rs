@@ -877,6 +877,7 @@ pub async fn push(
                 digest: e.digest.clone(),
                 size: e.size,
                 media_type: e.media_type.clone(),
+                attestations: Vec::new(),
             }),
             _ => others.push(ExtraEntry {
                 digest: e.digest.clone(),

@@ -38,6 +38,44 @@ pub struct ChildImage {
     pub size: u64,
     /// The manifest's media type.
     pub media_type: String,
+    /// Attestation manifests about it (BuildKit's provenance, SBOM), carried into the list as
+    /// buildx carries them ([`ChildImage::attestation_entries`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attestations: Vec<Attestation>,
+}
+
+/// An attestation manifest about a child image: an OCI manifest in the child's repository.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attestation {
+    /// `sha256:<hex>` of the manifest.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Annotation naming what a non-platform entry is (`attestation-manifest`).
+pub const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
+/// Annotation naming the image an attestation entry is about.
+pub const REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
+
+impl ChildImage {
+    /// The list entries of its attestations, as BuildKit writes them: `unknown/unknown`,
+    /// annotated with what they are and the image they are about.
+    pub fn attestation_entries(&self) -> Vec<ExtraEntry> {
+        (self.attestations.iter())
+            .map(|a| ExtraEntry {
+                digest: a.digest.clone(),
+                size: a.size,
+                media_type: OCI_MANIFEST.to_owned(),
+                os: "unknown".into(),
+                architecture: "unknown".into(),
+                annotations: BTreeMap::from([
+                    (REFERENCE_DIGEST.to_owned(), self.digest.clone()),
+                    (REFERENCE_TYPE.to_owned(), "attestation-manifest".to_owned()),
+                ]),
+            })
+            .collect()
+    }
 }
 
 /// Which list media type to write.
@@ -315,6 +353,7 @@ mod tests {
             digest: format!("sha256:{}", digest_byte.to_string().repeat(64)),
             size: 500,
             media_type: media_type.into(),
+            attestations: Vec::new(),
         }
     }
 
@@ -484,6 +523,24 @@ mod tests {
             assemble_list(&docker, &[], Some(ListKind::Docker)).unwrap(),
             assemble(&docker).unwrap()
         );
+    }
+
+    #[test]
+    fn a_childs_attestations_become_entries_about_it_as_buildkit_writes_them() {
+        let mut amd64 = child("linux/amd64", 'a', OCI_MANIFEST);
+        amd64.attestations = vec![Attestation {
+            digest: format!("sha256:{}", "d".repeat(64)),
+            size: 800,
+        }];
+        assert_eq!(amd64.attestation_entries(), [attestation('d', 'a')]);
+        assert_eq!(
+            child("linux/arm64", 'b', OCI_MANIFEST).attestation_entries(),
+            []
+        );
+        // Stored children of before attestations read as children without any.
+        let stored = r#"{"platform":"linux/amd64","digest":"sha256:x","size":1,"media_type":"m"}"#;
+        let read: ChildImage = serde_json::from_str(stored).unwrap();
+        assert!(read.attestations.is_empty());
     }
 
     #[test]

@@ -42,13 +42,17 @@ pub async fn publish_with(
     arch_tags: Option<&TagTemplate>,
     logins: &[RegistryLogin],
 ) -> Result<Published, RegistryError> {
-    let list = manifest::assemble(children)?;
+    let extras: Vec<ExtraEntry> = children
+        .iter()
+        .flat_map(ChildImage::attestation_entries)
+        .collect();
+    let list = manifest::assemble_list(children, &extras, None)?;
     let mut registries = vec![target.registry()];
     registries.extend(also.iter().map(Reference::registry));
     registries.sort_unstable();
     registries.dedup();
     let session = Session::open_with_logins(config, &registries, logins).await?;
-    publish_assembled(&session, target, also, children, &[], &list, arch_tags).await
+    publish_assembled(&session, target, also, children, &extras, &list, arch_tags).await
 }
 
 /// The one way a list reaches its tags, shared by the coordinator's merge and `manifold manifest

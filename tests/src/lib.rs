@@ -514,6 +514,25 @@ impl TestFarm {
         Ok(out)
     }
 
+    /// Runs the CLI as [`TestFarm::cli`] does, with these environment variables set too.
+    pub async fn cli_with_env(
+        &self,
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> anyhow::Result<Output> {
+        let token = self.secure.as_ref().map(|s| s.admin_token.clone());
+        let out = self
+            .cli_command(token.as_deref())
+            .args(args)
+            .envs(vars.iter().copied())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("running manifold")?;
+        Ok(out)
+    }
+
     fn cli_command(&self, token: Option<&str>) -> Command {
         cli_command(&self.url, self.secure.as_ref(), token)
     }

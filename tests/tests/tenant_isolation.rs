@@ -447,6 +447,133 @@ async fn a_rogue_workers_wrong_platform_image_fails_its_attempt_and_never_reache
     Ok(())
 }
 
+/// A rogue worker pushes a real arm64 image of its own into the build's repository, and reports
+/// beside it an "attestation" that is an ordinary image manifest (a tar layer, no in-toto
+/// statement): the coordinator reads it, refuses the attempt naming the worker, and the build's
+/// index never carries it.
+#[tokio::test]
+async fn a_rogue_workers_false_attestation_fails_its_attempt_and_never_reaches_the_index()
+-> anyhow::Result<()> {
+    use manifold_tests::oci::{put_blob, put_manifest};
+    use v1::worker_message::Msg;
+    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let env = Env::from_env();
+    let t = teams().await?;
+    let mut farm = TestFarm::builder()
+        .secured(&t.config, &["arm", "rogue=platform"])
+        .start()
+        .await?;
+    farm.worker("arm")
+        .docker(&env.arm64_docker)
+        .platform("linux/arm64")
+        .spawn()
+        .await?;
+    let arm64 = v1::Platform {
+        os: "linux".into(),
+        architecture: "arm64".into(),
+        variant: String::new(),
+    };
+    let mut rogue = RogueWorker::attach(&farm, "rogue", arm64).await?;
+    wait_until(Duration::from_secs(30), "the rogue to attach", || async {
+        let workers = farm.attached_workers().await.ok()?;
+        workers.iter().any(|(n, _)| n == "rogue").then_some(())
+    })
+    .await?;
+    let sources = alices_sources(&env, "not-a-secret", "uname -m > /arch")?;
+    let repository = env.unique_repo("alice-attested");
+    let tag = format!("{repository}:1");
+    let id = farm
+        .submit_detached_as(
+            Some(&t.alice),
+            &[
+                "-t",
+                &tag,
+                "--platform",
+                "linux/arm64",
+                sources.path().to_str().unwrap(),
+            ],
+        )
+        .await?;
+    let job = rogue.assignment().await?;
+    rogue.send(Msg::Accepted(v1::JobAccepted {
+        job_id: job.job_id.clone(),
+        attempt: job.attempt,
+    }))?;
+
+    // An arm64 image that passes every image check, and a plain manifest as its attestation.
+    let name = repository
+        .strip_prefix(&format!("{}/", env.registry))
+        .unwrap();
+    let config =
+        br#"{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config = put_blob(
+        &env.registry,
+        name,
+        config,
+        "application/vnd.oci.image.config.v1+json",
+    )
+    .await?;
+    let layer = put_blob(
+        &env.registry,
+        name,
+        b"not a statement",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    )
+    .await?;
+    let mut pushed = Vec::new();
+    for layers in [vec![], vec![layer]] {
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": layers
+        }))?;
+        let digest = sha256(&manifest);
+        put_manifest(&env.registry, name, &digest, &manifest, OCI_MANIFEST).await?;
+        pushed.push(v1::ImageDescriptor {
+            digest,
+            size: manifest.len() as i64,
+            media_type: OCI_MANIFEST.into(),
+            attestations: Vec::new(),
+        });
+    }
+    let fake = pushed.pop().unwrap();
+    let mut image = pushed.pop().unwrap();
+    image.attestations.push(fake.clone());
+    rogue.send(Msg::Result(v1::JobResult {
+        job_id: job.job_id.clone(),
+        attempt: job.attempt,
+        outcome: Some(v1::job_result::Outcome::Pushed(image)),
+    }))?;
+
+    let failed = farm
+        .wait_event(
+            &id,
+            Duration::from_secs(60),
+            "the rogue's attempt to fail verification",
+            |e| match e {
+                v1::build_event::Event::JobState(s)
+                    if s.message.contains("failed verification") =>
+                {
+                    Some(s.message.clone())
+                }
+                _ => None,
+            },
+        )
+        .await?;
+    assert!(
+        failed.contains("worker rogue")
+            && failed.contains(&fake.digest)
+            && failed.contains("is not one")
+            && failed.contains("application/vnd.oci.image.layer.v1.tar+gzip"),
+        "{failed}"
+    );
+    let b = farm.wait_build_end(&id, Duration::from_secs(300)).await?;
+    assert_eq!(b.state, v1::BuildState::Succeeded as i32, "{b:?}");
+    assert_eq!(b.jobs[0].worker, "arm", "retried on another worker");
+    // The index, read with skopeo, holds the real worker's image and no false attestation.
+    let index = manifold_tests::skopeo_raw(&tag).await?;
+    assert!(!index.to_string().contains(&fake.digest), "{index:#}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn wrong_tokens_are_logged_by_their_hash_prefix_and_slowed_per_source() -> anyhow::Result<()>
 {

@@ -946,6 +946,14 @@ fn result_message(
             digest: pushed.digest,
             size: pushed.size as i64,
             media_type: pushed.media_type,
+            attestations: (pushed.attestations.into_iter())
+                .map(|a| v1::ImageDescriptor {
+                    digest: a.digest,
+                    size: a.size as i64,
+                    media_type: manifold_registry::manifest::OCI_MANIFEST.to_owned(),
+                    attestations: Vec::new(),
+                })
+                .collect(),
         }),
         Err(failure) => v1::job_result::Outcome::Failure(v1::JobFailure {
             message: failure.message,

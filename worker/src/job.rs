@@ -184,6 +184,7 @@ pub async fn execute(
         .map_err(|e| JobFailure::retryable(e.to_string()))?
         .image_store;
     cache_exports_supported(store, &job.flags.cache_to, engine.host())
+        .and_then(|()| attestations_supported(store, &job.flags.attests, engine.host()))
         .map_err(JobFailure::permanent)?;
     let endpoint = Endpoint::moby(engine.host()).map_err(JobFailure::permanent)?;
     let build_platform = options
@@ -256,6 +257,9 @@ pub async fn execute(
             let solved = built.map_err(build_failure)?;
             let pushed =
                 pushed_by_buildkit(&solved.exporter_response).map_err(JobFailure::retryable)?;
+            let pushed = crate::pushed_index::unpack(&target, pushed, logs)
+                .await
+                .map_err(push_failure)?;
             let config = push::read_pushed(&target, &pushed, logs)
                 .await
                 .map_err(push_failure)?;
@@ -271,6 +275,12 @@ pub async fn execute(
                 "pushed {}@{} ({} bytes, {}) for {}, by buildkit",
                 job.repository, pushed.digest, pushed.size, pushed.media_type, job.platform
             ));
+            for a in &pushed.attestations {
+                logs.line(format!(
+                    "pushed {}@{} ({} bytes): attestations of {}",
+                    job.repository, a.digest, a.size, pushed.digest
+                ));
+            }
             Ok(pushed)
         }
         ImageStore::Graphdriver => {
@@ -322,6 +332,7 @@ pub fn pushed_by_buildkit(
         digest: d.digest,
         size: d.size,
         media_type: d.media_type,
+        attestations: Vec::new(),
     })
 }
 
@@ -474,6 +485,24 @@ fn cache_exports_supported(
         (ImageStore::Graphdriver, Some(cache)) => Err(format!(
             "--cache-to type={}: the Docker engine at {host} keeps images in a graphdriver store, whose BuildKit exports only type=inline caches; run this build on workers whose engine uses the containerd image store (Docker Desktop's default; on Docker Engine, \"features\": {{\"containerd-snapshotter\": true}} in daemon.json), or use --cache-to type=inline",
             cache.kind
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A graphdriver engine cannot attach attestations: its `moby` exporter stores one image in the
+/// daemon, with nowhere to put an attestation manifest (buildx refuses the same: "Attestation is
+/// not supported for the docker driver"). Only an attestation asked for fails; the default
+/// provenance is simply not added there, as buildx adds none.
+fn attestations_supported(
+    store: ImageStore,
+    attests: &[manifold_proto::build_flags::Attest],
+    host: &str,
+) -> Result<(), String> {
+    match (store, attests.iter().find(|a| !a.disabled)) {
+        (ImageStore::Graphdriver, Some(a)) => Err(format!(
+            "--attest {}: the Docker engine at {host} keeps images in a graphdriver store, which cannot attach attestations (provenance, SBOM) to an image; run this build on workers whose engine uses the containerd image store (Docker Desktop's default; on Docker Engine, \"features\": {{\"containerd-snapshotter\": true}} in daemon.json), or leave out --provenance/--sbom/--attest",
+            a.to_csv()
         )),
         _ => Ok(()),
     }
@@ -643,6 +672,28 @@ mod tests {
             if let Err(e) = result {
                 assert!(e.contains(host), "{e}");
                 assert!(e.contains("containerd image store"), "{e}");
+                assert!(e.contains("containerd-snapshotter"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_graphdriver_engine_attaches_no_attestation_and_says_which_engine_can() {
+        use manifold_proto::build_flags::Attest;
+        let host = "unix:///var/run/docker.sock";
+        let sbom = Attest::parse("--attest", "type=sbom").unwrap();
+        let off = Attest::shorthand("--provenance", "provenance", "false").unwrap();
+        for (store, attests, ok) in [
+            (ImageStore::Containerd, vec![sbom.clone()], true),
+            (ImageStore::Graphdriver, vec![], true),
+            (ImageStore::Graphdriver, vec![off.clone()], true),
+            (ImageStore::Graphdriver, vec![off, sbom], false),
+        ] {
+            let result = attestations_supported(store, &attests, host);
+            assert_eq!(result.is_ok(), ok, "{store:?} {attests:?}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.contains("--attest type=sbom"), "{e}");
+                assert!(e.contains(host), "{e}");
                 assert!(e.contains("containerd-snapshotter"), "{e}");
             }
         }

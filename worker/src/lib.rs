@@ -30,6 +30,8 @@
 //!   mount, stream the rest from the export), and reading a pushed image back;
 //! - [`push_proxy`]: the graphdriver fast path: the daemon pushes to the worker's loopback front,
 //!   which sends the target repository only the blobs it lacks, and the manifest by digest;
+//! - [`pushed_index`]: what BuildKit pushed with attestations: the image and the attestation
+//!   manifests about it, reported apart;
 //! - [`local_tags`]: the daemon-local tags this worker made, so that it removes its leftovers at start;
 //! - [`layers`]: the worker's map from a layer's diff_id to the blob it was pushed as;
 
@@ -52,6 +54,7 @@ pub mod metrics;
 pub mod progress;
 pub mod push;
 pub mod push_proxy;
+pub mod pushed_index;
 pub mod tls;
 
 pub use config::Config;

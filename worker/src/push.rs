@@ -80,6 +80,18 @@ pub struct PushedImage {
     pub size: u64,
     /// The manifest's media type ([`MANIFEST_MEDIA_TYPE`]).
     pub media_type: String,
+    /// Attestation manifests pushed beside it (BuildKit's provenance and SBOM), in the order
+    /// BuildKit listed them.
+    pub attestations: Vec<Attached>,
+}
+
+/// An attestation manifest (an OCI manifest of in-toto statements) in the image's repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    /// `sha256:<hex>` of the manifest bytes.
+    pub digest: String,
+    /// Their length.
+    pub size: u64,
 }
 
 /// Why a push failed.
@@ -202,6 +214,34 @@ pub async fn read_pushed(
     pushed: &PushedImage,
     logs: &LogSink,
 ) -> Result<PushedConfig, PushError> {
+    let (session, by_digest, bytes) = read_manifest(target, pushed, logs).await?;
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        config: Descriptor,
+    }
+    let parsed: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        PushError::Archive(format!(
+            "the pushed manifest {by_digest} is no image manifest: {e}"
+        ))
+    })?;
+    let config_digest = parsed.config.digest().to_string();
+    let config = session
+        .pull_small_blob(
+            &by_digest,
+            &config_digest,
+            &format!("reading the config {config_digest}"),
+        )
+        .await?;
+    platform_of(&config, &config_digest)
+}
+
+/// The bytes of the manifest (or index) `pushed` in `target`, checked to hash to its digest and
+/// to have its size; with the session and the reference by digest they were read through.
+pub(crate) async fn read_manifest(
+    target: &PushTarget,
+    pushed: &PushedImage,
+    logs: &LogSink,
+) -> Result<(Session, Reference, Vec<u8>), PushError> {
     let (session, repository) = open(target, logs).await?;
     let by_digest = at_digest(&repository, &pushed.digest);
     let manifest = session
@@ -220,24 +260,7 @@ pub async fn read_pushed(
             pushed.size
         )));
     }
-    #[derive(serde::Deserialize)]
-    struct Manifest {
-        config: Descriptor,
-    }
-    let parsed: Manifest = serde_json::from_slice(&manifest.bytes).map_err(|e| {
-        PushError::Archive(format!(
-            "the pushed manifest {by_digest} is no image manifest: {e}"
-        ))
-    })?;
-    let config_digest = parsed.config.digest().to_string();
-    let config = session
-        .pull_small_blob(
-            &by_digest,
-            &config_digest,
-            &format!("reading the config {config_digest}"),
-        )
-        .await?;
-    platform_of(&config, &config_digest)
+    Ok((session, by_digest, manifest.bytes))
 }
 
 fn platform_of(config: &[u8], digest: &str) -> Result<PushedConfig, PushError> {
@@ -462,6 +485,7 @@ async fn push(
         digest,
         size: manifest.len() as u64,
         media_type: MANIFEST_MEDIA_TYPE.to_owned(),
+        attestations: Vec::new(),
     })
 }
 

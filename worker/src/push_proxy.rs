@@ -547,6 +547,7 @@ async fn route_request(
                 digest: digest.clone(),
                 size: bytes.len() as u64,
                 media_type,
+                attestations: Vec::new(),
             });
             created(format!("/v2/{name}/manifests/{digest}"), &digest)
         }

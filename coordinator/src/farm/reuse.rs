@@ -41,7 +41,7 @@ pub fn reuse_key(team: &str, spec: &BuildSpec) -> Option<ReuseKey> {
     let dockerfiles: BTreeMap<String, &String> = (spec.dockerfiles.iter())
         .map(|(p, d)| (p.to_string(), d))
         .collect();
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "team": team,
         "repository": spec.repository(),
         "context": spec.context_digest,
@@ -57,6 +57,10 @@ pub fn reuse_key(team: &str, spec: &BuildSpec) -> Option<ReuseKey> {
         "shm_size": flags.shm_size,
         "build_contexts": flags.build_contexts,
     });
+    if !flags.attests.is_empty() {
+        // Only when given, so that the keys of builds stored before attestations stay the same.
+        canonical["attests"] = serde_json::json!(flags.attests);
+    }
     let digest = sha2::Sha256::digest(canonical.to_string().as_bytes());
     Some(ReuseKey(hex::encode(digest)))
 }
@@ -215,6 +219,11 @@ mod tests {
             Other,
         );
         check("mobile", |s| s.flags.shm_size = Some(1 << 20), Other);
+        check(
+            "mobile",
+            |s| s.flags.attests = vec![manifold_proto::build_flags::attest::default_provenance()],
+            Other,
+        );
         check(
             "mobile",
             |s| {

@@ -374,6 +374,7 @@ pub(super) fn finished_build(n: usize, created_at_ms: i64, finished_at_ms: i64) 
                     digest: hex(n, p),
                     size: 480,
                     media_type: sim::OCI_MANIFEST.into(),
+                    attestations: Vec::new(),
                 });
             }
             (true, 0) => {

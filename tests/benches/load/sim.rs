@@ -475,6 +475,7 @@ pub async fn push_image(
         digest: manifest_digest,
         size: manifest.len() as i64,
         media_type: OCI_MANIFEST.into(),
+        attestations: Vec::new(),
     })
 }
 

@@ -349,6 +349,17 @@ pub fn solve_request(solve: &Solve<'_>, session_id: &str, build_ref: &str) -> So
     if let Some(bytes) = flags.shm_size {
         attrs.insert("shm-size".into(), bytes.to_string());
     }
+    // Attestations as buildx asks for them; the default provenance only where the exporter
+    // attaches attestations (the image exporter: the containerd image store), as buildx adds it
+    // only on drivers that support them.
+    let default_provenance = matches!(solve.output, Output::PushByDigest { .. })
+        && !flags.attests.iter().any(|a| a.kind == "provenance");
+    let default = default_provenance.then(manifold_proto::build_flags::attest::default_provenance);
+    attrs.extend(
+        (flags.attests.iter())
+            .chain(default.as_ref())
+            .filter_map(|a| a.frontend_attr()),
+    );
     let mut frontend_inputs = HashMap::new();
     let mut uploaded = 0;
     for (name, source) in &flags.build_contexts {
@@ -589,6 +600,67 @@ mod tests {
     }
 
     #[test]
+    fn attestations_are_asked_for_as_buildx_asks_with_its_default_provenance() {
+        use manifold_proto::build_flags::Attest;
+        let push = || Output::PushByDigest {
+            repository: "127.0.0.1:5000/a/app".into(),
+            insecure: false,
+        };
+        let attests = |r: &SolveRequest| {
+            (r.frontend_attrs.iter())
+                .filter(|(k, _)| k.starts_with("attest:"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let with = |list: &[&str]| BuildFlags {
+            attests: list
+                .iter()
+                .map(|a| Attest::parse("--attest", a).unwrap())
+                .collect(),
+            ..BuildFlags::default()
+        };
+        type Case = (BuildFlags, Output, &'static [(&'static str, &'static str)]);
+        let table: [Case; 5] = [
+            // Nothing asked: buildx's default where attestations can be attached...
+            (
+                with(&[]),
+                push(),
+                &[(
+                    "attest:provenance",
+                    "type=provenance,inline-only=true,mode=min",
+                )],
+            ),
+            // ...and none on a graphdriver engine.
+            (with(&[]), Output::DaemonTag { tag: "t".into() }, &[]),
+            (with(&["type=provenance,disabled=true"]), push(), &[]),
+            (
+                with(&["type=provenance,mode=max"]),
+                push(),
+                &[("attest:provenance", "type=provenance,mode=max")],
+            ),
+            (
+                with(&[
+                    "type=sbom,generator=r/scan:1",
+                    "type=provenance,disabled=true",
+                ]),
+                push(),
+                &[("attest:sbom", "type=sbom,generator=r/scan:1")],
+            ),
+        ];
+        for (flags, output, expected) in table {
+            let expected: BTreeMap<String, String> = expected
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(
+                attests(&request(flags.clone(), output)),
+                expected,
+                "{flags:?}"
+            );
+        }
+    }
+
+    #[test]
     fn flags_become_frontend_attributes_as_buildx_sends_them() {
         let r = request(
             BuildFlags {
@@ -604,6 +676,7 @@ mod tests {
                 cache_to: vec![],
                 secret_ids: vec![],
                 build_contexts: [("base".to_owned(), "docker-image://r/base:1".to_owned())].into(),
+                attests: vec![],
             },
             Output::DaemonTag { tag: "t".into() },
         );

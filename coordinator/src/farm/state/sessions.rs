@@ -336,6 +336,7 @@ impl FarmState {
                 digest,
                 size,
                 media_type,
+                attestations,
             } => {
                 let j = job_mut(&mut entry.build, job);
                 let platform = j.platform.clone();
@@ -345,6 +346,7 @@ impl FarmState {
                     digest: digest.clone(),
                     size,
                     media_type,
+                    attestations,
                 });
                 let ev = EventKind::JobState {
                     platform: platform.clone(),
