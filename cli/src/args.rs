@@ -366,6 +366,12 @@ pub struct BuildArgs {
     #[arg(long = "secret", value_name = "id=ID[,src=PATH]")]
     pub secrets: Vec<String>,
 
+    /// SSH keys for RUN --mount=type=ssh[,id=ID]: default=PATH or ID=PATH[,PATH...] (OpenSSH
+    /// private key files without a passphrase); read here, held in memory by the farm like
+    /// secrets, served to the build as an ssh-agent (a step can sign with them, never read them)
+    #[arg(long = "ssh", value_name = "ID=PATH[,PATH]")]
+    pub ssh: Vec<String>,
+
     /// Networking mode of RUN steps: default, none or host
     #[arg(long, value_name = "MODE")]
     pub network: Option<String>,
@@ -529,6 +535,14 @@ pub enum ArgsError {
     /// A `--secret` that cannot be read.
     #[error("--secret `{spec}`: {reason}")]
     Secret {
+        /// The flag value.
+        spec: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A bad `--ssh`.
+    #[error("--ssh {spec}: {reason}")]
+    Ssh {
         /// The flag value.
         spec: String,
         /// What is wrong and what to do.
@@ -742,8 +756,9 @@ impl BuildPlan {
             TagTemplate::parse(&args.tag_template).map_err(ArgsError::TagTemplate)?;
         let flags = crate::build_flags::parse_flags(args)?;
         let local_contexts = crate::build_flags::local_contexts(args)?;
-        let secrets =
+        let mut secrets =
             crate::build_flags::parse_secrets(&args.secrets, |var| std::env::var_os(var))?;
+        secrets.extend(crate::build_flags::parse_ssh_keys(&args.ssh)?);
         Ok(Self {
             image,
             extra_tags: tags,

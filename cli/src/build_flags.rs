@@ -183,6 +183,11 @@ pub fn parse_secrets(
             })
             .ok_or_else(|| bad("no id=; expected id=ID,src=PATH".into()))?;
         build_flags::check_secret_id(&id)?;
+        if build_flags::ssh::is_key_secret(&id) {
+            return Err(bad(format!(
+                "the id `{id}` is reserved for --ssh keys; choose another"
+            )));
+        }
         let from_env = |name: &str| {
             env(name)
                 .map(|v| v.into_encoded_bytes())
@@ -223,6 +228,58 @@ pub fn parse_secrets(
         }
     }
     Ok(secrets)
+}
+
+/// The keys of `--ssh ID=PATH[,PATH...]`, read from their files, each checked to be an OpenSSH
+/// private key without a passphrase, as secrets under their reserved ids
+/// ([`build_flags::ssh::key_secret_id`]).
+pub fn parse_ssh_keys(specs: &[String]) -> Result<Secrets, ArgsError> {
+    if specs.len() > build_flags::ssh::MAX_SSH_IDS {
+        return Err(build_flags::FlagError {
+            flag: "--ssh",
+            value: format!("{} ids", specs.len()),
+            reason: format!("at most {} are taken", build_flags::ssh::MAX_SSH_IDS),
+        }
+        .into());
+    }
+    let mut keys = Secrets::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for spec in specs {
+        let (id, paths) = build_flags::ssh::parse_ssh(spec)?;
+        let bad = |reason: String| ArgsError::Ssh {
+            spec: spec.clone(),
+            reason,
+        };
+        if !ids.insert(id.clone()) {
+            return Err(bad(format!(
+                "the id `{id}` is given twice; list its keys in one --ssh {id}=PATH,PATH"
+            )));
+        }
+        for (n, path) in paths.iter().enumerate() {
+            let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
+            if bytes.len() > build_flags::MAX_SECRET_BYTES {
+                return Err(bad(format!("{path} is {} bytes, no ssh key", bytes.len())));
+            }
+            check_private_key(&bytes).map_err(|reason| bad(format!("{path}: {reason}")))?;
+            keys.insert(build_flags::ssh::key_secret_id(&id, n), SecretValue(bytes));
+        }
+    }
+    Ok(keys)
+}
+
+/// Whether `bytes` is a private key the workers' agent can sign with.
+fn check_private_key(bytes: &[u8]) -> Result<(), String> {
+    let key = ssh_key::PrivateKey::from_openssh(bytes).map_err(|e| {
+        format!(
+            "not an OpenSSH private key ({e}); keys in the older PEM form can be rewritten with `ssh-keygen -p -f PATH`"
+        )
+    })?;
+    if key.is_encrypted() {
+        return Err(
+            "the key is protected by a passphrase, which the farm cannot ask for; use a key without one (e.g. a deploy key)".into(),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

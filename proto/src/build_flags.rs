@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 
 pub mod attest;
+pub mod ssh;
 pub use attest::Attest;
 
 /// Most `--cache-from` (and, separately, `--cache-to`) entries one build takes.

@@ -3,7 +3,7 @@
 //! no file of the coordinator's state, no log, no CLI output), `TARGETARCH`/`BUILDPLATFORM` as
 //! buildx sets them, `--no-cache`, and a `FROM` on a registry that needs a login, with the
 //! credentials in the worker's Docker config and with none (a clear error naming the registry and
-//! the config read).
+//! the config read), and `--ssh` keys served as an ssh-agent that a step signs with and never reads.
 
 use std::path::Path;
 
@@ -262,4 +262,174 @@ async fn a_from_behind_a_login_uses_the_workers_docker_config_or_says_what_is_mi
         );
     }
     Ok(())
+}
+
+/// The host's `ssh-add` and `ssh-keygen` with the libraries they load, laid out under `dir` as
+/// they are on the host, for an amd64 image (the base image has no ssh client).
+fn copy_ssh_tools(dir: &Path) -> anyhow::Result<()> {
+    for tool in ["/usr/bin/ssh-add", "/usr/bin/ssh-keygen"] {
+        let ldd = std::process::Command::new("ldd").arg(tool).output()?;
+        let listed = String::from_utf8(ldd.stdout)?;
+        let libraries = listed
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+            .map(str::to_owned);
+        for file in std::iter::once(tool.to_owned()).chain(libraries) {
+            let to = dir.join(file.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().unwrap())?;
+            std::fs::copy(&file, &to)?; // through symlinks: the library itself
+        }
+    }
+    // ssh-keygen wants its user to exist.
+    std::fs::create_dir_all(dir.join("etc"))?;
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    Ok(())
+}
+
+/// A new passphrase-less key at `dir/name` (and `name.pub`), by ssh-keygen; its public line.
+async fn ssh_key(dir: &Path, name: &str, passphrase: &str) -> anyhow::Result<String> {
+    let path = dir.join(name);
+    let path = path.to_str().unwrap();
+    run(
+        "ssh-keygen",
+        &[
+            "-q", "-t", "ed25519", "-N", passphrase, "-C", name, "-f", path,
+        ],
+    )
+    .await?;
+    Ok(std::fs::read_to_string(format!("{path}.pub"))?
+        .trim()
+        .to_owned())
+}
+
+/// `--ssh` on the amd64 daemon of `store`: a `RUN --mount=type=ssh` lists the keys of its id and
+/// signs with them (the signature checked here with ssh-keygen), a step can never read a key as a
+/// secret, the key's bytes are in no file of the coordinator's state and no output, and the
+/// errors name what is wrong (a `required=true` mount of an id the build lacks fails naming it;
+/// an optional one is left out, as with buildx).
+async fn ssh_keys_sign_and_are_never_read(store: &str) -> anyhow::Result<()> {
+    let env = Env::from_env();
+    let (amd64, _) = env.pair(store);
+    let mut farm = TestFarm::builder().start().await?;
+    farm.worker("x86").docker(&amd64).spawn().await?;
+    let keys = tempfile::tempdir()?;
+    let default_pub = ssh_key(keys.path(), "default-key", "").await?;
+    let deploy_pub = ssh_key(keys.path(), "deploy-key", "").await?;
+    ssh_key(keys.path(), "locked-key", "a passphrase").await?;
+    let key = |name: &str| keys.path().join(name).display().to_string();
+    let private = std::fs::read_to_string(key("default-key"))?;
+    let private_body = private.lines().nth(1).unwrap().to_owned();
+
+    let ctx = context_dir(&[
+        ("id.pub", &default_pub),
+        (
+            "Dockerfile",
+            &format!(
+                "FROM {}\nCOPY tools/ /\nCOPY id.pub /id.pub\n\
+                 RUN --mount=type=ssh,required=true /usr/bin/ssh-add -L > /agent-keys && printf 'signed in the build' > /signed \
+                 && /usr/bin/ssh-keygen -Y sign -n manifold-test -f /id.pub /signed\n\
+                 RUN --mount=type=ssh,id=deploy /usr/bin/ssh-add -L > /deploy-keys\n\
+                 RUN --mount=type=secret,id=manifold.ssh.0.default cat /run/secrets/manifold.ssh.0.default > /stolen \
+                 || echo refused > /stolen\n",
+                env.base_image
+            ),
+        ),
+    ])?;
+    copy_ssh_tools(&ctx.path().join("tools"))?;
+    let tag = format!("{}:1", env.unique_repo(&format!("ssh-{store}")));
+    let ctx_arg = ctx.path().display().to_string();
+    let default_arg = format!("default={}", key("default-key"));
+    let deploy_arg = format!("deploy={}", key("deploy-key"));
+    let build = |ssh: Vec<String>| {
+        let mut args = vec!["build".to_owned(), "-t".into(), tag.clone()];
+        args.extend(["--platform".into(), "linux/amd64".into()]);
+        for s in ssh {
+            args.extend(["--ssh".into(), s]);
+        }
+        args.push(ctx_arg.clone());
+        args
+    };
+    let out = farm
+        .cli(build(vec![default_arg.clone(), deploy_arg.clone()]))
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}\n--- x86 ---\n{}",
+        show(&out),
+        farm.worker_log("x86")
+    );
+
+    let file = |path: &'static str| file_in_image(&env.amd64_docker, &tag, "linux/amd64", path);
+    assert_eq!(file("/agent-keys").await?, default_pub);
+    assert_eq!(file("/deploy-keys").await?, deploy_pub);
+    assert_eq!(file("/stolen").await?, "refused", "a key is no secret");
+    let signature = keys.path().join("signed.sig");
+    std::fs::write(&signature, format!("{}\n", file("/signed.sig").await?))?;
+    let signers = keys.path().join("allowed_signers");
+    std::fs::write(&signers, format!("builder {default_pub}\n"))?;
+    let verify = std::process::Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-n", "manifold-test", "-I", "builder", "-f"])
+        .arg(&signers)
+        .arg("-s")
+        .arg(&signature)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"signed in the build")?;
+            child.wait_with_output()
+        })?;
+    assert!(
+        verify.status.success(),
+        "the build's signature verifies: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let _ = run("docker", &["-H", &env.amd64_docker, "rmi", "-f", &tag]).await;
+
+    // The key's bytes are nowhere: not in the state, the listing or the output.
+    let builds = farm.cli(["builds", "--format", "json"]).await?;
+    for text in [show(&out), show(&builds)] {
+        assert!(!text.contains(&private_body), "the key is in {text}");
+    }
+    let found = files_containing(farm.state_dir.path(), private_body.as_bytes());
+    assert!(found.is_empty(), "the key is in {found:?}");
+
+    // Errors name the value and what to do; a step that wants an id the build lacks says so.
+    for (ssh, expected) in [
+        (
+            vec!["default".to_owned()],
+            "--ssh default=$HOME/.ssh/id_ed25519",
+        ),
+        (vec![format!("default={}", key("missing"))], "cannot read"),
+        (vec![format!("default={}", key("locked-key"))], "passphrase"),
+        (
+            vec![format!("default={}", key("default-key.pub"))],
+            "not an OpenSSH private key",
+        ),
+        (vec![deploy_arg.clone()], "no --ssh default=PATH"),
+    ] {
+        // --no-cache: a cached step asks for no agent.
+        let mut args = build(ssh.clone());
+        args.insert(1, "--no-cache".into());
+        let out = farm.cli(args).await?;
+        assert!(!out.status.success(), "{ssh:?}: {}", show(&out));
+        assert!(show(&out).contains(expected), "{ssh:?}: {}", show(&out));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_keys_sign_in_the_build_and_are_never_read_on_containerd_store() -> anyhow::Result<()> {
+    ssh_keys_sign_and_are_never_read("containerd").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_keys_sign_in_the_build_and_are_never_read_on_graphdriver() -> anyhow::Result<()> {
+    ssh_keys_sign_and_are_never_read("graphdriver").await
 }

@@ -22,6 +22,7 @@ pub mod hijack;
 pub mod named_context;
 pub mod prune;
 pub mod session;
+pub mod ssh_agent;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

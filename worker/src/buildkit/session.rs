@@ -10,6 +10,8 @@
 //!   config and credential helpers (`manifold_registry::auth`). Hosts asked for
 //!   without an answer are remembered, so a failed pull can name the registry and the config read.
 //! - **Secrets**: the job's `--secret` values, in memory only.
+//! - **SSH**: the job's `--ssh` keys as a read-only ssh-agent ([`super::ssh_agent`]); never
+//!   served as secrets.
 //! - **Health**: BuildKit checks the session is alive.
 
 use std::path::PathBuf;
@@ -88,6 +90,8 @@ pub const METHODS: &[&str] = &[
     "/moby.upload.v1.Upload/Pull",
     "/moby.filesync.v1.FileSync/DiffCopy",
     "/moby.buildkit.secrets.v1.Secrets/GetSecret",
+    "/moby.sshforward.v1.SSH/CheckAgent",
+    "/moby.sshforward.v1.SSH/ForwardAgent",
 ];
 
 /// What one session offers BuildKit.
@@ -145,6 +149,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let content = Arc::new(content);
+    let ssh = super::ssh_agent::SshForward::new(&content.secrets);
     let auth = AuthProvider {
         content: content.clone(),
         log,
@@ -163,6 +168,10 @@ pub async fn serve(
                 content: content.clone(),
             })
             .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            bollard::moby::sshforward::v1::ssh_server::SshServer::new(ssh)
+                .max_decoding_message_size(MAX_MESSAGE),
         )
         .add_service(
             SecretsServer::new(SecretStore { content })
@@ -391,7 +400,11 @@ impl SecretsService for SecretStore {
         request: Request<GetSecretRequest>,
     ) -> Result<Response<GetSecretResponse>, Status> {
         let id = request.into_inner().id;
-        match self.content.secrets.get(&id) {
+        // `--ssh` keys travel among the secrets but are only signed with, never handed out.
+        let secret = (!manifold_proto::build_flags::ssh::is_key_secret(&id))
+            .then(|| self.content.secrets.get(&id))
+            .flatten();
+        match secret {
             Some(value) => Ok(Response::new(GetSecretResponse {
                 data: value.0.clone(),
             })),
