@@ -325,6 +325,20 @@ pub async fn issue_token(args: &[&str]) -> anyhow::Result<(String, String)> {
 }
 
 impl TestFarm {
+    /// A farm with one worker per daemon of the `store` pair (`containerd` or `graphdriver`):
+    /// `x86` on the amd64 daemon, `arm` on the arm64 one (platform linux/arm64).
+    pub async fn on_pair(env: &Env, store: &str) -> anyhow::Result<TestFarm> {
+        let (amd64, arm64) = env.pair(store);
+        let mut farm = TestFarm::builder().start().await?;
+        farm.worker("x86").docker(&amd64).spawn().await?;
+        farm.worker("arm")
+            .docker(&arm64)
+            .platform("linux/arm64")
+            .spawn()
+            .await?;
+        Ok(farm)
+    }
+
     /// A farm with default options.
     pub fn builder() -> FarmBuilder {
         FarmBuilder::default()

@@ -23,18 +23,6 @@ files=$(ls "$BUILDKIT_SCAN_SOURCE" | sed 's/.*/{"fileName":"&"}/' | tr '\n' ',' 
 printf '{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://spdx.dev/Document","subject":[],"predicate":{"spdxVersion":"SPDX-2.3","SPDXID":"SPDXRef-DOCUMENT","name":"%s","files":[%s]}}' "$name" "$files" > "$BUILDKIT_SCAN_DESTINATION/$name.spdx.json"
 "#;
 
-async fn farm_on(env: &Env, store: &str) -> anyhow::Result<TestFarm> {
-    let (amd64, arm64) = env.pair(store);
-    let mut farm = TestFarm::builder().start().await?;
-    farm.worker("x86").docker(&amd64).spawn().await?;
-    farm.worker("arm")
-        .docker(&arm64)
-        .platform("linux/arm64")
-        .spawn()
-        .await?;
-    Ok(farm)
-}
-
 fn app(env: &Env) -> anyhow::Result<tempfile::TempDir> {
     context_dir(&[(
         "Dockerfile",
@@ -201,7 +189,7 @@ async fn build(farm: &TestFarm, args: &[&str], env_vars: &[(&str, &str)]) -> any
 async fn provenance_and_sbom_are_attached_to_every_platform_as_buildx_attaches_them()
 -> anyhow::Result<()> {
     let env = Env::from_env();
-    let farm = farm_on(&env, "containerd").await?;
+    let farm = TestFarm::on_pair(&env, "containerd").await?;
     let (cd_amd64, _) = env.pair("containerd");
 
     // The generator image, both platforms, built by the farm.
@@ -346,7 +334,7 @@ async fn provenance_and_sbom_are_attached_to_every_platform_as_buildx_attaches_t
 #[tokio::test(flavor = "multi_thread")]
 async fn the_default_provenance_is_buildxs_and_goes_as_buildx_lets_it_go() -> anyhow::Result<()> {
     let env = Env::from_env();
-    let farm = farm_on(&env, "containerd").await?;
+    let farm = TestFarm::on_pair(&env, "containerd").await?;
     let (cd_amd64, _) = env.pair("containerd");
     let app = app(&env)?;
     let ctx = app.path().display().to_string();
@@ -397,7 +385,7 @@ async fn the_default_provenance_is_buildxs_and_goes_as_buildx_lets_it_go() -> an
 async fn a_graphdriver_engine_refuses_attestations_and_says_which_engine_can() -> anyhow::Result<()>
 {
     let env = Env::from_env();
-    let farm = farm_on(&env, "graphdriver").await?;
+    let farm = TestFarm::on_pair(&env, "graphdriver").await?;
     let app = app(&env)?;
     let ctx = app.path().display().to_string();
     let tag = format!("{}:1", env.unique_repo("attest-graphdriver"));

@@ -26,21 +26,9 @@ async fn raw(reference: &str) -> anyhow::Result<(String, String)> {
     Ok((bytes, digest))
 }
 
-async fn farm_on(env: &Env, store: &str) -> anyhow::Result<TestFarm> {
-    let (amd64, arm64) = env.pair(store);
-    let mut farm = TestFarm::builder().start().await?;
-    farm.worker("x86").docker(&amd64).spawn().await?;
-    farm.worker("arm")
-        .docker(&arm64)
-        .platform("linux/arm64")
-        .spawn()
-        .await?;
-    Ok(farm)
-}
-
 async fn tags_metadata_and_json_progress(store: &str) -> anyhow::Result<()> {
     let env = Env::from_env();
-    let farm = farm_on(&env, store).await?;
+    let farm = TestFarm::on_pair(&env, store).await?;
     let ctx = context_dir(&[(
         "Dockerfile",
         // `stem` is no image anywhere: only --build-context makes it the base image.
@@ -207,7 +195,7 @@ async fn a_registry_cache_written_by_one_pair_is_reused_by_another() -> anyhow::
             .count()
     };
 
-    let writer = farm_on(&env, "containerd").await?;
+    let writer = TestFarm::on_pair(&env, "containerd").await?;
     let first = writer
         .cli(build(
             format!("{}:1", env.unique_repo("cache-writer")),
@@ -233,7 +221,7 @@ async fn a_registry_cache_written_by_one_pair_is_reused_by_another() -> anyhow::
     }
     drop(writer);
 
-    let reader = farm_on(&env, "graphdriver").await?;
+    let reader = TestFarm::on_pair(&env, "graphdriver").await?;
     let second = reader
         .cli(build(
             format!("{}:1", env.unique_repo("cache-reader")),

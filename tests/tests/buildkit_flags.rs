@@ -78,14 +78,7 @@ async fn a_secret_reaches_the_run_step_and_nothing_else_on_graphdriver() -> anyh
 /// `store`.
 async fn secret_no_cache_and_target_args(store: &str) -> anyhow::Result<()> {
     let env = Env::from_env();
-    let (amd64, arm64) = env.pair(store);
-    let mut farm = TestFarm::builder().start().await?;
-    farm.worker("x86").docker(&amd64).spawn().await?;
-    farm.worker("arm")
-        .docker(&arm64)
-        .platform("linux/arm64")
-        .spawn()
-        .await?;
+    let farm = TestFarm::on_pair(&env, store).await?;
 
     let secret = format!("s3cr3t-{}", uuid::Uuid::new_v4());
     let nonce = uuid::Uuid::new_v4().to_string();

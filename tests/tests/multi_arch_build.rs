@@ -18,14 +18,7 @@ async fn with_the_containerd_image_store_two_platforms_merge_into_one_tag() -> a
 
 async fn two_platforms_in_one_tag(store: &str) -> anyhow::Result<()> {
     let env = Env::from_env();
-    let (amd64, arm64) = env.pair(store);
-    let mut farm = TestFarm::builder().start().await?;
-    farm.worker("x86").docker(&amd64).spawn().await?;
-    farm.worker("arm")
-        .docker(&arm64)
-        .platform("linux/arm64")
-        .spawn()
-        .await?;
+    let farm = TestFarm::on_pair(&env, store).await?;
 
     let dockerfile = format!(
         "FROM {base} AS probe\nRUN uname -m > /arch\n\nFROM {base}\nCOPY --from=probe /arch /arch\nCMD [\"cat\", \"/arch\"]\n",

@@ -309,6 +309,23 @@ async fn a_worker_downloads_only_the_context_of_a_job_it_holds() -> anyhow::Resu
     Ok(())
 }
 
+/// `rogue`, a worker with a valid certificate (of team platform) that claims to build arm64
+/// natively, so the scheduler prefers it to the emulated arm worker; once the farm lists it.
+async fn attach_native_arm64_rogue(farm: &TestFarm) -> anyhow::Result<RogueWorker> {
+    let arm64 = v1::Platform {
+        os: "linux".into(),
+        architecture: "arm64".into(),
+        variant: String::new(),
+    };
+    let rogue = RogueWorker::attach(farm, "rogue", arm64).await?;
+    wait_until(Duration::from_secs(30), "the rogue to attach", || async {
+        let workers = farm.attached_workers().await.ok()?;
+        workers.iter().any(|(n, _)| n == "rogue").then_some(())
+    })
+    .await?;
+    Ok(rogue)
+}
+
 #[tokio::test]
 async fn a_rogue_workers_wrong_platform_image_fails_its_attempt_and_never_reaches_the_index()
 -> anyhow::Result<()> {
@@ -327,17 +344,7 @@ async fn a_rogue_workers_wrong_platform_image_fails_its_attempt_and_never_reache
         .platform("linux/arm64")
         .spawn()
         .await?;
-    let arm64 = v1::Platform {
-        os: "linux".into(),
-        architecture: "arm64".into(),
-        variant: String::new(),
-    };
-    let mut rogue = RogueWorker::attach(&farm, "rogue", arm64).await?;
-    wait_until(Duration::from_secs(30), "the rogue to attach", || async {
-        let workers = farm.attached_workers().await.ok()?;
-        workers.iter().any(|(n, _)| n == "rogue").then_some(())
-    })
-    .await?;
+    let mut rogue = attach_native_arm64_rogue(&farm).await?;
 
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     let sources = alices_sources(&env, &format!("secret-{nonce}"), "uname -m > /arch")?;
@@ -468,17 +475,7 @@ async fn a_rogue_workers_false_attestation_fails_its_attempt_and_never_reaches_t
         .platform("linux/arm64")
         .spawn()
         .await?;
-    let arm64 = v1::Platform {
-        os: "linux".into(),
-        architecture: "arm64".into(),
-        variant: String::new(),
-    };
-    let mut rogue = RogueWorker::attach(&farm, "rogue", arm64).await?;
-    wait_until(Duration::from_secs(30), "the rogue to attach", || async {
-        let workers = farm.attached_workers().await.ok()?;
-        workers.iter().any(|(n, _)| n == "rogue").then_some(())
-    })
-    .await?;
+    let mut rogue = attach_native_arm64_rogue(&farm).await?;
     let sources = alices_sources(&env, "not-a-secret", "uname -m > /arch")?;
     let repository = env.unique_repo("alice-attested");
     let tag = format!("{repository}:1");
