@@ -3,8 +3,8 @@
 //! The engine is the Docker daemon's embedded BuildKit, reached over the daemon's upgraded `/grpc`
 //! (control API) and `/session` (build session) endpoints ([`hijack`]). The context goes to
 //! BuildKit through the session's upload service, never as a `/build` request body (that path is
-//! broken with the containerd image store: moby/moby#47717). Registry credentials and secrets are
-//! served by the same session ([`session`]).
+//! broken with the containerd image store: moby/moby#47717). Registry credentials, secrets and the
+//! `--ssh` keys (as a read-only agent, [`ssh_agent`]) are served by the same session ([`session`]).
 //!
 //! Two exporters, chosen by the daemon's image store:
 //! - containerd image store (Docker Desktop, Docker Engine 29's default): BuildKit's own image
