@@ -15,7 +15,7 @@
 //! pure [`check_manifest`] and [`check_config`]; [`verify`] does the two reads.
 
 use manifold_proto::Platform;
-use manifold_registry::inspect::{self, Content};
+use manifold_registry::inspect::{self, Content, IN_TOTO_ARTIFACT_TYPE};
 use manifold_registry::manifest::{Attestation, OCI_MANIFEST};
 use manifold_registry::{RegistryConfig, RegistryError, Session};
 use sha2::{Digest as _, Sha256};
@@ -157,9 +157,6 @@ pub fn check_manifest(reported: &Reported, bytes: &[u8]) -> Result<String, Verif
 /// Most attestation manifests taken per image (BuildKit writes one, holding every statement).
 pub const MAX_ATTESTATIONS: usize = 4;
 
-/// The media type of an in-toto statement layer.
-pub const IN_TOTO: &str = "application/vnd.in-toto+json";
-
 /// Checks the manifest `bytes` read for `attestation` of `image`: its digest and size, and that
 /// it is an OCI manifest whose layers (at least one) are all in-toto statements, as BuildKit
 /// writes attestations.
@@ -183,21 +180,17 @@ pub fn check_attestation(
         VerifyError::Digest { .. } | VerifyError::Size { .. } => e,
         other => not_one(other.to_string()),
     })?;
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Layer {
-        media_type: String,
-    }
-    #[derive(serde::Deserialize)]
-    struct Manifest {
-        layers: Vec<Layer>,
-    }
-    let manifest: Manifest =
-        serde_json::from_slice(bytes).map_err(|e| not_one(format!("unreadable: {e}")))?;
-    match manifest.layers.iter().find(|l| l.media_type != IN_TOTO) {
+    let Ok(Content::Image(manifest)) = inspect::parse_manifest(bytes, OCI_MANIFEST) else {
+        unreachable!("check_manifest parsed it as an image manifest");
+    };
+    match manifest
+        .layers
+        .iter()
+        .find(|l| l.media_type != IN_TOTO_ARTIFACT_TYPE)
+    {
         _ if manifest.layers.is_empty() => Err(not_one("it has no layer".into())),
         Some(l) => Err(not_one(format!(
-            "it has a `{}` layer; an attestation holds only {IN_TOTO} statements",
+            "it has a `{}` layer; an attestation holds only {IN_TOTO_ARTIFACT_TYPE} statements",
             l.media_type
         ))),
         None => Ok(()),
@@ -328,18 +321,21 @@ mod tests {
             digest: format!("sha256:{}", hex::encode(Sha256::digest(bytes))),
             size: bytes.len() as u64,
         };
-        let good = attestation(&[IN_TOTO, IN_TOTO]);
+        let good = attestation(&[IN_TOTO_ARTIFACT_TYPE, IN_TOTO_ARTIFACT_TYPE]);
         check_attestation(&image, &of(&good), &good).unwrap();
         let table: [(Vec<u8>, Option<Attestation>, &str); 4] = [
             (attestation(&[]), None, "has no layer"),
             (
-                attestation(&[IN_TOTO, "application/vnd.oci.image.layer.v1.tar+gzip"]),
+                attestation(&[
+                    IN_TOTO_ARTIFACT_TYPE,
+                    "application/vnd.oci.image.layer.v1.tar+gzip",
+                ]),
                 None,
                 "has a `application/vnd.oci.image.layer.v1.tar+gzip` layer",
             ),
             (
                 good.clone(),
-                Some(of(&attestation(&[IN_TOTO]))),
+                Some(of(&attestation(&[IN_TOTO_ARTIFACT_TYPE]))),
                 "hashes to",
             ),
             (

@@ -14,6 +14,10 @@
 use std::collections::BTreeMap;
 
 use manifold_proto::Platform;
+
+use crate::inspect::{
+    ATTESTATION_MANIFEST, REFERENCE_DIGEST_ANNOTATION, REFERENCE_TYPE_ANNOTATION,
+};
 use oci_spec::image::{
     Arch, DescriptorBuilder, Digest, ImageIndexBuilder, MediaType, Os, PlatformBuilder,
 };
@@ -53,11 +57,6 @@ pub struct Attestation {
     pub size: u64,
 }
 
-/// Annotation naming what a non-platform entry is (`attestation-manifest`).
-pub const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
-/// Annotation naming the image an attestation entry is about.
-pub const REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
-
 impl ChildImage {
     /// The list entries of its attestations, as BuildKit writes them: `unknown/unknown`,
     /// annotated with what they are and the image they are about.
@@ -70,8 +69,11 @@ impl ChildImage {
                 os: "unknown".into(),
                 architecture: "unknown".into(),
                 annotations: BTreeMap::from([
-                    (REFERENCE_DIGEST.to_owned(), self.digest.clone()),
-                    (REFERENCE_TYPE.to_owned(), "attestation-manifest".to_owned()),
+                    (REFERENCE_DIGEST_ANNOTATION.to_owned(), self.digest.clone()),
+                    (
+                        REFERENCE_TYPE_ANNOTATION.to_owned(),
+                        ATTESTATION_MANIFEST.to_owned(),
+                    ),
                 ]),
             })
             .collect()

@@ -82,16 +82,7 @@ pub struct PushedImage {
     pub media_type: String,
     /// Attestation manifests pushed beside it (BuildKit's provenance and SBOM), in the order
     /// BuildKit listed them.
-    pub attestations: Vec<Attached>,
-}
-
-/// An attestation manifest (an OCI manifest of in-toto statements) in the image's repository.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attached {
-    /// `sha256:<hex>` of the manifest bytes.
-    pub digest: String,
-    /// Their length.
-    pub size: u64,
+    pub attestations: Vec<manifold_registry::manifest::Attestation>,
 }
 
 /// Why a push failed.

@@ -7,14 +7,11 @@
 //! merges the platforms' images and their attestations into the build's one index (as buildx
 //! does for a multi-platform build), and checks each again itself.
 
-use crate::job::LogSink;
-use crate::push::{self, Attached, PushError, PushTarget, PushedImage};
-use manifold_registry::manifest::{OCI_INDEX, OCI_MANIFEST};
+use manifold_registry::inspect::{self, Content, REFERENCE_DIGEST_ANNOTATION};
+use manifold_registry::manifest::{Attestation, OCI_INDEX, OCI_MANIFEST};
 
-/// Annotation naming what an attestation manifest is.
-pub const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
-/// Annotation naming the image an attestation manifest is about.
-pub const REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
+use crate::job::LogSink;
+use crate::push::{self, PushError, PushTarget, PushedImage};
 
 /// `pushed` as it is when it is an image manifest; when it is an index, its one image with the
 /// attestations that point at it, read from `target` (the index's bytes checked against its
@@ -31,40 +28,31 @@ pub async fn unpack(
     split(&bytes).map_err(|e| PushError::Archive(format!("the index {}: {e}", pushed.digest)))
 }
 
-/// The image of a one-platform index and its attestations: exactly one entry that is not an
-/// attestation, an OCI or Docker image manifest; every attestation an OCI manifest pointing at it.
+/// The image of a one-platform index and its attestations (as [`inspect`] tells them apart):
+/// exactly one image entry; every attestation an OCI manifest pointing at it.
 pub fn split(index: &[u8]) -> Result<PushedImage, String> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Entry {
-        media_type: String,
-        digest: String,
-        size: u64,
-        #[serde(default)]
-        annotations: std::collections::BTreeMap<String, String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Index {
-        manifests: Vec<Entry>,
-    }
-    let index: Index =
-        serde_json::from_slice(index).map_err(|e| format!("is not an image index: {e}"))?;
-    let (attestations, images): (Vec<Entry>, Vec<Entry>) =
-        (index.manifests.into_iter()).partition(|e| {
-            e.annotations.get(REFERENCE_TYPE).map(String::as_str) == Some("attestation-manifest")
-        });
-    let [image] = <[Entry; 1]>::try_from(images).map_err(|images| {
+    let entries = match inspect::parse_manifest(index, OCI_INDEX)? {
+        Content::Index(entries) => entries,
+        Content::Image(_) => unreachable!("parsed as an index"),
+    };
+    let (attestations, others): (Vec<_>, Vec<_>) =
+        entries.into_iter().partition(|e| e.is_attestation());
+    let [image] = <[_; 1]>::try_from(others).map_err(|others: Vec<_>| {
         format!(
             "holds {} images ({}); one platform's build pushes one",
-            images.len(),
-            images
-                .iter()
-                .map(|e| e.digest.as_str())
+            others.len(),
+            (others.iter().map(|e| e.digest.as_str()))
                 .collect::<Vec<_>>()
                 .join(", ")
         )
     })?;
-    let attached = attestations
+    if !image.is_image() {
+        return Err(format!(
+            "its entry {} is a `{}`, not an image manifest",
+            image.digest, image.media_type
+        ));
+    }
+    let attestations = attestations
         .into_iter()
         .map(|a| {
             if a.media_type != OCI_MANIFEST {
@@ -73,8 +61,8 @@ pub fn split(index: &[u8]) -> Result<PushedImage, String> {
                     a.digest, a.media_type
                 ));
             }
-            match a.annotations.get(REFERENCE_DIGEST) {
-                Some(d) if *d == image.digest => Ok(Attached {
+            match a.annotations.get(REFERENCE_DIGEST_ANNOTATION) {
+                Some(d) if *d == image.digest => Ok(Attestation {
                     digest: a.digest,
                     size: a.size,
                 }),
@@ -91,7 +79,7 @@ pub fn split(index: &[u8]) -> Result<PushedImage, String> {
         digest: image.digest,
         size: image.size,
         media_type: image.media_type,
-        attestations: attached,
+        attestations,
     })
 }
 
@@ -110,7 +98,7 @@ mod tests {
 
     fn attestation(digest: &str, about: &str) -> serde_json::Value {
         serde_json::json!({"mediaType": OCI_MANIFEST, "digest": digest, "size": 20,
-            "annotations": {REFERENCE_DIGEST: about, REFERENCE_TYPE: "attestation-manifest"},
+            "annotations": {REFERENCE_DIGEST_ANNOTATION: about, inspect::REFERENCE_TYPE_ANNOTATION: inspect::ATTESTATION_MANIFEST},
             "platform": {"os": "unknown", "architecture": "unknown"}})
     }
 
@@ -131,7 +119,7 @@ mod tests {
                 digest: d('a'),
                 size: 10,
                 media_type: OCI_MANIFEST.into(),
-                attestations: vec![Attached {
+                attestations: vec![Attestation {
                     digest: d('b'),
                     size: 20
                 }],
@@ -164,6 +152,6 @@ mod tests {
             let err = split(&index(&entries)).unwrap_err();
             assert!(err.contains(expected), "{err} should say {expected}");
         }
-        assert!(split(b"{}").unwrap_err().contains("not an image index"));
+        assert!(split(b"not json").unwrap_err().contains("not valid JSON"));
     }
 }
