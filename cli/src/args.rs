@@ -389,20 +389,8 @@ pub struct BuildArgs {
     #[arg(long = "build-context", value_name = "NAME=SOURCE")]
     pub build_contexts: Vec<String>,
 
-    /// Attestation to attach to each platform's image: type=provenance[,mode=min|max] or
-    /// type=sbom[,generator=IMAGE] (needs workers on the containerd image store)
-    #[arg(long = "attest", value_name = "type=TYPE[,KEY=VALUE]")]
-    pub attests: Vec<String>,
-
-    /// Shorthand for --attest=type=provenance: true, false, or mode=min|max. Without it, workers
-    /// on the containerd image store attach mode=min provenance as buildx does, unless
-    /// BUILDX_NO_DEFAULT_ATTESTATIONS=1
-    #[arg(long, value_name = "VALUE")]
-    pub provenance: Option<String>,
-
-    /// Shorthand for --attest=type=sbom: true, false, or generator=IMAGE
-    #[arg(long, value_name = "VALUE")]
-    pub sbom: Option<String>,
+    #[command(flatten)]
+    pub attests: crate::build_flags::AttestArgs,
 
     /// Write the build's result as JSON to FILE (buildx's keys: containerimage.digest,
     /// image.name; plus manifold.build.id and each platform's manifest digest)

@@ -41,7 +41,7 @@ pub fn parse_flags(args: &BuildArgs) -> Result<BuildFlags, ArgsError> {
             .transpose()?,
         secret_ids: Vec::new(),
         attests: parse_attests(
-            args,
+            &args.attests,
             no_default_attestations(
                 std::env::var("BUILDX_NO_DEFAULT_ATTESTATIONS")
                     .ok()
@@ -70,9 +70,28 @@ pub fn parse_flags(args: &BuildArgs) -> Result<BuildFlags, ArgsError> {
     })
 }
 
+/// The attestation flags of `manifold build`, with buildx's names.
+#[derive(Debug, clap::Args)]
+pub struct AttestArgs {
+    /// Attestation to attach to each platform's image: type=provenance[,mode=min|max] or
+    /// type=sbom[,generator=IMAGE] (needs workers on the containerd image store)
+    #[arg(long = "attest", value_name = "type=TYPE[,KEY=VALUE]")]
+    pub attests: Vec<String>,
+
+    /// Shorthand for --attest=type=provenance: true, false, or mode=min|max. Without it, workers
+    /// on the containerd image store attach mode=min provenance as buildx does, unless
+    /// BUILDX_NO_DEFAULT_ATTESTATIONS=1
+    #[arg(long, value_name = "VALUE")]
+    pub provenance: Option<String>,
+
+    /// Shorthand for --attest=type=sbom: true, false, or generator=IMAGE
+    #[arg(long, value_name = "VALUE")]
+    pub sbom: Option<String>,
+}
+
 /// `--attest`, then `--provenance` and `--sbom`, merged as buildx merges them (a later entry of a
 /// type wins); with `no_default`, a provenance disabled unless one was asked for.
-fn parse_attests(args: &BuildArgs, no_default: bool) -> Result<Vec<Attest>, ArgsError> {
+fn parse_attests(args: &AttestArgs, no_default: bool) -> Result<Vec<Attest>, ArgsError> {
     let mut attests = args
         .attests
         .iter()
@@ -95,19 +114,14 @@ fn parse_attests(args: &BuildArgs, no_default: bool) -> Result<Vec<Attest>, Args
 fn no_default_attestations(value: Option<&str>) -> Result<bool, ArgsError> {
     match value {
         None => Ok(false),
-        Some(v) => Attest::shorthand("BUILDX_NO_DEFAULT_ATTESTATIONS", "provenance", v)
-            .ok()
-            .filter(|a| a.attrs.is_empty())
-            // A true value ("no default attestations") reads as `disabled=false`.
-            .map(|a| !a.disabled)
-            .ok_or_else(|| {
-                build_flags::FlagError {
-                    flag: "BUILDX_NO_DEFAULT_ATTESTATIONS",
-                    value: v.to_owned(),
-                    reason: "expected true or false (1 or 0)".into(),
-                }
-                .into()
-            }),
+        Some(v) => build_flags::attest::parse_bool(v).ok_or_else(|| {
+            build_flags::FlagError {
+                flag: "BUILDX_NO_DEFAULT_ATTESTATIONS",
+                value: v.to_owned(),
+                reason: "expected true or false (1 or 0)".into(),
+            }
+            .into()
+        }),
     }
 }
 

@@ -517,15 +517,7 @@ impl TestFarm {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let out = self
-            .cli_command(token)
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .context("running manifold")?;
-        Ok(out)
+        self.run_cli(token, args, &[]).await
     }
 
     /// Runs the CLI as [`TestFarm::cli`] does, with these environment variables set too.
@@ -535,8 +527,21 @@ impl TestFarm {
         vars: &[(&str, &str)],
     ) -> anyhow::Result<Output> {
         let token = self.secure.as_ref().map(|s| s.admin_token.clone());
+        self.run_cli(token.as_deref(), args, vars).await
+    }
+
+    async fn run_cli<I, S>(
+        &self,
+        token: Option<&str>,
+        args: I,
+        vars: &[(&str, &str)],
+    ) -> anyhow::Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let out = self
-            .cli_command(token.as_deref())
+            .cli_command(token)
             .args(args)
             .envs(vars.iter().copied())
             .stdin(Stdio::null())

@@ -130,7 +130,7 @@ pub fn default_provenance() -> Attest {
 }
 
 /// Go's `strconv.ParseBool`, which buildx uses.
-fn parse_bool(text: &str) -> Option<bool> {
+pub fn parse_bool(text: &str) -> Option<bool> {
     match text {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
