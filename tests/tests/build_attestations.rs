@@ -37,18 +37,22 @@ fn app(env: &Env) -> anyhow::Result<tempfile::TempDir> {
 /// about that platform's image, by platform (`os/arch`).
 type Attested = BTreeMap<String, Vec<BTreeSet<String>>>;
 
+/// `os/arch` of an index entry.
+fn platform_of(entry: &serde_json::Value) -> String {
+    format!(
+        "{}/{}",
+        entry["platform"]["os"].as_str().unwrap_or_default(),
+        entry["platform"]["architecture"]
+            .as_str()
+            .unwrap_or_default()
+    )
+}
+
 /// The entries of the index at `reference`: its platforms' attestations, checking that every
 /// attestation entry is `unknown/unknown` and points at an image of the index.
 async fn attested(reference: &str) -> anyhow::Result<Attested> {
     let index = skopeo_raw(reference).await?;
     let entries = index["manifests"].as_array().cloned().unwrap_or_default();
-    let platform_of = |e: &serde_json::Value| {
-        format!(
-            "{}/{}",
-            e["platform"]["os"].as_str().unwrap_or_default(),
-            e["platform"]["architecture"].as_str().unwrap_or_default()
-        )
-    };
     let mut out = Attested::new();
     for e in entries
         .iter()
@@ -103,13 +107,7 @@ async fn statement(
     let entries = index["manifests"].as_array().unwrap();
     let image = entries
         .iter()
-        .find(|e| {
-            format!(
-                "{}/{}",
-                e["platform"]["os"].as_str().unwrap(),
-                e["platform"]["architecture"].as_str().unwrap()
-            ) == platform
-        })
+        .find(|e| platform_of(e) == platform)
         .expect("the platform's image");
     let attestation = entries
         .iter()

@@ -309,6 +309,22 @@ async fn a_worker_downloads_only_the_context_of_a_job_it_holds() -> anyhow::Resu
     Ok(())
 }
 
+/// The message of the job state change that says an attempt failed verification (60 s at most).
+async fn failed_verification(farm: &TestFarm, id: &str) -> anyhow::Result<String> {
+    farm.wait_event(
+        id,
+        Duration::from_secs(60),
+        "the rogue's attempt to fail verification",
+        |e| match e {
+            v1::build_event::Event::JobState(s) if s.message.contains("failed verification") => {
+                Some(s.message.clone())
+            }
+            _ => None,
+        },
+    )
+    .await
+}
+
 /// `rogue`, a worker with a valid certificate (of team platform) that claims to build arm64
 /// natively, so the scheduler prefers it to the emulated arm worker; once the farm lists it.
 async fn attach_native_arm64_rogue(farm: &TestFarm) -> anyhow::Result<RogueWorker> {
@@ -389,21 +405,7 @@ async fn a_rogue_workers_wrong_platform_image_fails_its_attempt_and_never_reache
     }))?;
 
     // The attempt fails naming the worker and what is wrong; the retry goes elsewhere.
-    let failed = farm
-        .wait_event(
-            &id,
-            Duration::from_secs(60),
-            "the rogue's attempt to fail verification",
-            |e| match e {
-                v1::build_event::Event::JobState(s)
-                    if s.message.contains("failed verification") =>
-                {
-                    Some(s.message.clone())
-                }
-                _ => None,
-            },
-        )
-        .await?;
+    let failed = failed_verification(&farm, &id).await?;
     assert!(
         failed.contains("worker rogue")
             && failed.contains(&amd64.digest)
@@ -540,21 +542,7 @@ async fn a_rogue_workers_false_attestation_fails_its_attempt_and_never_reaches_t
         outcome: Some(v1::job_result::Outcome::Pushed(image)),
     }))?;
 
-    let failed = farm
-        .wait_event(
-            &id,
-            Duration::from_secs(60),
-            "the rogue's attempt to fail verification",
-            |e| match e {
-                v1::build_event::Event::JobState(s)
-                    if s.message.contains("failed verification") =>
-                {
-                    Some(s.message.clone())
-                }
-                _ => None,
-            },
-        )
-        .await?;
+    let failed = failed_verification(&farm, &id).await?;
     assert!(
         failed.contains("worker rogue")
             && failed.contains(&fake.digest)
