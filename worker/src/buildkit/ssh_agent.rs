@@ -6,6 +6,9 @@
 //! asks). Everything else, adding or removing keys included, is refused: the agent is read-only,
 //! as buildx's is. The keys live in memory for the session only.
 
+use bollard::moby::sshforward::v1::ssh_server::Ssh;
+use bollard::moby::sshforward::v1::{BytesMessage, CheckAgentRequest, CheckAgentResponse};
+use manifold_proto::build_flags::ssh::DEFAULT_ID;
 use ssh_key::private::KeypairData;
 use ssh_key::{Algorithm, HashAlg, PrivateKey, Signature};
 
@@ -216,10 +219,6 @@ impl SshForward {
         }
     }
 }
-
-use bollard::moby::sshforward::v1::ssh_server::Ssh;
-use bollard::moby::sshforward::v1::{BytesMessage, CheckAgentRequest, CheckAgentResponse};
-use manifold_proto::build_flags::ssh::DEFAULT_ID;
 
 /// The gRPC metadata key naming the id a forwarded socket is for (BuildKit's `KeySSHID`).
 const SSH_ID_KEY: &str = "buildkit.ssh.id";
