@@ -74,6 +74,18 @@ async fn a_build_running_when_the_coordinator_is_killed_finishes_after_its_resta
             env.base_image
         ),
     )])?;
+    // Incompressible bytes the build never reads, so that the kill below most likely lands while
+    // the workers are still downloading the context: the download goes on after the restart.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let filler: Vec<u8> = (0..32 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(ctx.path().join("filler.bin"), filler)?;
     let repo = env.unique_repo("restart");
     let tag = format!("{repo}:1");
     let out = farm
@@ -106,6 +118,8 @@ async fn a_build_running_when_the_coordinator_is_killed_finishes_after_its_resta
     let b = wait_state(&farm, &id, v1::BuildState::Succeeded).await?;
     for j in &b.jobs {
         assert_eq!(j.attempt, 1, "adopted, not rebuilt: {b:?}");
+        let retried = j.log_tail.iter().find(|l| l.contains("trying again"));
+        eprintln!("{:?}: context download retried: {retried:?}", j.platform);
     }
     let list = skopeo_raw(&tag).await?;
     assert_eq!(

@@ -819,7 +819,7 @@ async fn fetch_and_execute(
 ) -> Result<PushedImage, JobFailure> {
     // Held until the job ends: no eviction removes them meanwhile.
     let _hold = shared.cache.hold(&spec.context_digest);
-    let context = fetch_context(shared, &spec.context_digest, cancel).await?;
+    let context = fetch_context(shared, &spec.context_digest, logs, cancel).await?;
     let mut named = std::collections::BTreeMap::new();
     let mut _holds = Vec::new();
     for (name, digest) in spec.flags.uploaded_contexts() {
@@ -828,7 +828,7 @@ async fn fetch_and_execute(
         _holds.push(shared.cache.hold(&digest));
         named.insert(
             name.to_owned(),
-            fetch_context(shared, &digest, cancel).await?,
+            fetch_context(shared, &digest, logs, cancel).await?,
         );
     }
     job::execute(
@@ -843,18 +843,45 @@ async fn fetch_and_execute(
     .await
 }
 
-/// The context `digest` in the cache, downloaded from the coordinator if it is not there.
+/// How many times a context download is opened before the job fails: with the back-off below,
+/// about 30 s, enough for a coordinator to restart or fail over without failing the jobs that were
+/// downloading from it.
+const CONTEXT_DOWNLOAD_TRIES: u32 = 8;
+
+/// The context `digest` in the cache, downloaded from the coordinator if it is not there. A
+/// download that breaks off is opened again (a new connection when the coordinator restarted),
+/// up to [`CONTEXT_DOWNLOAD_TRIES`] times, each retry said in the job's log.
 async fn fetch_context(
     shared: &Shared,
     digest: &ContextDigest,
+    logs: &LogSink,
     cancel: &CancellationToken,
 ) -> Result<std::path::PathBuf, JobFailure> {
-    let fetch = shared.cache.get_or_fetch(digest, || {
-        download(
-            shared.channel.lock().expect("channel lock").clone(),
-            digest.clone(),
-        )
-    });
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
+    let mut tries = 1;
+    let retry = |e: &CacheError| {
+        if !e.is_transient() || tries >= CONTEXT_DOWNLOAD_TRIES {
+            return None;
+        }
+        tries += 1;
+        let wait = backoff.next_wait();
+        tracing::warn!(%digest, error = %e, ?wait, "context download failed; trying again");
+        logs.line(format!(
+            "{e}; trying again in {:.1}s (try {tries} of {CONTEXT_DOWNLOAD_TRIES})",
+            wait.as_secs_f64()
+        ));
+        Some(wait)
+    };
+    let fetch = shared.cache.get_or_fetch(
+        digest,
+        || {
+            download(
+                shared.channel.lock().expect("channel lock").clone(),
+                digest.clone(),
+            )
+        },
+        retry,
+    );
     tokio::select! {
         () = cancel.cancelled() => Err(JobFailure::cancelled()),
         context = fetch => context.map_err(|e| match &e {

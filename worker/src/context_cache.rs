@@ -94,6 +94,21 @@ pub enum CacheError {
     },
 }
 
+impl CacheError {
+    /// Whether fetching again may succeed: the source broke off or sent bytes that do not match
+    /// (e.g. the coordinator restarted mid-download). A context the source does not hold, a bad
+    /// digest or an unwritable cache stay as they are.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Download {
+                not_found: false,
+                ..
+            } | Self::DigestMismatch { .. }
+        )
+    }
+}
+
 /// A failure reported by a download source, mapped into [`CacheError::Download`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceError {
@@ -254,14 +269,17 @@ impl ContextCache {
     }
 
     /// The cached path of `digest`, downloading it with `open` first when it is absent. `open`
-    /// returns the stream of the context's bytes.
+    /// returns the stream of the context's bytes. A download that fails is asked about with
+    /// `retry`: `Some(wait)` opens it again after `wait`, `None` returns the error. Other jobs
+    /// needing the same context wait for this one's download, retries included.
     pub async fn get_or_fetch<F, Fut, S>(
         &self,
         digest: &ContextDigest,
-        open: F,
+        mut open: F,
+        mut retry: impl FnMut(&CacheError) -> Option<std::time::Duration>,
     ) -> Result<PathBuf, CacheError>
     where
-        F: FnOnce() -> Fut,
+        F: FnMut() -> Fut,
         Fut: Future<Output = Result<S, SourceError>>,
         S: Stream<Item = Result<Bytes, SourceError>>,
     {
@@ -284,10 +302,22 @@ impl ContextCache {
             message: e.message,
             not_found: e.not_found,
         };
-        let stream = open().await.map_err(download)?;
-        let result = self
-            .store(digest, stream.map(|r| r.map_err(download)))
-            .await;
+        let result = loop {
+            let attempt = match open().await.map_err(download) {
+                Ok(stream) => {
+                    self.store(digest, stream.map(|r| r.map_err(download)))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Err(e) => match retry(&e) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => break Err(e),
+                },
+                ok => break ok,
+            }
+        };
         drop(_guard);
         self.in_flight
             .lock()
@@ -388,7 +418,11 @@ mod tests {
         let cache = ContextCache::new(root.path(), DEFAULT_MAX_BYTES);
         let digest = digest_of(b"hello context");
         let path = cache
-            .get_or_fetch(&digest, || async { Ok(chunks(&[b"hello ", b"context"])) })
+            .get_or_fetch(
+                &digest,
+                || async { Ok(chunks(&[b"hello ", b"context"])) },
+                never,
+            )
             .await
             .unwrap();
         assert_eq!(path, root.path().join("contexts/sha256").join(digest.hex()));
@@ -396,12 +430,16 @@ mod tests {
 
         // The second fetch must not call the source at all.
         let again = cache
-            .get_or_fetch(&digest, || async {
-                Err::<futures::stream::Empty<_>, _>(SourceError {
-                    message: "the source must not be asked twice".into(),
-                    not_found: false,
-                })
-            })
+            .get_or_fetch(
+                &digest,
+                || async {
+                    Err::<futures::stream::Empty<_>, _>(SourceError {
+                        message: "the source must not be asked twice".into(),
+                        not_found: false,
+                    })
+                },
+                never,
+            )
             .await
             .unwrap();
         assert_eq!(again, path);
@@ -414,7 +452,11 @@ mod tests {
         let cache = ContextCache::new(root.path(), DEFAULT_MAX_BYTES);
         let digest = digest_of(b"the real bytes");
         let err = cache
-            .get_or_fetch(&digest, || async { Ok(chunks(&[b"the ", b"fake bytes"])) })
+            .get_or_fetch(
+                &digest,
+                || async { Ok(chunks(&[b"the ", b"fake bytes"])) },
+                never,
+            )
             .await
             .unwrap_err();
         match &err {
@@ -433,27 +475,113 @@ mod tests {
         assert_eq!(files_under(root.path()), Vec::<PathBuf>::new());
     }
 
+    type Chunks = futures::stream::Iter<std::vec::IntoIter<Result<Bytes, SourceError>>>;
+
+    /// A source whose first `breaks` downloads break off after a few bytes.
+    fn breaking_source(
+        bytes: &'static [u8],
+        breaks: usize,
+    ) -> impl FnMut() -> futures::future::Ready<Result<Chunks, SourceError>> {
+        let mut opened = 0;
+        move || {
+            opened += 1;
+            let parts = if opened <= breaks {
+                vec![
+                    Ok(Bytes::from_static(&bytes[..2])),
+                    Err(SourceError {
+                        message: format!("coordinator went away ({opened})"),
+                        not_found: false,
+                    }),
+                ]
+            } else {
+                vec![Ok(Bytes::from_static(bytes))]
+            };
+            futures::future::ready(Ok(futures::stream::iter(parts)))
+        }
+    }
+
+    fn never(_: &CacheError) -> Option<std::time::Duration> {
+        None
+    }
+
     #[tokio::test]
     async fn a_download_that_breaks_midway_leaves_no_file() {
         let root = tempfile::tempdir().unwrap();
         let cache = ContextCache::new(root.path(), DEFAULT_MAX_BYTES);
         let digest = digest_of(b"whatever");
-        let broken = futures::stream::iter(vec![
-            Ok(Bytes::from_static(b"what")),
-            Err(SourceError {
-                message: "coordinator went away".into(),
-                not_found: false,
-            }),
-        ]);
         let err = cache
-            .get_or_fetch(&digest, || async { Ok(broken) })
+            .get_or_fetch(&digest, breaking_source(b"whatever", 1), never)
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, CacheError::Download { message, not_found: false, .. } if message == "coordinator went away"),
+            matches!(&err, CacheError::Download { message, not_found: false, .. } if message == "coordinator went away (1)"),
             "{err:?}"
         );
+        assert!(err.is_transient());
         assert_eq!(files_under(root.path()), Vec::<PathBuf>::new());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_download_is_opened_again_while_retry_says_so() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = ContextCache::new(root.path(), DEFAULT_MAX_BYTES);
+        let digest = digest_of(b"whatever");
+        let mut asked = Vec::new();
+        let path = cache
+            .get_or_fetch(&digest, breaking_source(b"whatever", 2), |e| {
+                asked.push(e.to_string());
+                Some(std::time::Duration::from_secs(1))
+            })
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whatever");
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        assert!(asked[1].contains("coordinator went away (2)"), "{asked:?}");
+        assert_eq!(files_under(root.path()), vec![path]);
+
+        // Retries run out: the last error is returned and nothing is kept.
+        let other = digest_of(b"another");
+        let mut tries = 0;
+        let err = cache
+            .get_or_fetch(&other, breaking_source(b"another", 5), |_| {
+                tries += 1;
+                (tries < 3).then_some(std::time::Duration::from_secs(1))
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("coordinator went away (3)"),
+            "{err}"
+        );
+        assert!(!cache.path_for(&other).exists());
+    }
+
+    #[test]
+    fn only_a_broken_or_garbled_download_is_worth_trying_again() {
+        let digest = digest_of(b"x");
+        let download = |not_found| CacheError::Download {
+            digest: digest.clone(),
+            message: "m".into(),
+            not_found,
+        };
+        assert!(download(false).is_transient());
+        assert!(!download(true).is_transient());
+        assert!(
+            CacheError::DigestMismatch {
+                expected: digest.clone(),
+                actual: "sha256:00".into(),
+                size: 1
+            }
+            .is_transient()
+        );
+        assert!(!CacheError::InvalidDigest("x".into()).is_transient());
+        assert!(
+            !CacheError::Io {
+                path: "/x".into(),
+                source: std::io::Error::other("full")
+            }
+            .is_transient()
+        );
     }
 
     #[test]
@@ -503,9 +631,14 @@ mod tests {
                 let bytes = Bytes::from(body(c));
                 let digest = digest_of(&bytes);
                 cache
-                    .get_or_fetch(&digest, || async move {
-                        Ok(futures::stream::iter(vec![Ok(bytes)]))
-                    })
+                    .get_or_fetch(
+                        &digest,
+                        || {
+                            let bytes = bytes.clone();
+                            async move { Ok(futures::stream::iter(vec![Ok(bytes)])) }
+                        },
+                        never,
+                    )
                     .await
                     .unwrap();
                 digest
