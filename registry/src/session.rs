@@ -15,8 +15,8 @@
 //! returned at once. A session can be told of each retry ([`Session::on_retry`]), which is how a
 //! worker puts them into the job's output. Connections time out after 10 s; a request whose
 //! response stalls for 300 s fails (as a timeout, so it is retried). An upload streamed from a
-//! source that cannot be replayed ([`Session::push_blob_streamed`]) is tried once; its caller
-//! starts the source again.
+//! source that cannot be replayed ([`Session::push_blob_streamed`], and each request of a
+//! forwarded upload, `upload`) is tried once; its caller starts the source again.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher as _, Hasher as _};
@@ -35,6 +35,9 @@ use crate::manifest::{
 use crate::tag_template::TagTemplateError;
 
 mod clients;
+mod upload;
+
+pub use upload::BlobUpload;
 
 /// The manifest media types Manifold reads.
 pub const MANIFEST_TYPES: &[&str] = &[

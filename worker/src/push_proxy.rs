@@ -15,8 +15,9 @@
 //!   exists"), with its size, known from earlier pushes or from the registry;
 //! - a cross-repository mount request: mounted upstream from a repository of the same registry
 //!   this worker pushed that blob to, else a new upload;
-//! - an upload: streamed to the target repository as it arrives, in [`crate::push::CHUNK_BYTES`]
-//!   requests (nothing on disk), its digest checked against the one the daemon names;
+//! - an upload: forwarded to an upload the front opens in the target repository, each of the
+//!   daemon's requests as one request streamed as it arrives (nothing on disk, nothing hashed
+//!   here: the registry checks the digest the daemon names, as it does for `docker push`);
 //! - the manifest: pushed to the target repository **by digest only**, as the OCI image manifest
 //!   of the same blobs (the other push paths write OCI too, so one list never mixes media types);
 //!   the tag stays here.
@@ -34,9 +35,8 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt as _};
-use manifold_registry::session::{RegistryError, Session};
+use bytes::Bytes;
+use manifold_registry::session::{BlobUpload, RegistryError, Session};
 use oci_client::Reference;
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -45,13 +45,10 @@ use oci_client::RegistryOperation;
 
 use crate::docker::{BuiltImage, DockerEngine};
 use crate::job::LogSink;
-use crate::push::{CHUNK_BYTES, PushError, PushTarget, PushedImage};
+use crate::push::{PushError, PushTarget, PushedImage};
 
 /// The first path component of every repository the daemon pushes to here.
 pub const PREFIX: &str = "manifold-push";
-/// Pieces of [`CHUNK_BYTES`] read from the daemon ahead of the one being uploaded, per upload
-/// (the daemon runs up to 5 uploads at once: about 60 MiB in all at most).
-const PIECES_AHEAD: usize = 2;
 /// Largest manifest accepted from the daemon.
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
@@ -122,10 +119,13 @@ pub struct Tally {
     pub uploaded_bytes: u64,
 }
 
-#[derive(Clone, Debug)]
+/// An upload of the daemon's, as the front holds it between its requests.
+#[derive(Debug)]
 enum Upload {
-    Open,
-    Sent { digest: String, size: u64 },
+    /// Open in the target repository, waiting for the daemon's next request.
+    Open(Box<BlobUpload>),
+    /// One of the daemon's requests is being forwarded.
+    Busy,
 }
 
 impl PushProxy {
@@ -274,6 +274,20 @@ impl Route {
         Ok(Some(size))
     }
 
+    /// Upload `id`, marked busy while one of the daemon's requests is forwarded; the error
+    /// response when there is no such upload or a request of it is in flight already.
+    fn take_upload(&self, id: &str) -> Result<Box<BlobUpload>, UploadRefused> {
+        let mut uploads = lock(&self.uploads);
+        match uploads.insert(id.to_owned(), Upload::Busy) {
+            Some(Upload::Open(upload)) => Ok(upload),
+            Some(Upload::Busy) => Err(UploadRefused::Busy),
+            None => {
+                uploads.remove(id);
+                Err(UploadRefused::Unknown)
+            }
+        }
+    }
+
     /// Mounts `digest` from another repository of the same registry this worker put it in.
     async fn mount(&self, digest: &str) -> Result<Option<u64>, RegistryError> {
         let known = lock(&self.shared.known).get(digest).cloned();
@@ -299,6 +313,32 @@ impl Route {
             }
         }
         Ok(None)
+    }
+}
+
+/// Why a request of an upload was not forwarded.
+#[derive(Clone, Copy, Debug)]
+enum UploadRefused {
+    /// Another request of the same upload is in progress.
+    Busy,
+    /// No such upload (never opened, finished, or of a push that ended).
+    Unknown,
+}
+
+impl UploadRefused {
+    fn response(self) -> Response {
+        match self {
+            UploadRefused::Busy => error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UPLOAD_INVALID",
+                "a request of this upload is in progress",
+            ),
+            UploadRefused::Unknown => error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UPLOAD_UNKNOWN",
+                "no such upload",
+            ),
+        }
     }
 }
 
@@ -476,42 +516,53 @@ async fn route_request(
                     return created(format!("/v2/{name}/blobs/{digest}"), digest);
                 }
             }
+            let upload = match route.session.start_upload(&route.repository).await {
+                Ok(upload) => upload,
+                Err(e) => return route.failed(e),
+            };
             let id = uuid::Uuid::new_v4().simple().to_string();
-            lock(&route.uploads).insert(id.clone(), Upload::Open);
+            lock(&route.uploads).insert(id.clone(), Upload::Open(Box::new(upload)));
             accepted_upload(name, &id, 0)
         }
-        (Method::PATCH, Target::Upload(name, id)) => match send_upload(&route, id, body).await {
-            Ok(size) => accepted_upload(name, id, size),
-            Err(response) => response,
-        },
+        (Method::PATCH, Target::Upload(name, id)) => {
+            let mut upload = match route.take_upload(id) {
+                Ok(upload) => upload,
+                Err(refused) => return refused.response(),
+            };
+            let sent = route
+                .session
+                .send_upload_part(&mut upload, body.into_data_stream())
+                .await;
+            let size = upload.sent();
+            lock(&route.uploads).insert(id.to_owned(), Upload::Open(upload));
+            match sent {
+                Ok(()) => accepted_upload(name, id, size),
+                Err(e) => route.failed(e),
+            }
+        }
         (Method::PUT, Target::Upload(name, id)) => {
             let Some(digest) = query(uri, "digest") else {
                 return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "no digest");
             };
             let digest = digest.replace("%3A", ":").replace("%3a", ":");
-            let state = lock(&route.uploads).get(id).cloned();
-            let sent = match state {
-                None => return error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "no upload"),
-                Some(Upload::Sent { digest, size }) => (digest, size),
-                // Monolithic: the whole blob in this request.
-                Some(Upload::Open) => match send_upload(&route, id, body).await {
-                    Ok(_) => match lock(&route.uploads).get(id).cloned() {
-                        Some(Upload::Sent { digest, size }) => (digest, size),
-                        _ => return error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "lost"),
-                    },
-                    Err(response) => return response,
-                },
+            let upload = match route.take_upload(id) {
+                Ok(upload) => upload,
+                Err(refused) => return refused.response(),
             };
             lock(&route.uploads).remove(id);
-            if sent.0 != digest {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "DIGEST_INVALID",
-                    &format!("the upload has digest {}, not {digest}", sent.0),
-                );
+            // The last bytes, or (monolithic) all of them, come with the digest.
+            match route
+                .session
+                .finish_upload(*upload, &digest, body.into_data_stream())
+                .await
+            {
+                Ok(size) => {
+                    lock(&route.seen).uploaded.insert(digest.clone(), size);
+                    route.learn(&digest, size);
+                    created(format!("/v2/{name}/blobs/{digest}"), &digest)
+                }
+                Err(e) => route.failed(e),
             }
-            route.learn(&sent.0, sent.1);
-            created(format!("/v2/{name}/blobs/{digest}"), &digest)
         }
         (Method::DELETE, Target::Upload(_, id)) => {
             lock(&route.uploads).remove(id);
@@ -591,92 +642,6 @@ fn as_oci(docker: &[u8]) -> Option<Vec<u8>> {
     }
     m["mediaType"] = OCI_MANIFEST.into();
     serde_json::to_vec(&m).ok()
-}
-
-/// Streams the request body of upload `id` to the target repository; records its digest and
-/// size. One body per upload (the daemon sends each blob in one request).
-async fn send_upload(route: &Arc<Route>, id: &str, body: Body) -> Result<u64, Response> {
-    match lock(&route.uploads).get(id) {
-        Some(Upload::Open) => {}
-        Some(Upload::Sent { .. }) => {
-            return Err(error(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "BLOB_UPLOAD_INVALID",
-                "this upload was sent already",
-            ));
-        }
-        None => {
-            return Err(error(
-                StatusCode::NOT_FOUND,
-                "BLOB_UPLOAD_UNKNOWN",
-                "no such upload",
-            ));
-        }
-    }
-    let action = format!("uploading a layer to {}", route.repository_name());
-    // The daemon's bytes are read ahead while a piece is being sent: without this, the daemon
-    // stalled (and stopped compressing) during every request, and a cold push took the sum of
-    // compressing and uploading instead of the longer of the two.
-    let (ahead, chunks) = tokio::sync::mpsc::channel(PIECES_AHEAD);
-    let mut pieces = Box::pin(rechunk(body.into_data_stream(), CHUNK_BYTES));
-    tokio::spawn(async move {
-        while let Some(piece) = pieces.next().await {
-            if ahead.send(piece).await.is_err() {
-                return; // the upload failed: stop reading
-            }
-        }
-    });
-    let chunks = tokio_stream::wrappers::ReceiverStream::new(chunks);
-    match route
-        .session
-        .push_blob_streamed(&route.repository, chunks, &action)
-        .await
-    {
-        Ok((digest, size)) => {
-            lock(&route.seen).uploaded.insert(digest.clone(), size);
-            lock(&route.uploads).insert(id.to_owned(), Upload::Sent { digest, size });
-            Ok(size)
-        }
-        Err(e) => Err(route.failed(e)),
-    }
-}
-
-/// `body`'s bytes in pieces of `size` (the last one shorter; an empty body is one empty piece,
-/// so that an empty blob is still uploaded).
-fn rechunk(
-    body: impl Stream<Item = Result<Bytes, axum::Error>> + Send + Unpin + 'static,
-    size: usize,
-) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    futures::stream::unfold(
-        (body, BytesMut::new(), false, false),
-        move |(mut body, mut buf, mut ended, sent_any)| async move {
-            loop {
-                if buf.len() >= size {
-                    let piece = buf.split_to(size).freeze();
-                    return Some((Ok(piece), (body, buf, ended, true)));
-                }
-                if ended {
-                    if buf.is_empty() && sent_any {
-                        return None;
-                    }
-                    let piece = buf.split().freeze();
-                    return Some((Ok(piece), (body, buf, true, true)));
-                }
-                match body.next().await {
-                    Some(Ok(bytes)) => buf.extend_from_slice(&bytes),
-                    Some(Err(e)) => {
-                        return Some((
-                            Err(std::io::Error::other(format!(
-                                "reading the daemon's upload: {e}"
-                            ))),
-                            (body, buf, true, true),
-                        ));
-                    }
-                    None => ended = true,
-                }
-            }
-        },
-    )
 }
 
 /// Why [`push_through_daemon`] did not push.
@@ -868,36 +833,5 @@ mod tests {
         assert_eq!(as_oci(foreign.to_string().as_bytes()), None);
         assert_eq!(as_oci(oci.to_string().as_bytes()), None);
         assert_eq!(as_oci(b"not json"), None);
-    }
-
-    #[tokio::test]
-    async fn a_body_is_cut_into_pieces_of_the_chunk_size() {
-        let parts: Vec<Result<Bytes, axum::Error>> = vec![
-            Ok(Bytes::from_static(b"abc")),
-            Ok(Bytes::from_static(b"defgh")),
-            Ok(Bytes::from_static(b"i")),
-        ];
-        let pieces: Vec<Bytes> = rechunk(futures::stream::iter(parts), 4)
-            .map(|r| r.unwrap())
-            .collect()
-            .await;
-        assert_eq!(pieces, vec!["abcd", "efgh", "i"]);
-        let empty: Vec<Bytes> = rechunk(futures::stream::iter(Vec::new()), 4)
-            .map(|r| r.unwrap())
-            .collect()
-            .await;
-        assert_eq!(
-            empty,
-            vec![Bytes::new()],
-            "an empty blob is one empty piece"
-        );
-        let exact: Vec<Bytes> = rechunk(
-            futures::stream::iter(vec![Ok(Bytes::from_static(b"abcd"))]),
-            4,
-        )
-        .map(|r| r.unwrap())
-        .collect()
-        .await;
-        assert_eq!(exact, vec!["abcd"]);
     }
 }
