@@ -332,7 +332,7 @@ mod reference_text {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Reference, D::Error> {
         let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+        manifold_registry::reference::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -348,7 +348,7 @@ mod reference_texts {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Reference>, D::Error> {
         Vec::<String>::deserialize(d)?
             .iter()
-            .map(|t| t.parse().map_err(serde::de::Error::custom))
+            .map(|t| manifold_registry::reference::parse(t).map_err(serde::de::Error::custom))
             .collect()
     }
 }
@@ -361,7 +361,7 @@ fn parse_image(image: &str) -> Result<Reference, InvalidRequest> {
     if image.trim().is_empty() {
         return Err(err("it is empty".into()));
     }
-    let r: Reference = image.parse().map_err(|e| err(format!("{e}")))?;
+    let r = manifold_registry::reference::parse(image).map_err(|e| err(format!("{e}")))?;
     if r.digest().is_some() {
         return Err(err("a build writes a tag, not a digest".into()));
     }

@@ -62,7 +62,7 @@ pub async fn serve(
     let mut contexts = contexts::ContextStore::open(&config.state_dir)
         .with_context(|| format!("opening the state dir {}", config.state_dir.display()))?;
     if let Some(repo) = &config.context_repository {
-        let repository: oci_client::Reference = repo.parse().with_context(|| {
+        let repository = manifold_registry::reference::parse(repo).with_context(|| {
             format!("invalid --context-repository `{repo}`: expected REGISTRY/REPOSITORY")
         })?;
         contexts = contexts.with_remote(contexts::Remote {

@@ -258,7 +258,7 @@ fn cache_repository(c: &manifold_proto::build_flags::CacheSpec) -> Option<oci_cl
     if c.kind != "registry" {
         return None;
     }
-    c.attrs.get("ref")?.parse().ok()
+    manifold_registry::reference::parse(c.attrs.get("ref")?).ok()
 }
 
 /// What a build pushes to: (`the image` / `-t REF` / `--cache-to REF`, `registry/repository`).

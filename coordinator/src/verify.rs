@@ -227,9 +227,9 @@ pub async fn verify(
         digest: reported.digest.clone(),
         repository: repository.to_owned(),
     };
-    let reference: oci_client::Reference = format!("{repository}@{}", reported.digest)
-        .parse()
-        .map_err(|_| missing())?;
+    let reference =
+        manifold_registry::reference::parse(&format!("{repository}@{}", reported.digest))
+            .map_err(|_| missing())?;
     let session = Session::open_with_logins(config, &[reference.registry()], logins).await?;
     session
         .authenticate(
@@ -258,13 +258,11 @@ pub async fn verify(
         });
     }
     for a in &reported.attestations {
-        let at: oci_client::Reference =
-            format!("{repository}@{}", a.digest)
-                .parse()
-                .map_err(|_| VerifyError::Missing {
-                    digest: a.digest.clone(),
-                    repository: repository.to_owned(),
-                })?;
+        let at = manifold_registry::reference::parse(&format!("{repository}@{}", a.digest))
+            .map_err(|_| VerifyError::Missing {
+                digest: a.digest.clone(),
+                repository: repository.to_owned(),
+            })?;
         let bytes = session
             .pull_manifest(&at, &format!("reading the attestation {}", a.digest))
             .await?

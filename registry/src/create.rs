@@ -350,13 +350,10 @@ pub struct PushReport {
 
 /// Parses an image reference, naming the bad value.
 pub fn parse_reference(value: &str) -> Result<Reference, CreateError> {
-    value
-        .trim()
-        .parse::<Reference>()
-        .map_err(|e| CreateError::BadReference {
-            value: value.to_owned(),
-            reason: e.to_string(),
-        })
+    crate::reference::parse(value.trim()).map_err(|e| CreateError::BadReference {
+        value: value.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// The registries `request` touches (the target's and every source's).

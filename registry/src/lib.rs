@@ -19,6 +19,7 @@ pub mod create;
 pub mod inspect;
 pub mod manifest;
 pub mod publish;
+pub mod reference;
 pub mod session;
 pub mod tag_template;
 
