@@ -20,8 +20,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt;
 use manifold_proto::v1::coordinator_message::Msg as FromCoordinator;
 use manifold_proto::v1::worker_message::Msg as ToCoordinator;
 use manifold_proto::v1::workers_client::WorkersClient;
@@ -36,7 +34,8 @@ use tracing::Instrument as _;
 use crate::admission;
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::context_cache::{CacheError, ContextCache, ContextDigest, SourceError};
+use crate::context_cache::{ContextCache, ContextDigest};
+use crate::context_fetch;
 use crate::docker::{DaemonInfo, DescribeError, DockerEngine};
 use crate::health;
 use crate::job::{self, ExecuteOptions, JobFailure, JobSpec, LogSink};
@@ -819,7 +818,14 @@ async fn fetch_and_execute(
 ) -> Result<PushedImage, JobFailure> {
     // Held until the job ends: no eviction removes them meanwhile.
     let _hold = shared.cache.hold(&spec.context_digest);
-    let context = fetch_context(shared, &spec.context_digest, logs, cancel).await?;
+    let context = context_fetch::fetch(
+        &shared.cache,
+        &shared.channel,
+        &spec.context_digest,
+        logs,
+        cancel,
+    )
+    .await?;
     let mut named = std::collections::BTreeMap::new();
     let mut _holds = Vec::new();
     for (name, digest) in spec.flags.uploaded_contexts() {
@@ -828,7 +834,7 @@ async fn fetch_and_execute(
         _holds.push(shared.cache.hold(&digest));
         named.insert(
             name.to_owned(),
-            fetch_context(shared, &digest, logs, cancel).await?,
+            context_fetch::fetch(&shared.cache, &shared.channel, &digest, logs, cancel).await?,
         );
     }
     job::execute(
@@ -841,56 +847,6 @@ async fn fetch_and_execute(
         cancel,
     )
     .await
-}
-
-/// How many times a context download is opened before the job fails: with the back-off below,
-/// about 30 s, enough for a coordinator to restart or fail over without failing the jobs that were
-/// downloading from it.
-const CONTEXT_DOWNLOAD_TRIES: u32 = 8;
-
-/// The context `digest` in the cache, downloaded from the coordinator if it is not there. A
-/// download that breaks off is opened again (a new connection when the coordinator restarted),
-/// up to [`CONTEXT_DOWNLOAD_TRIES`] times, each retry said in the job's log.
-async fn fetch_context(
-    shared: &Shared,
-    digest: &ContextDigest,
-    logs: &LogSink,
-    cancel: &CancellationToken,
-) -> Result<std::path::PathBuf, JobFailure> {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
-    let mut tries = 1;
-    let retry = |e: &CacheError| {
-        if !e.is_transient() || tries >= CONTEXT_DOWNLOAD_TRIES {
-            return None;
-        }
-        tries += 1;
-        let wait = backoff.next_wait();
-        tracing::warn!(%digest, error = %e, ?wait, "context download failed; trying again");
-        logs.line(format!(
-            "{e}; trying again in {:.1}s (try {tries} of {CONTEXT_DOWNLOAD_TRIES})",
-            wait.as_secs_f64()
-        ));
-        Some(wait)
-    };
-    let fetch = shared.cache.get_or_fetch(
-        digest,
-        || {
-            download(
-                shared.channel.lock().expect("channel lock").clone(),
-                digest.clone(),
-            )
-        },
-        retry,
-    );
-    tokio::select! {
-        () = cancel.cancelled() => Err(JobFailure::cancelled()),
-        context = fetch => context.map_err(|e| match &e {
-            CacheError::InvalidDigest(_) | CacheError::Download { not_found: true, .. } => {
-                JobFailure::permanent(e.to_string())
-            }
-            _ => JobFailure::retryable(e.to_string()),
-        }),
-    }
 }
 
 /// [`fetch_and_execute`], with running out of disk reported as such: this worker then takes no
@@ -912,38 +868,9 @@ async fn run_job(
         })
 }
 
-/// Opens `Workers.DownloadContext` for `digest`.
-async fn download(
-    channel: Channel,
-    digest: ContextDigest,
-) -> Result<impl futures::Stream<Item = Result<Bytes, SourceError>>, SourceError> {
-    let mut client = WorkersClient::new(channel)
-        .max_decoding_message_size(manifold_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(manifold_proto::MAX_MESSAGE_BYTES);
-    let stream = client
-        .download_context(v1::DownloadContextRequest {
-            digest: digest.to_string(),
-        })
-        .await
-        .map_err(|s| source_error(&s))?
-        .into_inner();
-    Ok(stream.map(|chunk| {
-        chunk
-            .map(|c| Bytes::from(c.data))
-            .map_err(|s| source_error(&s))
-    }))
-}
-
-fn source_error(status: &tonic::Status) -> SourceError {
-    SourceError {
-        message: format!("the coordinator answered: {}", describe_status(status)),
-        not_found: status.code() == tonic::Code::NotFound,
-    }
-}
-
 /// The code, the message, and the causes of a transport failure ("transport error" alone says
 /// nothing).
-fn describe_status(status: &tonic::Status) -> String {
+pub(crate) fn describe_status(status: &tonic::Status) -> String {
     let mut text = if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {

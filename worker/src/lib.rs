@@ -20,6 +20,7 @@
 //! - [`log_batches`]: a job's log lines batched for the coordinator;
 //! - [`job`]: one job end to end once its context is on disk ([`job::execute`]);
 //! - [`context_cache`]: build contexts on disk, verified by sha256 while downloading;
+//! - [`context_fetch`]: a job's context from the cache or the coordinator, retried when it breaks off;
 //! - [`context_view`]: what BuildKit is served of a context: its `.dockerignore` applied (so an
 //!   excluded Dockerfile or `.dockerignore` is left out, as Docker does), the Dockerfile apart;
 //! - [`buildkit`]: builds through BuildKit's control API with a session (context upload, registry
@@ -42,6 +43,7 @@ pub mod buildkit;
 pub mod config;
 pub mod connection;
 pub mod context_cache;
+pub mod context_fetch;
 pub mod context_view;
 pub mod docker;
 pub mod health;
