@@ -22,7 +22,16 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster answers.
     pub async fn start(n: usize) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        // Data on tmpfs where there is one: etcd fsyncs its log on every write, and on a disk that
+        // the suite's Docker builds keep busy a slow fsync stalls etcd's raft loop past its
+        // election timeout; every etcd leader change renews all leases, which would keep a paused
+        // coordinator's lease (and its leadership) alive for as long as the churn lasts.
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::Builder::new().prefix("etcd-").tempdir_in(shm)?
+        } else {
+            tempfile::tempdir()?
+        };
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()
@@ -82,6 +91,23 @@ impl EtcdCluster {
     /// `--etcd` value.
     pub fn flag(&self) -> String {
         self.endpoints.join(",")
+    }
+
+    /// The last lines of each member's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.endpoints.len() {
+            let path = self._dir.path().join(format!("etcd-m{i}.log"));
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            out.push_str(&format!("--- etcd m{i} (last {} lines) ---\n", tail.len()));
+            for line in tail {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// Number of members still running.

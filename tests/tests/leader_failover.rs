@@ -242,7 +242,9 @@ async fn a_leader_paused_past_its_lease_has_its_writes_rejected_and_steps_down()
     wait_until(Duration::from_secs(30), "c2 to lead", || async {
         c2.is_leader().await.then_some(())
     })
-    .await?;
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n--- c2 ---\n{}\n{}", c2.log(), etcd.logs()))?;
+    eprintln!("c2 led {:?} after c1 was paused", paused.elapsed());
     tokio::time::sleep(Duration::from_secs(2)).await;
     c1.signal("CONT").await?;
     let pause = paused.elapsed();
