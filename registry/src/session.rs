@@ -35,6 +35,7 @@ use crate::manifest::{
 use crate::tag_template::TagTemplateError;
 
 mod clients;
+mod open;
 mod upload;
 
 pub use upload::BlobUpload;
@@ -276,6 +277,9 @@ pub struct Session {
     config: RegistryConfig,
     client: Client,
     credentials: HashMap<String, Credentials>,
+    /// Registries of `credentials` reached with none that ask for none ([`open::is_open`]):
+    /// their client holds no login, so oci-client sends no `GET /v2/` before each request.
+    open: std::collections::HashSet<String>,
     on_retry: Option<RetryObserver>,
 }
 
@@ -343,14 +347,25 @@ impl Session {
         })
         .await
         .expect("credential lookup does not panic")?;
-        let client = clients::cached(config, &keys, &credentials);
+        let mut open = std::collections::HashSet::new();
         for (registry, creds) in &credentials {
-            client.store_auth_if_needed(registry, &creds.auth).await;
+            if matches!(creds.auth, oci_client::secrets::RegistryAuth::Anonymous)
+                && open::is_open(config, registry).await
+            {
+                open.insert(registry.clone());
+            }
+        }
+        let client = clients::cached(config, &keys, &credentials, &open);
+        for (registry, creds) in &credentials {
+            if !open.contains(registry) {
+                client.store_auth_if_needed(registry, &creds.auth).await;
+            }
         }
         Ok(Self {
             config: config.clone(),
             client,
             credentials,
+            open,
             on_retry: None,
         })
     }
@@ -412,6 +427,11 @@ impl Session {
     }
 
     /// The credentials used for `reference`'s registry.
+    /// Whether `reference`'s registry asks for no authorisation (see [`open`]).
+    fn is_open(&self, reference: &Reference) -> bool {
+        self.open.contains(resolve(reference.registry()))
+    }
+
     pub fn credentials(&self, reference: &Reference) -> Credentials {
         self.credentials
             .get(resolve(reference.registry()))
@@ -429,6 +449,9 @@ impl Session {
         let registry = reference.registry().to_owned();
         let action = action.into();
         if let Some(status) = auth_status(&e) {
+            if self.is_open(reference) {
+                open::forget(resolve(&registry));
+            }
             return RegistryError::Unauthorized {
                 registry,
                 status,
@@ -465,6 +488,9 @@ impl Session {
         operation: RegistryOperation,
         action: &str,
     ) -> Result<(), RegistryError> {
+        if self.is_open(reference) {
+            return Ok(());
+        }
         let auth = self.credentials(reference).auth;
         self.retry(reference, action, || {
             self.client.auth(reference, &auth, operation)

@@ -1,7 +1,7 @@
 //! One registry client per registries, protocols and credentials, shared by the sessions that
 //! need the same ([`cached`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use oci_client::Client;
 
@@ -23,8 +23,9 @@ pub(super) fn cached(
     config: &RegistryConfig,
     registries: &[String],
     credentials: &HashMap<String, Credentials>,
+    open: &HashSet<String>,
 ) -> Client {
-    let key = client_key(config, registries, credentials);
+    let key = client_key(config, registries, credentials, open);
     let cache = || CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(client) = cache().get(&key) {
         return client.clone();
@@ -44,6 +45,7 @@ fn client_key(
     config: &RegistryConfig,
     registries: &[String],
     credentials: &HashMap<String, Credentials>,
+    open: &HashSet<String>,
 ) -> [u8; 32] {
     use oci_client::secrets::RegistryAuth;
     use sha2::Digest as _;
@@ -53,6 +55,11 @@ fn client_key(
         key.update(registry.as_bytes());
         key.update([0, u8::from(config.is_insecure(registry))]);
         match credentials.get(registry).map(|c| &c.auth) {
+            // An open registry's client has no login stored (see `open`); another anonymous
+            // one has oci-client's anonymous login, so asks for a challenge: not the same client.
+            None | Some(RegistryAuth::Anonymous) if open.contains(registry) => {
+                key.update(b"open\0")
+            }
             None | Some(RegistryAuth::Anonymous) => key.update(b"anonymous\0"),
             Some(RegistryAuth::Basic(user, password)) => {
                 key.update(b"basic\0");
@@ -95,7 +102,7 @@ mod tests {
         };
         let one = ["registry.example.com".to_owned()];
         let key = |config: &RegistryConfig, registries: &[String], auth| {
-            client_key(config, registries, &creds(auth))
+            client_key(config, registries, &creds(auth), &HashSet::new())
         };
         let alice = key(&plain, &one, basic("alice", "pw"));
         assert_eq!(alice, key(&plain, &one, basic("alice", "pw")));
@@ -117,6 +124,17 @@ mod tests {
         assert_eq!(
             key(&plain, &one, None),
             key(&plain, &one, Some(RegistryAuth::Anonymous))
+        );
+        // An open registry's client stores no login: not the anonymous client of one that asks.
+        let open: HashSet<String> = one.iter().cloned().collect();
+        assert_ne!(
+            client_key(&plain, &one, &creds(None), &open),
+            key(&plain, &one, None)
+        );
+        assert_eq!(
+            client_key(&plain, &one, &creds(basic("alice", "pw")), &open),
+            alice,
+            "only anonymous access makes use of an open registry"
         );
     }
 }

@@ -24,7 +24,7 @@ use super::{RegistryError, Session};
 
 /// The one HTTP client for forwarded uploads (credentials go on each request, not in the client;
 /// making a client reads the system trust store, so there is one).
-static HTTP: LazyLock<reqwest::Client> = LazyLock::new(|| {
+pub(super) static HTTP: LazyLock<reqwest::Client> = LazyLock::new(|| {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(300))
@@ -189,6 +189,9 @@ impl Session {
         &self,
         reference: &Reference,
     ) -> Result<Option<String>, OciDistributionError> {
+        if self.is_open(reference) {
+            return Ok(None);
+        }
         let auth = self.credentials(reference).auth;
         let token = self
             .client
