@@ -35,6 +35,7 @@ use crate::manifest::{
 use crate::tag_template::TagTemplateError;
 
 mod clients;
+mod direct;
 mod open;
 mod upload;
 
@@ -508,9 +509,13 @@ impl Session {
     ) -> Result<Option<RawManifest>, RegistryError> {
         let auth = self.credentials(reference).auth;
         match self
-            .retry(reference, action, || {
+            .retry(reference, action, || async {
+                if self.is_open(reference) {
+                    return self.direct_manifest(reference, true).await;
+                }
                 self.client
                     .pull_manifest_raw(reference, &auth, MANIFEST_TYPES)
+                    .await
             })
             .await
         {
@@ -535,8 +540,11 @@ impl Session {
     ) -> Result<bool, RegistryError> {
         let auth = self.credentials(reference).auth;
         match self
-            .retry(reference, action, || {
-                self.client.fetch_manifest_digest(reference, &auth)
+            .retry(reference, action, || async {
+                if self.is_open(reference) {
+                    return self.direct_manifest(reference, false).await.map(|(_, d)| d);
+                }
+                self.client.fetch_manifest_digest(reference, &auth).await
             })
             .await
         {
@@ -765,9 +773,19 @@ impl Session {
     pub async fn list_tags(&self, reference: &Reference) -> Result<Vec<String>, RegistryError> {
         let auth = self.credentials(reference).auth;
         let action = format!("listing the tags of {}", reference.repository());
+        // oci-client stores the credentials it is given in its client, and then asks the registry
+        // for a challenge before every request: an open registry's shared client must hold none,
+        // so its (rare) listing gets a client of its own.
+        let own;
+        let client = if self.is_open(reference) {
+            own = self.config.client(reference.registry());
+            &own
+        } else {
+            &self.client
+        };
         match self
             .retry(reference, &action, || {
-                self.client.list_tags(reference, &auth, None, None)
+                client.list_tags(reference, &auth, None, None)
             })
             .await
         {

@@ -37,6 +37,7 @@ use crate::build::{
 };
 use crate::scheduler::{JobMeta, PreemptCause, Preemption, Scheduler};
 
+mod held;
 mod joins;
 mod publishing;
 mod sessions;
@@ -94,7 +95,7 @@ pub struct Effects {
 /// The farm's state; see the module documentation.
 pub struct FarmState {
     config: FarmConfig,
-    builds: HashMap<BuildId, BuildEntry>,
+    builds: held::Held,
     /// Every build the store holds, held in full or not, in submission order.
     catalog: super::catalog::Catalog,
     /// Which build each job belongs to.
@@ -158,7 +159,7 @@ impl FarmState {
         scheduler.set_preemption_grace(config.preemption_grace);
         Self {
             config,
-            builds: HashMap::new(),
+            builds: held::Held::default(),
             catalog: Default::default(),
             job_build: HashMap::new(),
             scheduler,
@@ -427,7 +428,11 @@ impl FarmState {
     fn take_effects(&mut self) -> Effects {
         self.propagate();
         let mut effects = std::mem::take(&mut self.pending);
-        for (id, entry) in &mut self.builds {
+        for id in self.builds.take_touched() {
+            let entry = self
+                .builds
+                .entry_untracked(&id)
+                .expect("touched builds are held");
             if entry.dirty {
                 entry.dirty = false;
                 entry.build.version += 1;
@@ -436,7 +441,7 @@ impl FarmState {
             }
             if entry.announced != entry.events.len() {
                 entry.announced = entry.events.len();
-                effects.history.push((*id, entry.announced));
+                effects.history.push((id, entry.announced));
             }
         }
         effects

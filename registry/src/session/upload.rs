@@ -173,7 +173,7 @@ impl Session {
     }
 
     /// `scheme://registry` of `reference`, plain HTTP where the configuration says so.
-    fn base_url(&self, reference: &Reference) -> Result<Url, OciDistributionError> {
+    pub(super) fn base_url(&self, reference: &Reference) -> Result<Url, OciDistributionError> {
         let registry = reference.resolve_registry();
         let scheme = if self.config.is_insecure(registry) {
             "http"
