@@ -891,6 +891,7 @@ pub async fn push(
         &plan.target,
         &[],
         &children,
+        publish::Children::Unchecked,
         &others,
         &plan.list,
         None,

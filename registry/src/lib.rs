@@ -27,7 +27,7 @@ pub use auth::{Credentials, DockerConfig, RegistryLogin};
 pub use manifest::{ChildImage, ListKind, ManifestError, ManifestList, assemble};
 pub use oci_client::Reference;
 pub use publish::{
-    Published, RegistryConfig, RegistryError, arch_tag, credentials_for, publish_with,
+    Children, Published, RegistryConfig, RegistryError, arch_tag, credentials_for, publish_with,
 };
 pub use session::Session;
 pub use tag_template::{DEFAULT_TAG_TEMPLATE, TagTemplate};

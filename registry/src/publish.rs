@@ -1,7 +1,10 @@
 //! Publishing a finished build: the manifest list pushed under the user's tag with oci-client.
 //!
-//! Invariant: the tags move last. Every child is checked to be in the target repository first, the
-//! optional per-arch tags are written next, every child is brought into the repository of each
+//! Invariant: the tags move last. Every child is checked to be in the target repository first
+//! (children the coordinator read from that repository when their worker reported them,
+//! [`Children::Verified`], are checked by the registry itself when it takes the list: a registry
+//! refuses a list naming a manifest it lacks, `MANIFEST_BLOB_UNKNOWN`, and only then is each
+//! checked, to name the missing one), the optional per-arch tags are written next, every child is brought into the repository of each
 //! further tag (`-t` given more than once: mounted or copied from the target repository), and only
 //! then the list goes under the requested tag and each further tag, so a client never pulls a tag
 //! whose children are missing. Every tag holds the same list bytes: one digest.
@@ -30,6 +33,17 @@ pub struct Published {
     pub arch_tags: Vec<String>,
 }
 
+/// Whether the children of a list are known to be in its target repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Children {
+    /// Each is checked first (a `HEAD`): they were named by a user.
+    Unchecked,
+    /// Each was read from the target repository when its worker reported it (the coordinator's
+    /// check, `coordinator::verify`): the registry's own check at the list push is enough, and
+    /// only a refused push checks each, to name the one missing. Two requests fewer per build.
+    Verified,
+}
+
 /// Pushes the list of `children` under `target` (a tagged reference) and each of `also` (more
 /// tagged references, any repository), the tags last; with `arch_tags`, each child is also tagged
 /// in `target`'s repository by that template (e.g. `{tag}-{arch}`). A login of `logins` for a
@@ -39,6 +53,7 @@ pub async fn publish_with(
     target: &Reference,
     also: &[Reference],
     children: &[ChildImage],
+    known: Children,
     arch_tags: Option<&TagTemplate>,
     logins: &[RegistryLogin],
 ) -> Result<Published, RegistryError> {
@@ -52,18 +67,23 @@ pub async fn publish_with(
     registries.sort_unstable();
     registries.dedup();
     let session = Session::open_with_logins(config, &registries, logins).await?;
-    publish_assembled(&session, target, also, children, &extras, &list, arch_tags).await
+    publish_assembled(
+        &session, target, also, children, known, &extras, &list, arch_tags,
+    )
+    .await
 }
 
 /// The one way a list reaches its tags, shared by the coordinator's merge and `manifold manifest
 /// create`: checks that every child (and carried extra entry) is in `target`'s repository, writes
 /// the per-arch tags if asked, brings every entry into the repository of each of `also`, then
 /// pushes `list` under `target`'s tag and each of `also`, last.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish_assembled(
     session: &Session,
     target: &Reference,
     also: &[Reference],
     children: &[ChildImage],
+    known: Children,
     extras: &[ExtraEntry],
     list: &ManifestList,
     arch_tags: Option<&TagTemplate>,
@@ -79,29 +99,8 @@ pub async fn publish_assembled(
         )
         .await?;
 
-    let present = children
-        .iter()
-        .map(|c| (c.platform.to_string(), &c.digest))
-        .chain(extras.iter().map(|e| {
-            let label = if e.architecture.is_empty() {
-                e.os.clone()
-            } else {
-                format!("{}/{} (attestation)", e.os, e.architecture)
-            };
-            (label, &e.digest)
-        }));
-    for (platform, digest) in present {
-        let child_ref = target.clone_with_digest(digest.clone());
-        if !session
-            .manifest_exists(&child_ref, &format!("checking {digest}"))
-            .await?
-        {
-            return Err(RegistryError::MissingChild {
-                platform,
-                digest: digest.clone(),
-                repository: format!("{registry}/{repository}"),
-            });
-        }
+    if known == Children::Unchecked {
+        check_present(session, target, children, extras).await?;
     }
 
     // Every per-arch tag is named before any is written, so a template that gives two platforms
@@ -179,20 +178,62 @@ pub async fn publish_assembled(
             t.repository(),
             t.tag().unwrap_or("latest")
         );
-        session
+        let pushed = session
             .push_manifest(
                 t,
                 &list.bytes,
                 list.media_type,
                 &format!("pushing the manifest list under {shown}"),
             )
-            .await?;
+            .await;
+        if let Err(e) = pushed {
+            // Refused: if for a missing child, say which one.
+            if known == Children::Verified {
+                check_present(session, target, children, extras).await?;
+            }
+            return Err(e);
+        }
     }
     Ok(Published {
         digest: format!("sha256:{}", hex::encode(Sha256::digest(&list.bytes))),
         media_type: list.media_type,
         arch_tags: written,
     })
+}
+
+/// Fails naming the first of `children` and `extras` not in `target`'s repository.
+async fn check_present(
+    session: &Session,
+    target: &Reference,
+    children: &[ChildImage],
+    extras: &[ExtraEntry],
+) -> Result<(), RegistryError> {
+    let (registry, repository) = (target.registry(), target.repository());
+    let present = children
+        .iter()
+        .map(|c| (c.platform.to_string(), &c.digest))
+        .chain(extras.iter().map(|e| {
+            let label = if e.architecture.is_empty() {
+                e.os.clone()
+            } else {
+                format!("{}/{} (attestation)", e.os, e.architecture)
+            };
+            (label, &e.digest)
+        }));
+    for (platform, digest) in present {
+        let child_ref = target.clone_with_digest(digest.clone());
+        if !session
+            .manifest_exists(&child_ref, &format!("checking {digest}"))
+            .await?
+        {
+            return Err(RegistryError::MissingChild {
+                platform,
+                digest: digest.clone(),
+                repository: format!("{registry}/{repository}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What [`bring`] did (or, in a dry run, would do) for one child.

@@ -34,6 +34,8 @@ impl Farm {
                     &build.spec.image,
                     &build.spec.extra_tags,
                     &children,
+                    // Each was read from this repository when its worker reported it.
+                    registry::Children::Verified,
                     template.as_ref(),
                     &logins,
                 );
