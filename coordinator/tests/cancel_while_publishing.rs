@@ -1,8 +1,9 @@
 //! A build cancelled while its manifest list is being pushed writes no tag: the push stops where
-//! it is. The registry here is a scripted one on 127.0.0.1 that answers the child-manifest checks
-//! slowly, so the cancel lands between the checks and the tag write; it records every request,
-//! and `CLOSED AFTER HEAD` when a client closes a connection on which it asked a HEAD, and the
-//! test waits on that record.
+//! it is. The registry here is a scripted one on 127.0.0.1 that answers `GET /v2/` (the first
+//! request of a list push: is the registry open, `registry::session::open`) slowly, so the cancel
+//! lands before the tag write; it records every request, and `CLOSED AFTER GET /v2/` when a
+//! client closes a connection on which it asked that, and the test waits on that record. (The
+//! push no longer checks children the coordinator verified before the PUT: the registry does.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +18,11 @@ mod support;
 
 use support::{FarmFixture, amd64_hello};
 
-/// How long the scripted registry takes to answer a manifest check.
+/// How long the scripted registry takes to answer `GET /v2/`.
 const SLOW: Duration = Duration::from_millis(1500);
 
-/// Request lines (`METHOD PATH`) the scripted registry received, and `CLOSED AFTER HEAD` for
-/// each connection with a HEAD that the client closed; a watch, so the test can wait for one.
+/// Request lines (`METHOD PATH`) the scripted registry received, and `CLOSED AFTER GET /v2/` for
+/// each connection with that request that the client closed; a watch, so the test can wait for one.
 type Seen = Arc<tokio::sync::watch::Sender<Vec<String>>>;
 
 /// Waits until the scripted registry has seen a record for which `wanted` holds (10 s at most).
@@ -34,7 +35,8 @@ async fn wait_for(seen: &Seen, what: &str, wanted: impl Fn(&str) -> bool) {
         .expect("the registry's record lives as long as the test");
 }
 
-/// A registry that says every manifest exists (after [`SLOW`] for HEAD) and accepts every push.
+/// A registry open to all (saying so after [`SLOW`]) that says every manifest exists and accepts
+/// every push.
 async fn scripted_registry() -> (String, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
@@ -48,12 +50,12 @@ async fn scripted_registry() -> (String, Seen) {
             let log = Arc::clone(&log);
             tokio::spawn(async move {
                 let mut stream = BufReader::new(stream);
-                let mut asked_head = false;
+                let mut asked_slow = false;
                 loop {
                     let mut line = String::new();
                     if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        if asked_head {
-                            log.send_modify(|r| r.push("CLOSED AFTER HEAD".into()));
+                        if asked_slow {
+                            log.send_modify(|r| r.push("CLOSED AFTER GET /v2/".into()));
                         }
                         return;
                     }
@@ -82,9 +84,8 @@ async fn scripted_registry() -> (String, Seen) {
                         return;
                     }
                     log.send_modify(|r| r.push(request.clone()));
-                    asked_head |= request.starts_with("HEAD");
+                    asked_slow |= request == "GET /v2/";
                     let response = if request.starts_with("HEAD") {
-                        tokio::time::sleep(SLOW).await;
                         let digest = request.rsplit('/').next().unwrap_or_default().to_owned();
                         format!(
                             "HTTP/1.1 200 OK\r\nDocker-Content-Digest: {digest}\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 2\r\n\r\n"
@@ -92,6 +93,9 @@ async fn scripted_registry() -> (String, Seen) {
                     } else if request.starts_with("PUT") {
                         "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n".to_owned()
                     } else {
+                        if request == "GET /v2/" {
+                            tokio::time::sleep(SLOW).await;
+                        }
                         "HTTP/1.1 200 OK\r\nDocker-Distribution-API-Version: registry/2.0\r\nContent-Length: 0\r\n\r\n".to_owned()
                     };
                     if stream
@@ -140,16 +144,16 @@ async fn a_build_cancelled_while_its_list_is_pushed_writes_no_tag() {
         },
     );
 
-    // The list push is checking the child: cancel now.
-    let checking = "the list push to check the child manifest";
-    wait_for(&seen, checking, |r| r.starts_with("HEAD")).await;
+    // The list push is asking the registry how to authorise: cancel now.
+    let asking = "the list push to ask the registry";
+    wait_for(&seen, asking, |r| r == "GET /v2/").await;
     let build = farm.cancel(id).await.unwrap();
     assert_eq!(build.state, BuildState::Cancelled);
 
-    // The stopped push drops its connection in the middle of the check; had it gone on, it
-    // would have sent its PUTs on that connection and kept it open.
+    // The stopped push drops its connection in the middle of the question; had it gone on, it
+    // would have sent its PUT and kept the connection open.
     let dropped = "the stopped push to close its connection";
-    wait_for(&seen, dropped, |r| r == "CLOSED AFTER HEAD").await;
+    wait_for(&seen, dropped, |r| r == "CLOSED AFTER GET /v2/").await;
     let requests = seen.borrow().clone();
     assert!(
         !requests.iter().any(|r| r.starts_with("PUT")),
