@@ -241,12 +241,34 @@ async fn launch_coordinator(
         .kill_on_drop(true)
         .spawn()
         .context("starting manifold-coordinator")?;
-    Ok(Coordinator {
+    let mut coordinator = Coordinator {
         url,
         child: Some(child),
         log,
         secure: secure.cloned(),
-    })
+    };
+    // Listening, or gone (its port taken meanwhile by another process: `free_port` only found it
+    // free a moment ago): said now, with its log, not later as a coordinator that never leads.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if coordinator.log().contains("coordinator listening") {
+            return Ok(coordinator);
+        }
+        if let Some(status) = (coordinator.child.as_mut()).and_then(|c| c.try_wait().ok().flatten())
+        {
+            anyhow::bail!(
+                "coordinator {name} exited ({status}) before listening:\n{}",
+                coordinator.log()
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "coordinator {name} did not listen within 30s:\n{}",
+                coordinator.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Starts a worker process against `coordinators` (comma-separated), logging into `dir`; killed
