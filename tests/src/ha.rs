@@ -26,8 +26,11 @@ impl EtcdCluster {
         // the suite's Docker builds keep busy a slow fsync stalls etcd's raft loop past its
         // election timeout; every etcd leader change renews all leases, which would keep a paused
         // coordinator's lease (and its leadership) alive for as long as the churn lasts.
+        // Each member preallocates a 64 MiB log segment: use tmpfs only with room for several
+        // clusters (a container's /dev/shm is often 64 MiB in all).
         let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
+        let room = rustix::fs::statvfs(shm).map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize));
+        let dir = if shm.is_dir() && room >= 2 << 30 {
             tempfile::Builder::new().prefix("etcd-").tempdir_in(shm)?
         } else {
             tempfile::tempdir()?
