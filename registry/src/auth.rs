@@ -406,6 +406,11 @@ impl DockerConfig {
             registry: registry.to_owned(),
             message,
         };
+        let server = helper_server_url(registry);
+        let key = (executable.clone(), server.clone());
+        if let Some(answer) = helper_answers::get(&key) {
+            return Ok(answer);
+        }
         let mut child = Command::new(&executable)
             .arg("get")
             .stdin(Stdio::piped())
@@ -413,7 +418,6 @@ impl DockerConfig {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| failed(format!("cannot run {}: {e}", executable.display())))?;
-        let server = helper_server_url(registry);
         if let Some(mut stdin) = child.stdin.take() {
             // A helper that exits without reading its input is judged by its exit status below.
             let _ = stdin.write_all(server.as_bytes());
@@ -421,7 +425,51 @@ impl DockerConfig {
         let out = child
             .wait_with_output()
             .map_err(|e| failed(format!("cannot run {}: {e}", executable.display())))?;
-        parse_helper_output(out.status.success(), &out.stdout, &out.stderr).map_err(failed)
+        let answer =
+            parse_helper_output(out.status.success(), &out.stdout, &out.stderr).map_err(failed)?;
+        helper_answers::put(key, answer.clone());
+        Ok(answer)
+    }
+}
+
+/// Credential helpers' answers, kept for [`helper_answers::FRESH`]. The coordinator checks each
+/// worker's image and pushes each list with a session of its own, and the worker each push: with a
+/// `credsStore` or `credHelpers` entry, each would run the helper (a process, and for the cloud
+/// registries' helpers a call to the cloud's API) every time. Failures are not kept: the next
+/// session asks again.
+mod helper_answers {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::{LazyLock, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// How long an answer is reused: well inside the shortest token lifetimes (ECR's 12 h, GCR's
+    /// 1 h), short enough that a rotated login is seen within a minute.
+    pub(super) const FRESH: Duration = Duration::from_secs(30);
+
+    /// (helper executable, server URL asked) -> (username, secret) or none, and when.
+    type Key = (PathBuf, String);
+    type Answer = Option<(String, String)>;
+    static ANSWERS: LazyLock<Mutex<HashMap<Key, (Answer, Instant)>>> =
+        LazyLock::new(Default::default);
+
+    fn answers() -> std::sync::MutexGuard<'static, HashMap<Key, (Answer, Instant)>> {
+        ANSWERS.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn get(key: &Key) -> Option<Answer> {
+        answers()
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < FRESH)
+            .map(|(a, _)| a.clone())
+    }
+
+    pub(super) fn put(key: Key, answer: Answer) {
+        let mut answers = answers();
+        if answers.len() >= 256 {
+            answers.clear();
+        }
+        answers.insert(key, (answer, Instant::now()));
     }
 }
 
@@ -686,5 +734,51 @@ mod tests {
             c.credentials("reg.example.com").unwrap_err().to_string(),
             "credential helper `docker-credential-broken` failed for reg.example.com: keychain is locked"
         );
+    }
+
+    #[test]
+    fn a_helpers_answer_is_reused_for_a_while_and_a_failure_is_not() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let script = dir.path().join("docker-credential-counting");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nread -r server || true\necho run >> '{runs}'\n\
+                 if [ \"$server\" = ok.example.com ]; then\n\
+                 printf '{{\"Username\":\"u\",\"Secret\":\"s\"}}'\n\
+                 elif [ \"$server\" = fail.example.com ]; then echo 'keychain is locked' >&2; exit 1\n\
+                 else echo 'credentials not found in native keychain'; exit 1; fi\n",
+                runs = runs.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let c = config(r#"{"credsStore":"counting"}"#).with_search_path(dir.path());
+        let count = || {
+            std::fs::read_to_string(&runs)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        for _ in 0..3 {
+            assert_eq!(
+                c.credentials("ok.example.com").unwrap().auth,
+                basic("u", "s")
+            );
+        }
+        assert_eq!(count(), 1, "asked once within {:?}", helper_answers::FRESH);
+        // "Not found" is an answer too (anonymous access), and is reused the same way.
+        for _ in 0..2 {
+            let none = c.credentials("other.example.com").unwrap();
+            assert_eq!(none.auth, RegistryAuth::Anonymous);
+        }
+        assert_eq!(count(), 2);
+        // A failure is not kept: each session asks again.
+        for _ in 0..2 {
+            assert!(c.credentials("fail.example.com").is_err());
+        }
+        assert_eq!(count(), 4);
     }
 }

@@ -459,6 +459,11 @@ impl PrivateRegistry {
         .map(|_| ())
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Child::id)
+    }
+
     /// SIGKILLs it: connections are refused until [`PrivateRegistry::resume`].
     pub async fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {

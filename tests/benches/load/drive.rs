@@ -184,6 +184,8 @@ pub struct Samples {
     pub cpu: Vec<f64>,
     pub cpu_mean: f64,
     pub bench_cpu_mean: f64,
+    /// The benchmark's registry, mean % of one core (it shares the machine's cores).
+    pub registry_cpu_mean: Option<f64>,
     pub builds_list: Vec<f64>,
     pub workers_list: Vec<f64>,
     /// Assignments received per second, each second of the load.
@@ -203,7 +205,7 @@ impl Samples {
 }
 
 impl Sampler {
-    pub fn start(pid: u32, channel: Channel, sim: Arc<Sim>) -> Self {
+    pub fn start(pid: u32, registry: Option<u32>, channel: Channel, sim: Arc<Sim>) -> Self {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let ticks = clock_ticks();
@@ -213,6 +215,7 @@ impl Sampler {
                 proc_cpu_ticks(pid).unwrap_or(0),
                 proc_cpu_ticks(std::process::id()).unwrap_or(0),
             );
+            let registry0 = registry.and_then(proc_cpu_ticks);
             let (mut last_cpu, mut last_at) = (cpu0, Instant::now());
             let mut last_assigned = sim.assignments.load(Ordering::Relaxed);
             let mut builds = BuildsClient::new(channel.clone());
@@ -257,6 +260,9 @@ impl Sampler {
             s.bench_cpu_mean =
                 (proc_cpu_ticks(std::process::id()).unwrap_or(me0) - me0) as f64 / ticks / secs
                     * 100.0;
+            s.registry_cpu_mean = registry
+                .zip(registry0)
+                .and_then(|(r, r0)| Some((proc_cpu_ticks(r)? - r0) as f64 / ticks / secs * 100.0));
             s
         });
         Self { stop, task }
