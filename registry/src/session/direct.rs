@@ -72,7 +72,8 @@ impl Session {
                 (Some(h), Some(expected)) if h != expected => return Err(mismatch(expected, h)),
                 (Some(h), _) => h,
                 (None, Some(expected)) => expected.to_owned(),
-                (None, None) => return Err(OciDistributionError::RegistryNoDigestError),
+                // No digest in the answer to a HEAD by tag: read the manifest, as oci-client does.
+                (None, None) => return Box::pin(self.direct_manifest(reference, true)).await,
             }
         };
         Ok((bytes, digest))
@@ -193,6 +194,16 @@ mod tests {
         assert!(s.manifest_exists(&by_digest, "checking").await.unwrap());
         // Two requests, no `GET /v2/` between them (the session asked once, when it opened).
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        // A HEAD by tag answered without a digest reads the manifest for it, as oci-client does.
+        let by_tag: Reference = format!("{addr}/team/app:1").parse().unwrap();
+        let (_, found) = s.direct_manifest(&by_tag, false).await.unwrap();
+        assert_eq!(found, digest);
+        assert_eq!(
+            asked.load(std::sync::atomic::Ordering::SeqCst),
+            4,
+            "a HEAD, then a GET"
+        );
 
         // A body that is not the digest asked for is refused, as oci-client refuses it.
         let other: Reference = format!("{addr}/team/app@sha256:{}", "0".repeat(64))
