@@ -221,6 +221,37 @@ async fn launch_coordinator(
     extra: &[&str],
     secure: Option<&Secured>,
 ) -> anyhow::Result<Coordinator> {
+    // `free_port` only found a port free a moment ago: another process may take it first, and
+    // then the coordinator exits naming it. Each try gets a new port; three tries in all.
+    for attempt in 1..=3 {
+        match try_launch(etcd, dir, name, extra, secure).await? {
+            Launch::Listening(c) => return Ok(*c),
+            Launch::PortTaken(log) if attempt < 3 => {
+                eprintln!("coordinator {name}: its port was taken, trying another:\n{log}");
+            }
+            Launch::PortTaken(log) => {
+                anyhow::bail!("coordinator {name}: three ports in a row were taken:\n{log}")
+            }
+        }
+    }
+    unreachable!("the last try returns or fails")
+}
+
+enum Launch {
+    Listening(Box<Coordinator>),
+    /// It exited because its port was in use; its log.
+    PortTaken(String),
+}
+
+/// Starts the coordinator on a free port and waits until it listens (its log says so), or fails
+/// with its log if it exited otherwise or did not listen within 30 s.
+async fn try_launch(
+    etcd: &EtcdCluster,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+    secure: Option<&Secured>,
+) -> anyhow::Result<Launch> {
     let port = free_port();
     let scheme = if secure.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://127.0.0.1:{port}");
@@ -250,19 +281,18 @@ async fn launch_coordinator(
         log,
         secure: secure.cloned(),
     };
-    // Listening, or gone (its port taken meanwhile by another process: `free_port` only found it
-    // free a moment ago): said now, with its log, not later as a coordinator that never leads.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         if coordinator.log().contains("coordinator listening") {
-            return Ok(coordinator);
+            return Ok(Launch::Listening(Box::new(coordinator)));
         }
         if let Some(status) = (coordinator.child.as_mut()).and_then(|c| c.try_wait().ok().flatten())
         {
-            anyhow::bail!(
-                "coordinator {name} exited ({status}) before listening:\n{}",
-                coordinator.log()
-            );
+            let log = coordinator.log();
+            if log.contains("Address already in use") {
+                return Ok(Launch::PortTaken(log));
+            }
+            anyhow::bail!("coordinator {name} exited ({status}) before listening:\n{log}");
         }
         if std::time::Instant::now() > deadline {
             anyhow::bail!(
