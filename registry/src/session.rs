@@ -427,12 +427,12 @@ impl Session {
         }
     }
 
-    /// The credentials used for `reference`'s registry.
     /// Whether `reference`'s registry asks for no authorisation (see [`open`]).
     fn is_open(&self, reference: &Reference) -> bool {
         self.open.contains(resolve(reference.registry()))
     }
 
+    /// The credentials used for `reference`'s registry.
     pub fn credentials(&self, reference: &Reference) -> Credentials {
         self.credentials
             .get(resolve(reference.registry()))
