@@ -15,28 +15,21 @@ use super::BuildEntry;
 #[derive(Default)]
 pub(super) struct Held {
     map: HashMap<BuildId, BuildEntry>,
-    /// Builds handed out for change since the last [`Held::take_touched`], first touch first.
-    touched: Vec<BuildId>,
-    noted: HashSet<BuildId>,
+    /// Builds handed out for change since the last [`Held::take_touched`].
+    touched: HashSet<BuildId>,
 }
 
 impl Held {
-    fn note(&mut self, id: BuildId) {
-        if self.noted.insert(id) {
-            self.touched.push(id);
-        }
-    }
-
     /// `id`'s entry, to change.
     pub(super) fn get_mut(&mut self, id: &BuildId) -> Option<&mut BuildEntry> {
         if self.map.contains_key(id) {
-            self.note(*id);
+            self.touched.insert(*id);
         }
         self.map.get_mut(id)
     }
 
     pub(super) fn insert(&mut self, id: BuildId, entry: BuildEntry) {
-        self.note(id);
+        self.touched.insert(id);
         self.map.insert(id, entry);
     }
 
@@ -46,10 +39,10 @@ impl Held {
 
     /// The builds touched since the last call (those still held), each once.
     pub(super) fn take_touched(&mut self) -> Vec<BuildId> {
-        self.noted.clear();
-        let mut touched = std::mem::take(&mut self.touched);
-        touched.retain(|id| self.map.contains_key(id));
-        touched
+        let touched = std::mem::take(&mut self.touched);
+        (touched.into_iter())
+            .filter(|id| self.map.contains_key(id))
+            .collect()
     }
 
     /// `id`'s entry, to change, without noting it (for the one who gathers the effects).
