@@ -36,6 +36,8 @@ use crate::tag_template::TagTemplateError;
 
 mod clients;
 mod direct;
+#[cfg(test)]
+mod loopback;
 mod open;
 mod upload;
 
@@ -348,14 +350,7 @@ impl Session {
         })
         .await
         .expect("credential lookup does not panic")?;
-        let mut open = std::collections::HashSet::new();
-        for (registry, creds) in &credentials {
-            if matches!(creds.auth, oci_client::secrets::RegistryAuth::Anonymous)
-                && open::is_open(config, registry).await
-            {
-                open.insert(registry.clone());
-            }
-        }
+        let open = open::among(config, &credentials).await;
         let client = clients::cached(config, &keys, &credentials, &open);
         for (registry, creds) in &credentials {
             if !open.contains(registry) {

@@ -128,35 +128,20 @@ mod tests {
     use super::*;
     use crate::auth::DockerConfig;
 
-    /// A plain-HTTP registry on loopback open to all (`/v2/` answers 200) whose manifest
-    /// requests all get `manifest`; counts the requests that are not `/v2/`.
+    /// A loopback registry open to all (`/v2/` answers 200) whose manifest requests all get
+    /// `manifest`; counts the requests that are not `/v2/`.
     async fn registry(
         manifest: String,
     ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = asked.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut socket, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut buf = vec![0u8; 8192];
-                let n = socket.read(&mut buf).await.unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let answer = if request.starts_with("GET /v2/ ") {
-                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_owned()
-                } else {
-                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    manifest.clone()
-                };
-                let _ = socket.write_all(answer.as_bytes()).await;
-                let _ = socket.shutdown().await;
+        super::super::loopback::serve(move |request| {
+            if request.starts_with("GET /v2/ ") {
+                let open = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+                (open.to_owned(), false)
+            } else {
+                (manifest.clone(), true)
             }
-        });
-        (addr, asked)
+        })
+        .await
     }
 
     fn ok(body: &str) -> String {

@@ -12,12 +12,15 @@
 //! from a registry believed open forgets it ([`forget`]), so a registry that starts asking for a
 //! login is asked again by the next session.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use oci_client::secrets::RegistryAuth;
+
 use super::RegistryConfig;
 use super::upload::HTTP;
+use crate::auth::Credentials;
 
 /// How long an answer is believed.
 pub(super) const FRESH: Duration = Duration::from_secs(60);
@@ -62,6 +65,20 @@ pub(super) async fn is_open(config: &RegistryConfig, registry: &str) -> bool {
     open
 }
 
+/// The registries of `credentials` reached without a login that are open ([`is_open`]).
+pub(super) async fn among(
+    config: &RegistryConfig,
+    credentials: &HashMap<String, Credentials>,
+) -> HashSet<String> {
+    let mut open = HashSet::new();
+    for (registry, creds) in credentials {
+        if matches!(creds.auth, RegistryAuth::Anonymous) && is_open(config, registry).await {
+            open.insert(registry.clone());
+        }
+    }
+    open
+}
+
 /// Forgets what `registry` answered (it refused a request made without credentials).
 pub(super) fn forget(registry: &str) {
     answers().remove(registry);
@@ -71,28 +88,11 @@ pub(super) fn forget(registry: &str) {
 mod tests {
     use super::*;
 
-    /// One answer per connection of a plain-HTTP server on loopback, counting the requests.
+    /// A loopback registry giving every request `response`, counting them all.
     async fn registry(
         response: &'static str,
     ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = asked.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut socket, _)) = listener.accept().await else {
-                    return;
-                };
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let mut buf = [0u8; 4096];
-                let _ = socket.read(&mut buf).await;
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.shutdown().await;
-            }
-        });
-        (addr, asked)
+        super::super::loopback::serve(move |_| (response.to_owned(), true)).await
     }
 
     const OPEN: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
