@@ -5,52 +5,29 @@
 //! (`Children::Unchecked`) are checked first, as before. skopeo reads what the registry holds.
 
 use manifold_registry::{ChildImage, Children, RegistryConfig, RegistryError, publish_with};
+use manifold_tests::oci::{digest, put_blob, put_manifest};
 use manifold_tests::{Env, skopeo_raw};
-use sha2::Digest as _;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
 /// Pushes a tiny linux/`arch` image (a config, no layer) to `registry/repository` by digest.
 async fn push_tiny(registry: &str, repository: &str, arch: &str) -> anyhow::Result<ChildImage> {
-    let http = reqwest::Client::new();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": arch, "os": "linux", "config": {},
         "rootfs": {"type": "layers", "diff_ids": []},
     }))?;
-    let start = http
-        .post(format!("http://{registry}/v2/{repository}/blobs/uploads/"))
-        .send()
-        .await?
-        .error_for_status()?;
-    let location = start.headers()["location"].to_str()?.to_owned();
-    let location = if location.starts_with('/') {
-        format!("http://{registry}{location}")
-    } else {
-        location
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    http.put(format!("{location}{sep}digest={}", digest(&config)))
-        .body(config.clone())
-        .send()
-        .await?
-        .error_for_status()?;
+    let config = put_blob(
+        registry,
+        repository,
+        &config,
+        "application/vnd.oci.image.config.v1+json",
+    )
+    .await?;
     let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": digest(&config), "size": config.len()},
-        "layers": [],
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [],
     }))?;
     let d = digest(&manifest);
-    http.put(format!("http://{registry}/v2/{repository}/manifests/{d}"))
-        .header("content-type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await?
-        .error_for_status()?;
+    put_manifest(registry, repository, &d, &manifest, OCI_MANIFEST).await?;
     Ok(ChildImage {
         platform: format!("linux/{arch}").parse()?,
         digest: d,
