@@ -417,6 +417,11 @@ pub struct WorkersArgs {
     /// Output format of the list
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Table)]
     pub format: Format,
+
+    /// Keep watching: print the list again each time a worker attaches, detaches or changes
+    /// (slots in use, drain, pause, health), until interrupted
+    #[arg(long, short = 'w')]
+    pub watch: bool,
 }
 
 /// What `manifold workers` can do besides listing.
@@ -1111,7 +1116,9 @@ mod tests {
     #[test]
     fn workers_lists_or_drains_one() {
         match cli(&["workers", "--format", "json"]).command {
-            Command::Workers(w) => assert!(w.action.is_none() && w.format == Format::Json),
+            Command::Workers(w) => {
+                assert!(w.action.is_none() && w.format == Format::Json && !w.watch)
+            }
             other => panic!("{other:?}"),
         }
         match cli(&["workers", "drain", "x86-1"]).command {

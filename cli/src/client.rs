@@ -712,6 +712,18 @@ impl Coordinator {
         Ok(response.into_inner().workers)
     }
 
+    /// `Workers.Watch`: the attached workers now, then again after each change.
+    pub async fn watch_workers(
+        &self,
+    ) -> Result<tonic::Streaming<v1::ListWorkersResponse>, ClientError> {
+        let response = self
+            .workers()
+            .watch(v1::WatchWorkersRequest {})
+            .await
+            .map_err(|s| self.status_error("watching the workers", s))?;
+        Ok(response.into_inner())
+    }
+
     /// `Builds.Logs`: every recorded line of the build (of `platform` only, when given), oldest
     /// first.
     pub async fn build_logs(

@@ -459,12 +459,32 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// `manifold workers`.
-pub async fn workers(coordinator: &Coordinator, format: Format) -> Result<(), CommandError> {
-    let workers = coordinator.list_workers().await?;
-    match format {
-        Format::Table => print!("{}", listing::workers_table(&workers, now_ms())),
-        Format::Json => println!("{}", listing::workers_json(&workers)),
+/// `manifold workers [--watch]`: the list; with `watch`, again after each change (a blank line
+/// between two tables), until the coordinator ends the stream.
+pub async fn workers(
+    coordinator: &Coordinator,
+    format: Format,
+    watch: bool,
+) -> Result<(), CommandError> {
+    let print = |workers: &[v1::WorkerInfo]| match format {
+        Format::Table => print!("{}", listing::workers_table(workers, now_ms())),
+        Format::Json => println!("{}", listing::workers_json(workers)),
+    };
+    if !watch {
+        print(&coordinator.list_workers().await?);
+        return Ok(());
+    }
+    let mut lists = coordinator.watch_workers().await?;
+    let mut first = true;
+    while let Some(list) = lists
+        .message()
+        .await
+        .map_err(|s| coordinator.status_error("watching the workers", s))?
+    {
+        if !std::mem::take(&mut first) && format == Format::Table {
+            println!();
+        }
+        print(&list.workers);
     }
     Ok(())
 }

@@ -261,6 +261,9 @@ struct Inner {
     sent: writer::SentLog,
     /// Cancelled when this farm's term ends (shutdown, lost leadership, fenced write).
     term: CancellationToken,
+    /// Counts the transitions applied: what a watcher of the workers waits on
+    /// ([`Farm::transitions`]).
+    transitions: watch::Sender<u64>,
 }
 
 /// The pure state and what the handle keeps beside it to apply its effects, under one lock so
@@ -311,6 +314,7 @@ impl Farm {
                 store,
                 sent,
                 term,
+                transitions: watch::channel(0).0,
             }),
         };
         {
@@ -348,6 +352,7 @@ impl Farm {
         effects: Effects,
         done: Option<oneshot::Sender<Result<(), StoreError>>>,
     ) {
+        self.inner.transitions.send_modify(|n| *n += 1);
         let Effects {
             persist,
             send,
@@ -560,6 +565,12 @@ impl Farm {
     /// The attached workers.
     pub fn workers(&self) -> Vec<WorkerView> {
         self.lock().state.workers()
+    }
+
+    /// Changes after every transition (not after a heartbeat that only says the worker is
+    /// alive): a watcher of [`Farm::workers`] reads them again then.
+    pub fn transitions(&self) -> watch::Receiver<u64> {
+        self.inner.transitions.subscribe()
     }
 
     /// `manifold workers drain NAME`: the worker gets no new job and is told to drain: finish its

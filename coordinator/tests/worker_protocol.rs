@@ -282,27 +282,39 @@ impl FakeWorker {
     }
 }
 
-async fn workers_list(c: &Coordinator) -> Vec<v1::WorkerInfo> {
-    v1::workers_client::WorkersClient::connect(c.url.clone())
+/// Follows `Workers.Watch` until a list of the attached workers satisfies `check`
+/// ([`support::PATIENCE`] at most), then panics naming `what` it waited for.
+async fn wait_workers(c: &Coordinator, what: &str, check: impl Fn(&[v1::WorkerInfo]) -> bool) {
+    let mut lists = v1::workers_client::WorkersClient::connect(c.url.clone())
         .await
         .unwrap()
-        .list(v1::ListWorkersRequest {})
+        .watch(v1::WatchWorkersRequest {})
         .await
         .unwrap()
-        .into_inner()
-        .workers
+        .into_inner();
+    let seen = tokio::time::timeout(support::PATIENCE, async {
+        while let Some(list) = lists.message().await.unwrap() {
+            if check(&list.workers) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    match seen {
+        Ok(true) => {}
+        Ok(false) => panic!("the workers' watch ended before {what}"),
+        Err(_) => panic!("timed out after {:?} waiting for {what}", support::PATIENCE),
+    }
 }
 
 /// Waits until no worker is called `name` (the coordinator saw its stream end).
 async fn wait_gone(c: &Coordinator, name: &str) {
     let what = format!("worker {name} to be detached");
-    support::eventually(&what, || async {
-        (!workers_list(c).await.iter().any(|w| w.name == name)).then_some(())
-    })
-    .await
+    wait_workers(c, &what, |workers| !workers.iter().any(|w| w.name == name)).await
 }
 
-/// Waits until `Workers.List` shows the worker `name` as `check` wants it (`state` says how).
+/// Waits until `Workers.Watch` shows the worker `name` as `check` wants it (`state` says how).
 async fn wait_worker(
     c: &Coordinator,
     name: &str,
@@ -310,12 +322,8 @@ async fn wait_worker(
     check: impl Fn(&v1::WorkerInfo) -> bool,
 ) {
     let what = format!("worker {name} to be listed {state}");
-    support::eventually(&what, || async {
-        let workers = workers_list(c).await;
-        workers
-            .iter()
-            .any(|w| w.name == name && check(w))
-            .then_some(())
+    wait_workers(c, &what, |workers| {
+        workers.iter().any(|w| w.name == name && check(w))
     })
     .await
 }
@@ -608,6 +616,38 @@ async fn drain_tells_the_worker_and_no_new_job_goes_to_it() {
     // Another worker of the platform takes the job.
     let mut other = FakeWorker::attach(&c, "x86-2", "linux/amd64").await;
     assert_eq!(other.expect_assign().await.attempt, 1);
+}
+
+#[tokio::test]
+async fn a_watch_of_the_workers_sends_each_change_once_and_nothing_for_heartbeats_alone() {
+    let c = start(FarmConfig::default()).await;
+    let mut lists = v1::workers_client::WorkersClient::connect(c.url.clone())
+        .await
+        .unwrap()
+        .watch(v1::WatchWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // What each list says of the workers: name and whether it drains.
+    let mut next = async || -> Vec<(String, bool)> {
+        let list = tokio::time::timeout(support::PATIENCE, lists.message())
+            .await
+            .expect("a list of workers within the patience")
+            .unwrap()
+            .expect("the watch still open");
+        list.workers
+            .into_iter()
+            .map(|w| (w.name, w.draining))
+            .collect()
+    };
+    assert_eq!(next().await, vec![], "the first list is the farm now");
+    let x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    assert_eq!(next().await, vec![("x86".to_owned(), false)]);
+    // Its heartbeats (every 100 ms) go on; only the one that says it drains changes the list.
+    x86.set_status(None, true);
+    assert_eq!(next().await, vec![("x86".to_owned(), true)]);
+    drop(x86);
+    assert_eq!(next().await, vec![], "the detach");
 }
 
 #[tokio::test]

@@ -1,11 +1,59 @@
 //! Draining a worker, by SIGTERM or by `manifold workers drain NAME`: its running job finishes and
 //! succeeds, no new job goes to it (a build submitted meanwhile waits, then runs on another
 //! worker), `manifold workers` shows it draining, and the worker says goodbye and exits 0.
+//! `manifold workers --watch`, started before the drain, prints the worker busy, then draining,
+//! then gone, each as its own list.
 
 use std::time::{Duration, Instant};
 
 use manifold_proto::v1;
 use manifold_tests::{Env, TestFarm, context_dir, show};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::ChildStdout;
+
+/// `manifold workers --watch --format json` as it prints: one JSON document per list.
+struct Watching(Lines<BufReader<ChildStdout>>);
+
+impl Watching {
+    /// Reads lists until one has what `wanted` looks for (30 s at most); returns that list's
+    /// (name, status, slots in use) per worker.
+    async fn until(
+        &mut self,
+        what: &str,
+        wanted: impl Fn(&[(String, String, u64)]) -> bool,
+    ) -> anyhow::Result<Vec<(String, String, u64)>> {
+        let read = async {
+            let mut doc = String::new();
+            while let Some(line) = self.0.next_line().await? {
+                doc.push_str(&line);
+                // Each list is a pretty-printed object: its last line is a lone `}`.
+                if line != "}" {
+                    continue;
+                }
+                let list: serde_json::Value = serde_json::from_str(&std::mem::take(&mut doc))?;
+                let workers: Vec<(String, String, u64)> = list["workers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|w| {
+                        (
+                            w["name"].as_str().unwrap_or_default().to_owned(),
+                            w["status"].as_str().unwrap_or_default().to_owned(),
+                            w["slots_in_use"].as_u64().unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                if wanted(&workers) {
+                    return Ok(workers);
+                }
+            }
+            anyhow::bail!("`manifold workers --watch` ended before {what}")
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .map_err(|_| anyhow::anyhow!("`manifold workers --watch` showed no {what} in 30 s"))?
+    }
+}
 
 /// How the drain is asked for.
 enum Ask {
@@ -40,6 +88,11 @@ async fn drain_finishes_the_running_job_and_takes_no_new_one(ask: Ask) -> anyhow
     farm.wait_log_line(&running, None, &marker, Duration::from_secs(90))
         .await?;
 
+    let mut watcher = farm.cli_child(["workers", "--watch", "--format", "json"])?;
+    let mut watching = Watching(BufReader::new(watcher.stdout.take().unwrap()).lines());
+    let busy =
+        |w: &[(String, String, u64)]| w.iter().any(|w| *w == ("x86".into(), "ready".into(), 1));
+    watching.until("x86 running its job", busy).await?;
     match ask {
         Ask::Sigterm => farm.signal_worker("x86", "TERM").await?,
         Ask::Cli => {
@@ -88,6 +141,20 @@ async fn drain_finishes_the_running_job_and_takes_no_new_one(ask: Ask) -> anyhow
         .wait_worker_exit("x86", Duration::from_secs(60))
         .await?;
     assert_eq!(status.code(), Some(0), "{}", farm.worker_log("x86"));
+    let draining = watching
+        .until("x86 draining", |w| {
+            w.iter().any(|w| w.0 == "x86" && w.1 == "draining")
+        })
+        .await?;
+    assert_eq!(
+        draining,
+        [("x86".into(), "draining".into(), 1)],
+        "its job still runs"
+    );
+    watching
+        .until("x86 gone", |w| !w.iter().any(|w| w.0 == "x86"))
+        .await?;
+    watcher.kill().await?;
     assert!(
         farm.worker_log("x86").contains("said goodbye"),
         "{}",

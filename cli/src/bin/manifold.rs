@@ -89,7 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workers(args) => {
             let coordinator = connect(&flags).await?;
             match args.action {
-                None => commands::workers(&coordinator, args.format).await?,
+                None => commands::workers(&coordinator, args.format, args.watch).await?,
                 Some(WorkersAction::Drain(drain)) => {
                     commands::drain_worker(&coordinator, &drain.name).await?
                 }

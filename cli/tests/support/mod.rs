@@ -372,6 +372,15 @@ impl Workers for Service {
         }))
     }
 
+    type WatchStream = ReceiverStream<Result<v1::ListWorkersResponse, Status>>;
+
+    async fn watch(
+        &self,
+        _: Request<v1::WatchWorkersRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
     async fn drain(
         &self,
         request: Request<v1::DrainWorkerRequest>,

@@ -84,25 +84,5 @@ pub fn amd64_hello(name: &str, owner: Option<&str>) -> WorkerHello {
     }
 }
 
-/// How long [`eventually`] waits.
+/// How long a test waits for a state a stream announces (`Workers.Watch`, `Builds.Watch`).
 pub const PATIENCE: Duration = Duration::from_secs(10);
-
-/// Asks `probe` every 20 ms until it answers `Some`, for [`PATIENCE`] at most, then panics
-/// naming `what` it waited for. Only for a state the coordinator announces no event of (what
-/// `Workers.List` shows of a worker's heartbeats); where a stream says it (`Builds.Watch`, a
-/// worker's messages), wait on the stream.
-pub async fn eventually<T, Fut>(what: &str, mut probe: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {PATIENCE:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}

@@ -48,6 +48,7 @@ pub struct Fake {
 impl Workers for Fake {
     type AttachStream = ReceiverStream<Result<v1::CoordinatorMessage, Status>>;
     type DownloadContextStream = ReceiverStream<Result<v1::ContextChunk, Status>>;
+    type WatchStream = ReceiverStream<Result<v1::ListWorkersResponse, Status>>;
 
     async fn attach(
         &self,
@@ -107,6 +108,13 @@ impl Workers for Fake {
         &self,
         _: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn watch(
+        &self,
+        _: Request<v1::WatchWorkersRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         Err(Status::unimplemented("not in this fake"))
     }
 
