@@ -408,6 +408,12 @@ impl Farm {
             done,
             ..Batch::default()
         };
+        self.write(batch);
+    }
+
+    /// Hands a batch to the writer task; its `done` learns the outcome (an error if the writer
+    /// has stopped).
+    fn write(&self, batch: Batch) {
         if let Err(mpsc::error::SendError(batch)) = self.inner.writes.send(batch)
             && let Some(done) = batch.done
         {
@@ -460,9 +466,17 @@ impl Farm {
             .map_err(|e| StoreError::Backend(format!("validating the request: {e}")))??;
         self.inner.config.repositories.check(&by.team, &spec)?;
         // Durable before the farm holds it: a build the store cannot write (a full state disk)
-        // is refused here and never listed.
+        // is refused here and never listed. It goes with the writer's next group write, with
+        // the records and the other submits waiting then: one commit for all of them.
         let build = FarmState::new_build(spec, request, by, now());
-        writer::save(&*self.inner.store, std::slice::from_ref(&build)).await?;
+        let (done, written) = oneshot::channel();
+        self.write(Batch {
+            builds: vec![build.clone()],
+            new: true,
+            done: Some(done),
+            ..Batch::default()
+        });
+        durable(written).await?;
         let id = build.id;
         {
             let mut sh = self.lock();

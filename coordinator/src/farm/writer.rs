@@ -24,6 +24,9 @@ const LOG_FLUSH_BYTES: usize = 256 * 1024;
 #[derive(Default)]
 pub(super) struct Batch {
     pub builds: Vec<Build>,
+    /// `builds` are new (a submit): when the write fails they are dropped, not kept and written
+    /// again, and `done` says so; the submit is refused and the build never listed.
+    pub new: bool,
     pub messages: Vec<(mpsc::UnboundedSender<ToWorker>, ToWorker)>,
     /// Output lines, buffered and written in batches (never one write per line).
     pub logs: Vec<LogLines>,
@@ -135,6 +138,11 @@ pub(super) async fn write_loop(
                 Err(e) if ids.iter().any(|id| unsaved.holds(*id)) => Err(e.clone()),
                 _ => Ok(()),
             };
+            if batch.new && outcome.is_err() {
+                for id in &ids {
+                    unsaved.held.remove(id);
+                }
+            }
             assignments.extend(batch.messages.iter().filter_map(|(_, m)| match m {
                 ToWorker::Assign(spec) => Some((spec.job, spec.attempt)),
                 _ => None,
@@ -262,7 +270,7 @@ impl Unsaved {
 /// Saves records in one group write, retrying backend errors with backoff (a full disk is not
 /// retried here: it is not a blip); stale records (a newer one is there already, as after a
 /// replay) count as done.
-pub(super) async fn save(store: &dyn StateStore, builds: &[Build]) -> Result<(), StoreError> {
+async fn save(store: &dyn StateStore, builds: &[Build]) -> Result<(), StoreError> {
     let mut delay = Duration::from_millis(100);
     loop {
         match store.save_all(builds).await {
@@ -396,6 +404,8 @@ mod tests {
     struct SmallDisk {
         store: MemoryStore,
         full: AtomicBool,
+        /// Group writes asked for.
+        writes: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait]
@@ -413,6 +423,13 @@ mod tests {
                 ));
             }
             self.store.save(build).await
+        }
+        async fn save_all(&self, builds: &[Build]) -> Result<(), StoreError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            for build in builds {
+                self.save(build).await?;
+            }
+            Ok(())
         }
         async fn delete(&self, id: BuildId) -> Result<(), StoreError> {
             self.store.delete(id).await
@@ -480,5 +497,74 @@ mod tests {
         done.await.unwrap().unwrap();
         assert_eq!(worker.try_recv().unwrap(), ToWorker::Drain);
         assert_eq!(disk.load().await.unwrap(), vec![b]);
+    }
+
+    /// Submits wait for one group write, never for one each; a new build the disk refuses is
+    /// refused and dropped (the submit fails, the build is never written), while a refused
+    /// record of a build the farm holds is kept and written once there is room.
+    #[tokio::test(start_paused = true)]
+    async fn new_builds_share_a_group_write_and_one_the_full_disk_refused_is_dropped() {
+        let disk = Arc::new(SmallDisk::default());
+        let (batches, rx) = mpsc::unbounded_channel();
+        let term = CancellationToken::new();
+        tokio::spawn(write_loop(
+            disk.clone(),
+            rx,
+            SentLog::default(),
+            term.clone(),
+        ));
+        let submit = |build: Build| {
+            let (done, rx) = oneshot::channel();
+            let batch = Batch {
+                builds: vec![build],
+                new: true,
+                done: Some(done),
+                ..Batch::default()
+            };
+            batches.send(batch).unwrap();
+            rx
+        };
+
+        let (a, b) = (suite::build(1), suite::build(2));
+        let (a_done, b_done) = (submit(a.clone()), submit(b.clone()));
+        a_done.await.unwrap().unwrap();
+        b_done.await.unwrap().unwrap();
+        assert_eq!(disk.writes.load(Ordering::SeqCst), 1, "one write for both");
+        let mut stored = disk.load().await.unwrap();
+        stored.sort_by_key(|b| b.id);
+        let mut both = vec![a.clone(), b.clone()];
+        both.sort_by_key(|b| b.id);
+        assert_eq!(stored, both);
+
+        disk.full.store(true, Ordering::SeqCst);
+        let held = Build {
+            version: a.version + 1,
+            ..a.clone()
+        };
+        let (to_worker, _worker) = mpsc::unbounded_channel();
+        let (kept, kept_done) = batch(vec![held.clone()], &to_worker);
+        batches.send(kept).unwrap();
+        let c = suite::build(3);
+        let c_done = submit(c.clone());
+        assert!(matches!(
+            kept_done.await.unwrap(),
+            Err(StoreError::DiskFull(_))
+        ));
+        assert!(matches!(
+            c_done.await.unwrap(),
+            Err(StoreError::DiskFull(_))
+        ));
+
+        disk.full.store(false, Ordering::SeqCst);
+        tokio::time::sleep(UNSAVED_RETRY * 2).await;
+        let stored = disk.load().await.unwrap();
+        assert!(
+            stored.contains(&held),
+            "the held build's record is written once there is room"
+        );
+        assert!(
+            !stored.iter().any(|s| s.id == c.id),
+            "the refused submit is never written"
+        );
     }
 }
