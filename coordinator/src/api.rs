@@ -70,6 +70,8 @@ pub struct Api {
     limits: std::sync::Arc<crate::limits::Limits>,
     /// Wrong tokens per source address, to slow guessing.
     throttle: std::sync::Arc<std::sync::Mutex<crate::throttle::Throttle>>,
+    /// Image checks wait their registry's turn.
+    checks: std::sync::Arc<crate::verify::Turns>,
 }
 
 impl Api {
@@ -87,6 +89,7 @@ impl Api {
             distrusted: Default::default(),
             limits: std::sync::Arc::new(limits),
             throttle: Default::default(),
+            checks: Default::default(),
         }
     }
 
@@ -1144,8 +1147,10 @@ impl workers_server::Workers for Api {
                                     };
                                     let registry = farm.config().registry.clone();
                                     let attempt = r.attempt;
+                                    let turns = api.checks.clone();
                                     checks.spawn(async move {
                                         let verdict = crate::verify::verify(
+                                            &turns,
                                             &registry,
                                             &repository,
                                             &platform,

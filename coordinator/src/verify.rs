@@ -12,13 +12,46 @@
 //!
 //! Any mismatch fails the attempt like an infrastructure failure (counted, retried), with a message
 //! naming the worker; a registry that cannot be read fails it the same way. The decisions are the
-//! pure [`check_manifest`] and [`check_config`]; [`verify`] does the two reads.
+//! pure [`check_manifest`] and [`check_config`]; [`verify`] does the two reads, at most
+//! [`CHECKS_PER_REGISTRY`] at once per registry ([`Turns`]): a thousand workers reporting at once
+//! would otherwise open a thousand connections to the one registry, which then spends more per
+//! request (measured on Debian's registry: 1.14 ms of CPU per manifest read over 8 connections,
+//! 1.49 ms over 2,000) and answers no sooner.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use manifold_proto::Platform;
 use manifold_registry::inspect::{self, Content, IN_TOTO_ARTIFACT_TYPE};
 use manifold_registry::manifest::{Attestation, OCI_MANIFEST};
 use manifold_registry::{RegistryConfig, RegistryError, Session};
 use sha2::{Digest as _, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Image checks in flight per registry at most; the others wait their turn, first come first
+/// served.
+pub const CHECKS_PER_REGISTRY: usize = 64;
+
+/// Whose turn it is to check an image, per registry host.
+#[derive(Default)]
+pub struct Turns(std::sync::Mutex<HashMap<String, Arc<Semaphore>>>);
+
+impl Turns {
+    /// Waits for a turn at `registry`; the turn ends when the permit is dropped.
+    pub async fn take(&self, registry: &str) -> OwnedSemaphorePermit {
+        let turns = self
+            .0
+            .lock()
+            .expect("turns lock poisoned")
+            .entry(registry.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(CHECKS_PER_REGISTRY)))
+            .clone();
+        turns
+            .acquire_owned()
+            .await
+            .expect("the turns are never closed")
+    }
+}
 
 /// What a worker reported for an attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,8 +248,10 @@ pub fn check_config(expected: &Platform, digest: &str, bytes: &[u8]) -> Result<(
 }
 
 /// Reads the reported manifest and its config from `repository` (`registry/repository`) and checks
-/// them against the job's `platform`; with the build team's login for that registry, if any.
+/// them against the job's `platform`; with the build team's login for that registry, if any; on
+/// that registry's turn.
 pub async fn verify(
+    turns: &Turns,
     config: &RegistryConfig,
     repository: &str,
     platform: &Platform,
@@ -230,6 +265,7 @@ pub async fn verify(
     let reference =
         manifold_registry::reference::parse(&format!("{repository}@{}", reported.digest))
             .map_err(|_| missing())?;
+    let _turn = turns.take(reference.registry()).await;
     let session = Session::open_with_logins(config, &[reference.registry()], logins).await?;
     session
         .authenticate(
@@ -423,5 +459,26 @@ mod tests {
         assert!(err.contains("linux/arm/v6"), "{err}");
         let err = check(&arm64, r#"{"rootfs":{}}"#).unwrap_err();
         assert!(err.contains("not a usable image manifest"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn checks_wait_their_registrys_turn_and_only_theirs() {
+        let turns = Turns::default();
+        let mut held = Vec::new();
+        for _ in 0..CHECKS_PER_REGISTRY {
+            held.push(turns.take("registry.a:5000").await);
+        }
+        let waiting = turns.take("registry.a:5000");
+        tokio::pin!(waiting);
+        assert!(
+            futures::poll!(waiting.as_mut()).is_pending(),
+            "one check more than the registry's turns waits"
+        );
+        // Another registry's checks do not wait behind it.
+        let other = turns.take("registry.b").await;
+        drop(other);
+        // A turn ends: the waiting check goes.
+        held.pop();
+        assert!(futures::poll!(waiting.as_mut()).is_ready());
     }
 }

@@ -410,7 +410,10 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::
 
 /// A registry of the test's own (Debian's docker-registry) on a free loopback port, which the
 /// test may stop and start again; its content survives (same root folder). No access log: the
-/// load benchmarks send it hundreds of thousands of requests.
+/// load benchmarks send it hundreds of thousands of requests. `GOGC=800`: at Go's default the
+/// collector took about half of its CPU on those small requests (measured with wrk, 8
+/// connections, one manifest GET by digest: 808 requests/s at 1.67 cores by default, 1,476/s at
+/// 1.77 cores with GOGC=800; its peak RSS 190 MiB with 64 connections).
 pub struct PrivateRegistry {
     /// `127.0.0.1:PORT`
     pub host: String,
@@ -480,6 +483,7 @@ impl PrivateRegistry {
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&self.config)
+            .env("GOGC", "800")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
