@@ -16,7 +16,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 use super::{
     BuildSummary, StateStore, StoreError, build_key, decode, decode_chunk, decode_summary, encode,
-    encode_chunk, encode_summary, index_key, is_disk_full, log_key, log_prefix,
+    encode_chunk, encode_summary, index_key, is_disk_full, log_key, log_prefix, stored_version,
 };
 use crate::build::Build;
 use crate::logs::{LogChunk, LogWrite};
@@ -239,7 +239,7 @@ impl StateStore for EmbeddedStore {
             {
                 let mut table = tx.open_table(STATE).map_err(fault)?;
                 let stored = match table.get(key.as_str()).map_err(fault)? {
-                    Some(v) => Some(decode(&key, v.value())?.version),
+                    Some(v) => Some(stored_version(&key, v.value())?),
                     None => None,
                 };
                 if let Some(stored) = stored.filter(|s| *s >= build.version) {
@@ -285,7 +285,7 @@ impl StateStore for EmbeddedStore {
                 let mut index = tx.open_table(INDEX).map_err(fault)?;
                 for (key, version, bytes, index_key, summary) in &records {
                     let stored = match table.get(key.as_str()).map_err(fault)? {
-                        Some(v) => Some(decode(key, v.value())?.version),
+                        Some(v) => Some(stored_version(key, v.value())?),
                         None => None,
                     };
                     if stored.is_some_and(|s| s >= *version) {

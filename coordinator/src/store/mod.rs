@@ -187,6 +187,21 @@ fn decode(key: &str, bytes: &[u8]) -> Result<Build, StoreError> {
     })
 }
 
+/// The version of the stored record `bytes`, without decoding the rest of it: what a write
+/// compares before it overwrites a record.
+fn stored_version(key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: u64,
+    }
+    serde_json::from_slice::<Versioned>(bytes)
+        .map(|v| v.version)
+        .map_err(|e| StoreError::Corrupt {
+            key: key.to_owned(),
+            cause: e.to_string(),
+        })
+}
+
 /// The record key of a build under `prefix`.
 pub fn build_key(prefix: &str, id: BuildId) -> String {
     format!("{prefix}/builds/{id}")
@@ -449,5 +464,24 @@ pub(crate) mod suite {
         store.save(&b).await.unwrap();
         store.delete(a.id).await.unwrap();
         assert_eq!(store.load().await.unwrap(), vec![b]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_records_version_is_read_without_the_rest() {
+        for version in [0, 1, 7, u64::from(u32::MAX) + 1] {
+            let b = suite::build(version);
+            assert_eq!(stored_version("k", &encode(&b)).unwrap(), version);
+            assert_eq!(decode("k", &encode(&b)).unwrap().version, version);
+        }
+        let err = stored_version("state/builds/x", b"{\"jobs\":[]}").unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { key, .. } if key == "state/builds/x"),
+            "{err:?}"
+        );
     }
 }
