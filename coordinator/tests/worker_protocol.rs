@@ -282,16 +282,21 @@ impl FakeWorker {
     }
 }
 
-/// Follows `Workers.Watch` until a list of the attached workers satisfies `check`
-/// ([`support::PATIENCE`] at most), then panics naming `what` it waited for.
-async fn wait_workers(c: &Coordinator, what: &str, check: impl Fn(&[v1::WorkerInfo]) -> bool) {
-    let mut lists = v1::workers_client::WorkersClient::connect(c.url.clone())
+/// A `Workers.Watch` stream: the attached workers now, then after each change.
+async fn watch_workers(c: &Coordinator) -> tonic::Streaming<v1::ListWorkersResponse> {
+    v1::workers_client::WorkersClient::connect(c.url.clone())
         .await
         .unwrap()
         .watch(v1::WatchWorkersRequest {})
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+/// Follows `Workers.Watch` until a list of the attached workers satisfies `check`
+/// ([`support::PATIENCE`] at most), then panics naming `what` it waited for.
+async fn wait_workers(c: &Coordinator, what: &str, check: impl Fn(&[v1::WorkerInfo]) -> bool) {
+    let mut lists = watch_workers(c).await;
     let seen = tokio::time::timeout(support::PATIENCE, async {
         while let Some(list) = lists.message().await.unwrap() {
             if check(&list.workers) {
@@ -621,13 +626,7 @@ async fn drain_tells_the_worker_and_no_new_job_goes_to_it() {
 #[tokio::test]
 async fn a_watch_of_the_workers_sends_each_change_once_and_nothing_for_heartbeats_alone() {
     let c = start(FarmConfig::default()).await;
-    let mut lists = v1::workers_client::WorkersClient::connect(c.url.clone())
-        .await
-        .unwrap()
-        .watch(v1::WatchWorkersRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut lists = watch_workers(&c).await;
     // What each list says of the workers: name and whether it drains.
     let mut next = async || -> Vec<(String, bool)> {
         let list = tokio::time::timeout(support::PATIENCE, lists.message())
