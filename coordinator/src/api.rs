@@ -28,6 +28,8 @@ use crate::farm::{
 use crate::paging::PageQuery;
 use crate::store::{StoreError, is_disk_full};
 
+mod workers_watch;
+
 /// Most builds one `Builds.List` answers (a larger `limit` is cut to this).
 pub const MAX_LIST_BUILDS: usize = crate::paging::MAX_PAGE;
 
@@ -601,60 +603,6 @@ fn unhealthy_reason(reason: String) -> String {
     } else {
         reason
     }
-}
-
-/// The shortest time between two lists of a `Workers.Watch` stream.
-const WORKERS_WATCH_GAP: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// The lists of a `Workers.Watch` stream: `snapshot` now, then again after each of the farm's
-/// `transitions` that changed it in more than heartbeat times, [`WORKERS_WATCH_GAP`] apart at
-/// least; until the caller goes away or this coordinator's term ends (`stopped`).
-async fn follow_workers(
-    mut transitions: tokio::sync::watch::Receiver<u64>,
-    stopped: tokio_util::sync::CancellationToken,
-    snapshot: impl Fn() -> Vec<v1::WorkerInfo>,
-    tx: mpsc::Sender<Result<v1::ListWorkersResponse, Status>>,
-) {
-    let mut sent: Option<Vec<v1::WorkerInfo>> = None;
-    loop {
-        transitions.borrow_and_update();
-        let workers = snapshot();
-        if sent
-            .as_ref()
-            .is_none_or(|s| !same_but_heartbeats(s, &workers))
-        {
-            let list = v1::ListWorkersResponse {
-                workers: workers.clone(),
-            };
-            if tx.send(Ok(list)).await.is_err() {
-                return;
-            }
-            sent = Some(workers);
-        }
-        tokio::select! {
-            r = transitions.changed() => if r.is_err() { return },
-            _ = tx.closed() => return,
-            _ = stopped.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("this coordinator stepped down; watch again to follow the workers on the new leader"))).await;
-                return;
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(WORKERS_WATCH_GAP) => {}
-            _ = tx.closed() => return,
-        }
-    }
-}
-
-/// Whether two lists of workers differ only in when each was last heard from.
-fn same_but_heartbeats(a: &[v1::WorkerInfo], b: &[v1::WorkerInfo]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(a, b)| {
-            v1::WorkerInfo {
-                last_heartbeat_ms: b.last_heartbeat_ms,
-                ..a.clone()
-            } == *b
-        })
 }
 
 fn worker_to_wire(w: WorkerView) -> v1::WorkerInfo {
@@ -1285,7 +1233,7 @@ impl workers_server::Workers for Api {
         // One list in flight: while the caller reads slowly, changes pile up as one.
         let (tx, rx) = mpsc::channel(1);
         let snapshot = move || farm.workers().into_iter().map(worker_to_wire).collect();
-        tokio::spawn(follow_workers(transitions, stopped, snapshot, tx));
+        tokio::spawn(workers_watch::follow(transitions, stopped, snapshot, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -1360,103 +1308,4 @@ fn owner_or_admin(farm: &Farm, caller: &Caller, name: &str, action: &str) -> Res
         )));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use super::*;
-
-    fn worker(name: &str, slots_in_use: u32, last_heartbeat_ms: i64) -> v1::WorkerInfo {
-        v1::WorkerInfo {
-            name: name.into(),
-            slots: 2,
-            slots_in_use,
-            last_heartbeat_ms,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_workers_watch_sends_again_for_anything_but_heartbeat_times() {
-        let before = [worker("x86", 0, 1_000), worker("arm", 1, 1_000)];
-        let cases: [(&str, Vec<v1::WorkerInfo>, bool); 5] = [
-            ("the same", before.to_vec(), true),
-            (
-                "heard from later",
-                vec![worker("x86", 0, 2_000), worker("arm", 1, 3_000)],
-                true,
-            ),
-            (
-                "a slot taken",
-                vec![worker("x86", 1, 1_000), worker("arm", 1, 1_000)],
-                false,
-            ),
-            ("one detached", vec![worker("x86", 0, 1_000)], false),
-            (
-                "another in its place",
-                vec![worker("x86", 0, 1_000), worker("mac", 1, 1_000)],
-                false,
-            ),
-        ];
-        for (what, after, same) in cases {
-            assert_eq!(same_but_heartbeats(&before, &after), same, "{what}");
-        }
-    }
-
-    /// A watch of the workers at exact (paused) times: the list now; nothing for transitions
-    /// that changed only heartbeat times; the next change at least the gap after the last list;
-    /// changes in between sent as one.
-    #[tokio::test(start_paused = true)]
-    async fn a_workers_watch_sends_changes_only_and_spaces_them() {
-        let (bump, transitions) = tokio::sync::watch::channel(0u64);
-        let farm = Arc::new(std::sync::Mutex::new(vec![worker("x86", 0, 1_000)]));
-        let (tx, mut rx) = mpsc::channel(1);
-        let stopped = tokio_util::sync::CancellationToken::new();
-        let shown = farm.clone();
-        tokio::spawn(follow_workers(
-            transitions,
-            stopped.clone(),
-            move || shown.lock().unwrap().clone(),
-            tx,
-        ));
-        let slots = |list: Result<v1::ListWorkersResponse, Status>| -> Vec<u32> {
-            list.unwrap()
-                .workers
-                .iter()
-                .map(|w| w.slots_in_use)
-                .collect()
-        };
-        let t0 = tokio::time::Instant::now();
-        assert_eq!(slots(rx.recv().await.unwrap()), [0], "the list now");
-        // Heard from, five times: no list.
-        for at in 1..=5 {
-            farm.lock().unwrap()[0].last_heartbeat_ms = 1_000 + at;
-            bump.send_modify(|n| *n += 1);
-            tokio::time::sleep(WORKERS_WATCH_GAP).await;
-        }
-        assert!(rx.try_recv().is_err(), "a list for heartbeats alone");
-        // Two changes 1 ms apart: one list, a gap after the last one.
-        let before = tokio::time::Instant::now();
-        farm.lock().unwrap()[0].slots_in_use = 1;
-        bump.send_modify(|n| *n += 1);
-        assert_eq!(slots(rx.recv().await.unwrap()), [1]);
-        farm.lock().unwrap()[0].slots_in_use = 2;
-        bump.send_modify(|n| *n += 1);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        farm.lock().unwrap().push(worker("arm", 0, 1_000));
-        bump.send_modify(|n| *n += 1);
-        let list = rx.recv().await.unwrap();
-        assert_eq!(slots(list), [2, 0], "both changes in one list");
-        assert_eq!(tokio::time::Instant::now() - before, WORKERS_WATCH_GAP);
-        assert!(before - t0 >= WORKERS_WATCH_GAP * 5);
-        // The term ends: the watcher is told, and the stream ends.
-        stopped.cancel();
-        bump.send_modify(|n| *n += 1);
-        let end = rx.recv().await.unwrap().unwrap_err();
-        assert_eq!(end.code(), tonic::Code::Unavailable);
-        assert!(rx.recv().await.is_none());
-    }
 }
