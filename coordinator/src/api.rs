@@ -1086,11 +1086,10 @@ impl workers_server::Workers for Api {
                                             })
                                             .collect(),
                                     };
-                                    let Some((platform, repository, logins)) =
-                                        farm.attempt_target(job, r.attempt)
+                                    // The worker's slot is free from here; the job waits
+                                    // for the check.
+                                    let Some(target) = farm.reported(&session, job, r.attempt)
                                     else {
-                                        // Not current: the farm ignores it, unchecked.
-                                        farm.result(&session, job, r.attempt, pushed(reported));
                                         continue;
                                     };
                                     let registry = farm.config().registry.clone();
@@ -1100,10 +1099,10 @@ impl workers_server::Workers for Api {
                                         let verdict = crate::verify::verify(
                                             &turns,
                                             &registry,
-                                            &repository,
-                                            &platform,
+                                            &target.repository,
+                                            &target.platform,
                                             &reported,
-                                            &logins,
+                                            &target.logins,
                                         )
                                         .await;
                                         (job, attempt, verdict.map(|()| reported))
@@ -1132,8 +1131,11 @@ impl workers_server::Workers for Api {
                         Some(Msg::Hello(_)) | None => {}
                     }
                 }
-                // Results still being checked count: a draining worker says goodbye right after
-                // its last result, and that result must not be lost with the stream.
+                // The worker is done with the jobs whose images are being checked: it leaves
+                // now, and their checks still count (a draining worker says goodbye right after
+                // its last result, which must not be lost with the stream).
+                farm.detach(&session);
+                drop(tx);
                 while !stopped.is_cancelled()
                     && let Some(joined) = checks.join_next().await
                 {
@@ -1141,8 +1143,6 @@ impl workers_server::Workers for Api {
                         api.checked(&farm, &session, job, attempt, checked);
                     }
                 }
-                farm.detach(&session);
-                drop(tx);
             },
             span,
         ));

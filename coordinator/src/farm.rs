@@ -50,7 +50,7 @@ use crate::paging::PageError;
 use crate::scheduler::{QueuedJob, Team};
 use crate::store::{StateStore, StoreError};
 use manifold_registry::RegistryConfig;
-pub use state::{Effects, FarmState, Listed, Now, PublishFailure, Retired, Session};
+pub use state::{Effects, FarmState, ImageCheck, Listed, Now, PublishFailure, Retired, Session};
 pub use workers::{WorkerHealth, WorkerHello, WorkerView};
 use writer::{Batch, durable, write_loop};
 
@@ -560,17 +560,6 @@ impl Farm {
         self.lock().state.worker_needs_context(name, digest)
     }
 
-    /// The platform and `registry/repository` of `job` while `attempt` is its current attempt:
-    /// what a worker's reported image is checked against ([`crate::verify`]), with the logins of
-    /// its team for reading it.
-    pub fn attempt_target(
-        &self,
-        job: JobId,
-        attempt: u32,
-    ) -> Option<(Platform, String, Vec<manifold_registry::RegistryLogin>)> {
-        self.lock().state.attempt_target(job, attempt)
-    }
-
     /// Contexts that unfinished builds still need (garbage collection keeps them).
     pub fn referenced_contexts(&self) -> std::collections::HashSet<String> {
         self.lock().state.referenced_contexts()
@@ -638,6 +627,16 @@ impl Farm {
     /// Output lines of an attempt; they also show the attempt is not stuck.
     pub fn log(&self, session: &Session, job: JobId, attempt: u32, lines: Vec<String>) {
         self.transition(|st, now| st.log(session, job, attempt, lines, now));
+    }
+
+    /// The worker reports the image its attempt pushed: its slot is free from now, and the image
+    /// is to be checked against what is returned ([`FarmState::reported`]); `None` for an attempt
+    /// that is not current on that worker.
+    pub fn reported(&self, session: &Session, job: JobId, attempt: u32) -> Option<ImageCheck> {
+        let mut sh = self.lock();
+        let (check, effects) = sh.state.reported(session, job, attempt, now());
+        self.apply(&mut sh, effects, None);
+        check
     }
 
     /// An attempt ended. The result of an attempt that is no longer current changes nothing.

@@ -46,8 +46,8 @@ mod views;
 
 pub use publishing::PublishFailure;
 pub use stored::{Retired, record_history};
-pub use views::Listed;
 pub use views::SinceRestore;
+pub use views::{ImageCheck, Listed};
 
 /// Log lines kept in a build's history; later lines still reach the job's tail.
 pub const MAX_LOG_EVENTS: usize = 50_000;
@@ -106,7 +106,8 @@ pub struct FarmState {
     secrets: HashMap<BuildId, Secrets>,
     /// Jobs of workers that went away: the attempt, and the deadline for the worker's return.
     orphans: HashMap<JobId, (u32, Instant)>,
-    /// Timers of the attempts out on workers (assigned or running).
+    /// Timers of the attempts out on workers (assigned or running), and of those whose worker
+    /// reported its image, while the coordinator checks it.
     live: HashMap<JobId, timers::LiveAttempt>,
     /// When each unfinished build times out (Unix ms).
     deadlines: HashMap<BuildId, i64>,
@@ -358,31 +359,37 @@ impl FarmState {
             self.orphans.remove(&job);
             self.attempt_failed(job, attempt, "worker lost", now);
         }
-        let mut overdue: Vec<(JobId, u32, String)> = Vec::new();
+        let mut overdue: Vec<(JobId, u32, Overdue)> = Vec::new();
         for (job, live) in &self.live {
-            match live.overdue(&self.config, now.at) {
-                Some(Overdue::Unacknowledged) => overdue.push((
-                    *job,
-                    live.attempt,
-                    format!(
-                        "the worker did not acknowledge the assignment within {}",
-                        human_duration(self.config.assign_timeout)
-                    ),
-                )),
-                Some(Overdue::Stuck) => overdue.push((
-                    *job,
-                    live.attempt,
-                    format!(
-                        "no output for {}: treated as stuck (raise --stuck-after for steps that are silent longer)",
-                        human_duration(self.config.stuck_after)
-                    ),
-                )),
-                None => {}
+            if let Some(why) = live.overdue(&self.config, now.at) {
+                overdue.push((*job, live.attempt, why));
             }
         }
-        for (job, attempt, cause) in overdue {
+        for (job, attempt, why) in overdue {
+            let cause = match why {
+                Overdue::Unacknowledged => format!(
+                    "the worker did not acknowledge the assignment within {}",
+                    human_duration(self.config.assign_timeout)
+                ),
+                Overdue::Stuck => format!(
+                    "no output for {}: treated as stuck (raise --stuck-after for steps that are silent longer)",
+                    human_duration(self.config.stuck_after)
+                ),
+                Overdue::Unchecked => format!(
+                    "the coordinator's check of the reported image did not end within {}",
+                    human_duration(timers::CHECK_WINDOW)
+                ),
+            };
             self.live.remove(&job);
-            self.attempt_failed(job, attempt, &cause, now);
+            if why == Overdue::Unchecked {
+                // The worker is done with it: nothing to stop there.
+                if let Some(build_id) = self.current_build(job, attempt) {
+                    self.attempt_over(job);
+                    self.retry_or_give_up(build_id, job, &cause, now);
+                }
+            } else {
+                self.attempt_failed(job, attempt, &cause, now);
+            }
         }
         let timed_out: Vec<BuildId> = self
             .deadlines
@@ -611,9 +618,11 @@ impl FarmState {
                 // The failed job's attempt is over already: its worker said so, or the farm
                 // called it off (and told the worker) before giving up.
                 // A build following another has no attempt of its own to cancel.
+                // Nor has a job whose worker reported its image, being checked.
                 if !is_failed
                     && entry.build.reused.is_none()
                     && matches!(j.state, JobState::Assigned | JobState::Running)
+                    && !self.live.get(&j.id).is_some_and(|l| l.is_checking())
                 {
                     to_cancel.push((j.id, j.attempt, j.worker.clone()));
                 }

@@ -16,6 +16,7 @@ use crate::access::Caller;
 use crate::build::{Build, BuildRequest, BuildSpec, BuildState, JobState};
 use crate::scheduler::Team;
 
+mod checks;
 mod deadlines;
 
 /// One thing that happens to the farm.
@@ -39,8 +40,13 @@ enum Step {
     Accept(&'static str, &'static str, u32),
     /// The worker sends an output line of attempt N.
     Log(&'static str, &'static str, u32),
-    /// The worker pushed attempt N.
+    /// The worker reported the image attempt N pushed; the coordinator starts checking it.
+    Reported(&'static str, &'static str, u32),
+    /// The image of attempt N passed its check (or, in tables that are not about the check, the
+    /// worker pushed it).
     Pushed(&'static str, &'static str, u32),
+    /// The image reported for attempt N failed its check.
+    CheckFailed(&'static str, &'static str, u32),
     /// Attempt N failed: (worker, arch, attempt, retryable, refused).
     Failed(&'static str, &'static str, u32, bool, bool),
     /// The worker confirms it stopped attempt N, as it does after a cancel.
@@ -192,6 +198,23 @@ impl Script {
                     size: 500,
                     media_type: "application/vnd.oci.image.manifest.v1+json".into(),
                     attestations: Vec::new(),
+                };
+                self.state.result(&s, job, n, outcome, now)
+            }
+            Step::Reported(w, arch, n) => {
+                let (s, job) = (self.session(w), self.job(arch));
+                self.state.reported(&s, job, n, now).1
+            }
+            Step::CheckFailed(w, arch, n) => {
+                let (s, job) = (self.session(w), self.job(arch));
+                let outcome = JobOutcome::Failed {
+                    message: format!(
+                        "worker {w} reported an image that failed verification: manifest sha256:{} is not in 127.0.0.1:5000/team/app",
+                        "b".repeat(64)
+                    ),
+                    retryable: true,
+                    cancelled: false,
+                    refused: false,
                 };
                 self.state.result(&s, job, n, outcome, now)
             }

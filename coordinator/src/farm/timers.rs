@@ -9,10 +9,17 @@
 //!   must not fail healthy workers that never saw the assignment.
 //! - An acknowledged attempt is **stuck** once `stuck_after` has passed since its acknowledgement
 //!   or its last output line.
+//! - A reported image is **unchecked** once [`CHECK_WINDOW`] has passed since the worker reported
+//!   it without the coordinator's check ([`crate::verify`]) ending. The worker is done with the
+//!   attempt by then (its slot is free), so it is neither stuck nor unacknowledged; the check's
+//!   registry reads have timeouts of their own, so this only catches a check that never ends.
 
 use std::time::{Duration, Instant};
 
 use super::FarmConfig;
+
+/// How long the coordinator's check of a reported image may take at most.
+pub const CHECK_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// The timers of one attempt out on a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +32,9 @@ pub struct LiveAttempt {
     pub accepted: bool,
     /// The acknowledgement or the last output line.
     pub last_progress: Instant,
+    /// When the worker reported the image its attempt pushed: from then on only the
+    /// coordinator's check of it is awaited.
+    pub reported_at: Option<Instant>,
 }
 
 /// Why an attempt out on a worker is called off.
@@ -34,6 +44,8 @@ pub enum Overdue {
     Unacknowledged,
     /// Acknowledged, then silent for `stuck_after`.
     Stuck,
+    /// Reported, and its image's check did not end within [`CHECK_WINDOW`].
+    Unchecked,
 }
 
 impl LiveAttempt {
@@ -44,6 +56,7 @@ impl LiveAttempt {
             sent_at: None,
             accepted: false,
             last_progress: at,
+            reported_at: None,
         }
     }
 
@@ -73,9 +86,21 @@ impl LiveAttempt {
         self.last_progress = at;
     }
 
+    /// The worker reported the image it pushed at `at`; only its check is awaited now.
+    pub fn reported(&mut self, at: Instant) {
+        self.reported_at.get_or_insert(at);
+    }
+
+    /// Whether the worker reported its image and the coordinator is checking it.
+    pub fn is_checking(&self) -> bool {
+        self.reported_at.is_some()
+    }
+
     /// Whether the attempt is overdue at `now`, and why.
     pub fn overdue(&self, config: &FarmConfig, now: Instant) -> Option<Overdue> {
-        if !self.accepted {
+        if let Some(reported) = self.reported_at {
+            (now.saturating_duration_since(reported) >= CHECK_WINDOW).then_some(Overdue::Unchecked)
+        } else if !self.accepted {
             let sent = self.sent_at?;
             (now.saturating_duration_since(sent) >= config.assign_timeout)
                 .then_some(Overdue::Unacknowledged)
@@ -114,6 +139,7 @@ mod tests {
                 "sent" => live.sent(s(*when)),
                 "ack" => live.acknowledge(s(*when)),
                 "log" => live.progress(s(*when)),
+                "reported" => live.reported(s(*when)),
                 other => panic!("unknown event {other}"),
             }
         }
@@ -153,6 +179,30 @@ mod tests {
         // Acknowledged before the send was reported back: running, only ever stuck.
         check(&[(1, "ack"), (2, "sent")], 600, None);
         check(&[(1, "ack"), (2, "sent")], 601, Some(Stuck));
+    }
+
+    #[test]
+    fn a_reported_attempt_waits_only_for_its_check() {
+        use Overdue::*;
+        let window = CHECK_WINDOW.as_secs();
+        // Neither the acknowledgement nor the stuck deadline runs once the image is reported.
+        check(&[(0, "sent"), (1, "reported")], 31, None);
+        check(
+            &[(0, "sent"), (1, "ack"), (2, "reported")],
+            2 + window - 1,
+            None,
+        );
+        check(
+            &[(0, "sent"), (1, "ack"), (2, "reported")],
+            2 + window,
+            Some(Unchecked),
+        );
+        // A second report moves nothing.
+        check(
+            &[(1, "ack"), (2, "reported"), (500, "reported")],
+            2 + window,
+            Some(Unchecked),
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 use manifold_proto::JobId;
 use manifold_registry::ChildImage;
 
-use super::{Effects, FarmState, Now, Session, WorkerConn, append_error, job_mut, record, timers};
+use super::{
+    Effects, FarmState, ImageCheck, Now, Session, WorkerConn, append_error, job_mut, record, timers,
+};
 use crate::build::{BuildState, EventKind, JobState, LOG_TAIL_LINES};
 use crate::farm::{FarmError, JobOutcome, ToWorker, WorkerHealth, WorkerHello, WorkerView};
 use crate::scheduler::WorkerCaps;
@@ -314,6 +316,39 @@ impl FarmState {
             live.progress(now.at);
         }
         self.take_effects()
+    }
+
+    /// The worker reports that attempt `attempt` of `job` pushed its image: the worker is done
+    /// with it, so its slot is free at once and it may get its next job, while the coordinator
+    /// checks the image ([`crate::verify`]) against what is returned; the verdict comes back as
+    /// [`FarmState::result`]. Until then the job stays running on that worker with only the
+    /// check's timer ([`timers::CHECK_WINDOW`]): nothing is orphaned when the worker leaves and
+    /// nothing handed back when it reconnects without the job; a restart forgets the check, and
+    /// the job waits the worker lease like any running one. `None` (and no change) for news of an
+    /// attempt that is not current on that worker.
+    pub fn reported(
+        &mut self,
+        session: &Session,
+        job: JobId,
+        attempt: u32,
+        now: Now,
+    ) -> (Option<ImageCheck>, Effects) {
+        self.heartbeat(session, now);
+        if self
+            .current_build_on(&session.worker, job, attempt)
+            .is_none()
+        {
+            return (None, self.take_effects());
+        }
+        let check = self.image_check(job, attempt);
+        self.orphans.remove(&job);
+        self.scheduler.finished(job);
+        self.live
+            .entry(job)
+            .or_insert_with(|| timers::LiveAttempt::acknowledged(attempt, now.at))
+            .reported(now.at);
+        self.dispatch(now);
+        (check, self.take_effects())
     }
 
     /// An attempt ended. The result of an attempt that is no longer current changes nothing.

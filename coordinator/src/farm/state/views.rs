@@ -21,6 +21,17 @@ pub struct SinceRestore {
     pub at_ms: i64,
 }
 
+/// What a worker's reported image is checked against ([`crate::verify`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageCheck {
+    /// The job's platform.
+    pub platform: Platform,
+    /// `registry/repository` of the build.
+    pub repository: String,
+    /// The build team's logins, for reading it.
+    pub logins: Vec<RegistryLogin>,
+}
+
 /// A build of a page: held in full, or only in the store.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Listed {
@@ -159,18 +170,18 @@ impl FarmState {
         })
     }
 
-    /// The platform and `registry/repository` of `job` while `attempt` is its current attempt,
-    /// and the logins of its team for that registry.
-    pub fn attempt_target(
-        &self,
-        job: JobId,
-        attempt: u32,
-    ) -> Option<(Platform, String, Vec<RegistryLogin>)> {
+    /// What the image reported for `attempt` of `job` is checked against, while that attempt is
+    /// current.
+    pub(super) fn image_check(&self, job: JobId, attempt: u32) -> Option<ImageCheck> {
         let build_id = self.current_build(job, attempt)?;
         let build = &self.builds[&build_id].build;
         let platform = build.jobs.iter().find(|j| j.id == job)?.platform.clone();
         let logins = (self.config.repositories).logins_for(&build.team, &build.spec);
-        Some((platform, build.spec.repository(), logins))
+        Some(ImageCheck {
+            platform,
+            repository: build.spec.repository(),
+            logins,
+        })
     }
 
     /// Contexts that unfinished builds still need (garbage collection keeps them).
