@@ -100,13 +100,18 @@ async fn upload_context(c: &Coordinator) -> String {
 
 async fn submit(c: &Coordinator, platforms: &[&str]) -> String {
     let digest = upload_context(c).await;
+    submit_image(c, &digest, "127.0.0.1:1/team/app:1.0", platforms).await
+}
+
+/// Submits a build of `image` from the uploaded context `digest`.
+async fn submit_image(c: &Coordinator, digest: &str, image: &str, platforms: &[&str]) -> String {
     let req = v1::SubmitBuildRequest {
-        image: "127.0.0.1:1/team/app:1.0".into(),
+        image: image.into(),
         platforms: platforms
             .iter()
             .map(|p| (&p.parse::<manifold_proto::Platform>().unwrap()).into())
             .collect(),
-        context_digest: digest,
+        context_digest: digest.into(),
         ..Default::default()
     };
     builds(c)
@@ -904,4 +909,138 @@ async fn a_watch_after_a_restart_replays_the_stored_lines_then_the_history() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A registry on 127.0.0.1 that holds every manifest read until [`HeldRegistry::release`], then
+/// says the manifest is unknown; `held` counts the reads it is holding.
+struct HeldRegistry {
+    address: String,
+    held: tokio::sync::watch::Receiver<usize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldRegistry {
+    async fn start() -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (held_tx, held) = tokio::sync::watch::channel(0usize);
+        let (release, released) = tokio::sync::watch::channel(false);
+        let held_tx = Arc::new(held_tx);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (held_tx, mut released) = (held_tx.clone(), released.clone());
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        // Requests without bodies only (GET, HEAD): read up to the blank line.
+                        loop {
+                            let mut header = String::new();
+                            if stream.read_line(&mut header).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header.trim().is_empty() {
+                                break;
+                            }
+                        }
+                        let response = if line.contains("/manifests/") {
+                            held_tx.send_modify(|n| *n += 1);
+                            let _ = released.wait_for(|r| *r).await;
+                            let body = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+                            format!(
+                                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                        } else {
+                            "HTTP/1.1 200 OK\r\nDocker-Distribution-API-Version: registry/2.0\r\nContent-Length: 0\r\n\r\n".to_owned()
+                        };
+                        if stream
+                            .get_mut()
+                            .write_all(response.as_bytes())
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            address,
+            held,
+            release,
+        }
+    }
+
+    /// Waits until a manifest read is being held (10 s at most).
+    async fn wait_held(&mut self) {
+        let held = self.held.wait_for(|n| *n > 0);
+        tokio::time::timeout(support::PATIENCE, held)
+            .await
+            .expect("no manifest read reached the registry")
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_worker_is_free_once_it_reports_and_the_check_of_its_image_outlives_its_stream() {
+    let mut registry = HeldRegistry::start().await;
+    let c = start(FarmConfig::default()).await;
+    let context = upload_context(&c).await;
+    let image = |repository: &str| format!("{}/team/{repository}:1", registry.address);
+    let first = submit_image(&c, &context, &image("first"), &["linux/amd64"]).await;
+    let second = submit_image(&c, &context, &image("second"), &["linux/amd64"]).await;
+
+    // One slot: the first build's job.
+    let mut x86 = FakeWorker::attach(&c, "x86", "linux/amd64").await;
+    let a = x86.expect_assign().await;
+    assert_eq!(a.build_id, first);
+    x86.accept(&a).await;
+    x86.send(Out::Result(v1::JobResult {
+        job_id: a.job_id.clone(),
+        attempt: a.attempt,
+        outcome: Some(v1::job_result::Outcome::Pushed(v1::ImageDescriptor {
+            digest: format!("sha256:{}", "d".repeat(64)),
+            size: 2,
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            attestations: Vec::new(),
+        })),
+    }))
+    .await;
+
+    // While the coordinator's read of that image waits in the registry, the worker's one slot
+    // already went to the second build.
+    registry.wait_held().await;
+    let b = x86.expect_assign().await;
+    assert_eq!(b.build_id, second);
+    wait_worker(&c, "x86", "busy with the second build only", |w| {
+        w.slots_in_use == 1
+    })
+    .await;
+
+    // The worker leaves; the check goes on, and its verdict is the first job's.
+    drop(x86);
+    wait_gone(&c, "x86").await;
+    registry.release.send(true).unwrap();
+    let events = watch_until(&c, &first, |e| {
+        matches!(&e.event, Some(v1::build_event::Event::JobState(s)) if s.message.contains("failed verification"))
+    })
+    .await;
+    let Some(v1::build_event::Event::JobState(s)) = &events.last().unwrap().event else {
+        unreachable!()
+    };
+    assert!(
+        s.message.contains("attempt 1 on x86: worker x86 reported an image that failed verification: manifest sha256:dddd"),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.state,
+        v1::JobState::Queued as i32,
+        "requeued, not lost: {s:?}"
+    );
 }
