@@ -88,6 +88,11 @@ pub struct FarmConfig {
     /// How many finished builds stay in memory and for how long, and how long the store keeps
     /// them ([`history`]).
     pub history: history::HistoryPolicy,
+    /// Assignments decided but not yet handed to their workers' streams (their records not yet
+    /// durable), at most: beyond that, jobs wait in the queue and are decided once the writer
+    /// catches up, so that no decision waits long for its write (it would go stale: a worker
+    /// gone, a fairer pick since) and a burst does not pile messages up in the writer's queue.
+    pub max_unsent: usize,
 }
 
 impl FarmConfig {
@@ -112,9 +117,14 @@ impl Default for FarmConfig {
             repositories: Default::default(),
             publish_window: publish_retry::DEFAULT_WINDOW,
             history: Default::default(),
+            max_unsent: DEFAULT_MAX_UNSENT,
         }
     }
 }
+
+/// The default [`FarmConfig::max_unsent`]: a group write of this many records takes tens of
+/// milliseconds on the embedded store (docs/benchmarks.md).
+pub const DEFAULT_MAX_UNSENT: usize = 512;
 
 /// What a worker must do, sent over its stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,7 +306,14 @@ impl Farm {
         let (builds, summaries) = reads::load_held(&*store, &config.history).await?;
         let (writes, rx) = mpsc::unbounded_channel();
         let sent = writer::SentLog::default();
-        tasks.spawn(write_loop(store.clone(), rx, sent.clone(), term.clone()));
+        let wrote = Arc::new(tokio::sync::Notify::new());
+        tasks.spawn(write_loop(
+            store.clone(),
+            rx,
+            sent.clone(),
+            wrote.clone(),
+            term.clone(),
+        ));
         let farm = Self {
             inner: Arc::new(Inner {
                 contexts,
@@ -326,6 +343,10 @@ impl Farm {
         farm.inner
             .tasks
             .spawn(async move { ticking.run_ticks(Duration::from_millis(250)).await });
+        let sending = farm.clone();
+        farm.inner
+            .tasks
+            .spawn(async move { sending.follow_the_writer(wrote).await });
         Ok(farm)
     }
 
@@ -675,6 +696,24 @@ impl Farm {
     /// Cancelled when this farm's term ends.
     pub fn stopped(&self) -> CancellationToken {
         self.inner.term.clone()
+    }
+
+    /// Each time the writer reports assignments sent (after each group write that held some),
+    /// applies them ([`FarmState::sent_all`]): jobs held back by `max_unsent` are decided then,
+    /// not at the next tick. Until the term ends.
+    async fn follow_the_writer(&self, wrote: Arc<tokio::sync::Notify>) {
+        let term = self.inner.term.clone();
+        loop {
+            tokio::select! {
+                _ = term.cancelled() => return,
+                _ = wrote.notified() => {
+                    let sent = std::mem::take(&mut *self.inner.sent.lock().expect("sent log lock poisoned"));
+                    if !sent.is_empty() {
+                        self.transition(|st, now| st.sent_all(sent, now));
+                    }
+                }
+            }
+        }
     }
 
     /// Runs [`Farm::tick`] every `period` until the term ends.

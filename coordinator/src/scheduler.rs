@@ -687,9 +687,17 @@ impl Scheduler {
     /// Assigns as many queued jobs as free slots allow, following the policy of the module docs,
     /// and records them as running.
     pub fn assign(&mut self) -> Vec<Assignment> {
+        self.assign_at_most(usize::MAX)
+    }
+
+    /// [`Scheduler::assign`], stopping after `limit` assignments: the rest wait for the next
+    /// round, in the order they would have been picked.
+    pub fn assign_at_most(&mut self, limit: usize) -> Vec<Assignment> {
         let mut round = RoundCounts::default();
         let mut out = Vec::new();
-        while let Some((seq, worker)) = self.owner_pick(&round).or_else(|| self.shared_pick(&round))
+        while out.len() < limit
+            && let Some((seq, worker)) =
+                self.owner_pick(&round).or_else(|| self.shared_pick(&round))
         {
             let q = self.unqueue(seq).expect("picks come from the queue");
             let (job, team) = (q.job, q.team().to_owned());

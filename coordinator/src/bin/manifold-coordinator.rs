@@ -289,6 +289,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             assign_timeout: args.assign_timeout,
             stuck_after: args.stuck_after,
             publish_window: args.publish_window,
+            max_unsent: manifold_coordinator::farm::DEFAULT_MAX_UNSENT,
             history: HistoryPolicy {
                 keep_finished: args.keep_finished as usize,
                 keep_finished_for: args.keep_finished_for,

@@ -23,7 +23,7 @@
 //!   images instead of building (`state::joins`, the key in [`super::reuse`]);
 //! - a build's last event is `Finished`, and nothing is recorded after it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use manifold_proto::{BuildId, JobId, Platform, Secrets};
@@ -126,6 +126,9 @@ pub struct FarmState {
     reuse: super::reuse::ReuseIndex,
     /// The monotonic time of the latest transition that dispatched (for followers' requeues).
     last_at: Option<Instant>,
+    /// Assignments (job, attempt) decided for an attached worker and not yet reported sent
+    /// ([`FarmState::sent`]): at most `config.max_unsent`.
+    unsent: HashSet<(JobId, u32)>,
 }
 
 struct BuildEntry {
@@ -176,6 +179,7 @@ impl FarmState {
             pending: Effects::default(),
             reuse: Default::default(),
             last_at: None,
+            unsent: HashSet::new(),
         }
     }
 
@@ -708,7 +712,8 @@ impl FarmState {
     /// handle reports the assignment sent ([`FarmState::sent`]).
     fn dispatch(&mut self, now: Now) {
         self.last_at = Some(now.at);
-        for a in self.scheduler.assign() {
+        let room = self.config.max_unsent.saturating_sub(self.unsent.len());
+        for a in self.scheduler.assign_at_most(room) {
             let Some(build_id) = self.job_build.get(&a.job).copied() else {
                 self.scheduler.finished(a.job);
                 continue;
@@ -762,6 +767,7 @@ impl FarmState {
                 // Sent once "assigned" is durable. A stream that is ending hands the job back
                 // when it detaches.
                 Some(session) => {
+                    self.unsent.insert((job_spec.job, job_spec.attempt));
                     (self.pending.send).push((session, ToWorker::Assign(Box::new(job_spec))))
                 }
                 None => live.sent(now.at),

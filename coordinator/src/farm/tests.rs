@@ -321,8 +321,8 @@ impl Script {
             }
             Step::Tick => self.state.tick(now),
             Step::Sent(arch, n) => {
-                self.state.sent(self.job(arch), n, now.at);
-                Effects::default()
+                let job = self.job(arch);
+                self.state.sent_all([(job, n, now.at)], now)
             }
         }
     }

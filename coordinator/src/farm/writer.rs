@@ -55,11 +55,12 @@ pub(super) type LogRead = (BuildId, oneshot::Sender<Result<Vec<LogChunk>, StoreE
 /// Batches queued before the term ended are still attempted (biased towards the queue): whether
 /// they land is the store's fence to decide, not this task's timing, and a shutdown loses nothing
 /// the farm already accepted. A build's buffered lines are written before its final record.
-/// The writer reports each assignment it sent (or gave up) to `sent`.
+/// The writer reports each assignment it sent (or gave up) to `sent`, and says so on `wrote`.
 pub(super) async fn write_loop(
     store: Arc<dyn StateStore>,
     mut batches: mpsc::UnboundedReceiver<Batch>,
     sent: SentLog,
+    wrote: Arc<tokio::sync::Notify>,
     term: CancellationToken,
 ) {
     let mut logs = LogBuffer::default();
@@ -198,6 +199,8 @@ pub(super) async fn write_loop(
                     .into_iter()
                     .map(|(job, attempt)| (job, attempt, at)),
             );
+            drop(log);
+            wrote.notify_one();
         }
     }
 }
@@ -463,7 +466,13 @@ mod tests {
         let (batches, rx) = mpsc::unbounded_channel();
         let term = CancellationToken::new();
         let sent = SentLog::default();
-        tokio::spawn(write_loop(disk.clone(), rx, sent.clone(), term.clone()));
+        tokio::spawn(write_loop(
+            disk.clone(),
+            rx,
+            sent.clone(),
+            Default::default(),
+            term.clone(),
+        ));
         let (to_worker, mut worker) = mpsc::unbounded_channel();
 
         disk.full.store(true, Ordering::SeqCst);
@@ -511,6 +520,7 @@ mod tests {
             disk.clone(),
             rx,
             SentLog::default(),
+            Default::default(),
             term.clone(),
         ));
         let submit = |build: Build| {

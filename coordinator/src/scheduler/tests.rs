@@ -78,6 +78,42 @@ fn assignment_table() {
 }
 
 #[test]
+fn a_round_cut_short_leaves_the_rest_in_the_order_a_whole_round_picks_them() {
+    let workers = [
+        worker("x86", "linux/amd64", false, 2),
+        worker("arm", "linux/arm64", false, 1),
+    ];
+    let platforms = ["linux/amd64", "linux/arm64", "linux/amd64", "linux/amd64"];
+    let t0 = Instant::now();
+    let ids: Vec<JobId> = platforms.iter().map(|_| JobId::new()).collect();
+    let fresh = || {
+        let mut s = Scheduler::new();
+        for w in &workers {
+            s.add_worker(w.clone(), []);
+        }
+        for (i, (id, p)) in ids.iter().zip(platforms).enumerate() {
+            s.enqueue(
+                *id,
+                p.parse().unwrap(),
+                t0 + Duration::from_millis(i as u64),
+            );
+        }
+        s
+    };
+    let whole = fresh().assign();
+    assert_eq!(whole.len(), 3, "two x86 slots and one arm slot");
+    let mut cut = fresh();
+    let mut rounds = Vec::new();
+    for limit in [1, 0, 1, 5] {
+        let round = cut.assign_at_most(limit);
+        assert!(round.len() <= limit);
+        rounds.extend(round);
+    }
+    assert_eq!(rounds, whole);
+    assert_eq!(cut.queued(), 1);
+}
+
+#[test]
 fn finishing_a_job_frees_its_slot_for_the_next() {
     let mut s = Scheduler::new();
     s.add_worker(worker("x86", "linux/amd64", false, 1), []);

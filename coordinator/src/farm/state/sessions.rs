@@ -17,9 +17,24 @@ impl FarmState {
     /// The handle handed the assignment of `attempt` of `job` to its worker's stream at `at`
     /// (after its record was durable), or gave it up: its acknowledgement deadline runs from then.
     pub fn sent(&mut self, job: JobId, attempt: u32, at: std::time::Instant) {
+        self.unsent.remove(&(job, attempt));
         if let Some(live) = self.live.get_mut(&job).filter(|l| l.attempt == attempt) {
             live.sent(at);
         }
+    }
+
+    /// The writer sent these assignments (or gave them up): their deadlines run, and the jobs
+    /// held back while `max_unsent` assignments waited for the writer are decided now.
+    pub fn sent_all(
+        &mut self,
+        sent: impl IntoIterator<Item = (JobId, u32, std::time::Instant)>,
+        now: Now,
+    ) -> Effects {
+        for (job, attempt, at) in sent {
+            self.sent(job, attempt, at);
+        }
+        self.dispatch(now);
+        self.take_effects()
     }
 
     /// `manifold workers drain NAME`: the worker gets no new job and is told to drain.

@@ -178,3 +178,44 @@ fn a_silent_worker_is_declared_lost_after_its_lease_and_its_session_closed() {
         ],
     );
 }
+
+#[test]
+fn no_more_than_max_unsent_assignments_wait_for_the_writer_and_the_rest_are_decided_as_it_sends() {
+    use Step::*;
+    let two = Submit {
+        archs: &["amd64", "arm64"],
+        team: "default",
+        timeout: 0,
+    };
+    let arm = Attach {
+        name: "arm",
+        arch: "arm64",
+        owner: None,
+        running: &[],
+    };
+    let mut held = Script::new(FarmConfig {
+        max_unsent: 1,
+        ..config()
+    });
+    held.hold_sends = true;
+    let s = run(
+        held,
+        &[
+            (0, attach("x86"), ""),
+            (0, arm, ""),
+            // Both platforms have a free worker; one assignment may wait for the writer.
+            (0, two, "assign x86 amd64 #1"),
+            (10, Tick, ""),
+            // The writer sent it: the arm64 job is decided now, not before.
+            (20, Sent("amd64", 1), "assign arm arm64 #1"),
+            (30, Sent("arm64", 1), ""),
+        ],
+    );
+    let arm64 = s
+        .build()
+        .jobs
+        .into_iter()
+        .find(|j| j.platform.architecture() == "arm64")
+        .unwrap();
+    assert_eq!((arm64.state, arm64.attempt), (JobState::Assigned, 1));
+}
