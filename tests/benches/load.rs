@@ -33,7 +33,9 @@
 //!
 //! Knobs (environment): MANIFOLD_BENCH_LOAD_BUILDS (10000), _SUBMITTERS (8), _LOG_LINES (3),
 //! _JOB_MS (0: a simulated job ends as soon as it is accepted), _TIMEOUT_S (per scenario, 900),
-//! _COORDINATOR (another coordinator binary, for A/B runs; default target/release's).
+//! _COORDINATOR (another coordinator binary, for A/B runs; default target/release's),
+//! _COORDINATOR_ARGS (more flags for it, split at spaces, e.g. `--max-unsent 256`),
+//! _KEEP_LOG (set: the coordinator's log is kept beside the report; RUST_LOG reaches it).
 //! The table is also written to target/manifold-bench/load-<unix time>.md. Every wait is bounded;
 //! the coordinator, the registry and their temp dirs are removed at the end, also after a failure.
 
@@ -101,6 +103,8 @@ struct Config {
     log_lines: usize,
     job_ms: u64,
     timeout: Duration,
+    /// More flags for the coordinator.
+    coordinator_args: Vec<String>,
 }
 
 impl Config {
@@ -112,6 +116,11 @@ impl Config {
             log_lines: num("LOG_LINES", 3)? as usize,
             job_ms: num("JOB_MS", 0)?,
             timeout: Duration::from_secs(num("TIMEOUT_S", 900)?),
+            coordinator_args: std::env::var("MANIFOLD_BENCH_LOAD_COORDINATOR_ARGS")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
         })
     }
 }
@@ -171,8 +180,8 @@ async fn run(config: &Config, scenarios: &[Scenario]) -> anyhow::Result<()> {
         coordinator_bin.display()
     );
     let mut report = format!(
-        "# Load benchmark {run_id}\n\ncommit {commit}; {} two-platform builds from {} submitters; {} log lines per job; jobs take {} ms\n\n",
-        config.builds, config.submitters, config.log_lines, config.job_ms
+        "# Load benchmark {run_id}\n\ncommit {commit}; {} two-platform builds from {} submitters; {} log lines per job; jobs take {} ms; coordinator flags: {:?}\n\n",
+        config.builds, config.submitters, config.log_lines, config.job_ms, config.coordinator_args
     );
     let mut results = Vec::new();
     for scenario in scenarios {
@@ -396,7 +405,8 @@ async fn run_scenario(
     let http = reqwest::Client::builder().no_proxy().build()?;
     let amd64 = push_image(&http, &registry.host, &repository, "amd64").await?;
     let arm64 = push_image(&http, &registry.host, &repository, "arm64").await?;
-    let coordinator = Coordinator::start(bin, &[]).await?;
+    let args: Vec<&str> = config.coordinator_args.iter().map(String::as_str).collect();
+    let coordinator = Coordinator::start(bin, &args).await?;
     let control = coordinator.channel().await?;
     let context = upload_context(&control).await?;
     let load_before = load_average();
@@ -525,6 +535,9 @@ async fn run_scenario(
         .filter_map(|(id, ms)| first_receipt.get(id.as_str()).map(|r| (r - ms) as f64))
         .collect();
     let log = std::fs::read_to_string(&coordinator.log).unwrap_or_default();
+    if std::env::var_os("MANIFOLD_BENCH_LOAD_KEEP_LOG").is_some() {
+        write_report(&format!("load-{}-coordinator", scenario.name), &log, run_id);
+    }
     let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
     let created = finals.iter().map(|b| b.created_at_ms).min().unwrap_or(0);
     let finished = finals.iter().map(|b| b.finished_at_ms).max().unwrap_or(0);

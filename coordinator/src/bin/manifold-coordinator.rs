@@ -87,6 +87,11 @@ struct Args {
     /// platforms are kept, and `manifold publish ID` pushes the list again later.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     publish_window: Duration,
+    /// Assignments decided but not yet sent to their workers (waiting for their records to be
+    /// written) at most, 1 to 100000; beyond that, jobs stay queued until the state store catches
+    /// up, so that no decision waits long for its write.
+    #[arg(long, default_value_t = manifold_coordinator::farm::DEFAULT_MAX_UNSENT as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_unsent: u64,
     /// Finished builds kept in memory in full (record, history, output lines), at most 100000;
     /// beyond that, and after --keep-finished-for, a finished build keeps only a summary in
     /// memory and is read from the state store when asked for (`manifold build-status`, `watch`,
@@ -241,6 +246,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
@@ -289,7 +295,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             assign_timeout: args.assign_timeout,
             stuck_after: args.stuck_after,
             publish_window: args.publish_window,
-            max_unsent: manifold_coordinator::farm::DEFAULT_MAX_UNSENT,
+            max_unsent: args.max_unsent as usize,
             history: HistoryPolicy {
                 keep_finished: args.keep_finished as usize,
                 keep_finished_for: args.keep_finished_for,

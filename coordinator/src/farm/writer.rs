@@ -125,7 +125,14 @@ pub(super) async fn write_loop(
                 unsaved.add(build);
             }
         }
+        let (records, started) = (unsaved.held.len(), Instant::now());
         let written = unsaved.write(&*store).await;
+        tracing::debug!(
+            batches = group.len(),
+            records,
+            took_us = started.elapsed().as_micros() as u64,
+            "group written"
+        );
         if let Err(e @ StoreError::Fenced(_)) = &written {
             term.cancel();
             for done in group.into_iter().filter_map(|b| b.done) {

@@ -102,6 +102,9 @@ pub async fn wait_all_final(
             if done >= n {
                 return Ok(all);
             }
+            // Paging through every build costs the coordinator (a clone of each under its
+            // lock): while the last lists are pushed, look again only every 2 s.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
         }
         if last_print.elapsed() > Duration::from_secs(5) {
             println!("  ... {running} jobs running, {queued} queued");
