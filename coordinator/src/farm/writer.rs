@@ -106,15 +106,13 @@ pub(super) async fn write_loop(
             logs.add(std::mem::take(&mut batch.logs));
             flush |= batch.read_logs.is_some() || batch.builds.iter().any(|b| b.state.is_final());
         }
-        if (flush || logs.full() || logs.overdue())
-            && let Err(e) = logs.flush(&*store).await
-        {
-            term.cancel();
-            for done in group.into_iter().filter_map(|b| b.done) {
-                let _ = done.send(Err(e.clone()));
-            }
-            return;
-        }
+        // The lines go before the records (a final record after all of its build's lines): in
+        // the same transaction where the store can ([`StateStore::save_all_with_logs`]).
+        let lines = if flush || logs.full() || logs.overdue() {
+            logs.take(&*store).await
+        } else {
+            LogWrite::default()
+        };
         let mut mine: Vec<Vec<BuildId>> = Vec::with_capacity(group.len());
         for batch in &mut group {
             mine.push(batch.builds.iter().map(|b| b.id).collect());
@@ -126,7 +124,22 @@ pub(super) async fn write_loop(
             }
         }
         let (records, started) = (unsaved.held.len(), Instant::now());
-        let written = unsaved.write(&*store).await;
+        let written = match unsaved.write_with(&*store, &lines).await {
+            Ok(()) => Ok(()),
+            // Apart, as the lines have their own rules: tried again for a while, then lost
+            // (fenced: stepping down); the records are held and written again.
+            Err(_) if !lines.is_empty() => {
+                if let Err(e) = LogBuffer::write(&*store, &lines).await {
+                    term.cancel();
+                    for done in group.into_iter().filter_map(|b| b.done) {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                    return;
+                }
+                unsaved.write(&*store).await
+            }
+            Err(e) => Err(e),
+        };
         tracing::debug!(
             batches = group.len(),
             records,
@@ -252,11 +265,21 @@ impl Unsaved {
     /// Writes what it holds in one group write ([`StateStore::save_all`]) and keeps it all when
     /// that fails (writing a record again is harmless); returns the error.
     async fn write(&mut self, store: &dyn StateStore) -> Result<(), StoreError> {
-        if self.held.is_empty() {
+        self.write_with(store, &LogWrite::default()).await
+    }
+
+    /// [`Unsaved::write`], with `lines` written first in the same group write; when that fails,
+    /// none of it counts as written.
+    async fn write_with(
+        &mut self,
+        store: &dyn StateStore,
+        lines: &LogWrite,
+    ) -> Result<(), StoreError> {
+        if self.held.is_empty() && lines.is_empty() {
             return Ok(());
         }
         let builds: Vec<Build> = std::mem::take(&mut self.held).into_values().collect();
-        match save(store, &builds).await {
+        match save(store, &builds, lines).await {
             Ok(()) => {
                 if std::mem::take(&mut self.failing) {
                     tracing::info!(
@@ -280,10 +303,14 @@ impl Unsaved {
 /// Saves records in one group write, retrying backend errors with backoff (a full disk is not
 /// retried here: it is not a blip); stale records (a newer one is there already, as after a
 /// replay) count as done.
-async fn save(store: &dyn StateStore, builds: &[Build]) -> Result<(), StoreError> {
+async fn save(
+    store: &dyn StateStore,
+    builds: &[Build],
+    lines: &LogWrite,
+) -> Result<(), StoreError> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match store.save_all(builds).await {
+        match store.save_all_with_logs(builds, lines).await {
             Ok(()) => return Ok(()),
             Err(e @ StoreError::Fenced(_)) => {
                 tracing::error!(error = %e, "state write rejected; stepping down");
@@ -344,11 +371,14 @@ impl LogBuffer {
     /// Writes every buffered line. Fails only when the write is fenced (this coordinator no
     /// longer leads); lines that cannot be written otherwise are dropped with a warning.
     async fn flush(&mut self, store: &dyn StateStore) -> Result<(), StoreError> {
+        let write = self.take(store).await;
+        Self::write(store, &write).await
+    }
+
+    /// Every buffered line as the chunks to write (the book counts them written).
+    async fn take(&mut self, store: &dyn StateStore) -> LogWrite {
         let pending = std::mem::take(&mut self.pending);
         (self.bytes, self.since) = (0, None);
-        if pending.is_empty() {
-            return Ok(());
-        }
         let mut write = LogWrite::default();
         for lines in pending {
             if !self.book.knows(lines.build) {
@@ -365,9 +395,17 @@ impl LogBuffer {
             write.drop.extend(w.drop);
             write.put.extend(w.put);
         }
+        write
+    }
+
+    /// Writes `write`, retrying; see [`LogBuffer::flush`].
+    async fn write(store: &dyn StateStore, write: &LogWrite) -> Result<(), StoreError> {
+        if write.is_empty() {
+            return Ok(());
+        }
         let mut delay = Duration::from_millis(100);
         loop {
-            match store.write_logs(&write).await {
+            match store.write_logs(write).await {
                 Ok(()) => return Ok(()),
                 Err(e @ StoreError::Fenced(_)) => {
                     tracing::error!(error = %e, "state write rejected (build logs); stepping down");
@@ -416,6 +454,8 @@ mod tests {
         full: AtomicBool,
         /// Group writes asked for.
         writes: std::sync::atomic::AtomicUsize,
+        /// Group writes with lines asked for, and how many lines each held.
+        with_lines: std::sync::Mutex<Vec<usize>>,
     }
 
     #[async_trait]
@@ -447,9 +487,68 @@ mod tests {
         async fn write_logs(&self, write: &LogWrite) -> Result<(), StoreError> {
             self.store.write_logs(write).await
         }
+        async fn save_all_with_logs(
+            &self,
+            builds: &[Build],
+            logs: &LogWrite,
+        ) -> Result<(), StoreError> {
+            let lines = logs.put.iter().map(|c| c.lines.len()).sum();
+            self.with_lines.lock().unwrap().push(lines);
+            self.write_logs(logs).await?;
+            self.save_all(builds).await
+        }
         async fn load_logs(&self, id: BuildId) -> Result<Vec<LogChunk>, StoreError> {
             self.store.load_logs(id).await
         }
+    }
+
+    /// A build's last lines and its final record reach the store in one group write (where the
+    /// store has transactions, one commit), the lines first.
+    #[tokio::test(start_paused = true)]
+    async fn a_final_record_and_the_lines_before_it_share_one_group_write() {
+        let disk = Arc::new(SmallDisk::default());
+        let (batches, rx) = mpsc::unbounded_channel();
+        let mut done = suite::build(1);
+        done.state = crate::build::BuildState::Succeeded;
+        let lines = LogLines {
+            build: done.id,
+            job: done.jobs[0].id,
+            platform: done.jobs[0].platform.clone(),
+            lines: vec!["#5 DONE".into(), "pushed".into()],
+        };
+        let (written, rx_done) = oneshot::channel();
+        batches
+            .send(Batch {
+                logs: vec![lines],
+                ..Batch::default()
+            })
+            .unwrap();
+        batches
+            .send(Batch {
+                builds: vec![done.clone()],
+                done: Some(written),
+                ..Batch::default()
+            })
+            .unwrap();
+        tokio::spawn(write_loop(
+            disk.clone(),
+            rx,
+            SentLog::default(),
+            Default::default(),
+            CancellationToken::new(),
+        ));
+        rx_done.await.unwrap().unwrap();
+        assert_eq!(
+            *disk.with_lines.lock().unwrap(),
+            [2],
+            "one write, both lines"
+        );
+        assert_eq!(disk.writes.load(Ordering::SeqCst), 1);
+        assert_eq!(disk.load().await.unwrap(), vec![done.clone()]);
+        let stored: Vec<String> = (disk.load_logs(done.id).await.unwrap().into_iter())
+            .flat_map(|c| c.lines)
+            .collect();
+        assert_eq!(stored, ["#5 DONE", "pushed"]);
     }
 
     fn batch(

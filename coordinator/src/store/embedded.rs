@@ -266,39 +266,23 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn save_all(&self, builds: &[Build]) -> Result<(), StoreError> {
-        let records: Vec<(String, u64, Vec<u8>, String, Vec<u8>)> = builds
-            .iter()
-            .map(|b| {
-                (
-                    build_key(PREFIX, b.id),
-                    b.version,
-                    encode(b),
-                    index_key(PREFIX, b.id),
-                    encode_summary(b),
-                )
-            })
-            .collect();
+        self.save_all_with_logs(builds, &LogWrite::default()).await
+    }
+
+    async fn save_all_with_logs(
+        &self,
+        builds: &[Build],
+        logs: &LogWrite,
+    ) -> Result<(), StoreError> {
+        if builds.is_empty() && logs.is_empty() {
+            return Ok(());
+        }
+        let records = record_rows(builds);
+        let (put, drop) = log_rows(logs);
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(fault)?;
-            {
-                let mut table = tx.open_table(STATE).map_err(fault)?;
-                let mut index = tx.open_table(INDEX).map_err(fault)?;
-                for (key, version, bytes, index_key, summary) in &records {
-                    let stored = match table.get(key.as_str()).map_err(fault)? {
-                        Some(v) => Some(stored_version(key, v.value())?),
-                        None => None,
-                    };
-                    if stored.is_some_and(|s| s >= *version) {
-                        continue;
-                    }
-                    table
-                        .insert(key.as_str(), bytes.as_slice())
-                        .map_err(fault)?;
-                    index
-                        .insert(index_key.as_str(), summary.as_slice())
-                        .map_err(fault)?;
-                }
-            }
+            put_logs(&tx, &put, &drop)?;
+            put_records(&tx, &records)?;
             tx.commit().map_err(fault)
         })
         .await
@@ -329,28 +313,7 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn write_logs(&self, write: &LogWrite) -> Result<(), StoreError> {
-        let put: Vec<(String, Vec<u8>)> = write
-            .put
-            .iter()
-            .map(|c| (log_key(PREFIX, c.build, c.seq), encode_chunk(c)))
-            .collect();
-        let drop: Vec<String> = (write.drop.iter())
-            .map(|(b, seq)| log_key(PREFIX, *b, *seq))
-            .collect();
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(fault)?;
-            {
-                let mut logs = tx.open_table(LOGS).map_err(fault)?;
-                for key in &drop {
-                    logs.remove(key.as_str()).map_err(fault)?;
-                }
-                for (key, value) in &put {
-                    logs.insert(key.as_str(), value.as_slice()).map_err(fault)?;
-                }
-            }
-            tx.commit().map_err(fault)
-        })
-        .await
+        self.save_all_with_logs(&[], write).await
     }
 
     async fn load_logs(&self, id: BuildId) -> Result<Vec<LogChunk>, StoreError> {
@@ -370,6 +333,78 @@ impl StateStore for EmbeddedStore {
         })
         .await
     }
+}
+
+/// A record to write: key, version, bytes, index key, summary bytes.
+type RecordRow = (String, u64, Vec<u8>, String, Vec<u8>);
+
+fn record_rows(builds: &[Build]) -> Vec<RecordRow> {
+    builds
+        .iter()
+        .map(|b| {
+            (
+                build_key(PREFIX, b.id),
+                b.version,
+                encode(b),
+                index_key(PREFIX, b.id),
+                encode_summary(b),
+            )
+        })
+        .collect()
+}
+
+/// Log chunks to put (key, bytes) and the keys of those to drop.
+fn log_rows(write: &LogWrite) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
+    let put = (write.put.iter())
+        .map(|c| (log_key(PREFIX, c.build, c.seq), encode_chunk(c)))
+        .collect();
+    let drop = (write.drop.iter())
+        .map(|(b, seq)| log_key(PREFIX, *b, *seq))
+        .collect();
+    (put, drop)
+}
+
+/// Writes each record whose stored version is older (a stale one is skipped), with its summary.
+fn put_records(tx: &redb::WriteTransaction, records: &[RecordRow]) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut table = tx.open_table(STATE).map_err(fault)?;
+    let mut index = tx.open_table(INDEX).map_err(fault)?;
+    for (key, version, bytes, index_key, summary) in records {
+        let stored = match table.get(key.as_str()).map_err(fault)? {
+            Some(v) => Some(stored_version(key, v.value())?),
+            None => None,
+        };
+        if stored.is_some_and(|s| s >= *version) {
+            continue;
+        }
+        table
+            .insert(key.as_str(), bytes.as_slice())
+            .map_err(fault)?;
+        index
+            .insert(index_key.as_str(), summary.as_slice())
+            .map_err(fault)?;
+    }
+    Ok(())
+}
+
+fn put_logs(
+    tx: &redb::WriteTransaction,
+    put: &[(String, Vec<u8>)],
+    drop: &[String],
+) -> Result<(), StoreError> {
+    if put.is_empty() && drop.is_empty() {
+        return Ok(());
+    }
+    let mut logs = tx.open_table(LOGS).map_err(fault)?;
+    for key in drop {
+        logs.remove(key.as_str()).map_err(fault)?;
+    }
+    for (key, value) in put {
+        logs.insert(key.as_str(), value.as_slice()).map_err(fault)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -151,6 +151,20 @@ pub trait StateStore: Send + Sync + 'static {
     /// Writes log chunks and deletes the dropped ones (one transaction; on etcd as few as its
     /// limits on operations and request size allow).
     async fn write_logs(&self, write: &LogWrite) -> Result<(), StoreError>;
+    /// [`StateStore::write_logs`], then [`StateStore::save_all`]: the embedded store does both
+    /// in one transaction (one fsync for a group's records and the lines before them); the
+    /// default one after the other. On an error none of it counts as written (writing it again
+    /// is harmless).
+    async fn save_all_with_logs(
+        &self,
+        builds: &[Build],
+        logs: &LogWrite,
+    ) -> Result<(), StoreError> {
+        if !logs.is_empty() {
+            self.write_logs(logs).await?;
+        }
+        self.save_all(builds).await
+    }
     /// A build's stored log chunks, oldest first.
     async fn load_logs(&self, id: BuildId) -> Result<Vec<LogChunk>, StoreError>;
 }
@@ -292,6 +306,47 @@ pub(crate) mod suite {
         log_chunks_load_back_in_order_apart_from_the_records(fresh()).await;
         dropped_chunks_and_deleted_builds_lose_their_logs(fresh()).await;
         summaries_follow_the_records(fresh()).await;
+        records_and_lines_written_together_both_land(fresh()).await;
+    }
+
+    async fn records_and_lines_written_together_both_land(store: impl StateStore) {
+        let (mut old, new) = (build(2), build(1));
+        store.save(&old).await.unwrap();
+        let stored_old = old.clone();
+        old.version = 1;
+        let lines = LogWrite {
+            put: vec![chunk(new.id, 0, "a"), chunk(old.id, 0, "b")],
+            drop: vec![],
+        };
+        // A stale record in the group is skipped; the rest, lines included, is written.
+        store
+            .save_all_with_logs(&[old, new.clone()], &lines)
+            .await
+            .unwrap();
+        let mut loaded = store.load().await.unwrap();
+        loaded.sort_by_key(|b| b.id);
+        let mut want = vec![stored_old.clone(), new.clone()];
+        want.sort_by_key(|b| b.id);
+        assert_eq!(loaded, want);
+        let lines_of = |chunks: Vec<LogChunk>| -> Vec<String> {
+            chunks.into_iter().flat_map(|c| c.lines).collect()
+        };
+        assert_eq!(lines_of(store.load_logs(new.id).await.unwrap()), ["a"]);
+        assert_eq!(
+            lines_of(store.load_logs(stored_old.id).await.unwrap()),
+            ["b"]
+        );
+        // Lines alone, and nothing at all, are fine too.
+        let more = LogWrite {
+            put: vec![chunk(new.id, 1, "c")],
+            drop: vec![(new.id, 0)],
+        };
+        store.save_all_with_logs(&[], &more).await.unwrap();
+        store
+            .save_all_with_logs(&[], &LogWrite::default())
+            .await
+            .unwrap();
+        assert_eq!(lines_of(store.load_logs(new.id).await.unwrap()), ["c"]);
     }
 
     async fn summaries_follow_the_records(store: impl StateStore) {
