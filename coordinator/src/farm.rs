@@ -6,9 +6,10 @@
 //!   preemption, scheduling through the pure [`crate::scheduler::Scheduler`]) and is table-tested
 //!   at exact times. Its timers are in [`timers`], the retry rule in [`retry`].
 //! - [`Farm`], the thin handle: one mutex over the state and the channels; it reads the clock,
-//!   runs a transition, and applies its effects. It owns the ticker, the publish tasks and the
-//!   writer task ([`writer`]); what it reads back from the store (logs, evicted builds) and the
-//!   history pass are in [`reads`].
+//!   runs a transition, and applies its effects. It owns the ticker, the publish tasks, the
+//!   writer task ([`writer`]) and the task that tells the state what the writer sent (so that the
+//!   jobs held back by `max_unsent` are decided then); what it reads back from the store (logs,
+//!   evicted builds) and the history pass are in [`reads`].
 //!
 //! Invariants of the handle:
 //! - every state transition is written to the [`StateStore`] before the worker messages it causes

@@ -353,6 +353,7 @@ impl FarmState {
             .current_build_on(&session.worker, job, attempt)
             .is_none()
         {
+            tracing::info!(%job, attempt, worker = %session.worker, "ignoring the result of an attempt that is no longer current");
             return (None, self.take_effects());
         }
         let check = self.image_check(job, attempt);
