@@ -474,6 +474,21 @@ const AMD: Step = Step::Submit {
     timeout: 0,
 };
 
+/// A build of linux/amd64 and linux/arm64 as team `default`.
+const AMD_ARM: Step = Step::Submit {
+    archs: &["amd64", "arm64"],
+    team: "default",
+    timeout: 0,
+};
+
+/// A shared linux/arm64 worker named `arm`.
+const ARM: Step = Step::Attach {
+    name: "arm",
+    arch: "arm64",
+    owner: None,
+    running: &[],
+};
+
 fn attach(name: &'static str) -> Step {
     Step::Attach {
         name,
@@ -533,17 +548,8 @@ fn max_attempts_0_means_one_attempt() {
 #[test]
 fn a_build_failure_is_not_retried_and_cancels_the_other_platform() {
     use Step::*;
-    let two = Submit {
-        archs: &["amd64", "arm64"],
-        team: "default",
-        timeout: 0,
-    };
-    let arm = Attach {
-        name: "arm",
-        arch: "arm64",
-        owner: None,
-        running: &[],
-    };
+    let two = AMD_ARM;
+    let arm = ARM;
     let s = check(
         config(),
         &[
@@ -828,11 +834,7 @@ fn a_drain_request_tells_the_worker_and_no_job_goes_to_it() {
 #[test]
 fn a_restored_farm_waits_the_lease_for_running_jobs_and_queues_the_others() {
     use Step::*;
-    let two = Submit {
-        archs: &["amd64", "arm64"],
-        team: "default",
-        timeout: 0,
-    };
+    let two = AMD_ARM;
     let before = check(
         leased(),
         &[
@@ -850,12 +852,7 @@ fn a_restored_farm_waits_the_lease_for_running_jobs_and_queues_the_others() {
     for j in &record.jobs {
         s.archs.insert(j.id, j.platform.architecture().to_string());
     }
-    let arm = Attach {
-        name: "arm",
-        arch: "arm64",
-        owner: None,
-        running: &[],
-    };
+    let arm = ARM;
     for (ms, step, expected) in [
         (1_000, arm, "assign arm arm64 #1"),
         // Another amd64 worker gets nothing while the job waits for its own worker...

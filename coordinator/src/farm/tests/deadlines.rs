@@ -182,17 +182,8 @@ fn a_silent_worker_is_declared_lost_after_its_lease_and_its_session_closed() {
 #[test]
 fn no_more_than_max_unsent_assignments_wait_for_the_writer_and_the_rest_are_decided_as_it_sends() {
     use Step::*;
-    let two = Submit {
-        archs: &["amd64", "arm64"],
-        team: "default",
-        timeout: 0,
-    };
-    let arm = Attach {
-        name: "arm",
-        arch: "arm64",
-        owner: None,
-        running: &[],
-    };
+    let two = AMD_ARM;
+    let arm = ARM;
     let mut held = Script::new(FarmConfig {
         max_unsent: 1,
         ..config()
