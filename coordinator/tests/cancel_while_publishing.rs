@@ -11,8 +11,6 @@ use std::time::Duration;
 use manifold_coordinator::access::Caller;
 use manifold_coordinator::build::{BuildRequest, BuildState};
 use manifold_coordinator::farm::{FarmConfig, JobOutcome, ToWorker};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 
 mod support;
 
@@ -38,78 +36,34 @@ async fn wait_for(seen: &Seen, what: &str, wanted: impl Fn(&str) -> bool) {
 /// A registry open to all (saying so after [`SLOW`]) that says every manifest exists and accepts
 /// every push.
 async fn scripted_registry() -> (String, Seen) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
     let seen: Seen = Arc::new(tokio::sync::watch::Sender::new(Vec::new()));
-    let log = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                let mut stream = BufReader::new(stream);
-                let mut asked_slow = false;
-                loop {
-                    let mut line = String::new();
-                    if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        if asked_slow {
-                            log.send_modify(|r| r.push("CLOSED AFTER GET /v2/".into()));
-                        }
-                        return;
+    let (log, closes) = (Arc::clone(&seen), Arc::clone(&seen));
+    let address = support::http::serve(
+        move |request| {
+            log.send_modify(|r| r.push(request.clone()));
+            Box::pin(async move {
+                if request.starts_with("HEAD") {
+                    let digest = request.rsplit('/').next().unwrap_or_default().to_owned();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nDocker-Content-Digest: {digest}\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 2\r\n\r\n"
+                    )
+                } else if request.starts_with("PUT") {
+                    "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n".to_owned()
+                } else {
+                    if request == "GET /v2/" {
+                        tokio::time::sleep(SLOW).await;
                     }
-                    let request = line
-                        .split_whitespace()
-                        .take(2)
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    let mut length = 0usize;
-                    loop {
-                        let mut header = String::new();
-                        if stream.read_line(&mut header).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if header.trim().is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = header.split_once(':')
-                            && k.eq_ignore_ascii_case("content-length")
-                        {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    if stream.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    log.send_modify(|r| r.push(request.clone()));
-                    asked_slow |= request == "GET /v2/";
-                    let response = if request.starts_with("HEAD") {
-                        let digest = request.rsplit('/').next().unwrap_or_default().to_owned();
-                        format!(
-                            "HTTP/1.1 200 OK\r\nDocker-Content-Digest: {digest}\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 2\r\n\r\n"
-                        )
-                    } else if request.starts_with("PUT") {
-                        "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n".to_owned()
-                    } else {
-                        if request == "GET /v2/" {
-                            tokio::time::sleep(SLOW).await;
-                        }
-                        "HTTP/1.1 200 OK\r\nDocker-Distribution-API-Version: registry/2.0\r\nContent-Length: 0\r\n\r\n".to_owned()
-                    };
-                    if stream
-                        .get_mut()
-                        .write_all(response.as_bytes())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+                    support::http::ok()
                 }
-            });
-        }
-    });
+            })
+        },
+        move |requests| {
+            if requests.iter().any(|r| r == "GET /v2/") {
+                closes.send_modify(|r| r.push("CLOSED AFTER GET /v2/".into()));
+            }
+        },
+    )
+    .await;
     (address, seen)
 }
 

@@ -921,55 +921,27 @@ struct HeldRegistry {
 
 impl HeldRegistry {
     async fn start() -> Self {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
         let (held_tx, held) = tokio::sync::watch::channel(0usize);
         let (release, released) = tokio::sync::watch::channel(false);
-        let held_tx = Arc::new(held_tx);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (held_tx, mut released) = (held_tx.clone(), released.clone());
-                tokio::spawn(async move {
-                    let mut stream = BufReader::new(stream);
-                    loop {
-                        let mut line = String::new();
-                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        // Requests without bodies only (GET, HEAD): read up to the blank line.
-                        loop {
-                            let mut header = String::new();
-                            if stream.read_line(&mut header).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if header.trim().is_empty() {
-                                break;
-                            }
-                        }
-                        let response = if line.contains("/manifests/") {
-                            held_tx.send_modify(|n| *n += 1);
-                            let _ = released.wait_for(|r| *r).await;
-                            let body = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
-                            format!(
-                                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                                body.len()
-                            )
-                        } else {
-                            "HTTP/1.1 200 OK\r\nDocker-Distribution-API-Version: registry/2.0\r\nContent-Length: 0\r\n\r\n".to_owned()
-                        };
-                        if stream
-                            .get_mut()
-                            .write_all(response.as_bytes())
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
+        let address = support::http::serve(
+            move |request| {
+                if !request.contains("/manifests/") {
+                    return Box::pin(async { support::http::ok() });
+                }
+                held_tx.send_modify(|n| *n += 1);
+                let mut released = released.clone();
+                Box::pin(async move {
+                    let _ = released.wait_for(|r| *r).await;
+                    let body = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+                    format!(
+                        "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                })
+            },
+            |_| {},
+        )
+        .await;
         Self {
             address,
             held,

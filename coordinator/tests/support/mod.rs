@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses its part
 
+pub mod http;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
