@@ -13,7 +13,7 @@ use manifold_proto::{BuildId, JobId, Platform};
 use super::state::{Effects, FarmState, Now, PublishFailure, Session};
 use super::{FarmConfig, JobOutcome, ToWorker, WorkerHealth, WorkerHello};
 use crate::access::Caller;
-use crate::build::{Build, BuildRequest, BuildSpec, BuildState, JobState};
+use crate::build::{Build, BuildRequest, BuildSpec, BuildState, Job, JobState};
 use crate::scheduler::Team;
 
 mod checks;
@@ -141,13 +141,17 @@ impl Script {
         self.state.get(self.builds[0]).unwrap()
     }
 
-    fn job(&self, arch: &str) -> JobId {
+    /// The first build's job of linux/ARCH, as the farm holds it now.
+    fn job_record(&self, arch: &str) -> Job {
         self.build()
             .jobs
-            .iter()
+            .into_iter()
             .find(|j| j.platform.architecture() == arch)
             .unwrap_or_else(|| panic!("no {arch} job"))
-            .id
+    }
+
+    fn job(&self, arch: &str) -> JobId {
+        self.job_record(arch).id
     }
 
     fn session(&self, name: &str) -> Session {
@@ -864,12 +868,7 @@ fn a_restored_farm_waits_the_lease_for_running_jobs_and_queues_the_others() {
         let effects = s.step(ms, &step);
         assert_eq!(s.render(&effects), expected, "at {ms} ms, {step:?}");
     }
-    let b = s.build();
-    let amd = b
-        .jobs
-        .iter()
-        .find(|j| j.platform.architecture() == "amd64")
-        .unwrap();
+    let amd = s.job_record("amd64");
     assert_eq!((amd.state, amd.attempt), (JobState::Assigned, 2));
     assert_eq!(amd.error.as_deref(), Some("attempt 1 on x86: worker lost"));
 }

@@ -5,12 +5,22 @@
 use super::*;
 use crate::farm::timers::CHECK_WINDOW;
 
-fn amd_job(s: &Script) -> crate::build::Job {
-    s.build()
-        .jobs
-        .into_iter()
-        .find(|j| j.platform.architecture() == "amd64")
-        .unwrap()
+/// When [`reported`] has x86 report the image of the amd64 job's attempt 1.
+const REPORTED_AT: u64 = 200;
+
+/// A farm with `config` where x86 took the amd64 job, acknowledged it at 100 ms and reported its
+/// image at [`REPORTED_AT`]; the coordinator is checking it.
+fn reported(config: FarmConfig) -> Script {
+    use Step::*;
+    check(
+        config,
+        &[
+            (0, attach("x86"), ""),
+            (0, AMD, "assign x86 amd64 #1"),
+            (100, Accept("x86", "amd64", 1), ""),
+            (REPORTED_AT, Reported("x86", "amd64", 1), ""),
+        ],
+    )
 }
 
 #[test]
@@ -28,7 +38,7 @@ fn a_reported_image_frees_the_workers_slot_at_once_and_the_job_waits_for_its_che
             (200, Reported("x86", "amd64", 1), "assign x86 amd64 #1"),
         ],
     );
-    let job = amd_job(&s);
+    let job = s.job_record("amd64");
     assert_eq!(
         (job.state, job.worker.as_deref()),
         (JobState::Running, Some("x86"))
@@ -65,7 +75,7 @@ fn an_image_failing_its_check_counts_as_an_attempt_and_goes_to_another_worker() 
             (300, CheckFailed("x86", "amd64", 1), "assign x86-b amd64 #2"),
         ],
     );
-    let error = amd_job(&s).error.unwrap();
+    let error = s.job_record("amd64").error.unwrap();
     assert!(
         error
             .starts_with("attempt 1 on x86: worker x86 reported an image that failed verification"),
@@ -76,13 +86,9 @@ fn an_image_failing_its_check_counts_as_an_attempt_and_goes_to_another_worker() 
 #[test]
 fn a_worker_that_leaves_and_comes_back_while_its_image_is_checked_moves_nothing() {
     use Step::*;
-    check(
-        leased(),
+    run(
+        reported(leased()),
         &[
-            (0, attach("x86"), ""),
-            (0, AMD, "assign x86 amd64 #1"),
-            (100, Accept("x86", "amd64", 1), ""),
-            (200, Reported("x86", "amd64", 1), ""),
             (300, Detach("x86"), "close x86"),
             // Not orphaned: the lease passes and the job is not requeued...
             (15_301, Tick, ""),
@@ -96,24 +102,19 @@ fn a_worker_that_leaves_and_comes_back_while_its_image_is_checked_moves_nothing(
 #[test]
 fn a_check_that_does_not_end_within_its_window_requeues_the_job_without_a_cancel() {
     use Step::*;
-    let reported = 200;
     let window = CHECK_WINDOW.as_millis() as u64;
-    let s = check(
-        config(),
+    let s = run(
+        reported(config()),
         &[
-            (0, attach("x86"), ""),
-            (0, AMD, "assign x86 amd64 #1"),
-            (100, Accept("x86", "amd64", 1), ""),
-            (reported, Reported("x86", "amd64", 1), ""),
             // Past --stuck-after (600 s) and the acknowledgement deadline: neither runs now.
-            (reported + window - 1, Tick, ""),
-            (reported + window, Tick, "assign x86 amd64 #2"),
+            (REPORTED_AT + window - 1, Tick, ""),
+            (REPORTED_AT + window, Tick, "assign x86 amd64 #2"),
             // The check's verdict, late, changes nothing.
-            (reported + window + 1, Pushed("x86", "amd64", 1), ""),
+            (REPORTED_AT + window + 1, Pushed("x86", "amd64", 1), ""),
         ],
     );
     assert_eq!(
-        amd_job(&s).error.as_deref(),
+        s.job_record("amd64").error.as_deref(),
         Some(
             "attempt 1 on x86: the coordinator's check of the reported image did not end within 15m"
         )
@@ -123,13 +124,9 @@ fn a_check_that_does_not_end_within_its_window_requeues_the_job_without_a_cancel
 #[test]
 fn a_build_cancelled_while_its_image_is_checked_tells_the_worker_nothing() {
     use Step::*;
-    check(
-        config(),
+    run(
+        reported(config()),
         &[
-            (0, attach("x86"), ""),
-            (0, AMD, "assign x86 amd64 #1"),
-            (100, Accept("x86", "amd64", 1), ""),
-            (200, Reported("x86", "amd64", 1), ""),
             (300, Cancel, "ended Cancelled"),
             (400, Pushed("x86", "amd64", 1), ""),
         ],

@@ -202,11 +202,6 @@ fn no_more_than_max_unsent_assignments_wait_for_the_writer_and_the_rest_are_deci
             (30, Sent("arm64", 1), ""),
         ],
     );
-    let arm64 = s
-        .build()
-        .jobs
-        .into_iter()
-        .find(|j| j.platform.architecture() == "arm64")
-        .unwrap();
+    let arm64 = s.job_record("arm64");
     assert_eq!((arm64.state, arm64.attempt), (JobState::Assigned, 1));
 }
