@@ -370,30 +370,7 @@ impl FarmState {
             }
         }
         for (job, attempt, why) in overdue {
-            let cause = match why {
-                Overdue::Unacknowledged => format!(
-                    "the worker did not acknowledge the assignment within {}",
-                    human_duration(self.config.assign_timeout)
-                ),
-                Overdue::Stuck => format!(
-                    "no output for {}: treated as stuck (raise --stuck-after for steps that are silent longer)",
-                    human_duration(self.config.stuck_after)
-                ),
-                Overdue::Unchecked => format!(
-                    "the coordinator's check of the reported image did not end within {}",
-                    human_duration(timers::CHECK_WINDOW)
-                ),
-            };
-            self.live.remove(&job);
-            if why == Overdue::Unchecked {
-                // The worker is done with it: nothing to stop there.
-                if let Some(build_id) = self.current_build(job, attempt) {
-                    self.attempt_over(job);
-                    self.retry_or_give_up(build_id, job, &cause, now);
-                }
-            } else {
-                self.attempt_failed(job, attempt, &cause, now);
-            }
+            self.attempt_failed(job, attempt, &why.cause(&self.config), now);
         }
         let timed_out: Vec<BuildId> = self
             .deadlines
@@ -535,13 +512,14 @@ impl FarmState {
     }
 
     /// The coordinator gives up on attempt `attempt` of `job` (worker lost, no acknowledgement,
-    /// stuck): its worker, if attached, is told to stop it, the attempt counts, and the job is
-    /// requeued while attempts remain. Nothing happens when that attempt is no longer out.
+    /// stuck, its image's check not ending): its worker, if attached and not done with it already
+    /// (reported), is told to stop it, the attempt counts, and the job is requeued while attempts
+    /// remain. Nothing happens when that attempt is no longer out.
     fn attempt_failed(&mut self, job: JobId, attempt: u32, cause: &str, now: Now) {
         let Some(build_id) = self.current_build(job, attempt) else {
             return;
         };
-        let worker = self.worker_of(job);
+        let worker = self.worker_of(job).filter(|_| !self.is_checking(job));
         tracing::warn!(build = %build_id, %job, attempt, worker = ?worker, cause, "attempt failed");
         self.attempt_over(job);
         if let Some(session) = worker.as_deref().and_then(|w| self.session_of(w)) {
@@ -626,7 +604,10 @@ impl FarmState {
                 if !is_failed
                     && entry.build.reused.is_none()
                     && matches!(j.state, JobState::Assigned | JobState::Running)
-                    && !self.live.get(&j.id).is_some_and(|l| l.is_checking())
+                    && !self
+                        .live
+                        .get(&j.id)
+                        .is_some_and(timers::LiveAttempt::is_checking)
                 {
                     to_cancel.push((j.id, j.attempt, j.worker.clone()));
                 }
@@ -774,6 +755,13 @@ impl FarmState {
             }
             self.live.insert(a.job, live);
         }
+    }
+
+    /// Whether `job`'s worker reported its image and the coordinator is checking it.
+    fn is_checking(&self, job: JobId) -> bool {
+        self.live
+            .get(&job)
+            .is_some_and(timers::LiveAttempt::is_checking)
     }
 
     /// The current session of worker `name`, while it is attached.

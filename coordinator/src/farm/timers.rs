@@ -17,6 +17,7 @@
 use std::time::{Duration, Instant};
 
 use super::FarmConfig;
+use crate::build::human_duration;
 
 /// How long the coordinator's check of a reported image may take at most.
 pub const CHECK_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -46,6 +47,26 @@ pub enum Overdue {
     Stuck,
     /// Reported, and its image's check did not end within [`CHECK_WINDOW`].
     Unchecked,
+}
+
+impl Overdue {
+    /// Why the attempt was called off, as its error says it.
+    pub fn cause(self, config: &FarmConfig) -> String {
+        match self {
+            Overdue::Unacknowledged => format!(
+                "the worker did not acknowledge the assignment within {}",
+                human_duration(config.assign_timeout)
+            ),
+            Overdue::Stuck => format!(
+                "no output for {}: treated as stuck (raise --stuck-after for steps that are silent longer)",
+                human_duration(config.stuck_after)
+            ),
+            Overdue::Unchecked => format!(
+                "the coordinator's check of the reported image did not end within {}",
+                human_duration(CHECK_WINDOW)
+            ),
+        }
+    }
 }
 
 impl LiveAttempt {
