@@ -696,7 +696,7 @@ impl Farm {
             at: now,
             ms: now_ms(),
         };
-        let sent = std::mem::take(&mut *self.inner.sent.lock().expect("sent log lock poisoned"));
+        let sent = self.take_sent();
         self.transition(|st, _| {
             for (job, attempt, at) in sent {
                 st.sent(job, attempt, at);
@@ -704,6 +704,11 @@ impl Farm {
             st.tick(now)
         });
         self.retire(now);
+    }
+
+    /// The assignments the writer reported sent since this was last asked.
+    fn take_sent(&self) -> Vec<(JobId, u32, Instant)> {
+        std::mem::take(&mut *self.inner.sent.lock().expect("sent log lock poisoned"))
     }
 
     /// Cancelled when this farm's term ends.
@@ -720,7 +725,7 @@ impl Farm {
             tokio::select! {
                 _ = term.cancelled() => return,
                 _ = wrote.notified() => {
-                    let sent = std::mem::take(&mut *self.inner.sent.lock().expect("sent log lock poisoned"));
+                    let sent = self.take_sent();
                     if !sent.is_empty() {
                         self.transition(|st, now| st.sent_all(sent, now));
                     }
