@@ -290,6 +290,26 @@ impl From<ContextError> for ApiError {
     }
 }
 
+/// Waits until `changed` changes, for a watch stream whose caller reads `tx`; `false` when the
+/// stream is to end instead: the farm dropped the channel, the caller went away, or this
+/// coordinator stepped down (the caller is then told to watch `what` again on the new leader).
+async fn next_change<T, M>(
+    changed: &mut tokio::sync::watch::Receiver<T>,
+    tx: &mpsc::Sender<Result<M, Status>>,
+    stopped: &tokio_util::sync::CancellationToken,
+    what: &str,
+) -> bool {
+    tokio::select! {
+        r = changed.changed() => r.is_ok(),
+        _ = tx.closed() => false,
+        _ = stopped.cancelled() => {
+            let message = format!("this coordinator stepped down; watch again to follow {what} on the new leader");
+            let _ = tx.send(Err(Status::unavailable(message))).await;
+            false
+        }
+    }
+}
+
 fn parse_build_id(s: &str) -> Result<BuildId, Status> {
     s.parse().map_err(Status::invalid_argument)
 }
@@ -697,13 +717,8 @@ impl builds_server::Builds for Api {
                 if ended {
                     return;
                 }
-                tokio::select! {
-                    r = changed.changed() => if r.is_err() { return },
-                    _ = tx.closed() => return,
-                    _ = stopped.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("this coordinator stepped down; watch again to follow the build on the new leader"))).await;
-                        return;
-                    }
+                if !next_change(&mut changed, &tx, &stopped, "the build").await {
+                    return;
                 }
             }
         });

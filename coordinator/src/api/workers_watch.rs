@@ -37,13 +37,8 @@ pub(super) async fn follow(
             }
             sent = Some(workers);
         }
-        tokio::select! {
-            r = transitions.changed() => if r.is_err() { return },
-            _ = tx.closed() => return,
-            _ = stopped.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("this coordinator stepped down; watch again to follow the workers on the new leader"))).await;
-                return;
-            }
+        if !super::next_change(&mut transitions, &tx, &stopped, "the workers").await {
+            return;
         }
         tokio::select! {
             _ = tokio::time::sleep(GAP) => {}
