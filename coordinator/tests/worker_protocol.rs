@@ -529,8 +529,8 @@ async fn a_restarted_coordinator_keeps_queued_builds_and_adopts_running_jobs() {
     let id = submit(&c, &["linux/amd64", "linux/arm64"]).await;
     let a = x86.expect_assign().await;
     x86.accept(&a).await;
-    // Once the farm recorded "running" (its writer writes what it was given before it stops),
-    // stop the coordinator under the worker's feet.
+    // Once the farm holds the job as running, stop the coordinator under the worker's feet (its
+    // writer writes what it was given before it stops).
     watch_until(&c, &id, |e| match &e.event {
         Some(v1::build_event::Event::JobState(s)) => s.state == v1::JobState::Running as i32,
         _ => false,
@@ -550,7 +550,13 @@ async fn a_restarted_coordinator_keeps_queued_builds_and_adopts_running_jobs() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(job(&restored, "amd64").state, v1::JobState::Running as i32);
+    // The acknowledgement was never written on its own: the job comes back as assigned to x86,
+    // and waits for x86 as a running job does.
+    let amd64 = job(&restored, "amd64");
+    assert_eq!(
+        (amd64.state, amd64.attempt, amd64.worker.as_str()),
+        (v1::JobState::Assigned as i32, 1, "x86")
+    );
     assert_eq!(job(&restored, "arm64").state, v1::JobState::Queued as i32);
 
     // The worker comes back restating its job: it is adopted, not assigned again.
@@ -563,6 +569,13 @@ async fn a_restarted_coordinator_keeps_queued_builds_and_adopts_running_jobs() {
             attempt: a.attempt,
         }],
     )
+    .await;
+    watch_until(&c, &id, |e| match &e.event {
+        Some(v1::build_event::Event::JobState(s)) => {
+            s.state == v1::JobState::Running as i32 && s.message.contains("adopted")
+        }
+        _ => false,
+    })
     .await;
     // The queued arm64 job runs once an arm64 worker attaches.
     let mut arm = FakeWorker::attach(&c, "arm", "linux/arm64").await;

@@ -822,11 +822,16 @@ impl FarmState {
     }
 }
 
-/// Appends an event; every event but a log line is a state transition to persist.
+/// Appends an event of a state transition to persist with the transition.
 fn record(entry: &mut BuildEntry, kind: EventKind, now: Now) {
-    if !matches!(kind, EventKind::Log { .. }) {
-        entry.dirty = true;
-    }
+    entry.dirty = true;
+    note(entry, kind, now);
+}
+
+/// Adds an event whose change is written with the build's next record, not on its own: a change
+/// a restart would undo to no effect (a log line; an acknowledgement, as a job restored
+/// `assigned` waits for its worker as one restored `running` does). Watchers see it at once.
+fn note(entry: &mut BuildEntry, kind: EventKind, now: Now) {
     let sequence = entry.events.len() as u64;
     entry.events.push(Event {
         sequence,

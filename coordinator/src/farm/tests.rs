@@ -873,6 +873,62 @@ fn a_restored_farm_waits_the_lease_for_running_jobs_and_queues_the_others() {
     assert_eq!(amd.error.as_deref(), Some("attempt 1 on x86: worker lost"));
 }
 
+/// An acknowledgement is not written on its own (a restart from the assigned record does what one
+/// from a running record does): watchers see it at once, and the build's next record carries it.
+#[test]
+fn an_acknowledgement_rides_with_the_builds_next_record_and_a_restart_from_before_it_adopts_the_job()
+ {
+    use Step::*;
+    let mut s = check(leased(), &[(0, attach("x86"), "")]);
+    let assigned = s.step(0, &AMD);
+    assert_eq!(s.render(&assigned), "assign x86 amd64 #1");
+    let written = assigned
+        .persist
+        .last()
+        .cloned()
+        .expect("the assignment is written");
+    assert_eq!(written.jobs[0].state, JobState::Assigned);
+
+    let accepted = s.step(1_000, &Accept("x86", "amd64", 1));
+    assert!(accepted.persist.is_empty(), "{:?}", accepted.persist);
+    assert_eq!(accepted.history.len(), 1, "watchers hear of it");
+    let held = s.build();
+    assert_eq!(
+        (held.state, held.jobs[0].state),
+        (BuildState::Running, JobState::Running)
+    );
+    assert!(s.step(2_000, &Log("x86", "amd64", 1)).persist.is_empty());
+    let pushed = s.step(3_000, &Pushed("x86", "amd64", 1));
+    let next = pushed.persist.last().expect("the image is written");
+    assert_eq!(
+        (next.state, next.jobs[0].state),
+        (BuildState::Running, JobState::Succeeded)
+    );
+    assert_eq!(next.version, written.version + 1);
+
+    // A coordinator that restarts from the assigned record: the worker restating the attempt
+    // gets it back (no new assignment) within the lease, and the adoption is written.
+    let mut r = Script::new(leased());
+    let _ = r.state.restore(vec![written.clone()], vec![], r.at(0));
+    r.builds.push(written.id);
+    r.archs.insert(written.jobs[0].id, "amd64".into());
+    let back = Attach {
+        name: "x86",
+        arch: "amd64",
+        owner: None,
+        running: &[("amd64", 1)],
+    };
+    let adopted = r.step(5_000, &back);
+    assert_eq!(r.render(&adopted), "");
+    let record = adopted.persist.last().expect("the adoption is written");
+    assert_eq!(
+        (record.state, record.jobs[0].state, record.jobs[0].attempt),
+        (BuildState::Running, JobState::Running, 1)
+    );
+    let later = r.step(20_000, &Tick);
+    assert_eq!(r.render(&later), "", "adopted: no lease requeue");
+}
+
 #[test]
 fn a_paused_worker_gets_no_job_until_resumed_and_one_that_does_not_lend_only_its_owners() {
     use Step::*;

@@ -8,7 +8,7 @@
 
 use manifold_proto::BuildId;
 
-use super::{FarmState, MAX_LOG_EVENTS, Now, job_meta, record};
+use super::{FarmState, MAX_LOG_EVENTS, Now, job_meta, note, record};
 use crate::build::{BuildState, Event, EventKind, JobState, Reused};
 use crate::farm::reuse::reuse_key;
 use crate::logs::LogLines;
@@ -205,7 +205,7 @@ impl FarmState {
                     lines: vec![line.clone()],
                 });
                 if entry.events.len() < MAX_LOG_EVENTS {
-                    record(entry, ev.kind.clone(), now);
+                    note(entry, ev.kind.clone(), now);
                 }
             }
             EventKind::Finished {

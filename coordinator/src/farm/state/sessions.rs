@@ -5,7 +5,8 @@ use manifold_proto::JobId;
 use manifold_registry::ChildImage;
 
 use super::{
-    Effects, FarmState, ImageCheck, Now, Session, WorkerConn, append_error, job_mut, record, timers,
+    Effects, FarmState, ImageCheck, Now, Session, WorkerConn, append_error, job_mut, note, record,
+    timers,
 };
 use crate::build::{BuildState, EventKind, JobState, LOG_TAIL_LINES};
 use crate::farm::{FarmError, JobOutcome, ToWorker, WorkerHealth, WorkerHello, WorkerView};
@@ -281,7 +282,8 @@ impl FarmState {
             if entry.build.state == BuildState::Queued {
                 entry.build.state = BuildState::Running;
             }
-            record(entry, ev, now);
+            // Not written on its own: a restart from the assigned record does the same.
+            note(entry, ev, now);
         }
         if let Some(live) = self.live.get_mut(&job).filter(|l| l.attempt == attempt) {
             live.acknowledge(now.at);
@@ -317,7 +319,7 @@ impl FarmState {
             }
             j.log_tail.push_back(line.clone());
             if entry.events.len() < MAX_LOG_EVENTS {
-                record(
+                note(
                     entry,
                     EventKind::Log {
                         platform: platform.clone(),
