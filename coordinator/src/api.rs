@@ -750,21 +750,9 @@ impl builds_server::Builds for Api {
             since_ms: (r.since_ms != 0).then_some(r.since_ms),
         };
         // A listing carries summaries: no build args, labels or output tails (`Builds.Get` has
-        // them), so that its size is bounded by the number of builds.
+        // them, [`build::Build::listing`]), so that its size is bounded by the number of builds.
         let page = self.farm()?.list(&q, &caller).await.map_err(status)?;
-        let builds = (page.items.iter())
-            .map(|b| {
-                let mut b = build_to_wire(b);
-                if let Some(r) = b.request.as_mut() {
-                    r.build_args.clear();
-                    r.labels.clear();
-                }
-                for j in &mut b.jobs {
-                    j.log_tail.clear();
-                }
-                b
-            })
-            .collect();
+        let builds = page.items.iter().map(build_to_wire).collect();
         Ok(Response::new(v1::ListBuildsResponse {
             builds,
             next_before: page

@@ -636,6 +636,69 @@ pub enum Reused {
 }
 
 impl Build {
+    /// The build as a listing shows it (`Builds.List`): all of it but its build args, labels and
+    /// output tails, which `Builds.Get` has. A page of listings costs what its builds' states
+    /// cost to copy (under the farm's lock), not their logs; and its size is bounded by the
+    /// number of builds.
+    pub fn listing(&self) -> Build {
+        let (s, r) = (&self.spec, &self.request);
+        Build {
+            id: self.id,
+            spec: BuildSpec {
+                image: s.image.clone(),
+                platforms: s.platforms.clone(),
+                context_digest: s.context_digest.clone(),
+                dockerfiles: s.dockerfiles.clone(),
+                build_args: BTreeMap::new(),
+                target: s.target.clone(),
+                labels: BTreeMap::new(),
+                arch_tags: s.arch_tags,
+                arch_tag_template: s.arch_tag_template.clone(),
+                flags: s.flags.clone(),
+                extra_tags: s.extra_tags.clone(),
+            },
+            request: BuildRequest {
+                image: r.image.clone(),
+                platforms: r.platforms.clone(),
+                context_digest: r.context_digest.clone(),
+                dockerfile: r.dockerfile.clone(),
+                platform_dockerfiles: r.platform_dockerfiles.clone(),
+                build_args: BTreeMap::new(),
+                target: r.target.clone(),
+                labels: BTreeMap::new(),
+                arch_tags: r.arch_tags,
+                timeout_seconds: r.timeout_seconds,
+                arch_tag_template: r.arch_tag_template.clone(),
+                priority: r.priority,
+                flags: r.flags.clone(),
+                secrets: Default::default(),
+                extra_tags: r.extra_tags.clone(),
+            },
+            state: self.state,
+            jobs: (self.jobs.iter())
+                .map(|j| Job {
+                    id: j.id,
+                    platform: j.platform.clone(),
+                    state: j.state,
+                    worker: j.worker.clone(),
+                    attempt: j.attempt,
+                    image: j.image.clone(),
+                    error: j.error.clone(),
+                    log_tail: VecDeque::new(),
+                })
+                .collect(),
+            manifest: self.manifest.clone(),
+            error: self.error.clone(),
+            created_at_ms: self.created_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            version: self.version,
+            team: self.team.clone(),
+            submitted_by: self.submitted_by.clone(),
+            publishing: self.publishing.clone(),
+            reused: self.reused,
+        }
+    }
+
     /// When the build times out, in Unix ms.
     pub fn deadline_ms(&self) -> i64 {
         let timeout = i64::try_from(self.request.timeout().as_millis()).unwrap_or(i64::MAX);
@@ -741,6 +804,24 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listing_is_the_build_without_its_args_labels_and_output_tails() {
+        let mut build = crate::store::suite::build(7);
+        build.spec.labels = [("team".to_owned(), "mobile".to_owned())].into();
+        build.request.build_args = [("V".to_owned(), "1".to_owned())].into();
+        build.request.labels = build.spec.labels.clone();
+        build.request.target = "app".into();
+        build.jobs[0].worker = Some("mac-1".into());
+        build.jobs[0].error = Some("attempt 1 on mac-1: worker lost".into());
+        build.error = Some("cancelled".into());
+        let mut expected = build.clone();
+        (expected.spec.build_args, expected.spec.labels) = Default::default();
+        (expected.request.build_args, expected.request.labels) = Default::default();
+        expected.jobs[0].log_tail.clear();
+        assert_eq!(build.listing(), expected);
+        assert!(!build.jobs[0].log_tail.is_empty() && !build.spec.build_args.is_empty());
+    }
 
     struct Ctx {
         _dir: tempfile::TempDir,

@@ -126,10 +126,10 @@ impl Farm {
         Ok(())
     }
 
-    /// The page of the builds that `by` may see that `q` asks for, newest first; evicted builds
-    /// are read from the store (one read for the page).
+    /// The page of the builds that `by` may see that `q` asks for, newest first, as listings show
+    /// them ([`Build::listing`]); evicted builds are read from the store (one read for the page).
     pub async fn list(&self, q: &PageQuery, by: &Caller) -> Result<Page<Build>, FarmError> {
-        let page = self.lock().state.list(q, by)?;
+        let page = self.lock().state.list(q, by, Build::listing)?;
         let evicted: Vec<BuildId> = (page.items.iter())
             .filter_map(|l| match l {
                 Listed::Stored(id) => Some(*id),
@@ -147,7 +147,7 @@ impl Farm {
             .filter_map(|l| match l {
                 Listed::Held(b) => Some(*b),
                 // Deleted meanwhile: left out.
-                Listed::Stored(id) => stored.remove(&id),
+                Listed::Stored(id) => stored.remove(&id).map(|b| b.listing()),
             })
             .collect();
         Ok(Page {
@@ -158,7 +158,7 @@ impl Farm {
 
     /// Like [`Farm::list`] without reading the store: evicted builds by id only.
     pub fn list_held(&self, q: &PageQuery, by: &Caller) -> Result<Page<Listed>, PageError> {
-        self.lock().state.list(q, by)
+        self.lock().state.list(q, by, Build::clone)
     }
 
     /// How many builds the farm lists, and how many it holds in full.

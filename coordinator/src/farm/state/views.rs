@@ -61,14 +61,20 @@ impl FarmState {
     }
 
     /// The page of the builds that `by` may see that `q` asks for, newest first: the held ones
-    /// in full, the evicted ones by id (the handle reads them from the store).
-    pub fn list(&self, q: &PageQuery, by: &Caller) -> Result<Page<Listed>, PageError> {
+    /// as `copy` copies them (whole, or [`Build::listing`]), the evicted ones by id (the handle
+    /// reads them from the store).
+    pub fn list(
+        &self,
+        q: &PageQuery,
+        by: &Caller,
+        copy: fn(&Build) -> Build,
+    ) -> Result<Page<Listed>, PageError> {
         let visible = (self.catalog.newest_first(q.before)).filter(|(_, e)| by.sees(&e.team));
         let p = paging::page(visible, |(id, e)| (*id, e.created_at_ms), q)?;
         Ok(Page {
             items: (p.items.into_iter())
                 .map(|(id, _)| match self.builds.get(&id) {
-                    Some(e) => Listed::Held(Box::new(e.build.clone())),
+                    Some(e) => Listed::Held(Box::new(copy(&e.build))),
                     None => Listed::Stored(id),
                 })
                 .collect(),

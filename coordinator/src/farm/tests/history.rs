@@ -28,7 +28,10 @@ fn admin() -> Caller {
 
 /// What a listing shows of the script's builds, newest first: `n` held, `n?` only stored.
 fn listing(s: &Script) -> Vec<String> {
-    let page = s.state.list(&PageQuery::newest(100), &admin()).unwrap();
+    let page = s
+        .state
+        .list(&PageQuery::newest(100), &admin(), Build::clone)
+        .unwrap();
     (page.items.iter())
         .map(|l| {
             let n = s.builds.iter().position(|b| *b == l.id()).unwrap();
