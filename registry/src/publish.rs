@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use crate::auth::RegistryLogin;
 use crate::inspect::{self, Content};
 use crate::manifest::{self, ChildImage, DOCKER_MANIFEST, ExtraEntry, ManifestList, OCI_MANIFEST};
-use crate::session::Session;
+use crate::session::{Mount, Session};
 use crate::tag_template::{TagTemplate, TagTemplateError};
 
 pub use crate::auth::credentials_for;
@@ -310,7 +310,9 @@ pub async fn bring(
             }
             continue;
         }
-        if same_registry && session.mount_blob(target, origin, &blob.digest).await? {
+        if same_registry
+            && session.mount_blob(target, origin, &blob.digest).await? == Mount::Mounted
+        {
             t.blobs_mounted += 1;
             continue;
         }

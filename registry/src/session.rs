@@ -275,6 +275,16 @@ pub struct RawManifest {
     pub media_type: String,
 }
 
+/// What [`Session::mount_blob`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mount {
+    /// The blob is in the target repository now.
+    Mounted,
+    /// The registry did not mount it; its answer, for the job's output. The caller copies the
+    /// blob.
+    Refused(String),
+}
+
 /// A client with the credentials of the registries one task touches.
 pub struct Session {
     config: RegistryConfig,
@@ -645,22 +655,28 @@ impl Session {
     }
 
     /// Asks the registry to mount blob `digest` from `source`'s repository into `target`'s (same
-    /// registry). `Ok(false)` when it would not (it then opens an upload instead, or the blob is
-    /// not in the source): the caller copies the blob.
+    /// registry). [`Mount::Refused`] when it would not (it then opens an upload instead, or the
+    /// blob is not in the source): the caller copies the blob.
     pub async fn mount_blob(
         &self,
         target: &Reference,
         source: &Reference,
         digest: &str,
-    ) -> Result<bool, RegistryError> {
+    ) -> Result<Mount, RegistryError> {
         match self.client.mount_blob(target, source, digest).await {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok(Mount::Mounted),
             Err(e) if auth_status(&e).is_some() || connection_failure(&e).is_some() => {
                 Err(self.error(target, format!("mounting blob {digest} from {source}"), e))
             }
             Err(e) => {
                 tracing::debug!(%digest, error = %e, "the registry did not mount the blob; copying it");
-                Ok(false)
+                Ok(Mount::Refused(match e {
+                    // The spec's answer when it will not mount: an upload opened instead.
+                    OciDistributionError::SpecViolationError(m) if m.contains("202") => {
+                        "the registry opened an upload instead: the blob is not in that repository, or this login may not read it there".into()
+                    }
+                    e => e.to_string(),
+                }))
             }
         }
     }

@@ -29,7 +29,7 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
-use manifold_registry::session::{RegistryError, Session, backoff};
+use manifold_registry::session::{Mount, RegistryError, Session, backoff};
 use manifold_registry::{DockerConfig, RegistryConfig};
 use oci_client::{Reference, RegistryOperation};
 use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType};
@@ -517,16 +517,23 @@ async fn reuse(
             .then(|| Reference::with_tag(registry.to_owned(), name.to_owned(), "latest".to_owned()))
     });
     for source in sources.take(3) {
-        if session
+        match session
             .mount_blob(repository, &source, &blob.digest)
             .await?
         {
-            logs.line(format!(
-                "{what} {} mounted from {}",
+            Mount::Mounted => {
+                logs.line(format!(
+                    "{what} {} mounted from {}",
+                    short(&blob.digest),
+                    source.repository()
+                ));
+                return Ok(Some((blob, Reuse::Mounted)));
+            }
+            Mount::Refused(why) => logs.line(format!(
+                "{what} {} not mounted from {} ({why}); it is uploaded instead",
                 short(&blob.digest),
                 source.repository()
-            ));
-            return Ok(Some((blob, Reuse::Mounted)));
+            )),
         }
     }
     Ok(None)

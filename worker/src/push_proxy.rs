@@ -36,7 +36,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use manifold_registry::session::{BlobUpload, RegistryError, Session};
+use manifold_registry::session::{BlobUpload, Mount, RegistryError, Session};
 use oci_client::Reference;
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -306,11 +306,8 @@ impl Route {
                 continue;
             }
             let from = Reference::with_digest(registry.to_owned(), path.to_owned(), digest.into());
-            if self
-                .session
-                .mount_blob(&self.at(digest), &from, digest)
-                .await?
-            {
+            let target = self.at(digest);
+            if self.session.mount_blob(&target, &from, digest).await? == Mount::Mounted {
                 self.learn(digest, known.size);
                 return Ok(Some(known.size));
             }
