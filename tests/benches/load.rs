@@ -35,7 +35,10 @@
 //! _JOB_MS (0: a simulated job ends as soon as it is accepted), _TIMEOUT_S (per scenario, 900),
 //! _COORDINATOR (another coordinator binary, for A/B runs; default target/release's),
 //! _COORDINATOR_ARGS (more flags for it, split at spaces, e.g. `--max-unsent 256`),
-//! _KEEP_LOG (set: the coordinator's log is kept beside the report; RUST_LOG reaches it).
+//! _KEEP_LOG (set: the coordinator's log is kept beside the report; RUST_LOG reaches it),
+//! _PIN (set: the coordinator runs on the last CPU alone, this process, its simulated workers and
+//! the registry on the others, `taskset`; as the coordinator would run on a machine of its own,
+//! not sharing its cores with the registry it checks every image in; see docs/benchmarks.md).
 //! The table is also written to target/manifold-bench/load-<unix time>.md. Every wait is bounded;
 //! the coordinator, the registry and their temp dirs are removed at the end, also after a failure.
 
@@ -56,7 +59,7 @@ mod drive;
 mod sim;
 use drive::{Sampler, Submissions, histories, wait_all_final};
 use sim::{
-    Coordinator, Registry, Sim, SimWorker, commit, load_average, pct, platform_key,
+    Coordinator, CpuSplit, Registry, Sim, SimWorker, commit, load_average, pct, platform_key,
     proc_status_kib, push_image, queued, release_binary, unix_ms, upload_context, wait_attached,
     write_report,
 };
@@ -105,6 +108,8 @@ struct Config {
     timeout: Duration,
     /// More flags for the coordinator.
     coordinator_args: Vec<String>,
+    /// The coordinator on a CPU of its own (`_PIN`).
+    pin: bool,
 }
 
 impl Config {
@@ -116,6 +121,7 @@ impl Config {
             log_lines: num("LOG_LINES", 3)? as usize,
             job_ms: num("JOB_MS", 0)?,
             timeout: Duration::from_secs(num("TIMEOUT_S", 900)?),
+            pin: std::env::var_os("MANIFOLD_BENCH_LOAD_PIN").is_some(),
             coordinator_args: std::env::var("MANIFOLD_BENCH_LOAD_COORDINATOR_ARGS")
                 .unwrap_or_default()
                 .split_whitespace()
@@ -171,16 +177,29 @@ async fn run(config: &Config, scenarios: &[Scenario]) -> anyhow::Result<()> {
     };
     let commit = commit();
     let run_id = unix_ms();
+    // Before the registry starts: it inherits this process's CPUs.
+    let split = if config.pin {
+        Some(CpuSplit::apply()?)
+    } else {
+        None
+    };
+    let cpus = match &split {
+        Some(s) => format!(
+            "coordinator on CPU {} alone; this process and the registry on CPUs {}",
+            s.coordinator, s.rest
+        ),
+        None => "every process on every CPU".to_owned(),
+    };
     let registry = Registry::start().await?;
     println!(
-        "load benchmark: {} builds, {} submitters, registry {}, coordinator {} (commit {commit})",
+        "load benchmark: {} builds, {} submitters, registry {}, coordinator {} (commit {commit}); {cpus}",
         config.builds,
         config.submitters,
         registry.host,
         coordinator_bin.display()
     );
     let mut report = format!(
-        "# Load benchmark {run_id}\n\ncommit {commit}; {} two-platform builds from {} submitters; {} log lines per job; jobs take {} ms; coordinator flags: {:?}\n\n",
+        "# Load benchmark {run_id}\n\ncommit {commit}; {} two-platform builds from {} submitters; {} log lines per job; jobs take {} ms; coordinator flags: {:?}; {cpus}\n\n",
         config.builds, config.submitters, config.log_lines, config.job_ms, config.coordinator_args
     );
     let mut results = Vec::new();
@@ -198,7 +217,14 @@ async fn run(config: &Config, scenarios: &[Scenario]) -> anyhow::Result<()> {
         );
         let outcome = tokio::time::timeout(
             config.timeout,
-            run_scenario(config, scenario, &registry, &coordinator_bin, run_id),
+            run_scenario(
+                config,
+                scenario,
+                &registry,
+                &coordinator_bin,
+                split.as_ref().map(|s| s.coordinator.as_str()),
+                run_id,
+            ),
         )
         .await
         .unwrap_or_else(|_| {
@@ -399,6 +425,7 @@ async fn run_scenario(
     scenario: &Scenario,
     registry: &Registry,
     bin: &Path,
+    cpus: Option<&str>,
     run_id: i64,
 ) -> anyhow::Result<Outcome> {
     let repository = format!("load/{run_id}-{}", scenario.name);
@@ -406,7 +433,7 @@ async fn run_scenario(
     let amd64 = push_image(&http, &registry.host, &repository, "amd64").await?;
     let arm64 = push_image(&http, &registry.host, &repository, "arm64").await?;
     let args: Vec<&str> = config.coordinator_args.iter().map(String::as_str).collect();
-    let coordinator = Coordinator::start(bin, &args).await?;
+    let coordinator = Coordinator::start(bin, &args, cpus).await?;
     let control = coordinator.channel().await?;
     let context = upload_context(&control).await?;
     let load_before = load_average();

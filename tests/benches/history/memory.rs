@@ -114,8 +114,13 @@ pub(super) async fn memory(
     let metrics = format!("127.0.0.1:{}", free_port()?);
     let mut args = vec!["--metrics-listen", metrics.as_str()];
     args.extend_from_slice(flags);
-    let mut coordinator =
-        Coordinator::spawn(bin, &state, &dir.path().join("coordinator.log"), &args)?;
+    let mut coordinator = Coordinator::spawn(
+        bin,
+        &state,
+        &dir.path().join("coordinator.log"),
+        &args,
+        None,
+    )?;
     coordinator.wait_serving(Duration::from_secs(60)).await?;
     let control = coordinator.channel().await?;
     let context = upload_context(&control).await?;

@@ -147,7 +147,13 @@ pub(super) async fn restart(config: &Config, bin: &Path) -> anyhow::Result<Resta
         let metrics = format!("127.0.0.1:{}", free_port()?);
         let log = dir.path().join(format!("coordinator-{i}.log"));
         let spawned = Instant::now();
-        let mut c = Coordinator::spawn(bin, &state, &log, &["--metrics-listen", metrics.as_str()])?;
+        let mut c = Coordinator::spawn(
+            bin,
+            &state,
+            &log,
+            &["--metrics-listen", metrics.as_str()],
+            None,
+        )?;
         let (list_s, queue_s) = until_serving(&mut c, 2 * config.queued as u32, spawned).await?;
         let (rss_kib, hwm_kib) = (
             proc_status_kib(c.pid, "VmRSS:").unwrap_or(0),

@@ -276,13 +276,14 @@ pub struct Coordinator {
 impl Coordinator {
     /// A coordinator on a fresh state dir in a temp dir, with `args` added to its command line,
     /// once it answers (bounded).
-    pub async fn start(bin: &Path, args: &[&str]) -> anyhow::Result<Self> {
+    pub async fn start(bin: &Path, args: &[&str], cpus: Option<&str>) -> anyhow::Result<Self> {
         let state = tempfile::tempdir()?;
         let mut c = Self::spawn(
             bin,
             &state.path().join("state"),
             &state.path().join("coordinator.log"),
             args,
+            cpus,
         )?;
         c.temp = Some(state);
         c.wait_serving(Duration::from_secs(60)).await?;
@@ -290,10 +291,25 @@ impl Coordinator {
     }
 
     /// Starts a coordinator on `state_dir` (which it may already hold) and returns at once;
-    /// its stderr goes to `log`.
-    pub fn spawn(bin: &Path, state_dir: &Path, log: &Path, args: &[&str]) -> anyhow::Result<Self> {
+    /// its stderr goes to `log`. With `cpus` (a `taskset -c` list) it runs on those CPUs only.
+    pub fn spawn(
+        bin: &Path,
+        state_dir: &Path,
+        log: &Path,
+        args: &[&str],
+        cpus: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let child = tokio::process::Command::new(bin)
+        // taskset execs the coordinator: the child's pid is the coordinator's.
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut c = tokio::process::Command::new("taskset");
+                c.args(["-c", cpus]).arg(bin);
+                c
+            }
+            None => tokio::process::Command::new(bin),
+        };
+        let child = command
             .args(["--listen", &format!("127.0.0.1:{port}"), "--plaintext"])
             .arg("--state-dir")
             .arg(state_dir)
@@ -560,6 +576,48 @@ pub fn clock_ticks() -> f64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+/// This machine's CPUs split in two (load.rs, `MANIFOLD_BENCH_LOAD_PIN`): the last one for the
+/// coordinator, the others for this process and what it starts after the split (the registry),
+/// as a coordinator and the registry it checks images in run on machines of their own. Assumes
+/// the CPUs are numbered 0..n.
+#[derive(Clone, Debug)]
+pub struct CpuSplit {
+    /// The coordinator's CPU, as a `taskset -c` list.
+    pub coordinator: String,
+    /// The other CPUs: every thread of this process, and its children from now on.
+    pub rest: String,
+}
+
+impl CpuSplit {
+    /// Moves every thread of this process onto `rest`; fails on a machine of one CPU.
+    pub fn apply() -> anyhow::Result<Self> {
+        let n = std::thread::available_parallelism()?.get();
+        if n < 2 {
+            bail!(
+                "MANIFOLD_BENCH_LOAD_PIN needs 2 CPUs or more and this machine has {n}: unset it"
+            );
+        }
+        let split = Self {
+            coordinator: (n - 1).to_string(),
+            rest: if n == 2 {
+                "0".to_owned()
+            } else {
+                format!("0-{}", n - 2)
+            },
+        };
+        let status = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", &split.rest])
+            .arg(std::process::id().to_string())
+            .stdout(Stdio::null())
+            .status()
+            .context("running taskset (util-linux) to pin the benchmark's threads")?;
+        if !status.success() {
+            bail!("taskset -a -p -c {} failed: {status}", split.rest);
+        }
+        Ok(split)
+    }
 }
 
 pub fn commit() -> String {
