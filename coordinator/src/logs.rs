@@ -116,6 +116,12 @@ impl LogBook {
         self.builds.contains_key(&build)
     }
 
+    /// A build submitted in this coordinator's term, once its first record is written: the
+    /// store holds none of its lines, so its numbering starts at 0 without reading the store.
+    pub fn begin(&mut self, build: BuildId) {
+        self.builds.entry(build).or_default();
+    }
+
     /// Takes in what the store already holds of `build` (a build that was logging when this
     /// coordinator took over), so that numbering goes on after it.
     pub fn load(&mut self, build: BuildId, stored: &[LogChunk]) {

@@ -159,9 +159,15 @@ pub(super) async fn write_loop(
                 Err(e) if ids.iter().any(|id| unsaved.holds(*id)) => Err(e.clone()),
                 _ => Ok(()),
             };
-            if batch.new && outcome.is_err() {
+            if batch.new {
                 for id in &ids {
-                    unsaved.held.remove(id);
+                    match &outcome {
+                        Err(_) => {
+                            unsaved.held.remove(id);
+                        }
+                        // Its first lines need no read of the store (a round trip to etcd).
+                        Ok(()) => logs.book.begin(*id),
+                    }
                 }
             }
             assignments.extend(batch.messages.iter().filter_map(|(_, m)| match m {
@@ -456,6 +462,8 @@ mod tests {
         writes: std::sync::atomic::AtomicUsize,
         /// Group writes with lines asked for, and how many lines each held.
         with_lines: std::sync::Mutex<Vec<usize>>,
+        /// Reads of a build's stored lines.
+        log_reads: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait]
@@ -498,8 +506,94 @@ mod tests {
             self.save_all(builds).await
         }
         async fn load_logs(&self, id: BuildId) -> Result<Vec<LogChunk>, StoreError> {
+            self.log_reads.fetch_add(1, Ordering::SeqCst);
             self.store.load_logs(id).await
         }
+    }
+
+    /// A build submitted in this term has no stored lines: its first lines are numbered from 0
+    /// with no read of the store. A build from before this term (restored, or another leader's)
+    /// is read once, and its numbering goes on after what the store holds.
+    #[tokio::test(start_paused = true)]
+    async fn a_submitted_builds_lines_read_nothing_back_and_an_older_builds_are_read_once() {
+        let disk = Arc::new(SmallDisk::default());
+        let (batches, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(
+            disk.clone(),
+            rx,
+            SentLog::default(),
+            Default::default(),
+            CancellationToken::new(),
+        ));
+        let lines = |b: &Build, line: &str| LogLines {
+            build: b.id,
+            job: b.jobs[0].id,
+            platform: b.jobs[0].platform.clone(),
+            lines: vec![line.into()],
+        };
+        let older = suite::build(1);
+        let stored = LogBook::default().append(lines(&older, "from the last term"));
+        disk.store.write_logs(&stored).await.unwrap();
+        let submitted = suite::build(1);
+        let (done, written) = oneshot::channel();
+        batches
+            .send(Batch {
+                builds: vec![submitted.clone()],
+                new: true,
+                done: Some(done),
+                ..Batch::default()
+            })
+            .unwrap();
+        written.await.unwrap().unwrap();
+
+        // Two groups of lines each, then both builds end (their lines are written then).
+        for line in ["#1 FROM", "#2 RUN"] {
+            batches
+                .send(Batch {
+                    logs: vec![lines(&submitted, line), lines(&older, line)],
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        let ended = |b: &Build| Build {
+            state: crate::build::BuildState::Succeeded,
+            version: b.version + 1,
+            ..b.clone()
+        };
+        let (done, written) = oneshot::channel();
+        batches
+            .send(Batch {
+                builds: vec![ended(&submitted), ended(&older)],
+                done: Some(done),
+                ..Batch::default()
+            })
+            .unwrap();
+        written.await.unwrap().unwrap();
+
+        assert_eq!(
+            disk.log_reads.load(Ordering::SeqCst),
+            1,
+            "only the older build's stored lines are read"
+        );
+        let numbered = |chunks: Vec<LogChunk>| -> Vec<(u64, u64, Vec<String>)> {
+            chunks
+                .into_iter()
+                .map(|c| (c.seq, c.first, c.lines))
+                .collect()
+        };
+        let one = |l: &str| vec![l.to_owned()];
+        assert_eq!(
+            numbered(disk.load_logs(submitted.id).await.unwrap()),
+            [(0, 0, one("#1 FROM")), (1, 1, one("#2 RUN"))]
+        );
+        assert_eq!(
+            numbered(disk.load_logs(older.id).await.unwrap()),
+            [
+                (0, 0, one("from the last term")),
+                (1, 1, one("#1 FROM")),
+                (2, 2, one("#2 RUN"))
+            ]
+        );
     }
 
     /// A build's last lines and its final record reach the store in one group write (where the
