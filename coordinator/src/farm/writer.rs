@@ -511,6 +511,32 @@ mod tests {
         }
     }
 
+    /// The writer on `disk`, reading `rx`, in a task of its own.
+    fn spawn_writer(
+        disk: &Arc<SmallDisk>,
+        rx: mpsc::UnboundedReceiver<Batch>,
+        sent: SentLog,
+        term: &CancellationToken,
+    ) {
+        tokio::spawn(write_loop(
+            disk.clone(),
+            rx,
+            sent,
+            Default::default(),
+            term.clone(),
+        ));
+    }
+
+    /// `lines` of `build`'s first job.
+    fn job_lines(build: &Build, lines: &[&str]) -> LogLines {
+        LogLines {
+            build: build.id,
+            job: build.jobs[0].id,
+            platform: build.jobs[0].platform.clone(),
+            lines: lines.iter().map(|l| (*l).to_owned()).collect(),
+        }
+    }
+
     /// A build submitted in this term has no stored lines: its first lines are numbered from 0
     /// with no read of the store. A build from before this term (restored, or another leader's)
     /// is read once, and its numbering goes on after what the store holds.
@@ -518,21 +544,9 @@ mod tests {
     async fn a_submitted_builds_lines_read_nothing_back_and_an_older_builds_are_read_once() {
         let disk = Arc::new(SmallDisk::default());
         let (batches, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(
-            disk.clone(),
-            rx,
-            SentLog::default(),
-            Default::default(),
-            CancellationToken::new(),
-        ));
-        let lines = |b: &Build, line: &str| LogLines {
-            build: b.id,
-            job: b.jobs[0].id,
-            platform: b.jobs[0].platform.clone(),
-            lines: vec![line.into()],
-        };
+        spawn_writer(&disk, rx, SentLog::default(), &CancellationToken::new());
         let older = suite::build(1);
-        let stored = LogBook::default().append(lines(&older, "from the last term"));
+        let stored = LogBook::default().append(job_lines(&older, &["from the last term"]));
         disk.store.write_logs(&stored).await.unwrap();
         let submitted = suite::build(1);
         let (done, written) = oneshot::channel();
@@ -550,7 +564,7 @@ mod tests {
         for line in ["#1 FROM", "#2 RUN"] {
             batches
                 .send(Batch {
-                    logs: vec![lines(&submitted, line), lines(&older, line)],
+                    logs: vec![job_lines(&submitted, &[line]), job_lines(&older, &[line])],
                     ..Batch::default()
                 })
                 .unwrap();
@@ -604,12 +618,7 @@ mod tests {
         let (batches, rx) = mpsc::unbounded_channel();
         let mut done = suite::build(1);
         done.state = crate::build::BuildState::Succeeded;
-        let lines = LogLines {
-            build: done.id,
-            job: done.jobs[0].id,
-            platform: done.jobs[0].platform.clone(),
-            lines: vec!["#5 DONE".into(), "pushed".into()],
-        };
+        let lines = job_lines(&done, &["#5 DONE", "pushed"]);
         let (written, rx_done) = oneshot::channel();
         batches
             .send(Batch {
@@ -624,13 +633,7 @@ mod tests {
                 ..Batch::default()
             })
             .unwrap();
-        tokio::spawn(write_loop(
-            disk.clone(),
-            rx,
-            SentLog::default(),
-            Default::default(),
-            CancellationToken::new(),
-        ));
+        spawn_writer(&disk, rx, SentLog::default(), &CancellationToken::new());
         rx_done.await.unwrap().unwrap();
         assert_eq!(
             *disk.with_lines.lock().unwrap(),
@@ -666,13 +669,7 @@ mod tests {
         let (batches, rx) = mpsc::unbounded_channel();
         let term = CancellationToken::new();
         let sent = SentLog::default();
-        tokio::spawn(write_loop(
-            disk.clone(),
-            rx,
-            sent.clone(),
-            Default::default(),
-            term.clone(),
-        ));
+        spawn_writer(&disk, rx, sent.clone(), &term);
         let (to_worker, mut worker) = mpsc::unbounded_channel();
 
         disk.full.store(true, Ordering::SeqCst);
@@ -716,13 +713,7 @@ mod tests {
         let disk = Arc::new(SmallDisk::default());
         let (batches, rx) = mpsc::unbounded_channel();
         let term = CancellationToken::new();
-        tokio::spawn(write_loop(
-            disk.clone(),
-            rx,
-            SentLog::default(),
-            Default::default(),
-            term.clone(),
-        ));
+        spawn_writer(&disk, rx, SentLog::default(), &term);
         let submit = |build: Build| {
             let (done, rx) = oneshot::channel();
             let batch = Batch {
